@@ -1,0 +1,404 @@
+/**
+ * Hypernetwork files: AUTOMATIC1111 `.pt` (also NovelAI's original and kohya's layouts) and
+ * `.safetensors`, read and written without PyTorch and without executing anything.
+ *
+ * Reading goes through a plain, tfjs-free `HypernetworkFile` — metadata with A1111's loader
+ * defaults plus each module's state dict as host tensors in their stored precision — so that
+ * `convert` and `inspect` lose nothing and need no backend. `toNetwork`/`fromNetwork` move between
+ * that and a live `Hypernetwork`.
+ *
+ * The `.pt` layout (spec §2.1–§2.2): a dict `{dim: (state_dict_k, state_dict_v), …metadata}`, dims
+ * as int keys, state dicts as OrderedDicts keyed `linear.<i>.weight|bias` in PyTorch layout.
+ * The `.safetensors` layout (this project's, as A1111 has none): tensors `<dim>.<0|1>.<key>`
+ * (0 = k, 1 = v) and every A1111 metadata key JSON-encoded in `__metadata__`.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { WriteOptions } from "../io/atomic";
+import { type DType, type HostTensor, numel } from "../io/host-tensor";
+import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
+import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
+import { readTorchFile, writeTorchFile } from "../io/torch-file";
+import { loadStateDict } from "../nn/module";
+import { checkActivation } from "./activations";
+import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
+import { type Hypernetwork, type HypernetworkInfo, effectiveDropoutStructure, emptyHypernetwork, structureOf } from "./network";
+
+/** Which on-disk layout a file had. */
+export type HypernetworkFormat = "a1111" | "novelai-legacy" | "kohya-nai" | "safetensors";
+
+/** A hypernetwork as stored: metadata and host tensors, no tfjs. */
+export interface HypernetworkFile {
+  info: HypernetworkInfo;
+  format: HypernetworkFormat;
+  /** Per dim, the k and v state dicts (`linear.<i>.weight` → tensor in PyTorch layout). */
+  weights: Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>;
+  /** Top-level keys this project does not interpret (kept on rewrite to `.pt`). */
+  extra: Map<PyKey, PyValue>;
+}
+
+/** The A1111 metadata keys, in the order `Hypernetwork.save` writes them. */
+const META_KEYS = [
+  "step",
+  "name",
+  "layer_structure",
+  "activation_func",
+  "is_layer_norm",
+  "weight_initialization",
+  "sd_checkpoint",
+  "sd_checkpoint_name",
+  "activate_output",
+  "use_dropout",
+  "dropout_structure",
+  "last_layer_dropout",
+  "optional_info",
+] as const;
+
+const META_SET: ReadonlySet<PyKey> = new Set<PyKey>(META_KEYS);
+
+/** The NovelAI → A1111 key renames (A1111's `fix_old_state_dict`). */
+const LEGACY_KEYS: Record<string, string> = {
+  "linear1.weight": "linear.0.weight",
+  "linear1.bias": "linear.0.bias",
+  "linear2.weight": "linear.1.weight",
+  "linear2.bias": "linear.1.bias",
+};
+
+function fail(file: string, what: string): Error {
+  return new Error(`${file}: ${what}`);
+}
+
+// ---- reading ------------------------------------------------------------------------------
+
+/** Read a hypernetwork file (`.pt` or `.safetensors`) into host memory. */
+export function readHypernetworkFile(file: string): HypernetworkFile {
+  if (!fs.existsSync(file)) throw fail(file, "no such file");
+  if (fs.statSync(file).isDirectory()) throw fail(file, "is a folder, not a hypernetwork file");
+  if (file.toLowerCase().endsWith(".safetensors")) return readSafetensorsHypernetwork(file);
+  return hypernetworkFromPy(readTorchFile(file), file);
+}
+
+function str(v: PyValue | undefined, file: string, key: string): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "string") throw fail(file, `metadata "${key}" should be a string, found ${describe(v)}`);
+  return v;
+}
+
+function bool(v: PyValue | undefined, dflt: boolean, file: string, key: string): boolean {
+  if (v === undefined || v === null) return dflt;
+  if (typeof v === "boolean") return v;
+  if (typeof v === "number") return v !== 0;
+  throw fail(file, `metadata "${key}" should be true/false, found ${describe(v)}`);
+}
+
+function numberList(v: PyValue | undefined, file: string, key: string): number[] | null {
+  if (v === undefined || v === null) return null;
+  const seq = pySequence(v);
+  if (!seq) throw fail(file, `metadata "${key}" should be a list of numbers, found ${describe(v)}`);
+  return seq.map((x) => {
+    const n = pyNumber(x);
+    if (n === undefined || !Number.isFinite(n)) throw fail(file, `metadata "${key}" holds a non-number ${describe(x)}`);
+    return n;
+  });
+}
+
+function describe(v: PyValue): string {
+  if (v === null) return "None";
+  if (Array.isArray(v)) return "a list";
+  if (v instanceof PyTuple) return "a tuple";
+  if (v instanceof PyDict) return "a dict";
+  if (v instanceof PyFloat) return `float ${v.value}`;
+  if (isTorchTensor(v) || isHostTensor(v)) return "a tensor";
+  return `${typeof v} ${JSON.stringify(typeof v === "bigint" ? v.toString() : v)}`;
+}
+
+/** Metadata with A1111's loader defaults (spec §2.1); `get` returns the stored value or undefined. */
+function infoFromMeta(get: (key: string) => PyValue | undefined, file: string): HypernetworkInfo {
+  const layerStructure = numberList(get("layer_structure"), file, "layer_structure") ?? [1, 2, 1];
+  const activationRaw = str(get("activation_func"), file, "activation_func");
+  let activation;
+  try {
+    activation = checkActivation(activationRaw ?? "linear");
+  } catch (err) {
+    throw fail(file, (err as Error).message);
+  }
+  const storedUseDropout = bool(get("use_dropout"), false, file, "use_dropout");
+  const lastLayerDropout = bool(get("last_layer_dropout"), false, file, "last_layer_dropout");
+  const storedDropout = numberList(get("dropout_structure"), file, "dropout_structure");
+  const dropoutStructure = effectiveDropoutStructure(layerStructure, storedUseDropout, lastLayerDropout, storedDropout);
+  if (dropoutStructure.length < layerStructure.length) {
+    throw fail(file, `dropout_structure [${dropoutStructure.join(", ")}] is shorter than layer_structure [${layerStructure.join(", ")}]`);
+  }
+  const init = str(get("weight_initialization"), file, "weight_initialization") ?? "Normal";
+  const stepRaw = get("step");
+  const step = stepRaw === undefined || stepRaw === null ? 0 : pyNumber(stepRaw);
+  if (step === undefined || !Number.isInteger(step) || step < 0) throw fail(file, `metadata "step" should be a whole number, found ${describe(stepRaw!)}`);
+  return {
+    name: str(get("name"), file, "name") ?? path.basename(file).replace(/\.[^.]+$/, ""),
+    step,
+    layerStructure,
+    activation,
+    layerNorm: bool(get("is_layer_norm"), false, file, "is_layer_norm"),
+    weightInit: (WEIGHT_INITS as readonly string[]).includes(init) ? (init as WeightInit) : "Normal",
+    useDropout: dropoutStructure.some((p) => p !== 0) || storedUseDropout,
+    dropoutStructure,
+    lastLayerDropout,
+    // Missing key → true: files from before A1111 PR #3698 activated the output layer.
+    activateOutput: bool(get("activate_output"), true, file, "activate_output"),
+    sdCheckpoint: str(get("sd_checkpoint"), file, "sd_checkpoint"),
+    sdCheckpointName: str(get("sd_checkpoint_name"), file, "sd_checkpoint_name"),
+    optionalInfo: str(get("optional_info"), file, "optional_info"),
+  };
+}
+
+/** Interpret an unpickled `.pt` root object as a hypernetwork. */
+export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFile {
+  if (!(root instanceof PyDict)) throw fail(file, `not a hypernetwork: the file holds ${describe(root)}, expected a dict of {dim: (k, v)} (is this a model checkpoint or an embedding?)`);
+  if (root.get("skip_connection") === true) {
+    throw fail(file, "this is a Hypernetwork-MonkeyPatch-Extension network with skip_connection=true (residual blocks); neither A1111 nor hypernet-lab can load that layout");
+  }
+  const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
+  const extra = new Map<PyKey, PyValue>();
+  let legacy = false;
+  let sawList = false;
+  for (const [key, value] of root.map) {
+    const dim = typeof key === "number" ? key : typeof key === "bigint" ? Number(key) : undefined;
+    if (dim === undefined) {
+      if (!META_SET.has(key)) extra.set(key, value);
+      continue;
+    }
+    const pair = pySequence(value);
+    if (!pair || pair.length !== 2) throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
+    if (Array.isArray(value)) sawList = true;
+    const dicts = pair.map((sd, j) => {
+      if (!(sd instanceof PyDict)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module is ${describe(sd)}, expected a state dict`);
+      const m = new Map<string, HostTensor>();
+      for (const [k, t] of sd.map) {
+        if (typeof k !== "string") throw fail(file, `dim ${dim}: state dict key ${String(k)} is not a string`);
+        let name = k;
+        if (LEGACY_KEYS[k]) {
+          name = LEGACY_KEYS[k]!;
+          legacy = true;
+        }
+        if (isTorchTensor(t)) m.set(name, t.read());
+        else if (isHostTensor(t)) m.set(name, t);
+        else throw fail(file, `dim ${dim}: "${k}" is ${describe(t)}, expected a tensor`);
+      }
+      return m;
+    }) as [Map<string, HostTensor>, Map<string, HostTensor>];
+    weights.set(dim, dicts);
+  }
+  if (weights.size === 0) throw fail(file, "no hypernetwork modules found (no integer dim keys); this does not look like a hypernetwork file");
+  const hasMeta = META_KEYS.some((k) => root.has(k));
+  const info = infoFromMeta((k) => root.get(k), file);
+  const format: HypernetworkFormat = legacy ? "novelai-legacy" : !hasMeta && sawList ? "kohya-nai" : "a1111";
+  const hf: HypernetworkFile = { info, format, weights, extra };
+  checkShapes(hf, file);
+  return hf;
+}
+
+/** Check every state dict against the layout the metadata implies, naming the first problem. */
+function checkShapes(hf: HypernetworkFile, file: string): void {
+  const s = structureOf(hf.info);
+  for (const [dim, pair] of hf.weights) {
+    let plan;
+    try {
+      plan = planLayers(dim, s);
+    } catch (err) {
+      throw fail(file, `dim ${dim}: ${(err as Error).message}`);
+    }
+    const expected = new Map<string, number[]>();
+    for (const p of plan) {
+      if (p.kind === "linear") {
+        expected.set(`linear.${p.index}.weight`, [p.outFeatures, p.inFeatures]);
+        expected.set(`linear.${p.index}.bias`, [p.outFeatures]);
+      } else if (p.kind === "layernorm") {
+        expected.set(`linear.${p.index}.weight`, [p.features]);
+        expected.set(`linear.${p.index}.bias`, [p.features]);
+      } else if (p.kind === "activation" && p.name === "prelu") {
+        expected.set(`linear.${p.index}.weight`, [1]);
+      }
+    }
+    pair.forEach((sd, j) => {
+      const which = `dim ${dim} ${j === 0 ? "k" : "v"} module`;
+      for (const [k, shape] of expected) {
+        const t = sd.get(k);
+        if (!t) {
+          throw fail(
+            file,
+            `${which} is missing "${k}" (the metadata — layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm}, activate_output ${s.activateOutput} — implies keys ${[...expected.keys()].join(", ")}; the file has ${[...sd.keys()].join(", ")})`,
+          );
+        }
+        if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+          throw fail(file, `${which}: "${k}" has shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`);
+        }
+      }
+      for (const k of sd.keys()) if (!expected.has(k)) throw fail(file, `${which} has an unexpected key "${k}" for its metadata (layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm})`);
+    });
+  }
+}
+
+function readSafetensorsHypernetwork(file: string): HypernetworkFile {
+  const f = SafetensorsFile.open(file);
+  try {
+    const meta = f.metadata;
+    const get = (k: string): PyValue | undefined => {
+      const raw = meta[k];
+      if (raw === undefined) return undefined;
+      try {
+        return jsonToPy(JSON.parse(raw) as unknown);
+      } catch {
+        throw fail(file, `metadata "${k}" is not valid JSON: ${raw.slice(0, 80)}`);
+      }
+    };
+    const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
+    for (const key of f.keys()) {
+      const m = /^(\d+)\.([01])\.(.+)$/.exec(key);
+      if (!m) throw fail(file, `tensor "${key}" is not named <dim>.<0|1>.<key> as a hypernetwork safetensors file should be`);
+      const dim = Number(m[1]);
+      if (!weights.has(dim)) weights.set(dim, [new Map(), new Map()]);
+      weights.get(dim)![Number(m[2])]!.set(m[3]!, f.read(key));
+    }
+    if (weights.size === 0) throw fail(file, "no hypernetwork tensors found");
+    const info = infoFromMeta(get, file);
+    const hf: HypernetworkFile = { info, format: "safetensors", weights, extra: new Map() };
+    checkShapes(hf, file);
+    return hf;
+  } finally {
+    f.close();
+  }
+}
+
+function jsonToPy(v: unknown): PyValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean") return v;
+  if (typeof v === "number") return Number.isInteger(v) ? v : new PyFloat(v);
+  if (Array.isArray(v)) return v.map(jsonToPy);
+  throw new Error("unsupported JSON value");
+}
+
+// ---- writing ------------------------------------------------------------------------------
+
+/** The `.pt` root object A1111's `Hypernetwork.save` would write for this file. */
+export function hypernetworkToPy(hf: HypernetworkFile): PyDict {
+  const root = new PyDict("dict");
+  const s = structureOf(hf.info);
+  for (const [dim, pair] of hf.weights) {
+    const plan = planLayers(dim, s);
+    const dicts = pair.map((sd) => {
+      const od = new PyDict("OrderedDict");
+      for (const [k, t] of sd) od.set(k, t);
+      // torch's state_dict carries per-submodule version metadata; A1111 files have it.
+      const meta = new PyDict("OrderedDict");
+      const version = (): PyDict => new PyDict("dict", [["version", 1]]);
+      meta.set("", version());
+      meta.set("linear", version());
+      for (const p of plan) meta.set(`linear.${p.index}`, version());
+      od.state = new PyDict("dict", [["_metadata", meta]]);
+      return od;
+    });
+    root.set(dim, new PyTuple(dicts));
+  }
+  const i = hf.info;
+  const dropout: PyValue[] = i.dropoutStructure.map((p) => (i.useDropout ? new PyFloat(p) : Number.isInteger(p) ? p : new PyFloat(p)));
+  const values: Record<(typeof META_KEYS)[number], PyValue> = {
+    step: i.step,
+    name: i.name,
+    layer_structure: i.layerStructure.map((x) => new PyFloat(x)),
+    activation_func: i.activation,
+    is_layer_norm: i.layerNorm,
+    weight_initialization: i.weightInit,
+    sd_checkpoint: i.sdCheckpoint,
+    sd_checkpoint_name: i.sdCheckpointName,
+    activate_output: i.activateOutput,
+    use_dropout: i.useDropout,
+    dropout_structure: dropout,
+    last_layer_dropout: i.dropoutStructure.length >= 2 ? i.dropoutStructure[i.dropoutStructure.length - 2] !== 0 : false,
+    optional_info: i.optionalInfo,
+  };
+  for (const k of META_KEYS) root.set(k, values[k]);
+  for (const [k, v] of hf.extra) if (!root.has(k)) root.set(k, v);
+  return root;
+}
+
+/** JSON text of each A1111 metadata key, for `.safetensors` `__metadata__`. */
+function metadataStrings(info: HypernetworkInfo): Record<string, string> {
+  const py = hypernetworkToPy({ info, format: "a1111", weights: new Map(), extra: new Map() });
+  const out: Record<string, string> = { format: "hypernet-lab/a1111-hypernetwork" };
+  for (const k of META_KEYS) out[k] = JSON.stringify(pyToJson(py.get(k)!));
+  return out;
+}
+
+function pyToJson(v: PyValue): unknown {
+  if (v instanceof PyFloat) return v.value;
+  if (Array.isArray(v)) return v.map(pyToJson);
+  return v;
+}
+
+/** Options for saving. */
+export interface SaveOptions extends WriteOptions {
+  /** Store weights as this dtype (default: as they are; a live network is float32). */
+  dtype?: DType;
+}
+
+/**
+ * Write a hypernetwork file; the format follows the extension (`.safetensors`, else `.pt`).
+ * Atomic (temp file + rename); refuses to replace an existing file unless `overwrite`.
+ */
+export function writeHypernetworkFile(hf: HypernetworkFile, file: string, opts: SaveOptions = {}): void {
+  const cast = (t: HostTensor): HostTensor => (opts.dtype && opts.dtype !== t.dtype ? { ...t, dtype: opts.dtype } : t);
+  if (file.toLowerCase().endsWith(".safetensors")) {
+    const tensors: Array<[string, HostTensor]> = [];
+    for (const [dim, pair] of hf.weights) pair.forEach((sd, j) => sd.forEach((t, k) => tensors.push([`${dim}.${j}.${k}`, cast(t)])));
+    writeSafetensors(file, tensors, metadataStrings(hf.info), opts);
+    return;
+  }
+  const castFile: HypernetworkFile = opts.dtype
+    ? { ...hf, weights: new Map([...hf.weights].map(([d, pair]) => [d, pair.map((sd) => new Map([...sd].map(([k, t]) => [k, cast(t)]))) as [Map<string, HostTensor>, Map<string, HostTensor>]])) }
+    : hf;
+  writeTorchFile(file, hypernetworkToPy(castFile), { overwrite: opts.overwrite });
+}
+
+// ---- live networks --------------------------------------------------------------------------
+
+/** Build a live (tfjs) network from a file's contents. */
+export function toNetwork(hf: HypernetworkFile, opts: { trainable?: boolean; where?: string } = {}): Hypernetwork {
+  const net = emptyHypernetwork({ ...hf.info }, [...hf.weights.keys()], opts.trainable ?? true);
+  try {
+    for (const [dim, pair] of hf.weights) {
+      const mods = net.pair(dim)!;
+      pair.forEach((sd, j) => {
+        loadStateDict(mods[j]!, { keys: () => sd.keys(), get: (k) => sd.get(k)!, shapeOf: (k) => sd.get(k)?.shape }, { where: `${opts.where ?? hf.info.name}: dim ${dim} ${j === 0 ? "k" : "v"}` });
+      });
+    }
+  } catch (err) {
+    net.dispose();
+    throw err;
+  }
+  return net;
+}
+
+/** Snapshot a live network as a file's contents (float32, PyTorch layout). */
+export function fromNetwork(net: Hypernetwork): HypernetworkFile {
+  const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
+  for (const [dim, pair] of net.modules) {
+    weights.set(dim, pair.map((m) => new Map(m.namedParameters().map(([k, p]) => [k, p.toTorchSync()]))) as [Map<string, HostTensor>, Map<string, HostTensor>]);
+  }
+  return { info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] }, format: "a1111", weights, extra: new Map() };
+}
+
+/** Load a hypernetwork file as a live network (inference: eval mode, not trainable unless asked). */
+export function loadHypernetwork(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
+  return toNetwork(readHypernetworkFile(file), { trainable: opts.trainable ?? false, where: file });
+}
+
+/** Save a live network (`.pt` in A1111's layout, or `.safetensors` by extension). */
+export function saveHypernetwork(net: Hypernetwork, file: string, opts: SaveOptions = {}): void {
+  writeHypernetworkFile(fromNetwork(net), file, opts);
+}
+
+/** Number of scalar parameters stored in a file. */
+export function fileParameterCount(hf: HypernetworkFile): number {
+  let n = 0;
+  for (const pair of hf.weights.values()) for (const sd of pair) for (const t of sd.values()) n += numel(t.shape);
+  return n;
+}

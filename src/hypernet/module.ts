@@ -1,0 +1,204 @@
+/**
+ * One hypernetwork MLP: the residual block that rewrites an attention layer's context.
+ *
+ *     out = x + mlp(x) · m        (m = the multiplier; forced to 1 while training)
+ *
+ * `mlp` is a stack of Linear layers whose widths are `dim × layer_structure[i]` (truncated to
+ * integers), each optionally followed by the activation, a LayerNorm and a Dropout — in exactly
+ * the order AUTOMATIC1111 appends them to its `torch.nn.Sequential` (spec §1.3). Because that
+ * Sequential numbers every child, activations and dropouts included, the parameter paths here
+ * (`linear.0.weight`, `linear.2.bias`, …) are the keys in an A1111 file.
+ *
+ * A fresh network starts with the residual branch near zero (weights ~ N(0, 0.01²) by default), so
+ * attaching it barely changes the model until it is trained.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { Linear, LayerNorm } from "../nn/layers";
+import { Module, type Param, type Initializer, zerosInit } from "../nn/module";
+import { type ActivationName, applyActivation, insertsModule } from "./activations";
+
+/** The five weight initialisations A1111 offers (spec §1.9). */
+export const WEIGHT_INITS = ["Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] as const;
+export type WeightInit = (typeof WEIGHT_INITS)[number];
+
+/** The structural options that decide a module's layers (and therefore its key layout). */
+export interface ModuleStructure {
+  layerStructure: readonly number[];
+  activation: ActivationName;
+  layerNorm: boolean;
+  /** Effective dropout probabilities, one per layer_structure entry (entry 0 unused). */
+  dropoutStructure: readonly number[];
+  activateOutput: boolean;
+}
+
+/** One child of A1111's Sequential, with its index. */
+export type LayerPlan =
+  | { index: number; kind: "linear"; inFeatures: number; outFeatures: number }
+  | { index: number; kind: "activation"; name: ActivationName }
+  | { index: number; kind: "layernorm"; features: number }
+  | { index: number; kind: "dropout"; p: number };
+
+/**
+ * The Sequential children A1111 builds for one module of width `dim` (spec §1.3): for each
+ * Linear i, then the activation (not after the last Linear unless `activateOutput`), then a
+ * LayerNorm if enabled, then Dropout if `dropoutStructure[i+1] > 0`.
+ */
+export function planLayers(dim: number, s: ModuleStructure): LayerPlan[] {
+  const ls = s.layerStructure;
+  const n = ls.length;
+  if (n < 2) throw new Error(`layer_structure needs at least 2 entries, got [${ls.join(", ")}]`);
+  if (ls[0] !== 1 || ls[n - 1] !== 1) throw new Error(`layer_structure must start and end with 1, got [${ls.join(", ")}]`);
+  if (s.dropoutStructure.length < n) {
+    throw new Error(`dropout_structure [${s.dropoutStructure.join(", ")}] is shorter than layer_structure [${ls.join(", ")}]`);
+  }
+  const plan: LayerPlan[] = [];
+  let idx = 0;
+  for (let i = 0; i < n - 1; i++) {
+    const inF = Math.trunc(dim * ls[i]!);
+    const outF = Math.trunc(dim * ls[i + 1]!);
+    if (inF < 1 || outF < 1) throw new Error(`layer_structure [${ls.join(", ")}] gives a zero-width layer for dim ${dim}`);
+    plan.push({ index: idx++, kind: "linear", inFeatures: inF, outFeatures: outF });
+    const last = i >= n - 2;
+    if (insertsModule(s.activation) && (!last || s.activateOutput)) plan.push({ index: idx++, kind: "activation", name: s.activation });
+    if (s.layerNorm) plan.push({ index: idx++, kind: "layernorm", features: outF });
+    const p = s.dropoutStructure[i + 1]!;
+    if (p > 0) {
+      if (!(p < 1)) throw new Error(`dropout probability ${p} in dropout_structure must be between 0 and 1`);
+      plan.push({ index: idx++, kind: "dropout", p });
+    }
+  }
+  return plan;
+}
+
+/** PyTorch's PReLU with one shared slope (default 0.25): `max(0,x) + a·min(0,x)`. */
+export class PReLU extends Module {
+  readonly weight: Param;
+  constructor(trainable: boolean) {
+    super({ trainable });
+    this.weight = this.param("weight", [1], "plain", (s) => tf.fill(s, 0.25));
+  }
+  apply(x: tf.Tensor): tf.Tensor {
+    return tf.add(tf.relu(x), tf.mul(this.weight.value, tf.minimum(x, 0)));
+  }
+}
+
+/** The Sequential itself: children at A1111's indices; parameter-free children are kept in the plan only. */
+class Sequential extends Module {
+  constructor(entries: Array<[number, Module]>, trainable: boolean) {
+    super({ trainable });
+    for (const [i, m] of entries) this.child(String(i), m);
+  }
+}
+
+/** Options for running a module. */
+export interface ForwardOptions {
+  /** Strength of the residual branch at inference (ignored, i.e. 1, while training). */
+  multiplier?: number;
+  /** Training mode: dropout and rrelu are random; the multiplier is forced to 1. */
+  training?: boolean;
+  /** Seed for this call's dropout masks (training only); each layer derives its own from it. */
+  seed?: number;
+}
+
+/** Initialiser factory for A1111's schemes (spec §1.9); `seed` makes creation reproducible. */
+export function weightInitializer(scheme: WeightInit, activation: ActivationName, seed: number): { linear: Initializer; layerNorm: Initializer } {
+  let s = seed;
+  const next = (): number => s++;
+  // Kaiming with a = 0 has gain √2 for both 'relu' and 'leaky_relu' (A1111 picks by activation).
+  const gain = Math.SQRT2;
+  void activation;
+  const linear: Initializer = (tfShape, torchShape) => {
+    const fanOut = torchShape[0]!;
+    const fanIn = torchShape[1]!;
+    switch (scheme) {
+      case "Normal":
+        return tf.randomNormal(tfShape, 0, 0.01, "float32", next());
+      case "XavierUniform": {
+        const b = Math.sqrt(6 / (fanIn + fanOut));
+        return tf.randomUniform(tfShape, -b, b, "float32", next());
+      }
+      case "XavierNormal":
+        return tf.randomNormal(tfShape, 0, Math.sqrt(2 / (fanIn + fanOut)), "float32", next());
+      case "KaimingUniform": {
+        const b = gain * Math.sqrt(3 / fanIn);
+        return tf.randomUniform(tfShape, -b, b, "float32", next());
+      }
+      case "KaimingNormal":
+        return tf.randomNormal(tfShape, 0, gain / Math.sqrt(fanIn), "float32", next());
+    }
+  };
+  // A1111 sends LayerNorm through the "Normal" branch whatever the scheme: weight N(0, 0.01²).
+  const layerNorm: Initializer = (tfShape) => tf.randomNormal(tfShape, 0, 0.01, "float32", next());
+  return { linear, layerNorm };
+}
+
+/** One residual MLP (the k or the v module of one dim). */
+export class HypernetworkModule extends Module {
+  readonly plan: LayerPlan[];
+  private readonly layers: Array<{ plan: LayerPlan; module?: Linear | LayerNorm | PReLU }> = [];
+
+  /**
+   * Build the module for context width `dim`. With `init` the weights are drawn by A1111's scheme
+   * (a new network); without it they are zeros, to be loaded from a file.
+   */
+  constructor(
+    readonly dim: number,
+    readonly structure: ModuleStructure,
+    opts: { trainable?: boolean; init?: { linear: Initializer; layerNorm: Initializer } } = {},
+  ) {
+    super({ trainable: opts.trainable ?? true });
+    this.plan = planLayers(dim, structure);
+    const entries: Array<[number, Module]> = [];
+    for (const p of this.plan) {
+      let m: Linear | LayerNorm | PReLU | undefined;
+      if (p.kind === "linear") {
+        m = new Linear(p.inFeatures, p.outFeatures, { trainable: this.trainable, init: opts.init?.linear ?? zerosInit });
+      } else if (p.kind === "layernorm") {
+        m = new LayerNorm(p.features, 1e-5, { trainable: this.trainable });
+        if (opts.init) {
+          const w = opts.init.layerNorm([p.features], [p.features]);
+          m.weight.value.assign(w);
+          w.dispose();
+        }
+      } else if (p.kind === "activation" && p.name === "prelu") {
+        m = new PReLU(this.trainable);
+      }
+      if (m) entries.push([p.index, m]);
+      this.layers.push(m ? { plan: p, module: m } : { plan: p });
+    }
+    this.child("linear", new Sequential(entries, this.trainable));
+  }
+
+  /** `mlp(x)`: the residual branch alone. */
+  branch(x: tf.Tensor, opts: ForwardOptions = {}): tf.Tensor {
+    const training = opts.training ?? false;
+    let h = x;
+    for (const { plan, module } of this.layers) {
+      switch (plan.kind) {
+        case "linear":
+        case "layernorm":
+          h = (module as Linear | LayerNorm).apply(h);
+          break;
+        case "activation":
+          h = plan.name === "prelu" ? (module as PReLU).apply(h) : applyActivation(plan.name, h, training, layerSeed(opts.seed, plan.index));
+          break;
+        case "dropout":
+          if (training) h = tf.dropout(h, plan.p, undefined, layerSeed(opts.seed, plan.index));
+          break;
+      }
+    }
+    return h;
+  }
+
+  /** `x + mlp(x) · m`, with m = 1 while training (A1111's rule). */
+  forward(x: tf.Tensor, opts: ForwardOptions = {}): tf.Tensor {
+    return tf.tidy(() => {
+      const m = opts.training ? 1 : (opts.multiplier ?? 1);
+      return tf.add(x, tf.mul(this.branch(x, opts), m));
+    });
+  }
+}
+
+function layerSeed(seed: number | undefined, index: number): number | undefined {
+  return seed === undefined ? undefined : seed * 1000 + index;
+}
