@@ -1,0 +1,272 @@
+/**
+ * Kernel overrides for the tfjs wasm backend (4.22), so that it can train convolutions at full speed.
+ *
+ * Stock wasm has three problems for training (measured in reference/tfjs-on-this-machine.md):
+ *  - `Conv2DBackpropFilter` is not registered at all, so conv weights cannot be trained;
+ *  - `Conv2DBackpropInput` is a plain C++ loop, ~10× slower than the XNNPACK forward conv;
+ *  - `BatchMatMul` uses XNNPACK only for a single 2-D product without transposes; `transposeA/B`
+ *    (which every matMul gradient uses) and batched products run 10–40× slower.
+ *
+ * Each override re-expresses the kernel through the fast paths (plain conv2d, plain 2-D matMul,
+ * explicit transposes). Overrides other than BatchMatMul are written with ordinary tfjs ops on
+ * tensors that wrap the kernel's inputs; BatchMatMul calls the stock kernel directly (a tfjs
+ * `matMul` would re-enter this override).
+ *
+ * Ownership rules (tfjs-core engine): a kernel returns a TensorInfo whose backend data has one
+ * reference that the engine adopts without incrementing it. Wrapping an input in an engine tensor
+ * therefore needs `backend.incRef` (so that disposing the wrapper does not free the caller's data),
+ * and returning data held by a tensor we made needs `backend.incRef` before that tensor is disposed.
+ */
+import * as tf from "@tensorflow/tfjs";
+
+type TensorInfo = tf.TensorInfo;
+type KernelBackend = tf.KernelBackend;
+type KernelFunc = tf.KernelConfig["kernelFunc"];
+type Pad = "same" | "valid" | number | tf.backend_util.ExplicitPadding;
+
+interface ConvBackpropAttrs {
+  strides: number | [number, number];
+  pad: Pad;
+  dataFormat?: "NHWC" | "NCHW";
+  dimRoundingMode?: "floor" | "round" | "ceil";
+}
+
+/** Names of the kernels this module overrides on the wasm backend. */
+export const WASM_KERNEL_OVERRIDES = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "BatchMatMul"] as const;
+
+/** Marks the kernel functions we registered, so a second registration is recognised and skipped. */
+const OURS = new WeakSet<KernelFunc>();
+
+/** Wrap a kernel input in an engine tensor that can be disposed without freeing the caller's data. */
+function wrapInput(backend: KernelBackend, info: TensorInfo): tf.Tensor {
+  backend.incRef(info.dataId);
+  return tf.engine().makeTensorFromTensorInfo(info, backend);
+}
+
+/**
+ * Run `compute` in a tidy scope and hand its result to the engine as a kernel output:
+ * one extra backend reference is taken for the engine, then our own tensor is released.
+ */
+function asKernelOutput(backend: KernelBackend, compute: () => tf.Tensor): TensorInfo {
+  const result = tf.tidy(compute);
+  backend.incRef(result.dataId);
+  const info: TensorInfo = { dataId: result.dataId, shape: result.shape.slice(), dtype: result.dtype };
+  result.dispose();
+  return info;
+}
+
+/** Pad (positive amounts) or crop (negative amounts) the H and W axes of an NHWC tensor. */
+function padOrCrop(x: tf.Tensor4D, top: number, bottom: number, left: number, right: number): tf.Tensor4D {
+  const padded = tf.pad(x, [[0, 0], [Math.max(top, 0), Math.max(bottom, 0)], [Math.max(left, 0), Math.max(right, 0)], [0, 0]]);
+  if (top >= 0 && bottom >= 0 && left >= 0 && right >= 0) return padded;
+  const [n, h, w, c] = padded.shape;
+  const t0 = Math.max(-top, 0);
+  const l0 = Math.max(-left, 0);
+  return tf.slice(padded, [0, t0, l0, 0], [n, h - t0 - Math.max(-bottom, 0), w - l0 - Math.max(-right, 0), c]);
+}
+
+/**
+ * Insert `s − 1` zeros after every row and column of dy (the "zero dilation" that turns a
+ * strided convolution's input gradient into a stride-1 convolution). The result has
+ * OH·sH rows and OW·sW columns, i.e. (sH − 1) trailing zero rows that the caller crops or keeps.
+ */
+function zeroDilate(dy: tf.Tensor4D, sH: number, sW: number): tf.Tensor4D {
+  const [n, oh, ow, c] = dy.shape;
+  let out: tf.Tensor4D = dy;
+  if (sH > 1) {
+    const rows = tf.pad(out.reshape([n, oh, 1, ow * c]), [[0, 0], [0, 0], [0, sH - 1], [0, 0]]);
+    out = rows.reshape([n, oh * sH, ow, c]);
+  }
+  if (sW > 1) {
+    const h = out.shape[1];
+    const cols = tf.pad(out.reshape([n * h, ow, 1, c]), [[0, 0], [0, 0], [0, sW - 1], [0, 0]]);
+    out = cols.reshape([n, h, ow * sW, c]);
+  }
+  return out;
+}
+
+/**
+ * dW for y = conv2d(x, W): for each filter tap (kh, kw),
+ *   dW[kh, kw] = Σ_{n,oh,ow} x_pad[n, oh·sH + kh, ow·sW + kw, :]ᵀ · dy[n, oh, ow, :]
+ * i.e. one [Cin × M]·[M × Cout] product per tap (M = N·OH·OW) of a strided slice of the padded
+ * input. We compute dyᵀ once and form dWᵀ[kh,kw] = dyᵀ · slice, so every product is a plain
+ * (non-transposed) 2-D matMul, the only fast matMul on wasm.
+ */
+function conv2DBackpropFilterNHWC(x: tf.Tensor4D, dy: tf.Tensor4D, filterShape: number[], attrs: ConvBackpropAttrs): tf.Tensor4D {
+  const [kH, kW, cIn, cOut] = filterShape as [number, number, number, number];
+  const info = tf.backend_util.computeConv2DInfo(x.shape, [kH, kW, cIn, cOut], attrs.strides, 1, attrs.pad, attrs.dimRoundingMode);
+  const { top, bottom, left, right } = info.padInfo;
+  const { outHeight: oH, outWidth: oW, strideHeight: sH, strideWidth: sW } = info;
+  const n = x.shape[0];
+  const m = n * oH * oW;
+  const xPad = padOrCrop(x, top, bottom, left, right);
+  const dyT = tf.transpose(dy.reshape([m, cOut])); // [Cout, M]
+  const taps: tf.Tensor2D[] = [];
+  for (let kh = 0; kh < kH; kh++) {
+    for (let kw = 0; kw < kW; kw++) {
+      const patch = tf.stridedSlice(xPad, [0, kh, kw, 0], [n, kh + (oH - 1) * sH + 1, kw + (oW - 1) * sW + 1, cIn], [1, sH, sW, 1]);
+      taps.push(tf.matMul(dyT, patch.reshape([m, cIn]))); // [Cout, Cin]
+    }
+  }
+  // [KH·KW, Cout, Cin] → [KH, KW, Cin, Cout]
+  return tf.transpose(tf.stack(taps), [0, 2, 1]).reshape([kH, kW, cIn, cOut]);
+}
+
+/**
+ * dx for y = conv2d(x, W): with dy zero-dilated by the stride (dd), the input gradient is a
+ * stride-1 correlation of dd with the spatially flipped filter whose in/out channels are swapped:
+ *   dx[i] = Σ_k dd_pad[i + k] · flip(W)[k]ᵀ,  dd_pad = dd padded by (K − 1 − padTop) before and
+ * enough after to give H outputs. That runs on the fast XNNPACK forward conv.
+ */
+function conv2DBackpropInputNHWC(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: number[], attrs: ConvBackpropAttrs): tf.Tensor4D {
+  const [kH, kW] = filter.shape;
+  const [, h, w] = inputShape as [number, number, number, number];
+  const info = tf.backend_util.computeConv2DInfo(inputShape as [number, number, number, number], filter.shape, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode);
+  const { top, left } = info.padInfo;
+  const { outHeight: oH, outWidth: oW, strideHeight: sH, strideWidth: sW } = info;
+  const dd = zeroDilate(dy, sH, sW); // OH·sH × OW·sW
+  const padTop = kH - 1 - top;
+  const padLeft = kW - 1 - left;
+  const padBottom = h + kH - 1 - padTop - oH * sH;
+  const padRight = w + kW - 1 - padLeft - oW * sW;
+  const ddPad = padOrCrop(dd, padTop, padBottom, padLeft, padRight);
+  const flipped = tf.transpose(tf.reverse(filter, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D; // [KH, KW, Cout, Cin]
+  return tf.conv2d(ddPad, flipped, 1, "valid");
+}
+
+/** Stock wasm kernels we fall back to or call directly; captured when the overrides are installed. */
+interface Stock {
+  conv2DBackpropInput: tf.KernelConfig;
+  batchMatMul: tf.KernelConfig;
+  transpose: tf.KernelConfig;
+  slice: tf.KernelConfig;
+  concat: tf.KernelConfig;
+}
+
+/** Products at least this big (multiply-adds per batch element) are split into 2-D matMuls. */
+const SPLIT_MIN_MACS = 1 << 18;
+const SPLIT_MAX_BATCH = 64;
+
+function makeBatchMatMul(stock: Stock): KernelFunc {
+  return ({ inputs, attrs, backend }) => {
+    const a = inputs.a as TensorInfo;
+    const b = inputs.b as TensorInfo;
+    const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    if (a.dtype !== "float32" || b.dtype !== "float32") {
+      return stock.batchMatMul.kernelFunc({ inputs, attrs, backend });
+    }
+    const temps: TensorInfo[] = [];
+    const run = (cfg: tf.KernelConfig, ins: tf.NamedTensorInfoMap, at: tf.NamedAttrMap): TensorInfo => {
+      const out = cfg.kernelFunc({ inputs: ins, attrs: at, backend }) as TensorInfo;
+      temps.push(out);
+      return out;
+    };
+    // Explicit transposes: XNNPACK's fast path exists only for non-transposed products.
+    const swapLast = (t: TensorInfo): TensorInfo => {
+      const perm = t.shape.map((_, i) => i);
+      perm.splice(-2, 2, perm.length - 1, perm.length - 2);
+      return run(stock.transpose, { x: t }, { perm });
+    };
+    const a2 = transposeA ? swapLast(a) : a;
+    const b2 = transposeB ? swapLast(b) : b;
+    const [m, k] = a2.shape.slice(-2) as [number, number];
+    const [k2, p] = b2.shape.slice(-2) as [number, number];
+    if (k !== k2) {
+      // Let the stock kernel produce tfjs's own shape-mismatch message.
+      temps.forEach((t) => backend.disposeData(t.dataId));
+      return stock.batchMatMul.kernelFunc({ inputs, attrs, backend });
+    }
+    const outerA = a2.shape.slice(0, -2);
+    const outerB = b2.shape.slice(0, -2);
+    const batchA = tf.util.sizeFromShape(outerA);
+    const batchB = tf.util.sizeFromShape(outerB);
+    const outShape = [...tf.broadcast_util.assertAndGetBroadcastShape(outerA, outerB), m, p];
+    const view = (t: TensorInfo, shape: number[]): TensorInfo => ({ dataId: t.dataId, shape, dtype: t.dtype });
+    const plain = { transposeA: false, transposeB: false };
+    let result: TensorInfo;
+    if (batchB === 1) {
+      // B is shared by every batch element: fold A's batch into its rows, one 2-D product.
+      result = stock.batchMatMul.kernelFunc({ inputs: { a: view(a2, [batchA * m, k]), b: view(b2, [k, p]) }, attrs: plain, backend }) as TensorInfo;
+    } else if (batchA === batchB && batchA <= SPLIT_MAX_BATCH && m * k * p >= SPLIT_MIN_MACS) {
+      // Large per-element products: one fast 2-D product each, then concatenate.
+      const a3 = view(a2, [batchA, m, k]);
+      const b3 = view(b2, [batchB, k, p]);
+      const parts: TensorInfo[] = [];
+      for (let i = 0; i < batchA; i++) {
+        const ai = run(stock.slice, { x: a3 }, { begin: [i, 0, 0], size: [1, m, k] });
+        const bi = run(stock.slice, { x: b3 }, { begin: [i, 0, 0], size: [1, k, p] });
+        parts.push(run(stock.batchMatMul, { a: view(ai, [m, k]), b: view(bi, [k, p]) }, plain));
+      }
+      result = stock.concat.kernelFunc({ inputs: parts.map((t) => view(t, [m, p])), attrs: { axis: 0 }, backend }) as TensorInfo;
+    } else {
+      result = stock.batchMatMul.kernelFunc({ inputs: { a: a2, b: b2 }, attrs: plain, backend }) as TensorInfo;
+    }
+    temps.forEach((t) => backend.disposeData(t.dataId));
+    return { dataId: result.dataId, shape: outShape, dtype: result.dtype };
+  };
+}
+
+function makeConv2DBackpropFilter(): KernelFunc {
+  return ({ inputs, attrs, backend }) => {
+    const a = attrs as unknown as ConvBackpropAttrs & { filterShape: number[] };
+    if (a.dataFormat === "NCHW") {
+      throw new Error("Conv2DBackpropFilter on wasm: only NHWC data is supported (hypernet-lab uses NHWC throughout).");
+    }
+    return asKernelOutput(backend, () =>
+      conv2DBackpropFilterNHWC(wrapInput(backend, inputs.x as TensorInfo) as tf.Tensor4D, wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D, a.filterShape, a),
+    );
+  };
+}
+
+function makeConv2DBackpropInput(stock: Stock): KernelFunc {
+  return ({ inputs, attrs, backend }) => {
+    const a = attrs as unknown as ConvBackpropAttrs & { inputShape: number[] };
+    if (a.dataFormat === "NCHW") return stock.conv2DBackpropInput.kernelFunc({ inputs, attrs, backend });
+    return asKernelOutput(backend, () =>
+      conv2DBackpropInputNHWC(wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D, wrapInput(backend, inputs.filter as TensorInfo) as tf.Tensor4D, a.inputShape, a),
+    );
+  };
+}
+
+function replaceKernel(name: string, kernelFunc: KernelFunc, setupFunc?: tf.KernelConfig["setupFunc"]): void {
+  if (tf.getKernel(name, "wasm")) tf.unregisterKernel(name, "wasm");
+  OURS.add(kernelFunc);
+  // Keep the stock setupFunc: it prepares the wasm entry points if the backend is re-initialised.
+  tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc, setupFunc });
+}
+
+/**
+ * Register the wasm training-kernel overrides (Conv2DBackpropFilter, Conv2DBackpropInput,
+ * BatchMatMul). Idempotent: a second call sees our kernels already in place and does nothing.
+ * Call after `@tensorflow/tfjs-backend-wasm` has been loaded (it registers the stock kernels).
+ * Returns the names of kernels installed by this call (empty when already installed).
+ */
+export function registerWasmKernelOverrides(): string[] {
+  const current = tf.getKernel("BatchMatMul", "wasm");
+  if (current == null) {
+    throw new Error("registerWasmKernelOverrides: the wasm backend's kernels are not registered; load '@tensorflow/tfjs-backend-wasm' first.");
+  }
+  if (OURS.has(current.kernelFunc)) return [];
+  const need = (name: string): tf.KernelConfig => {
+    const k = tf.getKernel(name, "wasm");
+    if (k == null) throw new Error(`registerWasmKernelOverrides: stock wasm kernel '${name}' is missing (tfjs-backend-wasm version changed?).`);
+    return k;
+  };
+  const stock: Stock = {
+    conv2DBackpropInput: need("Conv2DBackpropInput"),
+    batchMatMul: current,
+    transpose: need("Transpose"),
+    slice: need("Slice"),
+    concat: need("Concat"),
+  };
+  replaceKernel("Conv2DBackpropFilter", makeConv2DBackpropFilter());
+  replaceKernel("Conv2DBackpropInput", makeConv2DBackpropInput(stock), stock.conv2DBackpropInput.setupFunc);
+  replaceKernel("BatchMatMul", makeBatchMatMul(stock), stock.batchMatMul.setupFunc);
+  return [...WASM_KERNEL_OVERRIDES];
+}
+
+/** True when this module's overrides are the registered wasm kernels. */
+export function wasmKernelOverridesInstalled(): boolean {
+  const k = tf.getKernel("BatchMatMul", "wasm");
+  return k != null && OURS.has(k.kernelFunc);
+}
