@@ -1,0 +1,264 @@
+/**
+ * Preprocessing: a folder of pictures → a training folder of target-sized PNGs with `.txt` captions.
+ *
+ * This follows A1111's Train ▸ Preprocess images (spec §5.1), per source file in name order:
+ *   1. decode, apply EXIF orientation, drop alpha (kept only with `keepAlpha`, for loss weights);
+ *   2. read `<stem>.txt` as the existing caption;
+ *   3. make images — split oversized, focal crop, auto-sized crop, keep original size — and, when none
+ *      of those applied, the default crop-and-resize (cover, centre, Lanczos);
+ *   4. save each as `<index:05>-<sub>-<stem>.png`, then its flipped copies (each with the caption).
+ * `index` is the file's position in the sorted listing of the source folder (every entry counts, as
+ * in A1111), `sub` counts images made from that source.
+ *
+ * Unlike A1111 it never writes into the source folder, never replaces an existing output unless
+ * `overwrite: true`, reports every file it skipped and why, gives flipped copies their captions, can
+ * caption without cropping (`captionOnly`), and puts focal-crop debug images in a sub-folder so
+ * they do not become training data.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { writeFileAtomic, FileExistsError } from "../io/atomic";
+import { DEFAULT_FOCAL_WEIGHTS, findFocalCrop, focalScaleSize, type FaceDetector, type FocalWeights, type RawImage } from "./autocrop";
+import { captionFromFilename, combineCaptions, type ExistingCaptionAction, type FilenameCaptionOptions } from "./captions";
+import { autoSizePlan, coverCropPlan, oversizeRatio, splitPlan, type AutoSizeOptions, type Box } from "./crops";
+import { cropRaw, decodeImage, drawFocalDebug, encodePng, flipRaw, ImageDecodeError, resizeRaw, type FlipKind } from "./images";
+
+/** Options of `preprocess`. Sizes in pixels; every option has A1111's default. */
+export interface PreprocessOptions {
+  /** Target width (default 512). */
+  width?: number;
+  /** Target height (default 512). */
+  height?: number;
+  /** Replace files already in the destination (default false: stop with an error naming the file). */
+  overwrite?: boolean;
+  /** Keep the alpha channel (RGBA PNGs) for "alpha as loss weight" training (default false). */
+  keepAlpha?: boolean;
+  /** Split images much longer than the target into overlapping tiles (default off). */
+  split?: boolean | { threshold?: number; overlap?: number };
+  /** Crop around the auto-detected focal point instead of the centre, for non-square sources (default off). */
+  focalCrop?: boolean | { weights?: Partial<FocalWeights>; faceDetector?: FaceDetector; debugImage?: boolean };
+  /** Choose the output size per image from a range (spec §5.4; default off). */
+  autoSized?: boolean | AutoSizeOptions;
+  /** Also save the image at its own size (default false). */
+  keepOriginalSize?: boolean;
+  /** Only caption: save each image at its own size with its caption, no crop or resize (default false). */
+  captionOnly?: boolean;
+  /** Mirror copies to add after each image: `true` = horizontal (default none). */
+  flips?: boolean | FlipKind[];
+  /** What to do with an existing `<stem>.txt` next to the source (default "ignore"). */
+  existingCaption?: ExistingCaptionAction;
+  /** Caption generator (e.g. a BLIP or tagger model you load); its text is combined per `existingCaption`. */
+  captioner?: (image: RawImage, sourceFile: string) => string | Promise<string>;
+  /** Caption from the file name when the caption is otherwise empty (default true; A1111's rule). */
+  filenameCaption?: boolean | FilenameCaptionOptions;
+  /** Sources whose shorter side is below this are skipped as too small (default 16). */
+  minSourceSide?: number;
+  /** Called after each source file with a one-line message. */
+  log?: (message: string) => void;
+}
+
+/** How an output image was made. */
+export type MadeKind = "split" | "focal" | "auto-sized" | "original" | "crop" | "caption-only";
+
+/** One image written to the destination. */
+export interface MadeImage {
+  /** file name in the destination folder */
+  file: string;
+  /** source file name (in the source folder) */
+  source: string;
+  kind: MadeKind;
+  /** `undefined` for the image itself, else which mirror it is */
+  flip?: FlipKind;
+  width: number;
+  height: number;
+  /** caption written next to it ("" when none was written) */
+  caption: string;
+  /** source scaled to this size before cutting (absent when not scaled) */
+  resizeTo?: { width: number; height: number };
+  /** the box cut, in pixels of the scaled image (or of the source when not scaled first) */
+  box?: Box;
+}
+
+/** Why a source file produced nothing. */
+export type SkipReason = "not-a-file" | "empty" | "not-an-image" | "unsupported-format" | "corrupt" | "too-small" | "no-auto-size";
+
+/** A source file that produced no image, with the reason in words. */
+export interface SkippedFile {
+  source: string;
+  reason: SkipReason;
+  detail: string;
+}
+
+/** What `preprocess` made and skipped. */
+export interface PreprocessSummary {
+  source: string;
+  destination: string;
+  width: number;
+  height: number;
+  made: MadeImage[];
+  skipped: SkippedFile[];
+  /** number of source images that had a `.txt` caption */
+  captionsFound: number;
+}
+
+const CAPTION_EXT = ".txt";
+
+/**
+ * Preprocess every image in `src` (non-recursive) into `dst`. See the module comment for the steps.
+ * Throws before writing anything if `dst` is `src` or inside it, and `FileExistsError` if an output
+ * exists and `overwrite` is not set.
+ */
+export async function preprocess(src: string, dst: string, opts: PreprocessOptions = {}): Promise<PreprocessSummary> {
+  const W = opts.width ?? 512;
+  const H = opts.height ?? 512;
+  if (!Number.isInteger(W) || !Number.isInteger(H) || W < 1 || H < 1) throw new Error(`preprocess: width and height must be positive integers, got ${W}×${H}`);
+  const srcAbs = path.resolve(src);
+  const dstAbs = path.resolve(dst);
+  if (!fs.existsSync(srcAbs) || !fs.statSync(srcAbs).isDirectory()) throw new Error(`preprocess: source folder ${srcAbs} does not exist or is not a folder`);
+  const srcReal = fs.realpathSync(srcAbs);
+  const dstReal = fs.existsSync(dstAbs) ? fs.realpathSync(dstAbs) : dstAbs;
+  if (dstReal === srcReal || dstReal.startsWith(srcReal + path.sep)) {
+    throw new Error(`preprocess: destination ${dstAbs} is the source folder or inside it; choose a separate folder so the originals stay untouched`);
+  }
+
+  const split = opts.split ? { threshold: 0.5, overlap: 0.2, ...(typeof opts.split === "object" ? opts.split : {}) } : undefined;
+  if (split) split.threshold = Math.max(0, Math.min(1, split.threshold));
+  const focal = opts.focalCrop ? (typeof opts.focalCrop === "object" ? opts.focalCrop : {}) : undefined;
+  const focalWeights: FocalWeights = { ...DEFAULT_FOCAL_WEIGHTS, ...(focal?.weights ?? {}) };
+  const autoSized = opts.autoSized ? (typeof opts.autoSized === "object" ? opts.autoSized : {}) : undefined;
+  const flips: FlipKind[] = opts.flips === true ? ["horizontal"] : Array.isArray(opts.flips) ? opts.flips : [];
+  const action = opts.existingCaption ?? "ignore";
+  const nameCaption = opts.filenameCaption === false ? undefined : typeof opts.filenameCaption === "object" ? opts.filenameCaption : {};
+  const minSide = opts.minSourceSide ?? 16;
+
+  const entries = fs.readdirSync(srcAbs).sort();
+  const stems = new Set(entries.filter((e) => path.extname(e).toLowerCase() !== CAPTION_EXT).map((e) => path.parse(e).name));
+  const summary: PreprocessSummary = { source: srcAbs, destination: dstAbs, width: W, height: H, made: [], skipped: [], captionsFound: 0 };
+  fs.mkdirSync(dstAbs, { recursive: true });
+
+  for (let index = 0; index < entries.length; index++) {
+    const name = entries[index]!;
+    const full = path.join(srcAbs, name);
+    const stem = path.parse(name).name;
+    const skip = (reason: SkipReason, detail: string): void => {
+      summary.skipped.push({ source: name, reason, detail });
+      opts.log?.(`skipped ${name}: ${detail}`);
+    };
+    const stat = fs.statSync(full);
+    if (!stat.isFile()) {
+      skip("not-a-file", stat.isDirectory() ? "a folder, not a file (sub-folders are not searched)" : "not a regular file");
+      continue;
+    }
+    if (path.extname(name).toLowerCase() === CAPTION_EXT) {
+      if (!stems.has(stem)) skip("not-an-image", "a text file with no image of the same name");
+      continue;
+    }
+
+    let img: RawImage;
+    try {
+      img = await decodeImage(name, fs.readFileSync(full), opts.keepAlpha ?? false);
+    } catch (err) {
+      if (err instanceof ImageDecodeError) {
+        skip(err.problem, err.message.slice(name.length + 2));
+        continue;
+      }
+      throw err;
+    }
+    if (Math.min(img.width, img.height) < minSide) {
+      skip("too-small", `too small (${img.width}×${img.height}; the shorter side must be at least ${minSide} px)`);
+      continue;
+    }
+
+    const captionFile = path.join(srcAbs, stem + CAPTION_EXT);
+    const existing = fs.existsSync(captionFile) && fs.statSync(captionFile).isFile() ? fs.readFileSync(captionFile, "utf8") : undefined;
+    if (existing !== undefined) summary.captionsFound++;
+
+    // Step 3: the images this source yields, in A1111's order.
+    type Piece = { img: RawImage; kind: MadeKind; resizeTo?: { width: number; height: number }; box?: Box };
+    const pieces: Piece[] = [];
+    const debugImages: { file: string; png: Buffer }[] = [];
+    if (opts.captionOnly) {
+      pieces.push({ img, kind: "caption-only" });
+    } else {
+      let defaultResize = true;
+      const { ratio } = oversizeRatio(img.width, img.height, W, H);
+      if (split && ratio < 1 && ratio <= split.threshold) {
+        for (const plan of splitPlan(img.width, img.height, W, H, split.overlap)) {
+          // A1111 scales with PIL's default filter here (bicubic), not Lanczos.
+          const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "cubic");
+          pieces.push({ img: await cropRaw(scaled, plan.box), kind: "split", resizeTo: plan.resizeTo, box: plan.box });
+        }
+        defaultResize = false;
+      }
+      if (focal && img.width !== img.height) {
+        const size = focalScaleSize(img.width, img.height, W, H);
+        const scaled = await resizeRaw(img, size.width, size.height, "cubic");
+        const found = await findFocalCrop(scaled, W, H, focalWeights, focal.faceDetector);
+        pieces.push({ img: await cropRaw(scaled, found.box), kind: "focal", resizeTo: size, box: found.box });
+        if (focal.debugImage) {
+          const pts = [
+            ...found.edges.map((p) => ({ ...p, color: "#00f" })),
+            ...found.entropy.map((p) => ({ ...p, color: "#ff0" })),
+            ...found.faces.map((p) => ({ ...p, color: "#f00" })),
+            { ...found.focus, color: "#0f0" },
+          ];
+          debugImages.push({ file: path.join("focal-debug", `${String(index).padStart(5, "0")}-${stem}.png`), png: await drawFocalDebug(scaled, found.box, pts) });
+        }
+        defaultResize = false;
+      }
+      if (autoSized) {
+        const plan = autoSizePlan(img.width, img.height, autoSized);
+        if (plan) {
+          const cut = await cropRaw(img, plan.box);
+          pieces.push({ img: await resizeRaw(cut, plan.width, plan.height, "lanczos"), kind: "auto-sized", box: plan.box });
+        } else if (pieces.length === 0 && !opts.keepOriginalSize) {
+          skip("no-auto-size", `no auto-sized crop fits (${img.width}×${img.height}: no size within the dimension/area bounds has aspect error ≤ ${autoSized.threshold ?? 0.1})`);
+        }
+        defaultResize = false;
+      }
+      if (opts.keepOriginalSize) {
+        pieces.push({ img, kind: "original" });
+        defaultResize = false;
+      }
+      if (defaultResize) {
+        const plan = coverCropPlan(img.width, img.height, W, H);
+        const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "lanczos");
+        pieces.push({ img: await cropRaw(scaled, plan.box), kind: "crop", resizeTo: plan.resizeTo, box: plan.box });
+      }
+    }
+
+    // Step 4: encode everything for this source, check for existing outputs, then write.
+    const outputs: { file: string; png: Buffer; caption: string; made: MadeImage }[] = [];
+    let sub = 0;
+    for (const piece of pieces) {
+      const generated = opts.captioner ? await opts.captioner(piece.img, name) : "";
+      let caption = combineCaptions(generated, existing, action);
+      if (!caption && nameCaption) caption = captionFromFilename(stem, nameCaption).trim();
+      const variants: [RawImage, FlipKind | undefined][] = [[piece.img, undefined]];
+      for (const f of flips) variants.push([await flipRaw(piece.img, f), f]);
+      for (const [im, flip] of variants) {
+        const file = `${String(index).padStart(5, "0")}-${sub++}-${stem}.png`;
+        const made: MadeImage = { file, source: name, kind: piece.kind, width: im.width, height: im.height, caption };
+        if (flip) made.flip = flip;
+        if (piece.resizeTo) made.resizeTo = piece.resizeTo;
+        if (piece.box) made.box = piece.box;
+        outputs.push({ file, png: await encodePng(im), caption, made });
+      }
+    }
+    if (!opts.overwrite) {
+      for (const o of outputs) {
+        for (const f of [o.file, o.caption ? o.file.replace(/\.png$/, CAPTION_EXT) : undefined]) {
+          if (f && fs.existsSync(path.join(dstAbs, f))) throw new FileExistsError(path.join(dstAbs, f));
+        }
+      }
+    }
+    for (const o of outputs) {
+      writeFileAtomic(path.join(dstAbs, o.file), [o.png], { overwrite: opts.overwrite });
+      if (o.caption) writeFileAtomic(path.join(dstAbs, o.file.replace(/\.png$/, CAPTION_EXT)), [Buffer.from(o.caption, "utf8")], { overwrite: opts.overwrite });
+      summary.made.push(o.made);
+    }
+    for (const d of debugImages) writeFileAtomic(path.join(dstAbs, d.file), [d.png], { overwrite: opts.overwrite });
+    if (outputs.length) opts.log?.(`${name}: ${outputs.length} image(s)`);
+  }
+  return summary;
+}
