@@ -1,0 +1,4 @@
+/** Text side of SD: tokenizers and the CLIP text encoder. */
+export * from "./tokenizer";
+export * from "./clip";
+export * from "./load";
