@@ -148,7 +148,8 @@ const SPLIT_MIN_MACS = 1 << 18;
 const SPLIT_MAX_BATCH = 64;
 
 function makeBatchMatMul(stock: Stock): KernelFunc {
-  return ({ inputs, attrs, backend }) => {
+  return ({ inputs, attrs, backend: anyBackend }) => {
+    const backend = anyBackend as KernelBackend;
     const a = inputs.a as TensorInfo;
     const b = inputs.b as TensorInfo;
     const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
@@ -197,7 +198,9 @@ function makeBatchMatMul(stock: Stock): KernelFunc {
         const bi = run(stock.slice, { x: b3 }, { begin: [i, 0, 0], size: [1, k, p] });
         parts.push(run(stock.batchMatMul, { a: view(ai, [m, k]), b: view(bi, [k, p]) }, plain));
       }
-      result = stock.concat.kernelFunc({ inputs: parts.map((t) => view(t, [m, p])), attrs: { axis: 0 }, backend }) as TensorInfo;
+      // The Concat kernel takes its inputs as an array.
+      const concatInputs = parts.map((t) => view(t, [m, p])) as unknown as tf.NamedTensorInfoMap;
+      result = stock.concat.kernelFunc({ inputs: concatInputs, attrs: { axis: 0 }, backend }) as TensorInfo;
     } else {
       result = stock.batchMatMul.kernelFunc({ inputs: { a: a2, b: b2 }, attrs: plain, backend }) as TensorInfo;
     }
@@ -207,7 +210,8 @@ function makeBatchMatMul(stock: Stock): KernelFunc {
 }
 
 function makeConv2DBackpropFilter(): KernelFunc {
-  return ({ inputs, attrs, backend }) => {
+  return ({ inputs, attrs, backend: anyBackend }) => {
+    const backend = anyBackend as KernelBackend;
     const a = attrs as unknown as ConvBackpropAttrs & { filterShape: number[] };
     if (a.dataFormat === "NCHW") {
       throw new Error("Conv2DBackpropFilter on wasm: only NHWC data is supported (hypernet-lab uses NHWC throughout).");
@@ -219,7 +223,8 @@ function makeConv2DBackpropFilter(): KernelFunc {
 }
 
 function makeConv2DBackpropInput(stock: Stock): KernelFunc {
-  return ({ inputs, attrs, backend }) => {
+  return ({ inputs, attrs, backend: anyBackend }) => {
+    const backend = anyBackend as KernelBackend;
     const a = attrs as unknown as ConvBackpropAttrs & { inputShape: number[] };
     if (a.dataFormat === "NCHW") return stock.conv2DBackpropInput.kernelFunc({ inputs, attrs, backend });
     return asKernelOutput(backend, () =>
