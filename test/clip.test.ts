@@ -4,6 +4,9 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { writeSafetensors } from "../src/io/safetensors";
+import { writeTorchFile } from "../src/io/torch-file";
+import { PyDict } from "../src/io/pyvalue";
+import { loadVae, AutoencoderKL, tinyVaeConfig } from "../src/vae";
 import { stateDict } from "../src/nn/module";
 import type { HostTensor } from "../src/io/host-tensor";
 import { CLIP_VIT_L14_TEXT, ClipTextModel, clipTextParamShapes, loadTextEncoder, tinyClipTextConfig } from "../src/text";
@@ -103,6 +106,26 @@ describe("CLIP text encoder", () => {
     half.dispose();
     want.dispose();
     src.dispose();
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it("loads text encoder and VAE from one .ckpt (torch zip, state_dict at top level)", () => {
+    const te = new ClipTextModel(tinyClipTextConfig({ maxPositions: 6, vocabSize: 20 }));
+    const vae = new AutoencoderKL(tinyVaeConfig());
+    const dir = tmpdir();
+    const f = path.join(dir, "model.ckpt");
+    const sd = new PyDict("dict", [...stateDict(te, "cond_stage_model.transformer.text_model."), ...stateDict(vae, "first_stage_model.")]);
+    writeTorchFile(f, new PyDict("dict", [["state_dict", sd]]));
+    const ids = [[0, 3, 4, 5, 1, 1]];
+    const loaded = loadTextEncoder(f, { config: { heads: 4 } }).model;
+    const [a, b] = [te.encode(ids), loaded.encode(ids)];
+    expectClose(b.dataSync(), a.dataSync(), 1e-6);
+    const lv = loadVae(f, { config: { normGroups: 4 } }).model;
+    const z = tf.randomNormal([1, 2, 2, 4], 0, 1, "float32", 2) as tf.Tensor4D;
+    const [x, y] = [vae.decode(z), lv.decode(z)];
+    expectClose(y.dataSync(), x.dataSync(), 1e-6);
+    tf.dispose([a, b, z, x, y]);
+    [te, vae, loaded, lv].forEach((m) => m.dispose());
     fs.rmSync(dir, { recursive: true });
   });
 

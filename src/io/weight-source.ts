@@ -5,6 +5,8 @@
  */
 import type { HostTensor } from "./host-tensor";
 import { SafetensorsFile } from "./safetensors";
+import { openTorchFile } from "./torch-file";
+import { PyDict, type TorchTensor, isTorchTensor } from "./pyvalue";
 import type { TensorSource } from "../nn/module";
 
 /** A tensor source that may hold an open file (call `close()` when done) and says where it came from. */
@@ -15,18 +17,17 @@ export interface WeightSource extends TensorSource {
   close(): void;
 }
 
-/** What the loaders accept: a `.safetensors` path, a tensor map, or any `TensorSource`. */
+/** What the loaders accept: a `.safetensors`/`.ckpt`/`.pt` path, a tensor map, or any `TensorSource`. */
 export type WeightInput = string | Map<string, HostTensor> | TensorSource;
 
 /**
- * Open a weight input. A path must end in `.safetensors` (PyTorch `.ckpt`/`.pt` files are read by
- * the torch-file reader; pass its tensors as a map). Tensors are read on `get` and widened to float32.
+ * Open a weight input. A path ending in `.safetensors` is read with the safetensors reader; any
+ * other path as a PyTorch `.ckpt`/`.pt` file (safe unpickler, never executes code), using its
+ * top-level `state_dict` when there is one. Tensors are read on `get` and widened to float32.
  */
 export function openWeights(input: WeightInput, where?: string): WeightSource {
   if (typeof input === "string") {
-    if (!/\.safetensors$/i.test(input)) {
-      throw new Error(`${input}: only .safetensors files are read here; for a .ckpt/.pt file read its state dict first and pass the tensors as a Map`);
-    }
+    if (!/\.safetensors$/i.test(input)) return openTorchWeights(input, where);
     const f = SafetensorsFile.open(input);
     return {
       where: where ?? input,
@@ -91,4 +92,30 @@ export function renamedSource(
     },
     close: () => src.close(),
   };
+}
+
+/** A torch checkpoint as a weight source: the tensors of `state_dict` (or of the top-level dict). */
+function openTorchWeights(file: string, where?: string): WeightSource {
+  const f = openTorchFile(file);
+  try {
+    let dict = f.root;
+    if (dict instanceof PyDict && dict.get("state_dict") instanceof PyDict) dict = dict.get("state_dict")!;
+    if (!(dict instanceof PyDict)) throw new Error(`${file}: expected a torch checkpoint holding a dict of tensors (optionally under "state_dict")`);
+    const tensors = new Map<string, TorchTensor>();
+    for (const [k, v] of dict.map) if (typeof k === "string" && isTorchTensor(v)) tensors.set(k, v);
+    return {
+      where: where ?? file,
+      keys: () => tensors.keys(),
+      get: (k) => {
+        const t = tensors.get(k);
+        if (!t) throw new Error(`${file}: no tensor named "${k}"`);
+        return t.read();
+      },
+      shapeOf: (k) => tensors.get(k)?.shape,
+      close: () => f.close(),
+    };
+  } catch (err) {
+    f.close();
+    throw err;
+  }
 }
