@@ -294,7 +294,7 @@ async function tryWasm(threads: number | undefined): Promise<Attempt> {
 async function tryCpu(): Promise<Attempt> {
   const r = await setBackendCapturing("cpu");
   if (!r.ok) return { ok: false, reason: `cpu: initialisation failed: ${r.message || "no message"}` };
-  return { ok: true, device: "CPU (pure JavaScript)", notes: ["the pure-JS cpu backend is 30–100× slower than wasm; use it for reference checks"] };
+  return { ok: true, device: "CPU (pure JavaScript)", notes: ["the pure-JS cpu backend is 25–100× slower than wasm; use it for reference checks"] };
 }
 
 function attempt(name: BackendName, auto: boolean, opts: UseBackendOptions): Promise<Attempt> {
