@@ -266,6 +266,21 @@ describe("preprocess folders", () => {
     expect(sum.made.find((m) => m.source === "a-wide.png")).toMatchObject({ kind: "caption-only", width: 200, height: 100, caption: "a photo" });
   });
 
+  it("alpha is dropped by default and kept when asked", async () => {
+    const asrc = path.join(tmp, "alpha-src");
+    fs.mkdirSync(asrc);
+    const rgba = Buffer.alloc(48 * 48 * 4, 255);
+    for (let i = 0; i < 48 * 48; i++) rgba[i * 4 + 3] = i % 48 < 24 ? 0 : 255;
+    await sharp(rgba, { raw: { width: 48, height: 48, channels: 4 } }).png().toFile(path.join(asrc, "m.png"));
+    await preprocess(asrc, path.join(tmp, "out-rgb"), { width: 32, height: 32 });
+    await preprocess(asrc, path.join(tmp, "out-rgba"), { width: 32, height: 32, keepAlpha: true });
+    expect((await readRaw(path.join(tmp, "out-rgb", "00000-0-m.png"))).channels).toBe(3);
+    const kept = await readRaw(path.join(tmp, "out-rgba", "00000-0-m.png"));
+    expect(kept.channels).toBe(4);
+    expect(px(kept, 2, 10)[3]).toBe(0);
+    expect(px(kept, 29, 10)[3]).toBe(255);
+  });
+
   it("EXIF orientation 6 comes out upright", async () => {
     const esrc = path.join(tmp, "exif-src");
     fs.mkdirSync(esrc);

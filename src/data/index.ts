@@ -5,3 +5,5 @@ export * from "./captions";
 export * from "./images";
 export * from "./preprocess";
 export * from "./view";
+export * from "./templates";
+export * from "./dataset";

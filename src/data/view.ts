@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import sharp from "sharp";
+import sharp, { type OverlayOptions } from "sharp";
 import type { PreprocessSummary } from "./preprocess";
 
 /** One cell of the grid: an image (file path or encoded bytes) and the text under it. */
@@ -90,7 +90,7 @@ export async function renderGrid(items: string | GridItem[], opts: GridOptions =
   const lineH = Math.round(fontSize * 1.25);
   const cellH = cell + lines * lineH + 4;
   const charsPerLine = Math.max(4, Math.floor(cell / (fontSize * 0.55)));
-  const layers: sharp.OverlayOptions[] = [];
+  const layers: OverlayOptions[] = [];
   let svgText = "";
   for (const [i, item] of list.entries()) {
     const x0 = (i % columns) * cell;
