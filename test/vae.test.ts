@@ -41,12 +41,12 @@ describe("VAE (AutoencoderKL)", () => {
       const image = t4(ref.vae.image);
       const { mean, logvar } = model.encode(image);
       expect(mean.shape).toEqual(ref.vae.mean.shape);
-      expectClose(mean.dataSync(), ref.vae.mean.data, 1e-4);
-      expectClose(logvar.dataSync(), ref.vae.logvar.data, 1e-4);
+      expectClose(mean.dataSync(), ref.vae.mean.data, 2e-5);
+      expectClose(logvar.dataSync(), ref.vae.logvar.data, 2e-5);
       const z = t4(ref.vae.latents);
       const img = model.decode(z, { clamp: false });
       expect(img.shape).toEqual(ref.vae.decoded.shape);
-      expectClose(img.dataSync(), ref.vae.decoded.data, 1e-4);
+      expectClose(img.dataSync(), ref.vae.decoded.data, 2e-5); // measured max error ≈ 1.6e-6
       tf.dispose([image, mean, logvar, z, img]);
     } finally {
       model.dispose();

@@ -216,6 +216,11 @@ export class ClipTextModel extends Module {
     const nLayers = this.config.layers;
     if (!Number.isInteger(skip) || skip < 1 || skip > nLayers) throw new Error(`ClipTextModel.encode: clipSkip must be an integer in 1..${nLayers}, got ${skip}`);
     return tf.tidy(() => {
+      if (Array.isArray(ids)) {
+        const v = this.config.vocabSize;
+        const bad = ids.flat().find((id) => !Number.isInteger(id) || id < 0 || id >= v);
+        if (bad !== undefined) throw new Error(`ClipTextModel.encode: token id ${bad} is outside the vocabulary 0..${v - 1}; was the prompt tokenized for another model?`);
+      }
       const idsT = Array.isArray(ids) ? tokenIdsTensor(ids) : ids;
       if (idsT.rank !== 2) throw new Error(`ClipTextModel.encode: ids must be [batch, tokens], got shape [${idsT.shape.join(", ")}]`);
       const [b, len] = idsT.shape;

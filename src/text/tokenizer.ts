@@ -6,6 +6,11 @@
  * word-level tokenizer for the embedded tiny model. Both share the same framing logic
  * (`frameTokens`): BOS + up to 75 tokens + EOS, padded to 77, with prompts longer than 75 tokens
  * either truncated or split into 75-token chunks the way AUTOMATIC1111 does.
+ *
+ * Chunking matches A1111's `tokenize_line` (window of 75, comma backtrack 20, empty windows to
+ * equalise a batch) except that A1111 first parses its emphasis syntax — `(word:1.2)`, `[word]`,
+ * `BREAK` — and textual-inversion embedding names; here the prompt text is tokenized literally
+ * (brackets become tokens, there are no per-token weights).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
