@@ -38,6 +38,14 @@ const LEGACY_PROTOCOL = 1001;
 /** Most bytes read at once while looking for the end of the legacy pickles. */
 const LEGACY_PICKLE_LIMIT = 1 << 30;
 
+export interface OpenTorchOptions {
+  /**
+   * Zip format: storages up to this many bytes are CRC-checked when a tensor reads them whole
+   * (default 256 MiB; `Infinity` checks all, 0 none). `data.pkl` is always checked.
+   */
+  crcLimit?: number;
+}
+
 /** An opened torch file: the unpickled value with lazy tensors. Call `close()` when done. */
 export interface TorchFile {
   readonly file: string;
@@ -53,7 +61,7 @@ export interface TorchFile {
  * Throws UnsafePickleError if the pickle reaches for anything but tensors and plain containers,
  * CorruptFileError for damaged files, UnsupportedFileError for valid but unhandled features.
  */
-export function openTorchFile(file: string): TorchFile {
+export function openTorchFile(file: string, opts: OpenTorchOptions = {}): TorchFile {
   let fd: number;
   try {
     fd = fs.openSync(file, "r");
@@ -63,7 +71,7 @@ export function openTorchFile(file: string): TorchFile {
   try {
     const size = fs.fstatSync(fd).size;
     const head = readAt(file, fd, 0, Math.min(4, size));
-    if (head.length === 4 && head.readUInt32LE(0) === 0x04034b50) return openZip(file, fd);
+    if (head.length === 4 && head.readUInt32LE(0) === 0x04034b50) return openZip(file, fd, opts);
     if (head[0] === 0x80) return openLegacy(file, fd, size);
     throw new CorruptFileError(file, "not a torch file: it is neither a zip archive (torch ≥ 1.6) nor a legacy torch pickle");
   } catch (err) {
@@ -108,8 +116,8 @@ export function materialize(v: PyValue, seen = new Map<object, PyValue>()): PyVa
 
 // ---- zip format ---------------------------------------------------------------------------------
 
-function openZip(file: string, fd: number): TorchFile {
-  const zip = ZipReader.fromFd(file, fd);
+function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
+  const zip = ZipReader.fromFd(file, fd, { crcLimit: opts.crcLimit });
   const first = zip.entries[0];
   const slash = first ? first.name.indexOf("/") : -1;
   if (!first || slash <= 0) throw new CorruptFileError(file, "zip archive has no top-level folder, so it is not a torch file");
@@ -147,7 +155,7 @@ function openZip(file: string, fd: number): TorchFile {
     storages.set(req.key, handle);
     return handle;
   };
-  const pickle = zip.read(pkl);
+  const pickle = zip.read(pkl, true);
   const { value, end } = unpickle(pickle, 0, { file, persistentLoad });
   if (end !== pickle.length) throw new CorruptFileError(file, `data.pkl has ${pickle.length - end} bytes after the end of the pickle`);
   return { file, format: "zip", root: value, close: () => zip.close() };

@@ -132,11 +132,11 @@ export class ZipReader {
     return this.byName.get(name);
   }
 
-  /** Read a whole entry; small entries (≤ crcLimit) are CRC-checked. */
-  read(entry: ZipEntry | string): Buffer {
+  /** Read a whole entry; it is CRC-checked when `verify` is true, or by default when ≤ crcLimit. */
+  read(entry: ZipEntry | string, verify?: boolean): Buffer {
     const e = this.resolve(entry);
     const bytes = this.readRange(e, 0, e.size);
-    if (e.size <= this.crcLimit) {
+    if (verify ?? e.size <= this.crcLimit) {
       const c = crc32(bytes);
       if (c !== e.crc32) {
         throw new CorruptFileError(
