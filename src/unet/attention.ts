@@ -1,0 +1,255 @@
+/**
+ * Attention in the SD UNet (LDM `ldm/modules/attention.py`), and THE hook of this project: the
+ * attention processor.
+ *
+ * SpatialTransformer (one per attention site) turns the feature map into a sequence of H·W tokens:
+ *
+ *   h = proj_in(GroupNorm(x))            1×1 conv (SD 1.x) or Linear (SD 2.x) — both per-token linear maps
+ *   h = BasicTransformerBlock(h, context)   × transformer_depth
+ *   out = x + proj_out(h)
+ *
+ * BasicTransformerBlock, pre-norm residual:
+ *
+ *   h = h + attn1(norm1(h))              self-attention: tokens look at each other
+ *   h = h + attn2(norm2(h), context)     cross-attention: tokens look at the text
+ *   h = h + ff(norm3(h))                 GEGLU feed-forward
+ *
+ * CrossAttention computes  softmax(Q Kᵀ / √d) V  per head with Q = to_q(x), K = to_k(ctx),
+ * V = to_v(ctx) (ctx = x for attn1), then to_out. The forward itself is delegated to a replaceable
+ * `processor(layer, x, context)` — a hypernetwork is a processor that rewrites the context fed to
+ * to_k and to_v; an attention-map viewer is a processor that records the softmax. `defaultProcessor`
+ * and `attend` are the building blocks such processors reuse.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { GroupNorm, IndexedModules, LayerNorm, Linear, ModuleList, gelu } from "../nn/layers";
+import { Module, type ModuleOptions, type Param, zerosInit } from "../nn/module";
+
+/**
+ * Computes one attention layer's output `[B, N, C]` from its input `x` `[B, N, C]` and `context`
+ * (`[B, T, contextDim]` for cross-attention; `undefined` for self-attention, meaning "use x").
+ * It may use any of the layer's weights (`layer.to_q`, `layer.to_k`, `layer.to_v`, `layer.to_out`)
+ * and `attend`. Called inside the UNet's `tidy`, so intermediate tensors need no disposal.
+ */
+export type AttentionProcessor = (layer: CrossAttention, x: tf.Tensor, context: tf.Tensor | undefined) => tf.Tensor;
+
+/**
+ * The standard processor: `q = to_q(x)`, `k = to_k(ctx)`, `v = to_v(ctx)` with `ctx = context ?? x`,
+ * then `attend`.
+ */
+export const defaultProcessor: AttentionProcessor = (layer, x, context) => {
+  const ctx = context ?? x;
+  return attend(layer, layer.to_q.apply(x), layer.to_k.apply(ctx), layer.to_v.apply(ctx));
+};
+
+/** Default cap on the number of attention scores computed at once (floats; 2^25 = 128 MB). */
+export const DEFAULT_SCORE_BUDGET = 2 ** 25;
+
+/**
+ * Multi-head scaled dot-product attention followed by the output projection:
+ *
+ *   out = to_out( concat_h softmax(Q_h K_hᵀ / √d) V_h )
+ *
+ * `q` is `[B, N, inner]`, `k` and `v` are `[B, T, inner]` (already projected). Heads are split off
+ * the channel axis. When `B·heads·N·T` scores exceed `layer.scoreBudget`, queries are processed in
+ * chunks (each query's softmax only needs its own row of scores), so a 64×64 latent (N = 4096)
+ * fits in memory. K is transposed once, explicitly, so every matMul is untransposed (the wasm
+ * backend's transposed matMul is much slower).
+ */
+export function attend(layer: CrossAttention, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    const [b, n] = q.shape as [number, number, number];
+    const t = k.shape[1]!;
+    const h = layer.heads;
+    const d = layer.dimHead;
+    // [B, N, h·d] → [B·h, N, d], pre-scaled by 1/√d (N·d multiplies instead of N·T)
+    const qh = q.reshape([b, n, h, d]).transpose([0, 2, 1, 3]).reshape([b * h, n, d]).mul(layer.scale) as tf.Tensor3D;
+    // Kᵀ: [B, T, h·d] → [B·h, d, T]
+    const kt = k.reshape([b, t, h, d]).transpose([0, 2, 3, 1]).reshape([b * h, d, t]) as tf.Tensor3D;
+    const vh = v.reshape([b, t, h, d]).transpose([0, 2, 1, 3]).reshape([b * h, t, d]) as tf.Tensor3D;
+    const rows = Math.max(1, Math.floor(layer.scoreBudget / (b * h * t)));
+    const pieces: tf.Tensor3D[] = [];
+    for (let start = 0; start < n; start += rows) {
+      const len = Math.min(rows, n - start);
+      const qc = len === n ? qh : qh.slice([0, start, 0], [b * h, len, d]);
+      const probs = tf.softmax(tf.matMul(qc, kt)); // [B·h, len, T]
+      pieces.push(tf.matMul(probs, vh)); // [B·h, len, d]
+    }
+    const out = pieces.length === 1 ? pieces[0]! : tf.concat(pieces, 1);
+    const merged = out.reshape([b, h, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, h * d]);
+    return layer.to_out.at(0).apply(merged);
+  });
+}
+
+/**
+ * Multi-head attention with separate query and context widths (LDM `CrossAttention`).
+ * Paths: `to_q`, `to_k`, `to_v` (Linear, no bias) and `to_out.0` (Linear with bias).
+ */
+export class CrossAttention extends Module {
+  readonly to_q: Linear;
+  readonly to_k: Linear;
+  readonly to_v: Linear;
+  readonly to_out: ModuleList<Linear>;
+  /** `heads · dimHead`: width of q, k and v. */
+  readonly innerDim: number;
+  /** 1/√dimHead. */
+  readonly scale: number;
+  /** Max attention scores materialised at once; lower it to save memory, raise it for speed. */
+  scoreBudget = DEFAULT_SCORE_BUDGET;
+  /** The function that computes this layer's forward pass (see `AttentionProcessor`). */
+  processor: AttentionProcessor = defaultProcessor;
+
+  constructor(
+    /** Width of the tokens (the SpatialTransformer width). */
+    readonly queryDim: number,
+    /** Width of the context fed to to_k/to_v: `queryDim` for self-attention, the text width for cross. */
+    readonly contextDim: number,
+    readonly heads: number,
+    readonly dimHead: number,
+    /** True for `attn1` (context is the tokens themselves). */
+    readonly isSelfAttention: boolean,
+    opts: ModuleOptions = {},
+  ) {
+    super(opts);
+    const o = this.childOptions;
+    this.innerDim = heads * dimHead;
+    this.scale = 1 / Math.sqrt(dimHead);
+    this.to_q = this.child("to_q", new Linear(queryDim, this.innerDim, { ...o, bias: false }));
+    this.to_k = this.child("to_k", new Linear(contextDim, this.innerDim, { ...o, bias: false }));
+    this.to_v = this.child("to_v", new Linear(contextDim, this.innerDim, { ...o, bias: false }));
+    this.to_out = this.child("to_out", new ModuleList([new Linear(this.innerDim, queryDim, o)]));
+  }
+
+  /** `x`: `[B, N, queryDim]`; `context`: `[B, T, contextDim]`, or undefined for self-attention. */
+  apply(x: tf.Tensor, context?: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => this.processor(this, x, context));
+  }
+}
+
+/** GEGLU (Shazeer 2020): `proj` maps c → 2·inner; the first half is the value, the second the gate: `value · GELU(gate)`. */
+export class GEGLU extends Module {
+  readonly proj: Linear;
+  constructor(
+    dimIn: number,
+    readonly dimOut: number,
+    opts: ModuleOptions = {},
+  ) {
+    super(opts);
+    this.proj = this.child("proj", new Linear(dimIn, dimOut * 2, this.childOptions));
+  }
+  apply(x: tf.Tensor): tf.Tensor {
+    // Split the weight columns rather than the [tokens, 2·inner] output: same result, and the
+    // slice is over the (usually smaller) weight, which the cpu backend slices slowly.
+    const n = this.dimOut;
+    const w = this.proj.weight.value;
+    const b = this.proj.bias!.value;
+    const flat = x.reshape([-1, this.proj.inFeatures]) as tf.Tensor2D;
+    const half = (i: number): tf.Tensor =>
+      tf.add(tf.matMul(flat, w.slice([0, i * n], [this.proj.inFeatures, n]) as tf.Tensor2D), b.slice([i * n], [n]));
+    const y = tf.mul(half(0), gelu(half(1)));
+    return y.reshape([...x.shape.slice(0, -1), n]);
+  }
+}
+
+/** Feed-forward `ff.net = [GEGLU(c → 4c), Dropout, Linear(4c → c)]`. */
+export class FeedForward extends Module {
+  readonly geglu: GEGLU;
+  readonly out: Linear;
+  constructor(dim: number, mult = 4, opts: ModuleOptions = {}) {
+    super(opts);
+    const inner = dim * mult;
+    this.geglu = new GEGLU(dim, inner, this.childOptions);
+    this.out = new Linear(inner, dim, this.childOptions);
+    this.child("net", new IndexedModules([[0, this.geglu], [2, this.out]]));
+  }
+  apply(x: tf.Tensor): tf.Tensor {
+    return this.out.apply(this.geglu.apply(x));
+  }
+}
+
+/** Self-attention, cross-attention and feed-forward, each pre-LayerNorm with a residual. */
+export class BasicTransformerBlock extends Module {
+  readonly attn1: CrossAttention;
+  readonly ff: FeedForward;
+  readonly attn2: CrossAttention;
+  readonly norm1: LayerNorm;
+  readonly norm2: LayerNorm;
+  readonly norm3: LayerNorm;
+  constructor(dim: number, heads: number, dimHead: number, contextDim: number, opts: ModuleOptions = {}) {
+    super(opts);
+    const o = this.childOptions;
+    this.attn1 = this.child("attn1", new CrossAttention(dim, dim, heads, dimHead, true, o));
+    this.ff = this.child("ff", new FeedForward(dim, 4, o));
+    this.attn2 = this.child("attn2", new CrossAttention(dim, contextDim, heads, dimHead, false, o));
+    this.norm1 = this.child("norm1", new LayerNorm(dim, 1e-5, o));
+    this.norm2 = this.child("norm2", new LayerNorm(dim, 1e-5, o));
+    this.norm3 = this.child("norm3", new LayerNorm(dim, 1e-5, o));
+  }
+  /** `x`: `[B, N, dim]`, `context`: `[B, T, contextDim]`. */
+  apply(x: tf.Tensor, context: tf.Tensor): tf.Tensor {
+    let h = tf.add(x, this.attn1.apply(this.norm1.apply(x)));
+    h = tf.add(h, this.attn2.apply(this.norm2.apply(h), context));
+    return tf.add(h, this.ff.apply(this.norm3.apply(h)));
+  }
+}
+
+/**
+ * A per-token linear map stored either as a 1×1 conv `[out, in, 1, 1]` (SD 1.x `proj_in/out`) or as
+ * a Linear `[out, in]` (SD 2.x). Either way it runs as one matMul on `[…, in]`.
+ */
+export class TokenProjection extends Module {
+  readonly weight: Param;
+  readonly bias: Param;
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    asConv: boolean,
+    opts: ModuleOptions = {},
+  ) {
+    super(opts);
+    this.weight = asConv
+      ? this.param("weight", [outFeatures, inFeatures, 1, 1], "conv1x1-as-linear")
+      : this.param("weight", [outFeatures, inFeatures], "linear");
+    this.bias = this.param("bias", [outFeatures], "plain", zerosInit);
+  }
+  apply(x: tf.Tensor): tf.Tensor {
+    const shape = x.shape;
+    const y = tf.add(tf.matMul(x.reshape([-1, this.inFeatures]) as tf.Tensor2D, this.weight.value as tf.Tensor2D), this.bias.value);
+    return y.reshape([...shape.slice(0, -1), this.outFeatures]);
+  }
+}
+
+/** Attention over the pixels of a feature map, conditioned on a context sequence. */
+export class SpatialTransformer extends Module {
+  readonly norm: GroupNorm;
+  readonly proj_in: TokenProjection;
+  readonly transformer_blocks: ModuleList<BasicTransformerBlock>;
+  readonly proj_out: TokenProjection;
+  constructor(
+    readonly channels: number,
+    heads: number,
+    dimHead: number,
+    depth: number,
+    contextDim: number,
+    useLinear: boolean,
+    opts: ModuleOptions = {},
+  ) {
+    super(opts);
+    const o = this.childOptions;
+    const inner = heads * dimHead;
+    this.norm = this.child("norm", new GroupNorm(32, channels, 1e-6, o));
+    this.proj_in = this.child("proj_in", new TokenProjection(channels, inner, !useLinear, o));
+    this.transformer_blocks = this.child("transformer_blocks", new ModuleList<BasicTransformerBlock>());
+    for (let i = 0; i < depth; i++) this.transformer_blocks.push(new BasicTransformerBlock(inner, heads, dimHead, contextDim, o));
+    this.proj_out = this.child("proj_out", new TokenProjection(inner, channels, !useLinear, o));
+  }
+  /** `x`: `[B, H, W, C]`, `context`: `[B, T, contextDim]` → `[B, H, W, C]`. */
+  apply(x: tf.Tensor4D, context: tf.Tensor): tf.Tensor4D {
+    return tf.tidy(() => {
+      const [b, hgt, wid, c] = x.shape;
+      let h = this.proj_in.apply(this.norm.apply(x).reshape([b, hgt * wid, c]));
+      for (const block of this.transformer_blocks.items) h = block.apply(h, context);
+      h = this.proj_out.apply(h);
+      return tf.add(x, h.reshape([b, hgt, wid, c]));
+    });
+  }
+}
