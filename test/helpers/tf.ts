@@ -5,16 +5,16 @@ import { expect } from "vitest";
 let ready: Promise<void> | undefined;
 
 /**
- * Use the backend named by HYPERNET_TEST_BACKEND (default "cpu": deterministic and always present).
- * Silences the tfjs Node banner.
+ * Use the backend named by HYPERNET_TEST_BACKEND: "wasm" (the default: what users get on a CPU
+ * machine, with this project's kernel overrides) or "cpu" (the pure-JS reference, ~15× slower).
  */
 export function setupBackend(): Promise<void> {
   ready ??= (async () => {
-    tf.enableProdMode();
-    const name = process.env.HYPERNET_TEST_BACKEND ?? "cpu";
-    if (name === "wasm") await import("@tensorflow/tfjs-backend-wasm");
-    await tf.setBackend(name);
-    await tf.ready();
+    const name = process.env.HYPERNET_TEST_BACKEND ?? "wasm";
+    if (name !== "cpu" && name !== "wasm") throw new Error(`HYPERNET_TEST_BACKEND=${name}: tests run on cpu or wasm`);
+    // The project's own backend switch: on wasm it also installs the kernel overrides.
+    const { useBackend } = await import("../../src/kernel-helpers/backend");
+    await useBackend(name, { quiet: true });
   })();
   return ready;
 }
