@@ -8,7 +8,9 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { HostTensor } from "../src/io/host-tensor";
+import { PyDict } from "../src/io/pyvalue";
 import { SafetensorsFile, readSafetensors, writeSafetensors } from "../src/io/safetensors";
+import { writeTorchFile } from "../src/io/torch-file";
 import { StateDictError, stateDict, zerosInit } from "../src/nn/module";
 import { type AttentionProcessor, CrossAttention, attend, defaultProcessor } from "../src/unet/attention";
 import { fromJson, headsFor, tiny, validateConfig } from "../src/unet/config";
@@ -286,6 +288,20 @@ describe("loading", () => {
       for (const [k, p] of m.namedParameters()) expectClose(p.value.dataSync(), want.get(k)!, 0);
       m.dispose();
     }
+  });
+
+  it("loads an LDM .ckpt (torch zip, state_dict inside) to the same weights", () => {
+    const sd = new PyDict("OrderedDict", ldmTensors());
+    sd.set("first_stage_model.decoder.conv_in.bias", { dtype: "F32", shape: [1], data: new Float32Array(1) });
+    const file = path.join(tmp, "tiny.ckpt");
+    writeTorchFile(file, new PyDict("dict", [["state_dict", sd], ["global_step", 1]]), { overwrite: true });
+    const m = new UNetModel(unet.config, { init: zerosInit });
+    const rep = loadUNetWeights(m, file);
+    expect(rep.layout).toBe("ldm");
+    expect(rep.loaded.length).toBe(m.namedParameters().length);
+    const want = new Map(unet.namedParameters().map(([k, p]) => [k, p.value.dataSync()]));
+    for (const [k, p] of m.namedParameters()) expectClose(p.value.dataSync(), want.get(k)!, 0);
+    m.dispose();
   });
 
   it("names missing, unexpected and mis-shaped keys; strict:false loads the rest", () => {

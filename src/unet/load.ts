@@ -14,8 +14,9 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { HostTensor } from "../io/host-tensor";
+import { PyDict, type TorchTensor, isTorchTensor } from "../io/pyvalue";
 import { SafetensorsFile } from "../io/safetensors";
+import { openTorchFile } from "../io/torch-file";
 import { type LoadReport, StateDictError, type TensorSource, loadStateDict } from "../nn/module";
 import type { UNetConfig } from "./config";
 import { diffusersToLdmKey } from "./diffusers-keys";
@@ -104,26 +105,20 @@ function openSource(file: string): FileSource {
 }
 
 /**
- * Read a `.ckpt`/`.pt` state dict through the project's safe torch-file reader. The reader is
- * loaded on first use so the rest of this module works without it.
+ * A `.ckpt`/`.pt` state dict through the safe torch-file reader: `state_dict` inside the pickled
+ * dict (LDM checkpoints), or the dict itself. Tensors stay lazy until `get`.
  */
 function openTorchSource(file: string): FileSource {
-  let reader: TorchFileReader;
-  try {
-    reader = require("../io/torch-file") as TorchFileReader;
-  } catch (err) {
-    throw new Error(`${file}: reading .ckpt/.pt files needs src/io/torch-file.ts, which is not available (${(err as Error).message}); convert the checkpoint to .safetensors instead`);
-  }
-  if (typeof reader.openTorchFile !== "function") throw new Error(`${file}: src/io/torch-file.ts has no openTorchFile(); convert the checkpoint to .safetensors instead`);
-  const opened = reader.openTorchFile(file);
+  const opened = openTorchFile(file);
   const root = opened.root;
-  const sd = isDict(root) && isDict(root.get("state_dict")) ? (root.get("state_dict") as PyDictLike) : root;
-  if (!isDict(sd)) {
+  const inner = root instanceof PyDict ? root.get("state_dict") : undefined;
+  const sd = inner instanceof PyDict ? inner : root;
+  if (!(sd instanceof PyDict)) {
     opened.close();
     throw new Error(`${file}: the pickle holds no dict of tensors (expected a state dict, or a dict with a "state_dict" entry)`);
   }
-  const tensors = new Map<string, LazyTensor>();
-  for (const [k, v] of sd.map) if (typeof k === "string" && isLazyTensor(v)) tensors.set(k, v);
+  const tensors = new Map<string, TorchTensor>();
+  for (const [k, v] of sd.map) if (typeof k === "string" && isTorchTensor(v)) tensors.set(k, v);
   return {
     keys: () => tensors.keys(),
     get: (k) => {
@@ -134,26 +129,6 @@ function openTorchSource(file: string): FileSource {
     shapeOf: (k) => tensors.get(k)?.shape,
     close: () => opened.close(),
   };
-}
-
-// The parts of the torch-file reader's API used here (src/io/torch-file.ts, src/io/pyvalue.ts).
-interface LazyTensor {
-  kind: "tensor";
-  shape: number[];
-  read(): HostTensor;
-}
-interface PyDictLike {
-  map: Map<unknown, unknown>;
-  get(key: unknown): unknown;
-}
-interface TorchFileReader {
-  openTorchFile(file: string): { root: unknown; close(): void };
-}
-function isDict(v: unknown): v is PyDictLike {
-  return typeof v === "object" && v !== null && (v as PyDictLike).map instanceof Map;
-}
-function isLazyTensor(v: unknown): v is LazyTensor {
-  return typeof v === "object" && v !== null && (v as LazyTensor).kind === "tensor" && typeof (v as LazyTensor).read === "function";
 }
 
 /** Decide the naming layout from the keys; for diffusers, wrap the file in an LDM-named view. */
