@@ -37,9 +37,9 @@ beforeAll(setupBackend);
 describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
   const rows = unetRows();
 
-  it("has 859,520,964 parameters in 686 tensors", () => {
+  it("has 859,520,964 parameters in 686 tensors", async () => {
     expect(rows.length).toBe(686);
-    expect(unetParameterCount(sd15)).toBe(859_520_964);
+    expect(await expectNoLeak(() => unetParameterCount(sd15))).toBe(859_520_964);
     expect(unetParameterShapes(sd15).length).toBe(686);
   });
 

@@ -290,13 +290,13 @@ describe("loading", () => {
     }
   });
 
-  it("loads an LDM .ckpt (torch zip, state_dict inside) to the same weights", () => {
+  it("loads an LDM .ckpt (torch zip, state_dict inside) to the same weights", async () => {
     const sd = new PyDict("OrderedDict", ldmTensors());
     sd.set("first_stage_model.decoder.conv_in.bias", { dtype: "F32", shape: [1], data: new Float32Array(1) });
     const file = path.join(tmp, "tiny.ckpt");
     writeTorchFile(file, new PyDict("dict", [["state_dict", sd], ["global_step", 1]]), { overwrite: true });
     const m = new UNetModel(unet.config, { init: zerosInit });
-    const rep = loadUNetWeights(m, file);
+    const rep = await expectNoLeak(() => loadUNetWeights(m, file));
     expect(rep.layout).toBe("ldm");
     expect(rep.loaded.length).toBe(m.namedParameters().length);
     const want = new Map(unet.namedParameters().map(([k, p]) => [k, p.value.dataSync()]));
