@@ -270,7 +270,7 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
 }
 
 function jsonToPy(v: unknown): PyValue {
-  if (v === null || typeof v === "string" || typeof v === "boolean") return v;
+  if (v === null || typeof v === "string" || typeof v === "boolean") return v as string | boolean | null; // explicit for tslab's TS 5.0
   if (typeof v === "number") return Number.isInteger(v) ? v : new PyFloat(v);
   if (Array.isArray(v)) return v.map(jsonToPy);
   throw new Error("unsupported JSON value");

@@ -284,7 +284,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   };
   const asKey = (k: Item): PyKey => {
-    if (k === null || typeof k === "string" || typeof k === "number" || typeof k === "bigint" || typeof k === "boolean") return k;
+    if (k === null || typeof k === "string" || typeof k === "number" || typeof k === "bigint" || typeof k === "boolean") return k as PyKey; // explicit for tslab's TS 5.0
     throw new UnsupportedFileError(file, `dict key of type ${typeName(k)} is not supported (only str, int, bool and None keys)`);
   };
   const setItems = (target: Item, items: Item[], op: string): void => {

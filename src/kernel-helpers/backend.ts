@@ -349,8 +349,9 @@ async function selectBackend(choiceArg: BackendChoice, opts: UseBackendOptions):
       if (!opts.quiet) console.log(formatBackendReport(report));
       return report;
     }
-    if (!auto) throw new Error(`Backend "${name}" (requested via ${requestedBy === "argument" ? "useBackend()" : "HYPERNET_BACKEND"}) is not usable: ${a.reason}`);
-    skipped.push({ backend: name, reason: a.reason });
+    const { reason } = a as Extract<Attempt, { ok: false }>; // TS 5.0 (tslab) does not narrow here
+    if (!auto) throw new Error(`Backend "${name}" (requested via ${requestedBy === "argument" ? "useBackend()" : "HYPERNET_BACKEND"}) is not usable: ${reason}`);
+    skipped.push({ backend: name, reason });
   }
   // Unreachable in practice: the cpu backend ships inside @tensorflow/tfjs.
   throw new Error(`No tfjs backend could be initialised:\n${skipped.map((s) => `  ${s.backend}: ${s.reason}`).join("\n")}`);
