@@ -1,0 +1,238 @@
+/**
+ * Text-to-image with a base model, the way A1111's txt2img tab does it:
+ *
+ *   prompt ──parsePrompt──▶ text + [<hypernet:name:m>, …]
+ *   hypernetworks loaded from `hypernetworkDir`, attached in tag order for this call only
+ *   cond = encodeText(text), uncond = encodeText(negative prompt)
+ *   z_T ~ N(0, I) from the seed ──sampler (CFG: ε = ε_u + s·(ε_c − ε_u))──▶ z_0 ──decode──▶ image
+ *
+ * and the A1111 infotext ("parameters" text) that lets the image be reproduced.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import sharp from "sharp";
+import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
+import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
+import { loadHypernetwork } from "../hypernet/file";
+import type { Hypernetwork } from "../hypernet/network";
+import { shortHash } from "../hypernet/optim-file";
+import { parsePrompt, resolveHypernetwork } from "../hypernet/prompt";
+import type { BaseModel } from "./base-model";
+
+/** Options for `txt2img` (A1111's names in camelCase; defaults are A1111's). */
+export interface Txt2ImgOptions {
+  /** The prompt; may contain `<hypernet:NAME:MULTIPLIER>` tags and `#` comment lines. */
+  prompt: string;
+  negativePrompt?: string;
+  /** Classifier-free guidance scale (default 7; 1 turns guidance off). */
+  cfgScale?: number;
+  /** Sampling steps (default 20). */
+  steps?: number;
+  /** "Euler a" (default), "Euler" or "DDIM". */
+  sampler?: SamplerName;
+  /** Noise seed; a random 32-bit seed when absent or −1 (the one used is in the result). */
+  seed?: number;
+  /** Image size in pixels (default: the model's native size); a multiple of the model's size step. */
+  width?: number;
+  height?: number;
+  /** Images generated together (default 1). */
+  batch?: number;
+  /** Folder searched (recursively) for the hypernetworks named in prompt tags. */
+  hypernetworkDir?: string;
+  /** Called after every sampler step (e.g. for a live preview). */
+  callback?: StepCallback;
+}
+
+/** A hypernetwork applied to a run. */
+export interface AppliedHypernetwork {
+  name: string;
+  multiplier: number;
+  file: string;
+  /** A1111 short hash of the file. */
+  hash: string;
+}
+
+/** What `txt2img` returns. */
+export interface Txt2ImgResult {
+  /** Pixels NHWC `[batch, height, width, 3]` in [0, 1], row-major. */
+  pixels: Float32Array;
+  shape: [number, number, number, number];
+  /** One PNG per image (8-bit RGB). */
+  png: Buffer[];
+  /** A1111 infotext per image ("prompt\nNegative prompt: …\nSteps: …"). */
+  infotexts: string[];
+  /** The seed used. */
+  seed: number;
+  hypernetworks: AppliedHypernetwork[];
+  /** Non-hypernetwork tags removed from the prompt (e.g. `<lora:…>`), which were not applied. */
+  ignoredTags: string[];
+}
+
+interface CacheEntry {
+  mtimeMs: number;
+  size: number;
+  net: Hypernetwork;
+  hash: string;
+}
+
+/** Loaded hypernetworks by absolute path; reloaded when the file's mtime or size changes. */
+const cache = new Map<string, CacheEntry>();
+
+/** A hypernetwork from `file`, loaded once and kept until the file changes. */
+function cachedHypernetwork(file: string): CacheEntry {
+  const abs = path.resolve(file);
+  const st = fs.statSync(abs);
+  const hit = cache.get(abs);
+  if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit;
+  const net = loadHypernetwork(abs, { trainable: false });
+  hit?.net.dispose();
+  const entry = { mtimeMs: st.mtimeMs, size: st.size, net, hash: shortHash(abs) };
+  cache.set(abs, entry);
+  return entry;
+}
+
+/** Free every hypernetwork `txt2img` has cached (they are otherwise kept for the next call). */
+export function clearHypernetworkCache(): void {
+  for (const e of cache.values()) e.net.dispose();
+  cache.clear();
+}
+
+/** How many hypernetworks are cached (for tests and memory reports). */
+export function hypernetworkCacheSize(): number {
+  return cache.size;
+}
+
+/**
+ * Generate images from a prompt (see the module comment). Hypernetworks named in the prompt are
+ * attached for this call and detached afterwards, even when sampling fails; the base model is left
+ * exactly as it was. All intermediate tensors are freed.
+ */
+export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
+  const steps = opts.steps ?? 20;
+  const cfgScale = opts.cfgScale ?? 7;
+  const samplerName = opts.sampler ?? "Euler a";
+  const batch = opts.batch ?? 1;
+  const width = opts.width ?? base.imageSize;
+  const height = opts.height ?? base.imageSize;
+  const seed = opts.seed === undefined || opts.seed === -1 ? Math.floor(Math.random() * 2 ** 32) : opts.seed;
+  if (!Number.isInteger(steps) || steps < 1) throw new Error(`txt2img: steps must be a positive integer, got ${steps}`);
+  if (!Number.isInteger(batch) || batch < 1) throw new Error(`txt2img: batch must be a positive integer, got ${batch}`);
+  if (!Number.isFinite(cfgScale)) throw new Error(`txt2img: cfgScale must be a number, got ${cfgScale}`);
+  const step = base.downscale * 2 ** (base.unet.config.channel_mult.length - 1);
+  for (const [name, v] of [["width", width], ["height", height]] as const) {
+    if (!Number.isInteger(v) || v <= 0 || v % step !== 0) throw new Error(`txt2img: ${name} ${v} must be a positive multiple of ${step} for this model (e.g. ${Math.max(step, Math.round(v / step) * step)})`);
+  }
+  const sampler = samplerByName(samplerName, { steps });
+
+  // Hypernetworks from the prompt tags, in tag order.
+  const parsed = parsePrompt(opts.prompt);
+  const negative = parsePrompt(opts.negativePrompt ?? "");
+  const applied: AppliedHypernetwork[] = [];
+  const stack: StackEntry[] = [];
+  if (parsed.hypernets.length && !opts.hypernetworkDir) {
+    throw new Error(`txt2img: the prompt asks for ${parsed.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")} but no hypernetworkDir was given; pass the folder holding the .pt files`);
+  }
+  for (const tag of parsed.hypernets) {
+    const file = resolveHypernetwork(tag.name, opts.hypernetworkDir!);
+    const entry = cachedHypernetwork(file);
+    stack.push({ network: entry.net, multiplier: tag.multiplier });
+    applied.push({ name: tag.name, multiplier: tag.multiplier, file, hash: entry.hash });
+  }
+
+  const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
+  let images: tf.Tensor4D | undefined;
+  try {
+    // One encoder call for both prompts, so long prompts give both the same number of 77-token windows.
+    const both = base.encodeText([parsed.prompt, negative.prompt]);
+    const [cond, uncond] = tf.split(both, 2, 0) as [tf.Tensor3D, tf.Tensor3D];
+    both.dispose();
+    let latents: tf.Tensor4D | undefined;
+    try {
+      latents = await sampler.sample({
+        denoiser: (x, t, c) => base.unet.forward(x, [...t], c as tf.Tensor3D),
+        shape: [batch, height / base.downscale, width / base.downscale, base.channels],
+        cond,
+        uncond,
+        guidanceScale: cfgScale,
+        seed,
+        callback: opts.callback,
+      });
+      const decoded = base.decode(latents);
+      images = tf.tidy(() => tf.clipByValue(tf.div(tf.add(decoded, 1), 2), 0, 1) as tf.Tensor4D);
+      decoded.dispose();
+    } finally {
+      cond.dispose();
+      uncond.dispose();
+      latents?.dispose();
+    }
+  } finally {
+    attachment?.detach();
+  }
+
+  const pixels = (await images.data()) as Float32Array;
+  const shape = images.shape as [number, number, number, number];
+  images.dispose();
+  const png = await Promise.all(Array.from({ length: batch }, (_, i) => toPng(pixels, i, width, height)));
+  const infotexts = Array.from({ length: batch }, (_, i) =>
+    infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, batch, index: i }),
+  );
+  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: [...parsed.ignored, ...negative.ignored] };
+}
+
+/** Image `i` of an NHWC [0, 1] float batch → 8-bit RGB PNG. */
+async function toPng(pixels: Float32Array, i: number, width: number, height: number): Promise<Buffer> {
+  const n = width * height * 3;
+  const bytes = new Uint8Array(n);
+  for (let j = 0; j < n; j++) bytes[j] = Math.round(pixels[i * n + j]! * 255);
+  return sharp(bytes, { raw: { width, height, channels: 3 } }).png().toBuffer();
+}
+
+/** An infotext value, quoted as A1111 does when it holds a comma, colon or quote. */
+function quote(v: string): string {
+  return /[,:\n"]/.test(v) ? JSON.stringify(v) : v;
+}
+
+/**
+ * A1111's generation-parameters text: the prompt (tags included, as typed), the negative prompt,
+ * then `key: value` pairs. With a batch, every image shares the seed (the batch is sampled as one
+ * tensor), so `Batch size`/`Batch pos` say where in the batch it was.
+ */
+export function infotext(p: {
+  prompt: string;
+  negativePrompt: string;
+  steps: number;
+  sampler: string;
+  cfgScale: number;
+  seed: number;
+  width: number;
+  height: number;
+  base: BaseModel;
+  hypernetworks: AppliedHypernetwork[];
+  batch?: number;
+  index?: number;
+}): string {
+  const fields: Array<[string, string | number]> = [
+    ["Steps", p.steps],
+    ["Sampler", p.sampler],
+    ["CFG scale", p.cfgScale],
+    ["Seed", p.seed],
+    ["Size", `${p.width}x${p.height}`],
+  ];
+  if (p.base.checkpointHash) fields.push(["Model hash", p.base.checkpointHash]);
+  fields.push(["Model", p.base.name]);
+  if (p.base.clipSkip > 1) fields.push(["Clip skip", p.base.clipSkip]);
+  if (p.hypernetworks.length) {
+    fields.push(["Hypernet", p.hypernetworks.map((h) => h.name).join(", ")]);
+    fields.push(["Hypernet hash", p.hypernetworks.map((h) => h.hash).join(", ")]);
+    fields.push(["Hypernet strength", p.hypernetworks.map((h) => h.multiplier).join(", ")]);
+  }
+  if ((p.batch ?? 1) > 1) {
+    fields.push(["Batch size", p.batch!]);
+    fields.push(["Batch pos", p.index ?? 0]);
+  }
+  const lines = [p.prompt];
+  if (p.negativePrompt) lines.push(`Negative prompt: ${p.negativePrompt}`);
+  lines.push(fields.map(([k, v]) => `${k}: ${typeof v === "number" ? v : quote(v)}`).join(", "));
+  return lines.join("\n");
+}
