@@ -1,0 +1,150 @@
+/**
+ * AdamW (Loshchilov & Hutter), computed exactly as PyTorch's `torch.optim.AdamW` does it
+ * (single-tensor path), so a run can move between this trainer and A1111 with its `.optim` file.
+ *
+ * For each parameter p with gradient g, at its step count k (1, 2, …):
+ *
+ *     p ← p − lr·λ·p                                   decoupled weight decay (λ = 0.01)
+ *     m ← β₁·m + (1 − β₁)·g                            first moment
+ *     v ← β₂·v + (1 − β₂)·g²                           second moment
+ *     p ← p − (lr / (1 − β₁ᵏ)) · m / (√v / √(1 − β₂ᵏ) + ε)
+ *
+ * The bias corrections are computed in float64 on the host (as Python does); the tensors are
+ * float32. Moments live in tfjs layout next to the parameters and are converted to PyTorch layout
+ * (`[out, in]` for Linear weights) only when exported for a `.optim` file.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { OptimizerState, ParamMoments } from "../hypernet/optim-file";
+import { type Param, fromTorchLayout, toTorchLayout, tfShapeOf } from "../nn/module";
+
+/** AdamW hyper-parameters; defaults are PyTorch's. */
+export interface AdamWOptions {
+  /** Learning rate (the schedule overrides it per step). */
+  lr: number;
+  /** (β₁, β₂), default (0.9, 0.999). */
+  betas?: [number, number];
+  /** ε added to the denominator, default 1e-8. */
+  eps?: number;
+  /** Decoupled weight decay λ, default 0.01. */
+  weightDecay?: number;
+}
+
+/** AdamW over a fixed list of parameters; see the module comment. */
+export class AdamW {
+  lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  private readonly m: tf.Tensor[];
+  private readonly v: tf.Tensor[];
+  /** Steps taken per parameter (PyTorch keeps one count per parameter). */
+  private readonly steps: number[];
+
+  constructor(
+    /** The parameters, in the order of their `.optim` indices (a hypernetwork's `namedParameters`). */
+    readonly params: readonly Param[],
+    opts: AdamWOptions,
+  ) {
+    this.lr = opts.lr;
+    this.betas = opts.betas ?? [0.9, 0.999];
+    this.eps = opts.eps ?? 1e-8;
+    this.weightDecay = opts.weightDecay ?? 0.01;
+    this.m = params.map((p) => tf.zerosLike(p.value));
+    this.v = params.map((p) => tf.zerosLike(p.value));
+    this.steps = params.map(() => 0);
+  }
+
+  /** Number of optimizer steps taken (of the first parameter; all move together here). */
+  get stepCount(): number {
+    return this.steps[0] ?? 0;
+  }
+
+  /**
+   * Apply one update with `grads[i]` for `params[i]` (tfjs layout). `lr` overrides the current rate
+   * for this step and becomes the current rate. The gradients are not disposed.
+   */
+  step(grads: readonly tf.Tensor[], lr = this.lr): void {
+    if (grads.length !== this.params.length) throw new Error(`AdamW.step: got ${grads.length} gradients for ${this.params.length} parameters`);
+    this.lr = lr;
+    const [b1, b2] = this.betas;
+    for (let i = 0; i < this.params.length; i++) {
+      const p = this.params[i]!.value;
+      const g = grads[i]!;
+      if (!tf.util.arraysEqual(g.shape, p.shape)) throw new Error(`AdamW.step: gradient ${i} has shape [${g.shape}] but its parameter is [${p.shape}]`);
+      const k = ++this.steps[i]!;
+      const bc1 = 1 - b1 ** k;
+      const bc2Sqrt = Math.sqrt(1 - b2 ** k);
+      const stepSize = lr / bc1;
+      const [newP, m, v] = tf.tidy(() => {
+        const decayed = tf.mul(p, 1 - lr * this.weightDecay);
+        const m = tf.add(tf.mul(this.m[i]!, b1), tf.mul(g, 1 - b1));
+        const v = tf.add(tf.mul(this.v[i]!, b2), tf.mul(tf.mul(g, g), 1 - b2));
+        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
+        return [tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)), m, v];
+      });
+      p.assign(newP);
+      newP.dispose();
+      this.m[i]!.dispose();
+      this.v[i]!.dispose();
+      this.m[i] = m;
+      this.v[i] = v;
+    }
+  }
+
+  /** The state as a `.optim` file stores it (PyTorch layout, `optimizer_name` "AdamW"). */
+  exportState(): OptimizerState {
+    const params: ParamMoments[] = this.params.map((p, i) => {
+      const read = (t: tf.Tensor): Float32Array => {
+        const x = tf.tidy(() => toTorchLayout(t, p.layout, p.torchShape));
+        const data = x.dataSync() as Float32Array;
+        x.dispose();
+        return data;
+      };
+      return {
+        step: this.steps[i]!,
+        expAvg: { dtype: "F32", shape: [...p.torchShape], data: read(this.m[i]!) },
+        expAvgSq: { dtype: "F32", shape: [...p.torchShape], data: read(this.v[i]!) },
+      };
+    });
+    return { name: "AdamW", lr: this.lr, betas: [...this.betas], eps: this.eps, weightDecay: this.weightDecay, params };
+  }
+
+  /**
+   * Continue from a saved state (e.g. `readOptimizerFile(pt).state`). Shapes must match the
+   * parameters one for one; the hyper-parameters (betas, ε, λ) stay as constructed.
+   */
+  importState(state: OptimizerState, where = "optimizer state"): void {
+    if (state.params.length !== this.params.length) {
+      throw new Error(`${where}: holds ${state.params.length} parameters but the network has ${this.params.length}; it belongs to a network with another structure — train without it`);
+    }
+    const loaded = state.params.map((s, i) => {
+      const p = this.params[i]!;
+      const want = [...p.torchShape];
+      for (const [name, t] of [
+        ["exp_avg", s.expAvg],
+        ["exp_avg_sq", s.expAvgSq],
+      ] as const) {
+        if (!tf.util.arraysEqual([...t.shape], want)) throw new Error(`${where}: ${name} of parameter ${i} is [${t.shape}] but the parameter is [${want}]`);
+      }
+      const conv = (data: ArrayLike<number>): tf.Tensor =>
+        tf.tidy(() => {
+          const t = fromTorchLayout(tf.tensor(Float32Array.from(data), want, "float32"), p.layout);
+          return t.reshape(tfShapeOf(want, p.layout));
+        });
+      return { m: conv(s.expAvg.data as ArrayLike<number>), v: conv(s.expAvgSq.data as ArrayLike<number>), step: s.step };
+    });
+    loaded.forEach((l, i) => {
+      this.m[i]!.dispose();
+      this.v[i]!.dispose();
+      this.m[i] = l.m;
+      this.v[i] = l.v;
+      this.steps[i] = l.step;
+    });
+    this.lr = state.lr;
+  }
+
+  /** Free the moment tensors. */
+  dispose(): void {
+    for (const t of [...this.m, ...this.v]) t.dispose();
+  }
+}
