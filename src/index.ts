@@ -19,10 +19,10 @@ export { loadUNetWeights } from "./unet/load";
 export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } from "./unet/attention";
 export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
 
-export * from "./diffusion";
-export * as data from "./data";
-export * as text from "./text";
-export * as vae from "./vae";
+export * from "./diffusion/index";
+export * as data from "./data/index";
+export * as text from "./text/index";
+export * as vae from "./vae/index";
 
 export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";
 export { openTorchFile, readTorchFile, writeTorchFile, CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./io/torch-file";
