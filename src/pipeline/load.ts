@@ -574,8 +574,8 @@ function checkBackendCapacity(file: string, src: WeightSource, keys: string[], v
   if (bytes > WASM_MODEL_LIMIT_BYTES) {
     throw new Error(
       `${file}: the model needs ${(bytes / 1e9).toFixed(2)} GB as float32 tensors, but the wasm backend's memory is capped at 4 GiB ` +
-        `(wasm32), which must also hold the activations. Use a GPU backend (useBackend("tensorflow") with @tensorflow/tfjs-node-gpu, ` +
-        `or "webgpu") or the pure-JS "cpu" backend (slow, but limited only by RAM; ~5 GB for SD 1.5).`,
+        `(wasm32), which must also hold the activations. Use a GPU backend — useBackend("tensorflow-gpu") (@tensorflow/tfjs-node-gpu) ` +
+        `or useBackend("webgpu") — or useBackend("tensorflow") / useBackend("cpu"), which are limited only by RAM (SD 1.5 loads in ~4.3 GB).`,
     );
   }
 }
