@@ -18,6 +18,8 @@ export { UNetModel } from "./unet/unet";
 export { loadUNetWeights } from "./unet/load";
 export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } from "./unet/attention";
 export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
+export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
+export { txt2img, clearHypernetworkCache, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
 
 export * from "./diffusion/index";
 export * as data from "./data/index";
@@ -26,3 +28,26 @@ export * as vae from "./vae/index";
 
 export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";
 export { openTorchFile, readTorchFile, writeTorchFile, CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./io/torch-file";
+
+// Notebook steps, display adapters and charts (src/kernel-helpers).
+export {
+  enablePlotly,
+  loadBase,
+  preprocessAndShow,
+  describeHypernetwork,
+  inspectHypernetwork,
+  createAndInspect,
+  trainLive,
+  preview,
+  sample,
+  saveAndReport,
+  loadAndReport,
+  multiplierSweep,
+  type ModuleRow,
+  type TrainLiveOptions,
+  type TrainLiveResult,
+  type PreviewCallOptions,
+} from "./kernel-helpers/steps";
+export { displayMode, setDisplayMode, getOutputDir, setOutputDir, liveDisplay, show, pngImgTag, type DisplayMode, type Content, type LiveDisplay } from "./kernel-helpers/display";
+export { lossFigure, normsFigure, smoothEma, figureHtml, plotlyLoaderHtml, type Figure, type LossPoint, type LossFigureOptions } from "./kernel-helpers/charts";
+export { attentionMaps, attentionCaptureProcessor, tokenLabels, type AttentionMapOptions, type AttentionMapResult, type LayerAttention } from "./kernel-helpers/attention-maps";

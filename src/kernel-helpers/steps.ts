@@ -1,0 +1,322 @@
+/**
+ * One function per notebook step. Each does the work with the library functions and then shows the
+ * result through the display adapters (`display.ts`): inline HTML/PNG in a tslab notebook, files
+ * and terminal lines elsewhere. They return plain values, so a notebook can keep going with them.
+ *
+ *     await useBackend()                       → backend
+ *     const base = await loadBase()            → the tiny model, or loadBase("path/to/sd15.safetensors")
+ *     await preprocessAndShow(src, dst, opts)  → training folder + contact sheet + summary table
+ *     const net = createAndInspect({...})      → a new hypernetwork and its layer table
+ *     const result = await trainLive(base, net, {...})   → live loss chart, progress line, previews
+ *     await preview(base, prompt, { network: net })      → images with an in-memory network
+ *     await sample(base, "… <hypernet:name:0.8>", { hypernetworkDir })  → images from tags
+ *     saveAndReport(net, file) / loadAndReport(file)
+ *     await multiplierSweep(base, net, prompt, [0, 0.5, 1])  → seeds × multipliers grid
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { BaseModel } from "../pipeline/base-model";
+import { loadBaseModel, type LoadBaseModelOptions } from "../pipeline/load";
+import { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "../pipeline/txt2img";
+import { loadTinyModel } from "../tiny/model";
+import { createHypernetwork, type CreateOptions, type Hypernetwork } from "../hypernet/network";
+import { attachHypernetworks } from "../hypernet/attach";
+import { loadHypernetwork, saveHypernetwork, type SaveOptions } from "../hypernet/file";
+import { shortHash } from "../hypernet/optim-file";
+import { preprocess, type PreprocessOptions, type PreprocessSummary } from "../data/preprocess";
+import { renderGrid, summaryTable, type GridItem } from "../data/view";
+import { train, type TrainOptions, type TrainResult, type TrainingRun } from "../train/trainer";
+import { displayMode, escapeHtml, liveDisplay, pngImgTag, show, type LiveDisplay } from "./display";
+import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint } from "./charts";
+
+let plotlyShown = false;
+
+/**
+ * Make plotly.js available to the charts that follow. In a notebook this embeds the bundle once
+ * (one ~10 MB output, no network needed to render); call it again with `force` after reloading the
+ * page of a running kernel. Outside a notebook it does nothing (chart files reference the bundle).
+ */
+export function enablePlotly(opts: { force?: boolean } = {}): void {
+  if (displayMode() !== "notebook" || (plotlyShown && !opts.force)) return;
+  show("plotly", { html: plotlyLoaderHtml() });
+  plotlyShown = true;
+}
+
+/** Parameter count of a base model's parts, for the summary line. */
+function paramCount(base: BaseModel): number {
+  return base.unet.parameterCount() + base.textEncoder.parameterCount() + (base.vae?.parameterCount() ?? 0);
+}
+
+/**
+ * Load the base model: the embedded tiny model when `source` is omitted, otherwise an SD 1.x
+ * checkpoint (`.safetensors`/`.ckpt` file or diffusers folder). Shows one summary line.
+ */
+export async function loadBase(source?: string, opts: LoadBaseModelOptions = {}): Promise<BaseModel> {
+  const base = source ? await loadBaseModel(source, opts) : loadTinyModel();
+  const size = `${base.imageSize}×${base.imageSize}`;
+  show("base-model", {
+    text: `base model ${base.name}: ${base.space} space, ${size} images, ${base.channels}-channel ${base.sampleSize}×${base.sampleSize} UNet input, text context ${base.contextDim} wide, ${(paramCount(base) / 1e6).toFixed(2)} M parameters, ${base.unet.attentionLayers().length} attention layers`,
+  });
+  return base;
+}
+
+/**
+ * Preprocess `src` into `dst` (see `data.preprocess`) and show the result: a contact sheet of the
+ * training images with their captions, and the per-file summary table (what was made, skipped, why).
+ */
+export async function preprocessAndShow(src: string, dst: string, opts: PreprocessOptions & { gridCell?: number; gridMax?: number } = {}): Promise<PreprocessSummary> {
+  const summary = await preprocess(src, dst, opts);
+  if (summary.made.length > 0) {
+    const png = await renderGrid(dst, { cell: opts.gridCell ?? 96, columns: 6, max: opts.gridMax ?? 24 });
+    show("training-set", { png });
+  }
+  show("preprocess-summary", { html: summaryTable(summary) });
+  return summary;
+}
+
+/** One row of {@link describeHypernetwork}: a module (width, k or v) and its layers. */
+export interface ModuleRow {
+  dim: number;
+  which: "k" | "v";
+  layers: string[];
+  parameters: number;
+}
+
+/** The layers of every module of a network, as rows (for tables and tests). */
+export function describeHypernetwork(net: Hypernetwork): ModuleRow[] {
+  const rows: ModuleRow[] = [];
+  for (const [dim, pair] of net.modules) {
+    pair.forEach((mod, i) => {
+      const layers = mod.plan.map((p) => {
+        switch (p.kind) {
+          case "linear":
+            return `${p.index}: Linear(${p.inFeatures} → ${p.outFeatures})`;
+          case "activation":
+            return `${p.index}: ${p.name}`;
+          case "layernorm":
+            return `${p.index}: LayerNorm(${p.features})`;
+          case "dropout":
+            return `${p.index}: Dropout(p=${p.p})`;
+        }
+      });
+      const parameters = mod.parameterCount();
+      rows.push({ dim, which: i === 0 ? "k" : "v", layers, parameters });
+    });
+  }
+  return rows;
+}
+
+/** Show a network's settings and layer table (HTML in a notebook, text elsewhere). */
+export function inspectHypernetwork(net: Hypernetwork): void {
+  const rows = describeHypernetwork(net);
+  const total = rows.reduce((a, r) => a + r.parameters, 0);
+  const i = net.info;
+  const settings = `layer structure [${i.layerStructure.join(", ")}], activation ${i.activation}, layer norm ${i.layerNorm}, init ${i.weightInit}, dropout ${i.useDropout ? `[${i.dropoutStructure.join(", ")}]` : "off"}, step ${i.step}`;
+  const fp32Bytes = total * 4;
+  if (displayMode() === "notebook") {
+    const body = rows.map((r) => `<tr><td>${r.dim}</td><td>${r.which}</td><td style="text-align:left">${r.layers.map(escapeHtml).join("<br>")}</td><td>${r.parameters.toLocaleString("en")}</td></tr>`).join("");
+    show("hypernetwork", {
+      html: `<p><b>${escapeHtml(net.name)}</b>: ${escapeHtml(settings)}; ${total.toLocaleString("en")} parameters (≈${(fp32Bytes / 1024).toFixed(0)} KiB as float32)</p><table><tr><th>width</th><th>k/v</th><th>layers</th><th>parameters</th></tr>${body}</table>`,
+    });
+  } else {
+    const lines = rows.map((r) => `  ${r.dim} ${r.which}: ${r.layers.join(", ")} (${r.parameters} params)`);
+    show("hypernetwork", { text: `${net.name}: ${settings}; ${total} parameters\n${lines.join("\n")}` });
+  }
+}
+
+/** `createHypernetwork` and show its layer table. */
+export function createAndInspect(opts: CreateOptions): Hypernetwork {
+  const net = createHypernetwork(opts);
+  inspectHypernetwork(net);
+  return net;
+}
+
+/** Options of {@link trainLive}: the trainer's, plus how the live view looks. */
+export interface TrainLiveOptions extends TrainOptions {
+  /** EMA smoothing of the chart's second curve (default 0.9). */
+  smoothing?: number;
+  /** Minimum milliseconds between chart redraws (default 1000; the last step is always drawn). */
+  chartEveryMs?: number;
+}
+
+/** What {@link trainLive} resolves to: the trainer's result and the points of the chart. */
+export interface TrainLiveResult extends TrainResult {
+  points: LossPoint[];
+  checkpoints: number[];
+  /** How many times each live display was updated (the notebook keeps one output per display). */
+  displayUpdates: { chart: number; progress: number; preview: number };
+}
+
+function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
+}
+
+/**
+ * Train with a live view: a progress line, the loss chart (loss, smoothed loss, learning rate on a
+ * second axis, checkpoint markers) and the latest preview, each one display updated in place.
+ * Outside a notebook the chart is `<outputDir>/loss.html`, the preview `<outputDir>/preview.png`,
+ * and progress goes to the terminal. Returns the run handle right away (`stop()` works); its
+ * `done` resolves with the result plus the chart data.
+ */
+export function trainLive(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions): TrainingRun & { done: Promise<TrainLiveResult> } {
+  enablePlotly();
+  const progress = liveDisplay("progress");
+  const chart = liveDisplay("loss");
+  const previewDisplay = liveDisplay("preview");
+  const points: LossPoint[] = [];
+  const checkpoints: number[] = [];
+  const previews: number[] = [];
+  const messages: string[] = [];
+  const everyMs = opts.chartEveryMs ?? 1000;
+  const chartId = `hn-loss-${net.name}-${Date.now().toString(36)}`;
+  let lastDraw = 0;
+  let lastProgress = 0;
+  let totalSteps = opts.maxSteps;
+
+  const draw = (): void => {
+    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title: `${net.name}: training loss` });
+    // Standalone chart files load plotly.js from node_modules instead of embedding 10 MB per write.
+    chart.update({ html: (displayMode() === "notebook" ? "" : plotlyFileScriptTag() + "\n") + figureHtml(fig, chartId) });
+    lastDraw = Date.now();
+  };
+  const progressLine = (s: { step: number; maxSteps: number; loss: number; lossAverage: number; lr: number; epoch: number; stepsPerSecond: number; etaSeconds: number }): string =>
+    `step ${s.step}/${s.maxSteps}  epoch ${s.epoch}  loss ${s.loss.toFixed(4)} (avg ${s.lossAverage.toFixed(4)})  lr ${s.lr.toExponential(2)}  ${s.stepsPerSecond.toFixed(2)} step/s  ETA ${formatSeconds(s.etaSeconds)}`;
+
+  const run = train(base, net, {
+    ...opts,
+    progress: false,
+    onStep: (e) => {
+      totalSteps = e.maxSteps;
+      points.push({ step: e.step, loss: e.loss, lr: e.lr });
+      const now = Date.now();
+      const last = e.step >= e.maxSteps;
+      if (last || now - lastDraw >= everyMs) draw();
+      // A terminal line is rewritten in place; a log gets one line per few seconds.
+      if (displayMode() === "notebook" || process.stdout.isTTY || last || now - lastProgress >= 5000) {
+        progress.update({ text: progressLine(e) });
+        lastProgress = now;
+      }
+      opts.onStep?.(e);
+    },
+    onCheckpoint: (e) => {
+      checkpoints.push(e.step);
+      opts.onCheckpoint?.(e);
+    },
+    onPreview: async (e) => {
+      previews.push(e.step);
+      if (displayMode() === "notebook") {
+        const imgs = e.png.map((p, i) => pngImgTag(p, { width: Math.max(128, e.images[i]?.width ?? 128), alt: e.prompts[i] ?? "" })).join(" ");
+        previewDisplay.update({ html: `<div><b>preview at step ${e.step}</b>: ${escapeHtml(e.prompts[0] ?? "")}<br>${imgs}</div>` });
+      } else if (e.png[0]) {
+        previewDisplay.update({ png: e.png[0] });
+      }
+      await opts.onPreview?.(e);
+    },
+    onLog: (m) => {
+      messages.push(m);
+      if (opts.onLog) opts.onLog(m);
+      else if (displayMode() !== "notebook") console.log(m);
+    },
+  });
+  const done = run.done.then((result) => {
+    draw();
+    progress.finish();
+    const last = points[points.length - 1];
+    const summary = `${result.message}${last ? ` — final loss ${last.loss.toFixed(4)}` : ""}`;
+    if (displayMode() === "notebook") {
+      progress.update({ text: `${last ? progressLine({ ...last, lr: last.lr ?? 0, maxSteps: totalSteps, lossAverage: NaN, epoch: NaN, stepsPerSecond: NaN, etaSeconds: NaN }).replace(/ +epoch NaN| +\(avg NaN\)| +NaN step\/s| +ETA \?/g, "") + "\n" : ""}${summary}${messages.length ? "\n" + messages.join("\n") : ""}` });
+    } else {
+      console.log(summary);
+    }
+    return { ...result, points, checkpoints, displayUpdates: { chart: chart.updates, progress: progress.updates, preview: previewDisplay.updates } };
+  });
+  return { done, stop: () => run.stop() };
+}
+
+/** Options of {@link preview}: txt2img's, plus an in-memory network to apply. */
+export interface PreviewCallOptions extends Omit<Txt2ImgOptions, "prompt"> {
+  /** A network (not yet saved) to attach for this call, with its multiplier (default 1). */
+  network?: Hypernetwork;
+  multiplier?: number;
+  /** Display width of each image in px (default 4× the image, at least 128). */
+  displayWidth?: number;
+}
+
+function imagesHtml(result: Txt2ImgResult, title: string, width: number): string {
+  const imgs = result.png.map((p, i) => pngImgTag(p, { width, alt: result.infotexts[i] ?? "" })).join(" ");
+  return `<div><b>${escapeHtml(title)}</b><br>${imgs}<pre style="font-size:11px;white-space:pre-wrap">${escapeHtml(result.infotexts[0] ?? "")}</pre></div>`;
+}
+
+/**
+ * Generate and show images for `prompt`. Prompt tags `<hypernet:name:m>` are looked up in
+ * `hypernetworkDir`; `network` attaches an in-memory network for this call only.
+ */
+export async function preview(base: BaseModel, prompt: string, opts: PreviewCallOptions = {}): Promise<Txt2ImgResult> {
+  const { network, multiplier, displayWidth, ...rest } = opts;
+  const attachment = network ? attachHypernetworks(base.unet, [{ network, multiplier: multiplier ?? 1 }]) : undefined;
+  let result: Txt2ImgResult;
+  try {
+    result = await txt2img(base, { ...rest, prompt });
+  } finally {
+    attachment?.detach();
+  }
+  const width = displayWidth ?? Math.max(128, 4 * base.imageSize > 512 ? base.imageSize : 4 * base.imageSize);
+  if (displayMode() === "notebook") show("preview", { html: imagesHtml(result, prompt + (network ? `  [+ ${network.name} × ${multiplier ?? 1}]` : ""), width) });
+  else result.png.forEach((p, i) => show(`sample-${result.seed}-${i}`, { png: p }));
+  return result;
+}
+
+/** Sample with hypernetwork prompt tags (`<hypernet:name:multiplier>`) from `hypernetworkDir`. */
+export async function sample(base: BaseModel, prompt: string, opts: Omit<PreviewCallOptions, "network" | "multiplier"> & { hypernetworkDir: string }): Promise<Txt2ImgResult> {
+  return preview(base, prompt, opts);
+}
+
+/** Save a network (A1111 `.pt`, or `.safetensors` by extension) and show its size and hash. */
+export function saveAndReport(net: Hypernetwork, file: string, opts: SaveOptions = {}): { file: string; bytes: number; hash: string } {
+  saveHypernetwork(net, file, opts);
+  const bytes = fs.statSync(file).size;
+  const hash = shortHash(file);
+  show("saved", { text: `saved ${path.resolve(file)}: ${(bytes / 1024).toFixed(1)} KiB, hash ${hash}` });
+  return { file: path.resolve(file), bytes, hash };
+}
+
+/** Load a network file and show its layer table. */
+export function loadAndReport(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
+  const net = loadHypernetwork(file, opts);
+  inspectHypernetwork(net);
+  return net;
+}
+
+/**
+ * The multiplier sweep: one image per (seed, multiplier), same prompt and seed along each row, so
+ * the only change across a row is the network's strength. Shown as one labelled grid; returns it
+ * as PNG bytes.
+ */
+export async function multiplierSweep(
+  base: BaseModel,
+  network: Hypernetwork,
+  prompt: string,
+  multipliers: readonly number[] = [0, 0.25, 0.5, 0.75, 1],
+  opts: Omit<Txt2ImgOptions, "prompt" | "seed" | "batch"> & { seeds?: readonly number[]; cell?: number } = {},
+): Promise<Buffer> {
+  const { seeds = [1, 2], cell, ...rest } = opts;
+  const items: GridItem[] = [];
+  for (const seed of seeds) {
+    for (const m of multipliers) {
+      const attachment = attachHypernetworks(base.unet, [{ network, multiplier: m }]);
+      try {
+        const r = await txt2img(base, { ...rest, prompt, seed });
+        items.push({ image: r.png[0]!, caption: `×${m} seed ${seed}` });
+      } finally {
+        attachment.detach();
+      }
+    }
+  }
+  const png = await renderGrid(items, { cell: cell ?? 96, columns: multipliers.length, captionLines: 1, max: items.length });
+  show("multiplier-sweep", { png });
+  return png;
+}
+
+export type { LiveDisplay };
