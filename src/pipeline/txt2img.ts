@@ -65,7 +65,7 @@ export interface Txt2ImgResult {
   /** The seed used. */
   seed: number;
   hypernetworks: AppliedHypernetwork[];
-  /** Non-hypernetwork tags removed from the prompt (e.g. `<lora:…>`), which were not applied. */
+  /** Tags removed without being applied: other networks (e.g. `<lora:…>`) and any tag in the negative prompt (A1111 applies networks from the prompt only). */
   ignoredTags: string[];
 }
 
@@ -177,7 +177,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const infotexts = Array.from({ length: batch }, (_, i) =>
     infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, batch, index: i }),
   );
-  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: [...parsed.ignored, ...negative.ignored] };
+  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: [...parsed.ignored, ...negative.ignored, ...negative.hypernets.map((h) => `<hypernet:${h.name}:${h.multiplier}>`)] };
 }
 
 /** Image `i` of an NHWC [0, 1] float batch → 8-bit RGB PNG. */
