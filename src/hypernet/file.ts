@@ -176,7 +176,7 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
       for (const [k, t] of sd.map) {
         if (typeof k !== "string") throw fail(file, `dim ${dim}: state dict key ${String(k)} is not a string`);
         let name = k;
-        if (LEGACY_KEYS[k]) {
+        if (Object.hasOwn(LEGACY_KEYS, k)) {
           name = LEGACY_KEYS[k]!;
           legacy = true;
         }

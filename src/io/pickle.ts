@@ -79,6 +79,8 @@ export interface StorageHandle {
   readonly key: string;
   readonly dtype: DType;
   readonly numel: number;
+  /** The file the storage lives in, named by decoding errors (e.g. an int64 that does not fit int32). */
+  readonly file?: string;
   /** Raw little-endian bytes of elements [start, start + count). */
   readElements(start: number, count: number): Uint8Array;
 }
@@ -116,8 +118,9 @@ export class StorageTensor implements TorchTensor {
   read(): HostTensor {
     const n = numel(this.shape);
     const es = DTYPE_BYTES[this.dtype];
-    if (n === 0) return decodeTensor(new Uint8Array(0), this.dtype, [...this.shape]);
-    if (this.contiguous) return decodeTensor(this.storage.readElements(this.storageOffset, n), this.dtype, [...this.shape]);
+    const where = this.storage.file === undefined ? "tensor" : `${this.storage.file}: tensor in storage "${this.storage.key}"`;
+    if (n === 0) return decodeTensor(new Uint8Array(0), this.dtype, [...this.shape], where);
+    if (this.contiguous) return decodeTensor(this.storage.readElements(this.storageOffset, n), this.dtype, [...this.shape], where);
     // Gather: read the covered span once, then walk the indices in row-major order.
     const last = this.shape.reduce((s, d, i) => s + (d - 1) * this.stride[i]!, 0);
     const span = this.storage.readElements(this.storageOffset, last + 1);
@@ -134,7 +137,7 @@ export class StorageTensor implements TorchTensor {
         idx[d] = 0;
       }
     }
-    return decodeTensor(out, this.dtype, [...this.shape]);
+    return decodeTensor(out, this.dtype, [...this.shape], where);
   }
 }
 

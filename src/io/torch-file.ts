@@ -149,6 +149,7 @@ function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
       key: req.key,
       dtype: req.dtype,
       numel: req.numel,
+      file,
       readElements: (start, count) =>
         start === 0 && count === req.numel ? zip.read(entry) : zip.readRange(entry, start * es, count * es),
     };
@@ -218,6 +219,7 @@ function parseLegacy(file: string, fd: number, size: number, data: Buffer): Torc
       key: id,
       dtype: req.dtype,
       numel,
+      file,
       readElements: (start, count) => {
         if (closed) throw new Error(`${file}: file already closed`);
         if (r.start === undefined) throw new CorruptFileError(file, `storage "${req.key}" has no data in the file`);
