@@ -1,0 +1,818 @@
+/**
+ * Hostile-file fuzzer for the readers: safetensors, torch `.pt`/`.ckpt` (zip and legacy), the
+ * hypernetwork reader and the `.optim` side-file reader.
+ *
+ * Each case starts from a real file (the PyTorch fixtures, a generated `.ckpt`-style state dict,
+ * a generated `.optim`), applies one structure-aware mutation, and feeds the result to EVERY reader.
+ * A reader may load the file or refuse it with a clean error: one of the typed errors in
+ * `src/io/errors.ts`, or a plain `Error` whose message names the file. Anything else is a finding:
+ *
+ * - `crash`: a TypeError/RangeError/… or an error that does not name the file;
+ * - `hang`:  the reader took longer than `hangMs` (2 s) on a file of at most a few hundred KB;
+ * - `alloc`: the reader asked for more than `allocBytes` (256 MB) in one Buffer, or the heap and
+ *            array buffers grew by more than that during the call;
+ * - `bad-load`: the reader returned a tensor whose data length disagrees with its shape.
+ *
+ * Every case is reproducible from its case seed alone: `npm run fuzz -- --replay <caseSeed>`.
+ *
+ *   npm run fuzz -- --seed 1 --cases 10000 --seconds 600 [--out report.json]
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as v8 from "node:v8";
+import * as vm from "node:vm";
+import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "../src/io/errors";
+import type { HostTensor } from "../src/io/host-tensor";
+import { PyDict, PyFloat, PyTuple, type PyValue } from "../src/io/pyvalue";
+import { SafetensorsFile } from "../src/io/safetensors";
+import { materialize, openTorchFile, writeTorchFile } from "../src/io/torch-file";
+import { ZipReader, zipChunks } from "../src/io/zip";
+import { readHypernetworkFile } from "../src/hypernet/file";
+import { readOptimizerFile, writeOptimizerFile } from "../src/hypernet/optim-file";
+
+// ---- deterministic randomness -------------------------------------------------------------------
+
+/** mulberry32: a small seeded PRNG, enough to make every case reproducible from one 32-bit seed. */
+export function rng32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The seed of case `i` of a run seeded with `seed` (a hash, so neighbouring cases are unrelated). */
+export function caseSeed(seed: number, i: number): number {
+  let h = Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(i + 1, 0xc2b2ae35);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x7feb352d);
+  h ^= h >>> 15;
+  return h >>> 0;
+}
+
+class Rand {
+  constructor(readonly next: () => number) {}
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+  range(lo: number, hi: number): number {
+    return lo + this.int(hi - lo + 1);
+  }
+  pick<T>(xs: readonly T[]): T {
+    return xs[this.int(xs.length)]!;
+  }
+  chance(p: number): boolean {
+    return this.next() < p;
+  }
+}
+
+/** 32-bit values that tend to break size arithmetic. */
+const HUGE32 = [0xffffffff, 0xfffffffe, 0x7fffffff, 0x80000000, 0x10000000, 0xffff, 0x10000];
+/** 64-bit values that tend to break size arithmetic. */
+const HUGE64 = [2n ** 64n - 1n, 2n ** 63n - 1n, 2n ** 63n, 2n ** 53n, 2n ** 53n - 1n, 2n ** 40n, 2n ** 32n, 2n ** 31n, 100_000_001n];
+
+// ---- seed corpus --------------------------------------------------------------------------------
+
+type SeedKind = "zip" | "legacy" | "safetensors";
+interface SeedFile {
+  name: string;
+  kind: SeedKind;
+  ext: string;
+  bytes: Buffer;
+}
+
+const FIXTURES = path.join(__dirname, "..", "test", "fixtures");
+
+/** The files every mutation starts from: the PyTorch fixtures plus a generated `.ckpt` and `.optim`. */
+export function seedCorpus(workDir: string, host: string): SeedFile[] {
+  const seeds: SeedFile[] = [];
+  for (const f of fs.readdirSync(FIXTURES).sort()) {
+    const p = path.join(FIXTURES, f);
+    if (/^(hn-.*|ldm-[ab])\.pt$/.test(f)) seeds.push({ name: f, kind: "zip", ext: ".pt", bytes: fs.readFileSync(p) });
+    else if (f === "legacy-format.pt") seeds.push({ name: f, kind: "legacy", ext: ".pt", bytes: fs.readFileSync(p) });
+    else if (f.endsWith(".safetensors") && fs.statSync(p).size < 1_000_000) {
+      seeds.push({ name: f, kind: "safetensors", ext: ".safetensors", bytes: fs.readFileSync(p) });
+    }
+  }
+  // A `.ckpt`-style file: {"state_dict": {LDM key: tensor}, "epoch": …, "global_step": …}.
+  const t = (shape: number[], f: (i: number) => number): HostTensor => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    return { dtype: "F32", shape, data: Float32Array.from({ length: n }, (_, i) => f(i)) };
+  };
+  const sd = new PyDict("dict");
+  sd.set("model.diffusion_model.input_blocks.0.0.weight", t([4, 4, 3, 3], (i) => Math.sin(i)));
+  sd.set("model.diffusion_model.input_blocks.0.0.bias", t([4], (i) => i / 4));
+  sd.set("cond_stage_model.transformer.text_model.embeddings.position_ids", { dtype: "I64", shape: [1, 8], data: Int32Array.from({ length: 8 }, (_, i) => i) });
+  sd.set("first_stage_model.decoder.conv_out.weight", { ...t([3, 4, 1, 1], (i) => -i), dtype: "F16" });
+  const ckpt = new PyDict("dict", [
+    ["state_dict", sd],
+    ["epoch", 6],
+    ["global_step", 470000],
+    ["lr", new PyFloat(1e-4)],
+    ["callbacks", new PyTuple([null, true])],
+  ]);
+  const ckptFile = path.join(workDir, "seed.ckpt");
+  writeTorchFile(ckptFile, ckpt, { overwrite: true });
+  seeds.push({ name: "generated.ckpt", kind: "zip", ext: ".ckpt", bytes: fs.readFileSync(ckptFile) });
+  // An `.optim` side file keyed to `host` (so the optimizer reader parses past its hash check).
+  const optFile = writeOptimizerFile(host, {
+    name: "AdamW",
+    lr: 5e-3,
+    betas: [0.9, 0.999],
+    eps: 1e-8,
+    weightDecay: 0.01,
+    params: [
+      { step: 3, expAvg: t([2, 3], (i) => i * 0.1), expAvgSq: t([2, 3], (i) => i * 0.01) },
+      { step: 3, expAvg: t([2], (i) => i), expAvgSq: t([2], (i) => i * i) },
+    ],
+  }, { overwrite: true });
+  seeds.push({ name: "generated.pt.optim", kind: "zip", ext: ".optim", bytes: fs.readFileSync(optFile) });
+  fs.rmSync(optFile);
+  return seeds;
+}
+
+// ---- structure walkers --------------------------------------------------------------------------
+
+interface ZipLayout {
+  eocd: number;
+  z64rec?: number;
+  z64loc?: number;
+  central: Array<{ at: number; len: number; headerOffset: number }>;
+}
+
+/** Locate the end records and central-directory headers of an (intact) seed zip. */
+function zipLayout(b: Buffer): ZipLayout {
+  const eocd = b.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  const loc = eocd - 20;
+  const z64loc = loc >= 0 && b.readUInt32LE(loc) === 0x07064b50 ? loc : undefined;
+  const z64rec = z64loc !== undefined ? Number(b.readBigUInt64LE(z64loc + 8)) : undefined;
+  const cdOffset = z64rec !== undefined ? Number(b.readBigUInt64LE(z64rec + 48)) : b.readUInt32LE(eocd + 16);
+  const count = z64rec !== undefined ? Number(b.readBigUInt64LE(z64rec + 32)) : b.readUInt16LE(eocd + 10);
+  const central: ZipLayout["central"] = [];
+  let p = cdOffset;
+  for (let i = 0; i < count; i++) {
+    const len = 46 + b.readUInt16LE(p + 28) + b.readUInt16LE(p + 30) + b.readUInt16LE(p + 32);
+    central.push({ at: p, len, headerOffset: b.readUInt32LE(p + 42) });
+    p += len;
+  }
+  return { eocd, z64rec, z64loc, central };
+}
+
+interface PickleOp {
+  pos: number;
+  op: number;
+  /** Where the length/value argument starts and how many bytes it has (not counting payload). */
+  arg: number;
+  argLen: number;
+  /** Payload bytes after the argument (strings, bytes, long ints). */
+  payload: number;
+}
+
+const FIXED_ARGS: Record<number, number> = {
+  0x80: 1, 0x4b: 1, 0x68: 1, 0x71: 1, 0x4d: 2, 0x4a: 4, 0x6a: 4, 0x72: 4, 0x47: 8, 0x95: 8, 0x82: 1, 0x83: 2, 0x84: 4,
+};
+/** Opcodes whose argument is a length followed by that many bytes: opcode → length-field size. */
+const LENGTH_OPS: Record<number, number> = { 0x58: 4, 0x42: 4, 0x54: 4, 0x8b: 4, 0x8c: 1, 0x43: 1, 0x55: 1, 0x8a: 1, 0x8d: 8, 0x8e: 8, 0x96: 8 };
+const LINE_OPS: Record<number, number> = { 0x63: 2, 0x69: 2, 0x49: 1, 0x4c: 1, 0x46: 1, 0x53: 1, 0x56: 1, 0x50: 1, 0x67: 1, 0x70: 1 };
+
+/** Disassemble one pickle starting at `start`: every opcode with its argument span, up to STOP. */
+function disassemble(b: Uint8Array, start: number): { ops: PickleOp[]; end: number } {
+  const ops: PickleOp[] = [];
+  let p = start;
+  while (p < b.length) {
+    const op = b[p]!;
+    const rec: PickleOp = { pos: p, op, arg: p + 1, argLen: 0, payload: 0 };
+    p++;
+    if (op in FIXED_ARGS) rec.argLen = FIXED_ARGS[op]!;
+    else if (op in LENGTH_OPS) {
+      const n = LENGTH_OPS[op]!;
+      rec.argLen = n;
+      const dv = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+      rec.payload = n === 1 ? b[p]! : n === 4 ? dv.readUInt32LE(p) : Number(dv.readBigUInt64LE(p));
+    } else if (op in LINE_OPS) {
+      let q = p;
+      for (let k = 0; k < LINE_OPS[op]!; k++) q = b.indexOf(0x0a, q) + 1;
+      rec.argLen = q - p;
+    }
+    p += rec.argLen + rec.payload;
+    ops.push(rec);
+    if (op === 0x2e) break;
+  }
+  return { ops, end: p };
+}
+
+// ---- mutations ----------------------------------------------------------------------------------
+
+type Mutation = (seed: SeedFile, r: Rand) => Buffer;
+
+function bitflip(b: Buffer, r: Rand, lo = 0, hi = b.length): Buffer {
+  const out = Buffer.from(b);
+  for (let k = r.range(1, 16); k > 0; k--) {
+    const i = lo + r.int(hi - lo);
+    out[i]! ^= 1 << r.int(8);
+  }
+  return out;
+}
+
+function overwrite(b: Buffer, r: Rand): Buffer {
+  const out = Buffer.from(b);
+  for (let k = r.range(1, 4); k > 0; k--) {
+    const at = r.int(out.length);
+    const v = r.pick([0x00, 0xff, 0x7f, 0x80, -1]);
+    for (let j = r.range(1, 8); j > 0 && at + j - 1 < out.length; j--) out[at + j - 1] = v < 0 ? r.int(256) : v;
+  }
+  return out;
+}
+
+function truncate(b: Buffer, r: Rand): Buffer {
+  const cut = r.chance(0.3) ? b.length - r.range(1, Math.min(200, b.length)) : r.int(b.length);
+  return Buffer.from(b.subarray(0, cut));
+}
+
+function splice(b: Buffer, r: Rand): Buffer {
+  const from = r.int(b.length);
+  const len = r.range(1, 256);
+  const to = r.int(b.length);
+  const chunk = b.subarray(from, from + len);
+  return r.chance(0.5)
+    ? Buffer.concat([b.subarray(0, to), chunk, b.subarray(to)])
+    : Buffer.concat([b.subarray(0, to), chunk, b.subarray(Math.min(b.length, to + chunk.length))]);
+}
+
+/** Zip: set a size/offset/length field of a central or local header to a hostile value. */
+function zipField(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const L = zipLayout(b);
+  const e = r.pick(L.central);
+  const v = r.chance(0.2) ? b.length + r.range(-64, 64) : r.pick(HUGE32);
+  const field = r.pick(["csize", "usize", "both", "offset", "namelen", "extralen", "local-namelen", "local-extralen"]);
+  const w32 = (at: number) => b.writeUInt32LE(v >>> 0, at);
+  const w16 = (at: number) => b.writeUInt16LE(v & 0xffff, at);
+  if (field === "csize") w32(e.at + 20);
+  else if (field === "usize") w32(e.at + 24);
+  else if (field === "both") (w32(e.at + 20), w32(e.at + 24));
+  else if (field === "offset") w32(e.at + 42);
+  else if (field === "namelen") w16(e.at + 28);
+  else if (field === "extralen") w16(e.at + 30);
+  else if (field === "local-namelen") w16(e.headerOffset + 26);
+  else w16(e.headerOffset + 28);
+  return b;
+}
+
+/** Zip: hostile end records (entry counts, directory size/offset, comment length). */
+function zipEnd(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const { eocd } = zipLayout(b);
+  const at = eocd + r.pick([8, 10, 12, 16, 20, 4, 6]);
+  if (at >= eocd + 12 && at < eocd + 20) b.writeUInt32LE(r.pick(HUGE32) >>> 0, at);
+  else b.writeUInt16LE(r.pick([0xffff, 0, 1, 0x8000, r.int(0x10000)]), at);
+  return b;
+}
+
+/** Zip: ZIP64 records — huge 64-bit counts/sizes/offsets, a moved locator, announced-but-absent ZIP64. */
+function zip64(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const L = zipLayout(b);
+  const big = r.chance(0.3) ? BigInt(b.length + r.range(-100, 100)) : r.pick(HUGE64);
+  const choice = r.int(5);
+  if (choice === 0 && L.z64rec !== undefined) b.writeBigUInt64LE(big, L.z64rec + r.pick([24, 32, 40, 48, 4]));
+  else if (choice === 1 && L.z64loc !== undefined) b.writeBigUInt64LE(big, L.z64loc + 8);
+  else if (choice === 2 && L.z64loc !== undefined) b.writeUInt32LE(0, L.z64loc); // drop the locator signature
+  else if (choice === 3) {
+    // 32-bit fields say "see ZIP64" but the entry has no ZIP64 extra field (or one that is too short).
+    const e = r.pick(L.central);
+    b.writeUInt32LE(0xffffffff, e.at + r.pick([20, 24, 42]));
+  } else {
+    const e = r.pick(L.central);
+    // Give the entry a ZIP64 extra field by overwriting its (padding) extra with id 1.
+    const nameLen = b.readUInt16LE(e.at + 28);
+    const extraLen = b.readUInt16LE(e.at + 30);
+    if (extraLen >= 4) {
+      b.writeUInt16LE(1, e.at + 46 + nameLen);
+      if (extraLen >= 12) b.writeBigUInt64LE(big, e.at + 46 + nameLen + 4);
+    } else {
+      b.writeUInt32LE(0xffffffff, e.at + 20);
+      b.writeUInt32LE(0xffffffff, e.at + 24);
+    }
+  }
+  return b;
+}
+
+/** Zip: duplicated directory records (same name, or a new name aliasing the same bytes) and overlaps. */
+function zipDuplicate(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const L = zipLayout(b);
+  const e = r.pick(L.central);
+  if (r.chance(0.35)) {
+    // Point this entry's header offset at another entry's header: two names, one blob.
+    const other = r.pick(L.central);
+    b.writeUInt32LE(other.headerOffset, e.at + 42);
+    return b;
+  }
+  const copy = Buffer.from(b.subarray(e.at, e.at + e.len));
+  if (r.chance(0.5)) copy[46 + copy.readUInt16LE(28) - 1]! ^= 0x01; // different name, same data
+  const insertAt = e.at + e.len;
+  const out = Buffer.concat([b.subarray(0, insertAt), copy, b.subarray(insertAt)]);
+  const shift = copy.length;
+  const eocd = L.eocd + shift;
+  out.writeUInt16LE(out.readUInt16LE(eocd + 8) + 1, eocd + 8);
+  out.writeUInt16LE(out.readUInt16LE(eocd + 10) + 1, eocd + 10);
+  out.writeUInt32LE(out.readUInt32LE(eocd + 12) + shift, eocd + 12);
+  if (L.z64rec !== undefined && L.z64loc !== undefined) {
+    const rec = L.z64rec + shift;
+    out.writeBigUInt64LE(out.readBigUInt64LE(rec + 24) + 1n, rec + 24);
+    out.writeBigUInt64LE(out.readBigUInt64LE(rec + 32) + 1n, rec + 32);
+    out.writeBigUInt64LE(out.readBigUInt64LE(rec + 40) + BigInt(shift), rec + 40);
+    out.writeBigUInt64LE(BigInt(rec), L.z64loc + shift + 8);
+  }
+  return out;
+}
+
+/** Zip: a wrong CRC in the directory for one entry. */
+function zipCrc(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const e = r.pick(zipLayout(b).central);
+  b.writeUInt32LE((b.readUInt32LE(e.at + 16) ^ (1 << r.int(32))) >>> 0, e.at + 16);
+  return b;
+}
+
+// -- pickle-level mutations: applied to data.pkl (zip, re-wrapped with fresh CRCs so they reach the
+//    unpickler) or to the object pickle of a legacy file.
+
+type PickleMutation = (pkl: Buffer, r: Rand) => Buffer;
+
+function withPickle(seed: SeedFile, r: Rand, m: PickleMutation): Buffer {
+  if (seed.kind === "zip") {
+    const tmp = path.join(os.tmpdir(), `fuzz-seed-${process.pid}.zip`);
+    fs.writeFileSync(tmp, seed.bytes);
+    const zip = ZipReader.open(tmp);
+    try {
+      const pklEntry = zip.entries.find((e) => e.name.endsWith("/data.pkl"))!;
+      const parts = zip.entries.map((e) => ({ name: e.name, data: e === pklEntry ? m(zip.read(e), r) : zip.read(e) }));
+      return Buffer.concat([...zipChunks(parts)]);
+    } finally {
+      zip.close();
+      fs.rmSync(tmp, { force: true });
+    }
+  }
+  // Legacy: five pickles back to back, then storages; mutate the fourth (the object).
+  let at = 0;
+  for (let k = 0; k < 3; k++) at = disassemble(seed.bytes, at).end;
+  const end = disassemble(seed.bytes, at).end;
+  return Buffer.concat([seed.bytes.subarray(0, at), m(Buffer.from(seed.bytes.subarray(at, end)), r), seed.bytes.subarray(end)]);
+}
+
+const pickleMutations: Record<string, PickleMutation> = {
+  "pkl-bitflip": (p, r) => bitflip(p, r, 2),
+  "pkl-truncate": (p, r) => Buffer.from(p.subarray(0, r.int(p.length))),
+  /** Set the length of a string/bytes/long opcode to something huge or off by a little. */
+  "pkl-length-huge": (p, r) => {
+    const ops = disassemble(p, 0).ops.filter((o) => o.op in LENGTH_OPS);
+    if (!ops.length) return bitflip(p, r);
+    const o = r.pick(ops);
+    const out = Buffer.from(p);
+    if (o.argLen === 1) out[o.arg] = r.pick([0xff, 0x80, o.payload + 1, 0]);
+    else if (o.argLen === 4) out.writeUInt32LE(r.chance(0.3) ? o.payload + r.range(1, 64) : r.pick(HUGE32) >>> 0, o.arg);
+    else out.writeBigUInt64LE(r.pick(HUGE64) & (2n ** 64n - 1n), o.arg);
+    return out;
+  },
+  /** Replace an integer (storage numel, offset, size, stride) by a huge or negative LONG1. */
+  "pkl-int-huge": (p, r) => {
+    const { ops } = disassemble(p, 0);
+    // Prefer the int right after the "cpu" location string: the storage element count.
+    const cpu = ops.findIndex((o, i) => (o.op === 0x58 || o.op === 0x8c) && Buffer.from(p.subarray(o.arg + o.argLen, o.arg + o.argLen + o.payload)).toString() === "cpu" && i + 1 < ops.length);
+    const ints = ops.filter((o) => o.op === 0x4b || o.op === 0x4d || o.op === 0x4a || o.op === 0x8a);
+    if (!ints.length) return bitflip(p, r);
+    let o = r.pick(ints);
+    if (cpu >= 0 && r.chance(0.4)) {
+      const next = ops.slice(cpu + 1).find((x) => x.op === 0x4b || x.op === 0x4d || x.op === 0x4a || x.op === 0x8a);
+      if (next) o = next;
+    }
+    const v = r.pick([...HUGE64, -1n, -(2n ** 63n), 0n, 2n ** 70n]);
+    const enc: number[] = [];
+    let x = v;
+    for (let i = 0; i < 9; i++, x >>= 8n) enc.push(Number(x & 0xffn));
+    const repl = Buffer.from([0x8a, enc.length, ...enc]);
+    const oEnd = o.arg + o.argLen + o.payload;
+    return Buffer.concat([p.subarray(0, o.pos), repl, p.subarray(oEnd)]);
+  },
+  /** Memo abuse: huge indices on get/put, or a get of an existing index inserted anywhere. */
+  "pkl-memo": (p, r) => {
+    const { ops } = disassemble(p, 0);
+    const memoOps = ops.filter((o) => o.op === 0x68 || o.op === 0x71 || o.op === 0x6a || o.op === 0x72);
+    const choice = r.int(3);
+    if (choice === 0 && memoOps.length) {
+      const o = r.pick(memoOps);
+      const get = o.op === 0x68 || o.op === 0x6a;
+      const idx = r.pick([0xffffffff, 0x7fffffff, 1_000_000, r.int(64)]);
+      const repl = Buffer.alloc(5);
+      repl[0] = get ? 0x6a : 0x72;
+      repl.writeUInt32LE(idx >>> 0, 1);
+      return Buffer.concat([p.subarray(0, o.pos), repl, p.subarray(o.arg + o.argLen)]);
+    }
+    const at = r.pick(ops).pos;
+    const ins = choice === 1 ? Buffer.from([0x68, r.int(Math.max(1, memoOps.length))]) : Buffer.from([0x71, r.int(4)]);
+    return Buffer.concat([p.subarray(0, at), ins, p.subarray(at)]);
+  },
+  /** Swap one opcode for another (argument bytes stay, so the stream desynchronises). */
+  "pkl-opcode": (p, r) => {
+    const o = r.pick(disassemble(p, 0).ops);
+    const out = Buffer.from(p);
+    out[o.pos] = r.pick([...Object.keys(FIXED_ARGS), ...Object.keys(LENGTH_OPS), ...Object.keys(LINE_OPS)].map(Number).concat([0x28, 0x29, 0x2e, 0x30, 0x31, 0x32, 0x51, 0x52, 0x5d, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x74, 0x75, 0x7d, 0x81, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8f, 0x92, 0x93, 0x94, 0x97]));
+    return out;
+  },
+  /** Swap a GLOBAL for a dangerous or merely foreign one (must be refused as unsafe). */
+  "pkl-global": (p, r) => {
+    const gl = disassemble(p, 0).ops.filter((o) => o.op === 0x63);
+    const name = r.pick(["os\nsystem\n", "builtins\neval\n", "subprocess\nPopen\n", "__builtin__\ngetattr\n", "torch\nload\n", "numpy.core.multiarray\n_reconstruct\n", "torch._utils\n_rebuild_tensor_v2\n", "collections\nOrderedDict\n", "torch\nFloatStorage\n"]);
+    if (!gl.length) return Buffer.concat([p.subarray(0, 2), Buffer.from("c" + name, "latin1"), p.subarray(2)]);
+    const o = r.pick(gl);
+    return Buffer.concat([p.subarray(0, o.pos + 1), Buffer.from(name, "latin1"), p.subarray(o.arg + o.argLen)]);
+  },
+  /** Replace the whole object by deep nesting (lists, tuples, dicts, MARKs) around the real value. */
+  "pkl-deep": (p, r) => {
+    const n = r.pick([10, 999, 1000, 1001, 5000, 200_000]);
+    const kind = r.int(4);
+    const body = p.subarray(2, p.length - 1); // between PROTO and STOP
+    if (kind === 0) return Buffer.concat([p.subarray(0, 2), Buffer.alloc(n, "]"), body, Buffer.alloc(n, "a"), Buffer.from(".")]);
+    if (kind === 1) return Buffer.concat([p.subarray(0, 2), body, Buffer.alloc(n, 0x85), Buffer.from(".")]);
+    if (kind === 2) return Buffer.concat([p.subarray(0, 2), Buffer.alloc(n, "("), body, Buffer.alloc(n, "t"), Buffer.from(".")]);
+    // {0: {0: … value …}} via EMPTY_DICT K 0 … SETITEM
+    return Buffer.concat([p.subarray(0, 2), Buffer.alloc(n * 3, Buffer.from([0x7d, 0x4b, 0x00])), body, Buffer.alloc(n, "s"), Buffer.from(".")]);
+  },
+  /** Make the value contain itself (list, dict, or the root dict put into one of its own entries). */
+  "pkl-recursive": (p, r) => {
+    const kind = r.int(3);
+    if (kind === 0) return Buffer.from([0x80, 0x02, 0x5d, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2e]);
+    if (kind === 1) return Buffer.from([0x80, 0x02, 0x7d, 0x71, 0x00, 0x4b, 0x01, 0x68, 0x00, 0x73, 0x2e]);
+    // Real pickle: torch files memoize the root dict first (index 0); set root[999] = root before STOP.
+    return Buffer.concat([p.subarray(0, p.length - 1), Buffer.from([0x4d, 0xe7, 0x03, 0x68, 0x00, 0x73, 0x2e])]);
+  },
+};
+
+/** Safetensors: hostile header length fields. */
+function stHeaderLen(seed: SeedFile, r: Rand): Buffer {
+  const b = Buffer.from(seed.bytes);
+  const n = b.readBigUInt64LE(0);
+  const v = r.pick([0n, 1n, 2n, n - 1n, n + 1n, n + BigInt(r.range(2, 4096)), BigInt(b.length), BigInt(b.length - 8), 100_000_000n, ...HUGE64]);
+  b.writeBigUInt64LE(v < 0n ? 0n : v & (2n ** 64n - 1n), 0);
+  return b;
+}
+
+function header(seed: SeedFile): { json: Record<string, unknown>; data: Buffer } {
+  const n = Number(seed.bytes.readBigUInt64LE(0));
+  return { json: JSON.parse(seed.bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>, data: seed.bytes.subarray(8 + n) };
+}
+
+function withHeader(text: string, data: Buffer): Buffer {
+  const h = Buffer.from(text, "utf8");
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  return Buffer.concat([len, h, data]);
+}
+
+function randomJson(r: Rand, depth = 0): unknown {
+  const k = r.int(depth > 3 ? 6 : 9);
+  switch (k) {
+    case 0: return null;
+    case 1: return r.chance(0.5);
+    case 2: return r.pick([0, -1, 1.5, 1e308, -1e308, 2 ** 53, 2 ** 64, Number.MAX_SAFE_INTEGER, 4, 3]);
+    case 3: return r.pick(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "", "__proto__", "x".repeat(r.int(300))]);
+    case 4: return [r.int(10), r.int(10)];
+    case 5: return [];
+    case 6: return Array.from({ length: r.int(4) }, () => randomJson(r, depth + 1));
+    default: {
+      const o: Record<string, unknown> = {};
+      for (let i = r.int(5); i > 0; i--) o[r.pick(["dtype", "shape", "data_offsets", "__metadata__", "__proto__", "constructor", "0.0.linear.0.weight", "a", "toString"])] = randomJson(r, depth + 1);
+      return o;
+    }
+  }
+}
+
+/** Safetensors: a random JSON header (valid length) over the real data. */
+function stRandomJson(seed: SeedFile, r: Rand): Buffer {
+  const { data } = header(seed);
+  if (r.chance(0.2)) {
+    // Not JSON at all, or JSON with garbage after it.
+    const junk = r.pick(['{"a":', "[]", "null", '"str"', "{}}", "{\"a\":1}\u0000", "\ufeff{}", "{" + "[".repeat(100_000)]);
+    return withHeader(junk, data);
+  }
+  const top: Record<string, unknown> = {};
+  for (let i = r.range(1, 6); i > 0; i--) {
+    const name = r.pick(["0.0.linear.0.weight", "768.1.linear.1.bias", "__metadata__", "__proto__", "x", `t${i}`]);
+    top[name] = r.chance(0.6)
+      ? { dtype: randomJson(r, 3), shape: r.chance(0.7) ? [r.int(8), r.int(8)] : randomJson(r, 3), data_offsets: r.chance(0.7) ? [r.int(64), r.int(data.length + 64)] : randomJson(r, 3) }
+      : randomJson(r);
+  }
+  return withHeader(JSON.stringify(top), data);
+}
+
+/** Safetensors: one field of one real entry set to a hostile value (offsets, shapes, dtype, metadata). */
+function stField(seed: SeedFile, r: Rand): Buffer {
+  const { json, data } = header(seed);
+  const names = Object.keys(json).filter((k) => k !== "__metadata__");
+  const name = r.pick(names);
+  const e = json[name] as { dtype: string; shape: number[]; data_offsets: number[] };
+  const other = json[r.pick(names)] as { data_offsets: number[] };
+  switch (r.int(9)) {
+    case 0: e.data_offsets = [...other.data_offsets]; break; // overlap / alias
+    case 1: e.data_offsets = [e.data_offsets[0]!, r.pick([2 ** 53, 2 ** 32, data.length + 1, -1, 1.5])]; break;
+    case 2: e.data_offsets = [r.pick([2 ** 53, -1, e.data_offsets[1]! + 4]), e.data_offsets[1]!]; break;
+    case 3: e.shape = r.pick([[2 ** 31, 2 ** 31], [2 ** 53], [-1, 4], [0, 2 ** 53], [1.5], [1e308], Array(100).fill(1), "[2]" as unknown as number[]]); break;
+    case 4: e.dtype = r.pick(["F8_E5M2", "float32", "I64", "U8", "BOOL", "F64", "I16"]); break;
+    case 5: json.__metadata__ = r.pick([{ a: 1 }, [], "x", null, { format: "pt", layer_structure: "[1, 1e9, 1]" }, { activation_func: '"nope"' }, { step: "-1" }, { layer_structure: "not json" }]); break;
+    case 6: json[name + "x"] = e; break;
+    case 7: delete json[name]; break;
+    default: e.shape = [...e.shape].reverse().concat(r.chance(0.5) ? [1] : []); break;
+  }
+  return withHeader(JSON.stringify(json), data);
+}
+
+interface MutationDef {
+  name: string;
+  kinds: readonly SeedKind[];
+  fn: Mutation;
+}
+
+const ALL: SeedKind[] = ["zip", "legacy", "safetensors"];
+const PICKLED: SeedKind[] = ["zip", "legacy"];
+
+export const MUTATIONS: readonly MutationDef[] = [
+  { name: "bitflip", kinds: ALL, fn: (s, r) => bitflip(s.bytes, r) },
+  { name: "overwrite", kinds: ALL, fn: (s, r) => overwrite(s.bytes, r) },
+  { name: "truncate", kinds: ALL, fn: (s, r) => truncate(s.bytes, r) },
+  { name: "splice", kinds: ALL, fn: (s, r) => splice(s.bytes, r) },
+  { name: "zip-field-huge", kinds: ["zip"], fn: zipField },
+  { name: "zip-end-records", kinds: ["zip"], fn: zipEnd },
+  { name: "zip64", kinds: ["zip"], fn: zip64 },
+  { name: "zip-duplicate-overlap", kinds: ["zip"], fn: zipDuplicate },
+  { name: "zip-crc", kinds: ["zip"], fn: zipCrc },
+  ...Object.entries(pickleMutations).map(([name, m]): MutationDef => ({ name, kinds: PICKLED, fn: (s, r) => withPickle(s, r, m) })),
+  { name: "st-header-length", kinds: ["safetensors"], fn: stHeaderLen },
+  { name: "st-random-json", kinds: ["safetensors"], fn: stRandomJson },
+  { name: "st-entry-field", kinds: ["safetensors"], fn: stField },
+];
+
+// ---- readers and outcome classification ---------------------------------------------------------
+
+export type ReaderName = "safetensors" | "torch" | "hypernet" | "optim";
+export const READERS: readonly ReaderName[] = ["safetensors", "torch", "hypernet", "optim"];
+
+export type Outcome = "loaded" | "clean-error" | "crash" | "hang" | "alloc" | "bad-load";
+
+export interface Finding {
+  kind: Exclude<Outcome, "loaded" | "clean-error">;
+  reader: ReaderName;
+  mutation: string;
+  seedFile: string;
+  /** Reproduce with `npm run fuzz -- --replay <caseSeed>`. */
+  caseSeed: number;
+  detail: string;
+  ms: number;
+}
+
+/** Check every tensor in a loaded value: data length must equal the product of its shape. */
+function tensorsConsistent(v: unknown, seen = new Set<unknown>()): string | undefined {
+  if (v === null || typeof v !== "object" || seen.has(v)) return undefined;
+  seen.add(v);
+  const t = v as Partial<HostTensor>;
+  if (Array.isArray(t.shape) && t.data && ArrayBuffer.isView(t.data)) {
+    const n = t.shape.reduce((a: number, b: number) => a * b, 1);
+    return t.data.length === n ? undefined : `tensor [${t.shape.join(", ")}] has ${t.data.length} values`;
+  }
+  const kids: unknown[] = v instanceof Map ? [...v.values()] : Array.isArray(v) ? v : v instanceof PyDict ? [...v.map.values(), v.state] : v instanceof PyTuple ? v.items : Object.values(v);
+  for (const k of kids) {
+    const bad = tensorsConsistent(k, seen);
+    if (bad) return bad;
+  }
+  return undefined;
+}
+
+/** A clean refusal: a typed reader error, or a plain Error whose message names the file. */
+export function isCleanError(err: unknown, file: string): boolean {
+  if (err instanceof CorruptFileError || err instanceof UnsafePickleError || err instanceof UnsupportedFileError) return true;
+  return err instanceof Error && err.constructor === Error && err.message.includes(file);
+}
+
+function readWith(reader: ReaderName, file: string, optimHost: string): unknown {
+  switch (reader) {
+    case "safetensors": {
+      const f = SafetensorsFile.open(file);
+      try {
+        return f.readAll();
+      } finally {
+        f.close();
+      }
+    }
+    case "torch": {
+      const f = openTorchFile(file);
+      try {
+        return materialize(f.root);
+      } finally {
+        f.close();
+      }
+    }
+    case "hypernet":
+      return readHypernetworkFile(file);
+    case "optim":
+      return readOptimizerFile(optimHost);
+  }
+}
+
+// Track the largest single Buffer the readers ask for (the way a hostile length becomes an allocation).
+let largestAlloc = 0;
+function trackAllocations(): () => void {
+  const b = Buffer as unknown as Record<string, (n: number, ...rest: unknown[]) => Buffer>;
+  const saved = { alloc: b.alloc!, allocUnsafe: b.allocUnsafe!, allocUnsafeSlow: b.allocUnsafeSlow! };
+  for (const k of Object.keys(saved) as Array<keyof typeof saved>) {
+    const orig = saved[k];
+    b[k] = function (this: unknown, n: number, ...rest: unknown[]) {
+      if (typeof n === "number" && n > largestAlloc) largestAlloc = n;
+      return orig.call(this, n, ...rest);
+    };
+  }
+  return () => Object.assign(b, saved);
+}
+
+function getGc(): (() => void) | undefined {
+  try {
+    v8.setFlagsFromString("--expose-gc");
+    return vm.runInNewContext("gc") as () => void;
+  } catch {
+    return undefined;
+  }
+}
+
+// ---- the run ------------------------------------------------------------------------------------
+
+export interface FuzzOptions {
+  seed: number;
+  /** Stop after this many cases … */
+  cases: number;
+  /** … or after this many seconds, whichever comes first. */
+  seconds: number;
+  /** Run exactly this one case (a case seed from a finding) instead. */
+  replay?: number;
+  hangMs?: number;
+  allocBytes?: number;
+  /** Called as each case starts, with its index and seed (for progress and for a hang watchdog). */
+  onCase?: (i: number, caseSeed: number) => void;
+  log?: (line: string) => void;
+}
+
+export interface FuzzReport {
+  seed: number;
+  cases: number;
+  seconds: number;
+  readers: Record<string, Record<Outcome, number>>;
+  mutations: Record<string, { tried: number } & Record<Outcome, number>>;
+  seedFiles: Record<string, number>;
+  findings: Finding[];
+}
+
+const emptyOutcomes = (): Record<Outcome, number> => ({ loaded: 0, "clean-error": 0, crash: 0, hang: 0, alloc: 0, "bad-load": 0 });
+
+/** Run the fuzzer (in this process) and return the report. */
+export function runFuzz(opts: FuzzOptions): FuzzReport {
+  const hangMs = opts.hangMs ?? 2000;
+  const allocBytes = opts.allocBytes ?? 256 * 1024 * 1024;
+  const shm = fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir();
+  const work = fs.mkdtempSync(path.join(shm, "hn-fuzz-"));
+  const optimHost = path.join(work, "host.pt");
+  fs.writeFileSync(optimHost, "the .pt this .optim belongs to");
+  const seeds = seedCorpus(work, optimHost);
+  const gc = getGc();
+  const untrack = trackAllocations();
+  const report: FuzzReport = { seed: opts.seed, cases: 0, seconds: 0, readers: {}, mutations: {}, seedFiles: {}, findings: [] };
+  for (const r of READERS) report.readers[r] = emptyOutcomes();
+  const t0 = performance.now();
+  try {
+    const total = opts.replay !== undefined ? 1 : opts.cases;
+    for (let i = 0; i < total; i++) {
+      if (opts.replay === undefined && performance.now() - t0 > opts.seconds * 1000) break;
+      const cs = opts.replay ?? caseSeed(opts.seed, i);
+      opts.onCase?.(i, cs);
+      const r = new Rand(rng32(cs));
+      const seed = r.pick(seeds);
+      const muts = MUTATIONS.filter((m) => m.kinds.includes(seed.kind));
+      const mut = r.pick(muts);
+      let bytes: Buffer;
+      try {
+        bytes = mut.fn(seed, r);
+      } catch (err) {
+        // A mutation that cannot apply to this seed (e.g. no ZIP64 record): use a bit flip instead.
+        bytes = bitflip(seed.bytes, r);
+      }
+      const file = path.join(work, `case${seed.ext}`);
+      fs.writeFileSync(file, bytes);
+      fs.writeFileSync(`${optimHost}.optim`, bytes);
+      const m = (report.mutations[mut.name] ??= { tried: 0, ...emptyOutcomes() });
+      m.tried++;
+      report.seedFiles[seed.name] = (report.seedFiles[seed.name] ?? 0) + 1;
+      if (gc && i % 50 === 0) gc();
+      for (const reader of READERS) {
+        const target = reader === "optim" ? `${optimHost}.optim` : file;
+        const mem0 = process.memoryUsage();
+        largestAlloc = 0;
+        const c0 = performance.now();
+        let outcome: Outcome;
+        let detail = "";
+        try {
+          const value = readWith(reader, file, optimHost);
+          const bad = tensorsConsistent(value);
+          outcome = bad ? "bad-load" : "loaded";
+          detail = bad ?? "";
+        } catch (err) {
+          if (isCleanError(err, target)) outcome = "clean-error";
+          else {
+            outcome = "crash";
+            detail = err instanceof Error ? `${err.constructor.name}: ${err.message.slice(0, 300)}\n${(err.stack ?? "").split("\n").slice(1, 4).join("\n")}` : `non-Error thrown: ${String(err)}`;
+          }
+        }
+        const ms = performance.now() - c0;
+        const mem1 = process.memoryUsage();
+        const grown = Math.max(mem1.heapUsed - mem0.heapUsed + mem1.arrayBuffers - mem0.arrayBuffers, largestAlloc);
+        if (ms > hangMs) {
+          report.findings.push({ kind: "hang", reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail: `took ${ms.toFixed(0)} ms (${outcome})`, ms });
+          outcome = "hang";
+        } else if (grown > allocBytes) {
+          report.findings.push({ kind: "alloc", reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail: `allocated ${(grown / 2 ** 20).toFixed(0)} MiB (${outcome})`, ms });
+          outcome = "alloc";
+        } else if (outcome === "crash" || outcome === "bad-load") {
+          report.findings.push({ kind: outcome, reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail, ms });
+        }
+        report.readers[reader]![outcome]++;
+        m[outcome]++;
+      }
+      report.cases++;
+      if (opts.log && report.cases % 1000 === 0) opts.log(`${report.cases} cases, ${report.findings.length} findings, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }
+  } finally {
+    untrack();
+    report.seconds = Math.round((performance.now() - t0) / 100) / 10;
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  return report;
+}
+
+// ---- command line -------------------------------------------------------------------------------
+
+/**
+ * A watchdog thread: if the main thread stops reporting progress for `ms` (a reader stuck in a
+ * loop cannot be interrupted from inside), it prints the case seed it was on and ends the process.
+ */
+function startWatchdog(ms: number): (caseSeed: number) => void {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Worker } = require("node:worker_threads") as typeof import("node:worker_threads");
+  const shared = new Int32Array(new SharedArrayBuffer(8));
+  const code = `
+    const { workerData } = require("node:worker_threads");
+    const s = workerData.shared; let last = -1, since = Date.now();
+    setInterval(() => {
+      const beat = Atomics.load(s, 0);
+      if (beat !== last) { last = beat; since = Date.now(); return; }
+      if (Date.now() - since > workerData.ms) {
+        process.stderr.write("HANG: no progress for " + workerData.ms + " ms; case seed " + (Atomics.load(s, 1) >>> 0) + " (replay with --replay)\\n");
+        process.kill(process.pid, "SIGKILL");
+      }
+    }, 250);`;
+  const w = new Worker(code, { eval: true, workerData: { shared, ms } });
+  w.unref();
+  return (cs) => {
+    Atomics.add(shared, 0, 1);
+    Atomics.store(shared, 1, cs | 0);
+  };
+}
+
+function main(argv: string[]): void {
+  const arg = (name: string, dflt: number): number => {
+    const i = argv.indexOf(`--${name}`);
+    if (i < 0) return dflt;
+    const v = Number(argv[i + 1]);
+    if (!Number.isFinite(v)) throw new Error(`--${name} needs a number, got ${argv[i + 1]}`);
+    return v;
+  };
+  const outIdx = argv.indexOf("--out");
+  const out = outIdx >= 0 ? argv[outIdx + 1] : undefined;
+  const replayIdx = argv.indexOf("--replay");
+  const opts: FuzzOptions = {
+    seed: arg("seed", 1),
+    cases: arg("cases", 10_000),
+    seconds: arg("seconds", 600),
+    replay: replayIdx >= 0 ? arg("replay", 0) : undefined,
+    log: (l) => process.stderr.write(l + "\n"),
+  };
+  const beat = startWatchdog(30_000);
+  opts.onCase = (_i, cs) => beat(cs);
+  const report = runFuzz(opts);
+  const json = JSON.stringify({ command: `npm run fuzz -- ${argv.join(" ")}`.trim(), ...report }, null, 2);
+  if (out) fs.writeFileSync(out, json + "\n");
+  process.stdout.write(json + "\n");
+  process.exitCode = report.findings.length ? 1 : 0;
+}
+
+if (require.main === module) main(process.argv.slice(2));
