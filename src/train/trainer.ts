@@ -507,7 +507,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     resumeState = readCheckpointState(opts.resumeFrom);
     if (resumeState && resumeState.seed !== seed) warn(`${opts.resumeFrom} was trained with seed ${resumeState.seed}, this run uses ${seed}: the loss curve will not continue the original one`);
     optimState = readOptimizerFile(opts.resumeFrom);
-    if (!optimState.state) warn(`${optimState.reason}; AdamW starts fresh, which can make a resumed run jump`);
+    if ("reason" in optimState) warn(`${optimState.reason}; AdamW starts fresh, which can make a resumed run jump`);
   }
 
   // Dataset: images → UNet space once; all its randomness from our per-step seeds.
@@ -615,7 +615,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
   let lastProgress = 0;
 
   try {
-    if (optimState?.state) {
+    if (optimState && "file" in optimState) {
       optimizer.importState(optimState.state, optimState.file);
       log(`resuming AdamW state from ${optimState.file}`);
     }
