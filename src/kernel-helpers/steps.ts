@@ -48,11 +48,12 @@ function paramCount(base: BaseModel): number {
 }
 
 /**
- * Load the base model: the embedded tiny model when `source` is omitted, otherwise an SD 1.x
- * checkpoint (`.safetensors`/`.ckpt` file or diffusers folder). Shows one summary line.
+ * Load the base model: the embedded tiny model when `source` is omitted (or the tiny model in
+ * `HYPERNET_TINY_MODEL_DIR`), otherwise an SD 1.x checkpoint (`.safetensors`/`.ckpt` file or
+ * diffusers folder). Shows one summary line.
  */
 export async function loadBase(source?: string, opts: LoadBaseModelOptions = {}): Promise<BaseModel> {
-  const base = source ? await loadBaseModel(source, opts) : loadTinyModel();
+  const base = source ? await loadBaseModel(source, opts) : loadTinyModel(process.env.HYPERNET_TINY_MODEL_DIR || undefined);
   const size = `${base.imageSize}×${base.imageSize}`;
   show("base-model", {
     text: `base model ${base.name}: ${base.space} space, ${size} images, ${base.channels}-channel ${base.sampleSize}×${base.sampleSize} UNet input, text context ${base.contextDim} wide, ${(paramCount(base) / 1e6).toFixed(2)} M parameters, ${base.unet.attentionLayers().length} attention layers`,
