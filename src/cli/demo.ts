@@ -44,7 +44,9 @@ export async function runDemo(opts: DemoOptions): Promise<Record<string, unknown
     }
   });
   console.log("how far the k-module moves a 77×768 context, by multiplier:", norms);
-  const same = fromNetwork(again).weights.get(768)![0].get("linear.0.weight")!.data.every((v, i) => v === fromNetwork(net).weights.get(768)![0].get("linear.0.weight")!.data[i]);
+  const w0 = fromNetwork(net).weights.get(768)![0].get("linear.0.weight")!.data;
+  const w1 = fromNetwork(again).weights.get(768)![0].get("linear.0.weight")!.data;
+  const same = w0.every((v, i) => v === w1[i]);
   net.dispose();
   again.dispose();
   const summary = { backend: report.backend, file: pt, inspect: info, contextShiftByMultiplier: norms, roundTripExact: same };
