@@ -1,0 +1,321 @@
+/**
+ * Train the embedded tiny base model (UNet + text encoder, jointly) on the tiny-shapes dataset.
+ *
+ *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
+ *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
+ *
+ * One step:
+ *   1. draw `batch` scenes (sample indices step·batch … step·batch + batch − 1 of the seeded
+ *      dataset, so a resumed run sees the same data), x₀ = pixels in [−1, 1];
+ *   2. drop ~10% of the captions to "" — the model also learns the unconditional ε, which
+ *      classifier-free guidance needs at sampling time;
+ *   3. t ~ U{0…999}, ε ~ N(0, I), x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (the SD 1.x schedule);
+ *   4. loss = mean (ε̂(x_t, t, text(caption)) − ε)², gradients for every UNet and text weight;
+ *   5. clip the global gradient norm to 1, AdamW step (β = 0.9/0.999, weight decay 0.01 on
+ *      matrices and kernels only), learning rate warmed up linearly then cosine-decayed to 10%;
+ *   6. update an exponential moving average (EMA, decay 0.999) of the weights — the EMA weights
+ *      sample much more cleanly than the raw ones after a short run, and they are what is shipped.
+ *
+ * Every `--ckpt-every` steps (and on Ctrl-C / SIGTERM / a file named STOP in the run folder) the
+ * full state — weights, EMA, Adam moments, RNG, step — is written atomically to the run folder,
+ * and the EMA weights are exported as a loadable tiny model to `--export`. Re-running the same
+ * command resumes from the checkpoint (pass `--fresh` to start over).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
+import { Rng, randint, randn } from "../src/diffusion/random";
+import { qSample, sd15Schedule } from "../src/diffusion/schedule";
+import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
+import type { HostTensor } from "../src/io/host-tensor";
+import { writeFileAtomic } from "../src/io/atomic";
+import type { Param } from "../src/nn/module";
+import { buildTinyModel, defaultTinyConfig, saveTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
+import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes";
+
+interface Args {
+  steps: number;
+  batch: number;
+  lr: number;
+  warmup: number;
+  minutes: number;
+  run: string;
+  export: string;
+  seed: number;
+  dataSeed: number;
+  ckptEvery: number;
+  logEvery: number;
+  dropout: number;
+  ema: number;
+  fresh: boolean;
+  backend: BackendChoice;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = {
+    steps: 6000,
+    batch: 16,
+    lr: 1e-3,
+    warmup: 200,
+    minutes: Infinity,
+    run: "out/tiny-train",
+    export: "models/tiny",
+    seed: 1234,
+    dataSeed: 7,
+    ckptEvery: 250,
+    logEvery: 10,
+    dropout: 0.1,
+    ema: 0.999,
+    fresh: false,
+    backend: "wasm",
+  };
+  const num = (k: string, v: string | undefined): number => {
+    const x = Number(v);
+    if (v === undefined || !Number.isFinite(x)) throw new Error(`--${k} needs a number, got ${JSON.stringify(v)}`);
+    return x;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!.replace(/^--/, "");
+    switch (k) {
+      case "fresh":
+        a.fresh = true;
+        break;
+      case "run":
+      case "export":
+        a[k] = argv[++i] ?? "";
+        break;
+      case "backend":
+        a.backend = (argv[++i] ?? "wasm") as BackendChoice;
+        break;
+      case "steps":
+      case "batch":
+      case "lr":
+      case "warmup":
+      case "minutes":
+      case "seed":
+      case "dropout":
+      case "ema":
+        a[k] = num(k, argv[++i]);
+        break;
+      case "data-seed":
+        a.dataSeed = num(k, argv[++i]);
+        break;
+      case "ckpt-every":
+        a.ckptEvery = num(k, argv[++i]);
+        break;
+      case "log-every":
+        a.logEvery = num(k, argv[++i]);
+        break;
+      default:
+        throw new Error(`unknown option ${argv[i]} (see the header of scripts/train-base.ts)`);
+    }
+  }
+  return a;
+}
+
+/** Linear warmup to `lr`, then cosine decay to 10% of it at `total` steps. */
+function learningRate(step: number, a: Args): number {
+  if (step < a.warmup) return (a.lr * (step + 1)) / a.warmup;
+  const p = Math.min(1, (step - a.warmup) / Math.max(1, a.steps - a.warmup));
+  return a.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * p)));
+}
+
+/** A trainable weight with its AdamW moments and EMA shadow. */
+interface Slot {
+  key: string;
+  param: Param;
+  m: tf.Variable;
+  v: tf.Variable;
+  ema: tf.Variable;
+  decay: boolean;
+}
+
+function makeSlots(parts: TinyModelParts): Slot[] {
+  const named: Array<[string, Param]> = [
+    ...parts.unet.namedParameters("unet."),
+    ...parts.textEncoder.namedParameters("text."),
+  ];
+  return named.map(([key, param]) => ({
+    key,
+    param,
+    m: tf.variable(tf.zerosLike(param.value), false),
+    v: tf.variable(tf.zerosLike(param.value), false),
+    ema: tf.variable(param.value.clone(), false),
+    // Decay matrices and conv kernels, not biases, norms or embeddings' 1-D tables.
+    decay: param.torchShape.length >= 2 && !key.includes("norm"),
+  }));
+}
+
+const B1 = 0.9;
+const B2 = 0.999;
+const EPS = 1e-8;
+const WD = 0.01;
+const CLIP = 1.0;
+
+/** One AdamW update of every slot from its gradient, after global-norm clipping. Returns the pre-clip norm. */
+function applyAdamW(slots: Slot[], grads: tf.NamedTensorMap, step: number, lr: number, emaDecay: number): number {
+  const gnorm = tf.tidy(() => tf.sqrt(tf.addN(slots.map((s) => tf.sum(tf.square(grads[s.param.value.name]!))))).dataSync()[0]!);
+  const scale = gnorm > CLIP ? CLIP / gnorm : 1;
+  const t = step + 1;
+  const bc1 = 1 - B1 ** t;
+  const bc2 = 1 - B2 ** t;
+  for (const s of slots) {
+    tf.tidy(() => {
+      const g = tf.mul(grads[s.param.value.name]!, scale);
+      const m = tf.add(tf.mul(s.m, B1), tf.mul(g, 1 - B1));
+      const v = tf.add(tf.mul(s.v, B2), tf.mul(tf.square(g), 1 - B2));
+      s.m.assign(m);
+      s.v.assign(v);
+      // w ← w − lr·(m̂/(√v̂ + ε) + wd·w)   (decoupled weight decay)
+      let update = tf.div(tf.div(m, bc1), tf.add(tf.sqrt(tf.div(v, bc2)), EPS));
+      if (s.decay) update = tf.add(update, tf.mul(s.param.value, WD));
+      s.param.value.assign(tf.sub(s.param.value, tf.mul(update, lr)));
+      s.ema.assign(tf.add(tf.mul(s.ema, emaDecay), tf.mul(s.param.value, 1 - emaDecay)));
+    });
+  }
+  return gnorm;
+}
+
+interface RunState {
+  step: number;
+  rng: ReturnType<Rng["getState"]>;
+  elapsedSec: number;
+  lastLoss: number;
+  args: Args;
+  config: TinyModelConfig;
+}
+
+function host(t: tf.Tensor, shape: number[], layout: (x: tf.Tensor) => tf.Tensor): HostTensor {
+  const x = tf.tidy(() => layout(t));
+  const data = x.dataSync() as Float32Array;
+  x.dispose();
+  return { dtype: "F32", shape, data };
+}
+
+/** Write the full training state (atomic) and export the EMA weights as a tiny model. */
+function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunState): void {
+  const tensors: Array<[string, HostTensor]> = [];
+  for (const s of slots) {
+    const shape = [...s.param.value.shape];
+    const id = (x: tf.Tensor): tf.Tensor => x.clone();
+    tensors.push([`w.${s.key}`, host(s.param.value, shape, id)]);
+    tensors.push([`m.${s.key}`, host(s.m, shape, id)]);
+    tensors.push([`v.${s.key}`, host(s.v, shape, id)]);
+    tensors.push([`ema.${s.key}`, host(s.ema, shape, id)]);
+  }
+  writeSafetensors(path.join(a.run, "state.safetensors"), tensors, {}, { overwrite: true });
+  writeFileAtomic(path.join(a.run, "state.json"), [Buffer.from(JSON.stringify(state, null, 2))], { overwrite: true });
+
+  // Export: swap the EMA values in, save fp16, swap back.
+  const raw = slots.map((s) => s.param.value.clone());
+  slots.forEach((s) => s.param.value.assign(s.ema));
+  const config: TinyModelConfig = {
+    ...parts.config,
+    training: { steps: state.step, batch: a.batch, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+  };
+  saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
+  slots.forEach((s, i) => s.param.value.assign(raw[i]!));
+  raw.forEach((r) => r.dispose());
+}
+
+function restore(a: Args, slots: Slot[]): RunState | undefined {
+  const jf = path.join(a.run, "state.json");
+  const sf = path.join(a.run, "state.safetensors");
+  if (a.fresh || !fs.existsSync(jf) || !fs.existsSync(sf)) return undefined;
+  const state = JSON.parse(fs.readFileSync(jf, "utf8")) as RunState;
+  const { tensors } = readSafetensors(sf);
+  for (const s of slots) {
+    for (const [prefix, target] of [["w.", s.param.value], ["m.", s.m], ["v.", s.v], ["ema.", s.ema]] as Array<[string, tf.Variable]>) {
+      const t = tensors.get(prefix + s.key);
+      if (!t) throw new Error(`${sf}: missing ${prefix}${s.key}; the checkpoint is from another model config (use --fresh to start over)`);
+      const x = tf.tensor(t.data, target.shape, "float32");
+      target.assign(x);
+      x.dispose();
+    }
+  }
+  return state;
+}
+
+async function main(): Promise<void> {
+  const a = parseArgs(process.argv.slice(2));
+  await useBackend(a.backend);
+  if (tf.getBackend() === "wasm") registerWasmUnsortedSegmentSum();
+  fs.mkdirSync(a.run, { recursive: true });
+
+  let config = defaultTinyConfig();
+  const jf = path.join(a.run, "state.json");
+  if (!a.fresh && fs.existsSync(jf)) config = (JSON.parse(fs.readFileSync(jf, "utf8")) as RunState).config;
+  const parts = buildTinyModel(config, { trainable: true });
+  const slots = makeSlots(parts);
+  const restored = restore(a, slots);
+  const rng = restored ? Rng.fromState(restored.rng) : new Rng(a.seed);
+  let step = restored?.step ?? 0;
+  let elapsed = restored?.elapsedSec ?? 0;
+  let lossEma = restored?.lastLoss ?? NaN;
+  const nUnet = parts.unet.parameterCount();
+  const nText = parts.textEncoder.parameterCount();
+  console.log(`tiny base model: UNet ${nUnet.toLocaleString()} + text ${nText.toLocaleString()} parameters; ${restored ? `resuming at step ${step}` : "fresh start"}; batch ${a.batch}, ${a.steps} steps`);
+
+  const csv = path.join(a.run, "loss.csv");
+  if (!restored || !fs.existsSync(csv)) fs.writeFileSync(csv, "step,loss,lr,grad_norm,elapsed_s\n");
+  let stop = false;
+  const onSignal = (): void => {
+    console.log("stop requested: finishing the step and writing a checkpoint");
+    stop = true;
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const schedule = sd15Schedule();
+  const vars = slots.map((s) => s.param.value);
+  const hw = TINY_SIZE;
+  const t0 = Date.now() - elapsed * 1000;
+  const deadline = Date.now() + a.minutes * 60_000;
+  let csvLines: string[] = [];
+  const state = (): RunState => ({ step, rng: rng.getState(), elapsedSec: elapsed, lastLoss: lossEma, args: a, config });
+
+  while (step < a.steps && !stop) {
+    const samples = shapeSamples(a.dataSeed, step * a.batch, a.batch);
+    const captions = samples.map((s) => (rng.nextFloat() < a.dropout ? "" : s.caption));
+    const ids = parts.tokenizer.encode(captions, { longPrompts: "truncate" }).ids;
+    const timesteps = Array.from(randint(a.batch, 0, schedule.numTimesteps, rng));
+    const noiseT = randn([a.batch, hw, hw, 3], rng);
+    const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [a.batch, hw, hw, 3]);
+    const xt = qSample(x0, noiseT, timesteps, schedule) as tf.Tensor4D;
+    const { value, grads } = tf.variableGrads(() => {
+      const ctx = parts.textEncoder.encode(ids);
+      const eps = parts.unet.forward(xt, timesteps, ctx);
+      return tf.mean(tf.square(tf.sub(eps, noiseT))) as tf.Scalar;
+    }, vars);
+    const loss = value.dataSync()[0]!;
+    const lr = learningRate(step, a);
+    const gnorm = applyAdamW(slots, grads, step, lr, step < 100 ? 0 : a.ema);
+    tf.dispose([value, grads, noiseT, x0, xt]);
+    if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at step ${step}; restart from the last checkpoint with a lower --lr`);
+    step++;
+    elapsed = (Date.now() - t0) / 1000;
+    lossEma = Number.isNaN(lossEma) ? loss : 0.98 * lossEma + 0.02 * loss;
+    csvLines.push(`${step},${loss.toFixed(6)},${lr.toExponential(3)},${gnorm.toFixed(4)},${elapsed.toFixed(1)}`);
+    if (step % a.logEvery === 0 || step === a.steps) {
+      fs.appendFileSync(csv, csvLines.join("\n") + "\n");
+      csvLines = [];
+      console.log(`step ${step}/${a.steps}  loss ${loss.toFixed(4)} (avg ${lossEma.toFixed(4)})  lr ${lr.toExponential(2)}  |g| ${gnorm.toFixed(2)}  ${(elapsed / 60).toFixed(1)} min  tensors ${tf.memory().numTensors}`);
+    }
+    await new Promise((r) => setImmediate(r)); // let a pending Ctrl-C/SIGTERM handler run
+    if (fs.existsSync(path.join(a.run, "STOP")) || Date.now() > deadline) stop = true;
+    if (step % a.ckptEvery === 0 || stop || step === a.steps) {
+      if (csvLines.length) fs.appendFileSync(csv, csvLines.join("\n") + "\n");
+      csvLines = [];
+      checkpoint(a, parts, slots, state());
+      console.log(`checkpoint at step ${step} → ${a.run}; EMA weights exported to ${a.export}`);
+    }
+  }
+  console.log(`done at step ${step} after ${(elapsed / 60).toFixed(1)} min; smoothed loss ${lossEma.toFixed(4)}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});
