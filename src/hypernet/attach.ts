@@ -14,8 +14,16 @@
  * the attachment on every call, so it is per network and per attachment, never global state.
  * The hypernetwork's weights never become part of the UNet's parameters; `detach()` puts the
  * previous processors back, so the UNet computes exactly what it did before.
+ *
+ * Cross-attention shortcut: every cross-attention layer of one forward receives the same text
+ * context tensor, and the hypernetwork modules for its width are the same in every layer, so
+ * (ctx_k, ctx_v) are identical across those layers whenever the modules are deterministic (eval
+ * mode, or training without dropout/rrelu). A1111 recomputes them per layer; here they are
+ * computed once per forward and reused (SD 1.5: 16 layers → 1, saving ~5.4 G MACs per pass).
+ * The cache is keyed on the context tensor's identity, lives only for one `forward` (the host's
+ * forward hook clears it), and is bypassed when dropout makes each layer's masks differ.
  */
-import type * as tf from "@tensorflow/tfjs";
+import * as tf from "@tensorflow/tfjs";
 import { type AttentionProcessor, type CrossAttention, attend } from "../unet/attention";
 import type { Hypernetwork } from "./network";
 
@@ -30,22 +38,86 @@ export interface StackEntry {
 export interface ProcessorHost {
   getProcessors(): Map<string, AttentionProcessor>;
   setProcessor(p: AttentionProcessor | Map<string, AttentionProcessor>): void;
+  /** Optional: callbacks around each forward; without it the cross-attention cache stays off. */
+  addForwardHook?(hook: { begin(): void; end(): void }): () => void;
+}
+
+/**
+ * The rewritten cross-attention contexts of the forward in progress, keyed by the context tensor.
+ * Entries are `tf.keep`-ed (they outlive the layer's `tidy` that made them) and disposed when the
+ * forward ends. Under a gradient tape this is safe: ops that use them save their own copies.
+ */
+class ContextCache {
+  private active = false;
+  private readonly entries = new Map<tf.Tensor, { k: tf.Tensor; v: tf.Tensor }>();
+  private readonly owned: tf.Tensor[] = [];
+
+  begin(): void {
+    this.clear();
+    this.active = true;
+  }
+
+  end(): void {
+    this.active = false;
+    this.clear();
+  }
+
+  /** Between begin and end: the cached pair for `context`, computing it with `make` the first time. */
+  get(context: tf.Tensor, make: () => { k: tf.Tensor; v: tf.Tensor }): { k: tf.Tensor; v: tf.Tensor } | undefined {
+    if (!this.active) return undefined;
+    let hit = this.entries.get(context);
+    if (!hit) {
+      hit = make();
+      // A width without a module passes the context itself through: that tensor is the caller's.
+      for (const t of new Set([hit.k, hit.v])) if (t !== context) this.owned.push(tf.keep(t));
+      this.entries.set(context, hit);
+    }
+    return hit;
+  }
+
+  private clear(): void {
+    for (const t of this.owned) t.dispose();
+    this.owned.length = 0;
+    this.entries.clear();
+  }
 }
 
 /** A live attachment: change multipliers, switch training mode, detach. */
 export class Attachment {
   /** Training mode: dropout active and multipliers forced to 1 (A1111's rule). */
   training = false;
+  /** Compute the cross-attention (ctx_k, ctx_v) once per forward when that is exact (default true). */
+  cacheCrossAttention = true;
   private seed: number | undefined;
   private calls = 0;
   private attached = true;
+  /** @internal per-forward cache of the cross-attention contexts (see the module comment). */
+  readonly contextCache = new ContextCache();
+  private removeHook: (() => void) | undefined;
 
   constructor(
     private readonly host: ProcessorHost,
     /** The stack, in application order; edit `multiplier`s freely between forwards. */
     readonly stack: StackEntry[],
     private readonly previous: Map<string, AttentionProcessor>,
-  ) {}
+  ) {
+    this.removeHook = host.addForwardHook?.(this.contextCache);
+  }
+
+  /**
+   * True when every module application gives the same result for the same input, so the
+   * cross-attention contexts may be shared across layers: eval mode, or training with no dropout
+   * and no rrelu (whose slopes are random in training) in any network of the stack.
+   */
+  get deterministic(): boolean {
+    if (!this.training) return true;
+    return this.stack.every((e) => e.network.info.dropoutStructure.every((p) => p === 0) && e.network.info.activation !== "rrelu");
+  }
+
+  /** @internal whether the processor may use the cross-attention cache right now. */
+  get canCache(): boolean {
+    return this.cacheCrossAttention && this.removeHook !== undefined && this.deterministic;
+  }
 
   /** Set the multiplier of every entry whose network has this name (or of entry `index`). */
   setMultiplier(which: string | number, multiplier: number): void {
@@ -72,6 +144,8 @@ export class Attachment {
   detach(): void {
     if (!this.attached) return;
     this.host.setProcessor(this.previous);
+    this.removeHook?.();
+    this.removeHook = undefined;
     this.attached = false;
   }
 
@@ -95,8 +169,10 @@ export function hypernetworkProcessor(attachment: Attachment): AttentionProcesso
   return (layer: CrossAttention, x: tf.Tensor, context: tf.Tensor | undefined): tf.Tensor => {
     const ctx = context ?? x;
     const opts = { training: attachment.training, seed: () => attachment.nextSeed() };
-    const ck = applyStack(attachment.stack, "k", ctx, opts);
-    const cv = applyStack(attachment.stack, "v", ctx, opts);
+    const both = (): { k: tf.Tensor; v: tf.Tensor } => ({ k: applyStack(attachment.stack, "k", ctx, opts), v: applyStack(attachment.stack, "v", ctx, opts) });
+    // Cross-attention: the same context in every layer of this forward → compute once.
+    const cached = context !== undefined && attachment.canCache ? attachment.contextCache.get(context, both) : undefined;
+    const { k: ck, v: cv } = cached ?? both();
     return attend(layer, layer.to_q.apply(x), layer.to_k.apply(ck), layer.to_v.apply(cv));
   };
 }

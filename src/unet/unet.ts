@@ -41,6 +41,12 @@ export class UNetStage extends ModuleList<Module> {
   }
 }
 
+/** Callbacks around one `UNetModel.forward` (see `addForwardHook`). */
+export interface ForwardHook {
+  begin(): void;
+  end(): void;
+}
+
 /** The UNet. Build with a config (`sd15`, `tiny`, or `fromJson(...)`), then load weights (`loadUNetWeights`). */
 export class UNetModel extends Module {
   readonly config: Readonly<UNetConfig>;
@@ -52,6 +58,7 @@ export class UNetModel extends Module {
   readonly outNorm: GroupNorm;
   readonly outConv: Conv2d;
   private readonly attention: Array<[string, CrossAttention]>;
+  private readonly forwardHooks = new Set<ForwardHook>();
 
   /**
    * `opts.init` chooses how weights start (default: PyTorch-like random); pass `zerosInit` when the
@@ -135,6 +142,16 @@ export class UNetModel extends Module {
    */
   forward(x: tf.Tensor4D, t: number[] | tf.Tensor1D, context: tf.Tensor3D): tf.Tensor4D {
     this.checkInputs(x, t, context);
+    const hooks = [...this.forwardHooks];
+    for (const hk of hooks) hk.begin();
+    try {
+      return this.forwardInner(x, t, context);
+    } finally {
+      for (const hk of hooks) hk.end();
+    }
+  }
+
+  private forwardInner(x: tf.Tensor4D, t: number[] | tf.Tensor1D, context: tf.Tensor3D): tf.Tensor4D {
     return tf.tidy(() => {
       const [b] = x.shape;
       let steps: tf.Tensor1D = Array.isArray(t) ? tf.tensor1d(t, "float32") : t;
@@ -199,6 +216,18 @@ export class UNetModel extends Module {
   /** The current processor of every attention layer, by path. */
   getProcessors(): Map<string, AttentionProcessor> {
     return new Map(this.attention.map(([path, layer]) => [path, layer.processor]));
+  }
+
+  /**
+   * Register callbacks run just before and just after every `forward` (also when it throws), so a
+   * processor can hold per-forward state — e.g. the hypernetwork's once-per-forward cross-attention
+   * context — and free it when the pass ends. Returns a function that unregisters the hook.
+   */
+  addForwardHook(hook: ForwardHook): () => void {
+    this.forwardHooks.add(hook);
+    return () => {
+      this.forwardHooks.delete(hook);
+    };
   }
 
   /** Put `defaultProcessor` back on every attention layer. */
