@@ -3,7 +3,7 @@
  * `.safetensors` file, an in-memory map or a key-renamed view of either the same way — tensor by
  * tensor, never the whole file at once.
  */
-import type { HostTensor } from "./host-tensor";
+import type { DType, HostTensor } from "./host-tensor";
 import { SafetensorsFile } from "./safetensors";
 import { openTorchFile } from "./torch-file";
 import { PyDict, type TorchTensor, isTorchTensor } from "./pyvalue";
@@ -14,6 +14,8 @@ export interface WeightSource extends TensorSource {
   /** File path or description, for error messages. */
   readonly where: string;
   shapeOf(key: string): number[] | undefined;
+  /** How the file stores a tensor (undefined for in-memory sources that do not know). */
+  dtypeOf(key: string): DType | undefined;
   close(): void;
 }
 
@@ -34,6 +36,7 @@ export function openWeights(input: WeightInput, where?: string): WeightSource {
       keys: () => f.keys(),
       get: (k) => f.read(k),
       shapeOf: (k) => f.entries.get(k)?.shape,
+      dtypeOf: (k) => f.entries.get(k)?.dtype,
       close: () => f.close(),
     };
   }
@@ -47,6 +50,7 @@ export function openWeights(input: WeightInput, where?: string): WeightSource {
         return t;
       },
       shapeOf: (k) => input.get(k)?.shape,
+      dtypeOf: (k) => input.get(k)?.dtype,
       close: () => {},
     };
   }
@@ -55,6 +59,7 @@ export function openWeights(input: WeightInput, where?: string): WeightSource {
     keys: () => input.keys(),
     get: (k) => input.get(k),
     shapeOf: (k) => input.shapeOf?.(k),
+    dtypeOf: () => undefined,
     close: () => {},
   };
 }
@@ -90,6 +95,10 @@ export function renamedSource(
       const s = fk === undefined ? undefined : src.shapeOf(fk);
       return fk === undefined || s === undefined ? undefined : reshape(fk, s);
     },
+    dtypeOf: (k) => {
+      const fk = toFile.get(k);
+      return fk === undefined ? undefined : src.dtypeOf(fk);
+    },
     close: () => src.close(),
   };
 }
@@ -112,6 +121,7 @@ function openTorchWeights(file: string, where?: string): WeightSource {
         return t.read();
       },
       shapeOf: (k) => tensors.get(k)?.shape,
+      dtypeOf: (k) => tensors.get(k)?.dtype,
       close: () => f.close(),
     };
   } catch (err) {

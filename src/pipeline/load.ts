@@ -23,9 +23,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { type DType, numel } from "../io/host-tensor";
-import { PyDict, type TorchTensor, isTorchTensor } from "../io/pyvalue";
-import { SafetensorsFile } from "../io/safetensors";
-import { openTorchFile } from "../io/torch-file";
 import { type WeightSource, openWeights } from "../io/weight-source";
 import { shortHash } from "../hypernet/optim-file";
 import { zerosInit } from "../nn/module";
@@ -138,10 +135,8 @@ const TOKENIZER_HELP =
   "on the Hugging Face hub, put them in a folder, and pass { tokenizer: \"that/folder\" } — or place the folder, named " +
   '"tokenizer", next to the checkpoint.';
 
-/** A weight source over one file that also tells each tensor's stored dtype. */
-interface CheckpointSource extends WeightSource {
-  dtypeOf(key: string): DType | undefined;
-}
+/** A weight source over one file (`dtypeOf` tells each tensor's stored dtype). */
+type CheckpointSource = WeightSource;
 
 /**
  * Load an SD 1.x model from a single `.safetensors`/`.ckpt` file or a diffusers folder (see the
@@ -437,42 +432,9 @@ export function inferUNetConfigDiffusers(src: { keys(): Iterable<string>; shapeO
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-/** Open a `.safetensors` or torch file as a weight source that also reports stored dtypes. */
+/** Open a `.safetensors` or torch file as a weight source (it also reports stored dtypes). */
 function openCheckpoint(file: string): CheckpointSource {
-  if (/\.safetensors$/i.test(file)) {
-    const f = SafetensorsFile.open(file);
-    return {
-      where: file,
-      keys: () => f.keys(),
-      get: (k) => f.read(k),
-      shapeOf: (k) => f.entries.get(k)?.shape,
-      dtypeOf: (k) => f.entries.get(k)?.dtype,
-      close: () => f.close(),
-    };
-  }
-  const f = openTorchFile(file);
-  try {
-    let dict = f.root;
-    if (dict instanceof PyDict && dict.get("state_dict") instanceof PyDict) dict = dict.get("state_dict")!;
-    if (!(dict instanceof PyDict)) throw new Error(`${file}: expected a torch checkpoint holding a dict of tensors (optionally under "state_dict")`);
-    const tensors = new Map<string, TorchTensor>();
-    for (const [k, v] of dict.map) if (typeof k === "string" && isTorchTensor(v)) tensors.set(k, v);
-    return {
-      where: file,
-      keys: () => tensors.keys(),
-      get: (k) => {
-        const t = tensors.get(k);
-        if (!t) throw new Error(`${file}: no tensor named "${k}"`);
-        return t.read();
-      },
-      shapeOf: (k) => tensors.get(k)?.shape,
-      dtypeOf: (k) => tensors.get(k)?.dtype,
-      close: () => f.close(),
-    };
-  } catch (err) {
-    f.close();
-    throw err;
-  }
+  return openWeights(file);
 }
 
 /** Throw a clear error for SD 2.x / SDXL files, which this loader does not build yet. */

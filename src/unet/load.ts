@@ -14,9 +14,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { PyDict, type TorchTensor, isTorchTensor } from "../io/pyvalue";
-import { SafetensorsFile } from "../io/safetensors";
-import { openTorchFile } from "../io/torch-file";
+import { openWeights } from "../io/weight-source";
 import { type LoadReport, StateDictError, type TensorSource, loadStateDict } from "../nn/module";
 import type { UNetConfig } from "./config";
 import { diffusersToLdmKey } from "./diffusers-keys";
@@ -97,38 +95,7 @@ export function resolveUNetFile(source: string): string {
 }
 
 function openSource(file: string): FileSource {
-  if (/\.safetensors$/i.test(file)) {
-    const f = SafetensorsFile.open(file);
-    return { keys: () => f.keys(), get: (k) => f.read(k), shapeOf: (k) => f.entries.get(k)?.shape, close: () => f.close() };
-  }
-  return openTorchSource(file);
-}
-
-/**
- * A `.ckpt`/`.pt` state dict through the safe torch-file reader: `state_dict` inside the pickled
- * dict (LDM checkpoints), or the dict itself. Tensors stay lazy until `get`.
- */
-function openTorchSource(file: string): FileSource {
-  const opened = openTorchFile(file);
-  const root = opened.root;
-  const inner = root instanceof PyDict ? root.get("state_dict") : undefined;
-  const sd = inner instanceof PyDict ? inner : root;
-  if (!(sd instanceof PyDict)) {
-    opened.close();
-    throw new Error(`${file}: the pickle holds no dict of tensors (expected a state dict, or a dict with a "state_dict" entry)`);
-  }
-  const tensors = new Map<string, TorchTensor>();
-  for (const [k, v] of sd.map) if (typeof k === "string" && isTorchTensor(v)) tensors.set(k, v);
-  return {
-    keys: () => tensors.keys(),
-    get: (k) => {
-      const t = tensors.get(k);
-      if (!t) throw new Error(`${file}: no tensor named "${k}"`);
-      return t.read();
-    },
-    shapeOf: (k) => tensors.get(k)?.shape,
-    close: () => opened.close(),
-  };
+  return openWeights(file);
 }
 
 /** Decide the naming layout from the keys; for diffusers, wrap the file in an LDM-named view. */
