@@ -4,7 +4,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Module, type ModuleOptions, type Param, zerosInit } from "../nn/module";
-import { Conv2d, GroupNorm, silu, upsampleNearest2x } from "../nn/layers";
+import { Conv2d, GroupNorm, silu } from "../nn/layers";
 
 /** Normalisation settings shared by every block of one autoencoder. */
 export interface NormConfig {
@@ -125,15 +125,5 @@ export class Downsample extends Module {
   }
 }
 
-/** Double H and W: nearest-neighbour ×2, then a 3×3 conv. */
-export class Upsample extends Module {
-  readonly conv: Conv2d;
-  constructor(channels: number, opts: ModuleOptions = {}) {
-    super(opts);
-    this.conv = this.child("conv", new Conv2d(channels, channels, 3, 1, 1, this.childOptions));
-  }
-
-  apply(x: tf.Tensor4D): tf.Tensor4D {
-    return this.conv.apply(upsampleNearest2x(x));
-  }
-}
+/** Double H and W: nearest-neighbour ×2, then a 3×3 conv — the same block (and keys) as the UNet's. */
+export { Upsample } from "../unet/updown";
