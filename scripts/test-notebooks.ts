@@ -112,7 +112,7 @@ window.addEventListener("load", function () { setTimeout(function () {
   var plots = document.querySelectorAll(".hn-plot");
   var traces = document.querySelectorAll(".hn-plot .scatterlayer .trace path.js-line, .hn-plot .scatterlayer .trace path.point");
   var drawn = Array.prototype.filter.call(traces, function (p) { var d = p.getAttribute("d") || ""; return d.length > 10; }).length;
-  var imgs = Array.prototype.slice.call(document.querySelectorAll(".output_area img, .output img"));
+  var imgs = Array.prototype.slice.call(document.querySelectorAll("img"));
   var decoded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var pre = document.createElement("pre"); pre.id = "hn-check";
   pre.textContent = JSON.stringify({ plots: plots.length, traces: traces.length, drawn: drawn, images: imgs.length, decoded: decoded, plotly: !!window.Plotly });
@@ -143,7 +143,7 @@ for (const nb of forHtml) {
   if (res.images === 0 || res.decoded !== res.images) fail(`${nb}: preview images did not all decode in Chromium (${JSON.stringify(res)})`);
   if (wantScreenshot) {
     // Only the cell tagged "screenshot" (nbconvert puts each tag on the cell as a celltag_ class).
-    const shotPage = page.replace("</head>", `<style>.cell:not(.celltag_screenshot){display:none!important} .input{display:none!important} body{margin:0}</style></head>`);
+    const shotPage = page.replace("</head>", `<style>.jp-Cell:not(.celltag_screenshot),.cell:not(.celltag_screenshot){display:none!important} .jp-Cell-inputWrapper,.input{display:none!important} body{margin:0}</style></head>`);
     const shotFile = html.replace(/\.html$/, ".shot.html");
     fs.writeFileSync(shotFile, shotPage);
     fs.mkdirSync(path.join(root, "docs"), { recursive: true });
