@@ -99,6 +99,8 @@ describe("BatchMatMul override matches the cpu backend", () => {
     { a: [2, 12, 20], b: [1, 7, 12], tA: true, tB: true, note: "broadcast batch 1, transposed" },
     { a: [4, 64, 64], b: [4, 64, 80], tA: false, tB: false, note: "split path" },
     { a: [3, 64, 64], b: [3, 80, 64], tA: false, tB: true, note: "split path, transposeB" },
+    { a: [3, 128, 128], b: [3, 128, 16], tA: true, tB: false, note: "large Aᵀ, thin B: computed as (Bᵀ·A)ᵀ, split path (attention dV)" },
+    { a: [2, 48, 48], b: [1, 6, 48], tA: false, tB: true, note: "broadcast B, transposeB" },
     { a: [2, 3, 10, 6], b: [2, 3, 5, 6], tA: false, tB: true, note: "rank-4 batched (stock path)" },
     { a: [2, 1, 5, 6], b: [1, 3, 6, 4], tA: false, tB: false, note: "broadcast both" },
     { a: [5, 6], b: [3, 6, 4], tA: false, tB: false, note: "rank-2 @ rank-3" },

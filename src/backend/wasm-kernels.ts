@@ -147,8 +147,42 @@ interface Stock {
 const SPLIT_MIN_MACS = 1 << 18;
 const SPLIT_MAX_BATCH = 64;
 
+/** The parts of the wasm backend's API used to copy contiguous blocks without a kernel. */
+interface WasmHeapAccess {
+  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
+  typedArrayFromHeap(info: TensorInfo): Float32Array;
+}
+
+function hasHeapAccess(b: KernelBackend): boolean {
+  const w = b as unknown as Partial<WasmHeapAccess>;
+  return typeof w.makeOutput === "function" && typeof w.typedArrayFromHeap === "function";
+}
+
+/**
+ * Batch element `i` of a `[batch, rows, cols]` float32 tensor as a new `[rows, cols]` tensor. The
+ * block is contiguous, so it is one memcpy on the wasm heap (the stock Slice kernel walks it
+ * element by element: ~50 ms for 1024×1024).
+ */
+function batchElement(backend: KernelBackend, x: TensorInfo, i: number, rows: number, cols: number): TensorInfo {
+  const w = backend as unknown as WasmHeapAccess;
+  const out = w.makeOutput([rows, cols], "float32");
+  // Views are taken after the allocation, which may have grown (and detached) the heap.
+  const n = rows * cols;
+  w.typedArrayFromHeap(out).set(w.typedArrayFromHeap(x).subarray(i * n, (i + 1) * n));
+  return out;
+}
+
+/** Copy `parts` (each `[rows, cols]`) one after another into a new `[parts.length, rows, cols]` tensor. */
+function stackBlocks(backend: KernelBackend, parts: TensorInfo[], rows: number, cols: number): TensorInfo {
+  const w = backend as unknown as WasmHeapAccess;
+  const out = w.makeOutput([parts.length, rows, cols], "float32");
+  const dst = w.typedArrayFromHeap(out);
+  parts.forEach((p, i) => dst.set(w.typedArrayFromHeap(p), i * rows * cols));
+  return out;
+}
+
 function makeBatchMatMul(stock: Stock): KernelFunc {
-  return ({ inputs, attrs, backend: anyBackend }) => {
+  const kernel: KernelFunc = ({ inputs, attrs, backend: anyBackend }) => {
     const backend = anyBackend as KernelBackend;
     const a = inputs.a as TensorInfo;
     const b = inputs.b as TensorInfo;
@@ -168,6 +202,23 @@ function makeBatchMatMul(stock: Stock): KernelFunc {
       perm.splice(-2, 2, perm.length - 1, perm.length - 2);
       return run(stock.transpose, { x: t }, { perm });
     };
+    // C = op(A)·op(B) can also be computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, then transposed. Pick the form that
+    // transposes fewer elements: e.g. the attention gradient Pᵀ·dO (P: 1024×1024 scores, dO: 1024×16)
+    // becomes (dOᵀ·P)ᵀ and transposes two 16×1024 blocks instead of the 1M-element P.
+    const size = (t: TensorInfo): number => tf.util.sizeFromShape(t.shape);
+    const rowsOut = a.shape[a.shape.length - (transposeA ? 1 : 2)]!;
+    const colsOut = b.shape[b.shape.length - (transposeB ? 2 : 1)]!;
+    const outBatch = Math.max(tf.util.sizeFromShape(a.shape.slice(0, -2)), tf.util.sizeFromShape(b.shape.slice(0, -2)));
+    const direct = (transposeA ? size(a) : 0) + (transposeB ? size(b) : 0);
+    const swapped = (transposeB ? 0 : size(b)) + (transposeA ? 0 : size(a)) + outBatch * rowsOut * colsOut;
+    if (swapped < direct) {
+      const ct = kernel({ inputs: { a: b, b: a }, attrs: { transposeA: !transposeB, transposeB: !transposeA }, backend }) as TensorInfo;
+      temps.push(ct);
+      const c = swapLast(ct);
+      temps.splice(temps.indexOf(c), 1);
+      temps.forEach((t) => backend.disposeData(t.dataId));
+      return c;
+    }
     const a2 = transposeA ? swapLast(a) : a;
     const b2 = transposeB ? swapLast(b) : b;
     const [m, k] = a2.shape.slice(-2) as [number, number];
@@ -189,24 +240,30 @@ function makeBatchMatMul(stock: Stock): KernelFunc {
       // B is shared by every batch element: fold A's batch into its rows, one 2-D product.
       result = stock.batchMatMul.kernelFunc({ inputs: { a: view(a2, [batchA * m, k]), b: view(b2, [k, p]) }, attrs: plain, backend }) as TensorInfo;
     } else if (batchA === batchB && batchA <= SPLIT_MAX_BATCH && m * k * p >= SPLIT_MIN_MACS) {
-      // Large per-element products: one fast 2-D product each, then concatenate.
+      // Large per-element products: one fast 2-D product each, then stack the results.
+      const fast = hasHeapAccess(backend);
       const a3 = view(a2, [batchA, m, k]);
       const b3 = view(b2, [batchB, k, p]);
       const parts: TensorInfo[] = [];
       for (let i = 0; i < batchA; i++) {
-        const ai = run(stock.slice, { x: a3 }, { begin: [i, 0, 0], size: [1, m, k] });
-        const bi = run(stock.slice, { x: b3 }, { begin: [i, 0, 0], size: [1, k, p] });
+        const ai = fast ? batchElement(backend, a3, i, m, k) : run(stock.slice, { x: a3 }, { begin: [i, 0, 0], size: [1, m, k] });
+        const bi = fast ? batchElement(backend, b3, i, k, p) : run(stock.slice, { x: b3 }, { begin: [i, 0, 0], size: [1, k, p] });
+        if (fast) temps.push(ai, bi);
         parts.push(run(stock.batchMatMul, { a: view(ai, [m, k]), b: view(bi, [k, p]) }, plain));
       }
-      // The Concat kernel takes its inputs as an array.
-      const concatInputs = parts.map((t) => view(t, [m, p])) as unknown as tf.NamedTensorInfoMap;
-      result = stock.concat.kernelFunc({ inputs: concatInputs, attrs: { axis: 0 }, backend }) as TensorInfo;
+      if (fast) result = stackBlocks(backend, parts, m, p);
+      else {
+        // The Concat kernel takes its inputs as an array.
+        const concatInputs = parts.map((t) => view(t, [m, p])) as unknown as tf.NamedTensorInfoMap;
+        result = stock.concat.kernelFunc({ inputs: concatInputs, attrs: { axis: 0 }, backend }) as TensorInfo;
+      }
     } else {
       result = stock.batchMatMul.kernelFunc({ inputs: { a: a2, b: b2 }, attrs: plain, backend }) as TensorInfo;
     }
     temps.forEach((t) => backend.disposeData(t.dataId));
     return { dataId: result.dataId, shape: outShape, dtype: result.dtype };
   };
+  return kernel;
 }
 
 function makeConv2DBackpropFilter(): KernelFunc {
