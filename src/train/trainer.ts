@@ -426,7 +426,9 @@ export function readCheckpointState(ptFile: string): CheckpointState | undefined
 /** NHWC [-1, 1] images → RGB bytes. */
 function toRgb(x: tf.Tensor4D): RgbImage[] {
   const [b, h, w, c] = x.shape;
-  const data = tf.tidy(() => tf.clipByValue(tf.round(tf.mul(tf.add(x, 1), 127.5)), 0, 255)).dataSync();
+  const bytes = tf.tidy(() => tf.clipByValue(tf.round(tf.mul(tf.add(x, 1), 127.5)), 0, 255));
+  const data = bytes.dataSync();
+  bytes.dispose();
   const out: RgbImage[] = [];
   for (let i = 0; i < b; i++) {
     const rgb = new Uint8Array(h * w * 3);
