@@ -41,8 +41,26 @@ export const defaultProcessor: AttentionProcessor = (layer, x, context) => {
   return attend(layer, layer.to_q.apply(x), layer.to_k.apply(ctx), layer.to_v.apply(ctx));
 };
 
-/** Default cap on the number of attention scores computed at once (floats; 2^25 = 128 MB). */
-export const DEFAULT_SCORE_BUDGET = 2 ** 25;
+/**
+ * Default cap on the number of attention scores computed at once: 2^24 floats = 64 MiB. WebGPU's
+ * default `maxStorageBufferBindingSize` is 128 MiB, and a score chunk and its softmax are separate
+ * buffers of that size, so a chunk must stay below it: SD 1.5's 64×64 self-attention (8 heads ×
+ * 4096 × 4096 = 512 MiB per image) runs as 64 MiB chunks instead of failing to bind.
+ */
+export const DEFAULT_SCORE_BUDGET = 2 ** 24;
+
+/**
+ * How `attend` splits the score matrix `[BH, N, T]` so that one chunk holds at most `budget`
+ * floats: `bhPerChunk` (batch·head) slices × `rowsPerChunk` query rows × T. Whole rows are never
+ * split (each query's softmax needs its full row); only when one row per batch·head already
+ * exceeds the budget are the batch·heads split too. A single row larger than the budget is the
+ * floor (1 × 1 × T).
+ */
+export function attentionChunks(bh: number, n: number, t: number, budget: number): { bhPerChunk: number; rowsPerChunk: number } {
+  const bhPerChunk = Math.min(bh, Math.max(1, Math.floor(budget / t)));
+  const rowsPerChunk = Math.min(n, Math.max(1, Math.floor(budget / (bhPerChunk * t))));
+  return { bhPerChunk, rowsPerChunk };
+}
 
 /**
  * Multi-head scaled dot-product attention followed by the output projection:
@@ -50,10 +68,11 @@ export const DEFAULT_SCORE_BUDGET = 2 ** 25;
  *   out = to_out( concat_h softmax(Q_h K_hᵀ / √d) V_h )
  *
  * `q` is `[B, N, inner]`, `k` and `v` are `[B, T, inner]` (already projected). Heads are split off
- * the channel axis. When `B·heads·N·T` scores exceed `layer.scoreBudget`, queries are processed in
- * chunks (each query's softmax only needs its own row of scores), so a 64×64 latent (N = 4096)
- * fits in memory. K is transposed once, explicitly, so every matMul is untransposed (the wasm
- * backend's transposed matMul is much slower).
+ * the channel axis. When `B·heads·N·T` scores exceed `layer.scoreBudget`, the work is split
+ * (`attentionChunks`): queries in chunks of rows (each query's softmax only needs its own row of
+ * scores), and batch·heads too if needed, so a 64×64 latent (N = 4096) fits in memory and in
+ * WebGPU's buffer limits. K is transposed once, explicitly, so every forward matMul is
+ * untransposed (the wasm backend's transposed matMul is much slower).
  */
 export function attend(layer: CrossAttention, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): tf.Tensor {
   return tf.tidy(() => {
@@ -61,20 +80,30 @@ export function attend(layer: CrossAttention, q: tf.Tensor, k: tf.Tensor, v: tf.
     const t = k.shape[1]!;
     const h = layer.heads;
     const d = layer.dimHead;
+    const bh = b * h;
     // [B, N, h·d] → [B·h, N, d], pre-scaled by 1/√d (N·d multiplies instead of N·T)
-    const qh = q.reshape([b, n, h, d]).transpose([0, 2, 1, 3]).reshape([b * h, n, d]).mul(layer.scale) as tf.Tensor3D;
+    const qh = q.reshape([b, n, h, d]).transpose([0, 2, 1, 3]).reshape([bh, n, d]).mul(layer.scale) as tf.Tensor3D;
     // Kᵀ: [B, T, h·d] → [B·h, d, T]
-    const kt = k.reshape([b, t, h, d]).transpose([0, 2, 3, 1]).reshape([b * h, d, t]) as tf.Tensor3D;
-    const vh = v.reshape([b, t, h, d]).transpose([0, 2, 1, 3]).reshape([b * h, t, d]) as tf.Tensor3D;
-    const rows = Math.max(1, Math.floor(layer.scoreBudget / (b * h * t)));
-    const pieces: tf.Tensor3D[] = [];
-    for (let start = 0; start < n; start += rows) {
-      const len = Math.min(rows, n - start);
-      const qc = len === n ? qh : qh.slice([0, start, 0], [b * h, len, d]);
-      const probs = tf.softmax(tf.matMul(qc, kt)); // [B·h, len, T]
-      pieces.push(tf.matMul(probs, vh)); // [B·h, len, d]
+    const kt = k.reshape([b, t, h, d]).transpose([0, 2, 3, 1]).reshape([bh, d, t]) as tf.Tensor3D;
+    const vh = v.reshape([b, t, h, d]).transpose([0, 2, 1, 3]).reshape([bh, t, d]) as tf.Tensor3D;
+    const { bhPerChunk, rowsPerChunk } = attentionChunks(bh, n, t, layer.scoreBudget);
+    const groups: tf.Tensor3D[] = [];
+    for (let g0 = 0; g0 < bh; g0 += bhPerChunk) {
+      const gl = Math.min(bhPerChunk, bh - g0);
+      const whole = gl === bh;
+      const qg = whole ? qh : qh.slice([g0, 0, 0], [gl, n, d]);
+      const kg = whole ? kt : kt.slice([g0, 0, 0], [gl, d, t]);
+      const vg = whole ? vh : vh.slice([g0, 0, 0], [gl, t, d]);
+      const pieces: tf.Tensor3D[] = [];
+      for (let start = 0; start < n; start += rowsPerChunk) {
+        const len = Math.min(rowsPerChunk, n - start);
+        const qc = len === n ? qg : qg.slice([0, start, 0], [gl, len, d]);
+        const probs = tf.softmax(tf.matMul(qc, kg)); // [gl, len, T]
+        pieces.push(tf.matMul(probs, vg)); // [gl, len, d]
+      }
+      groups.push(pieces.length === 1 ? pieces[0]! : tf.concat(pieces, 1));
     }
-    const out = pieces.length === 1 ? pieces[0]! : tf.concat(pieces, 1);
+    const out = groups.length === 1 ? groups[0]! : tf.concat(groups, 0);
     const merged = out.reshape([b, h, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, h * d]);
     return layer.to_out.at(0).apply(merged);
   });
