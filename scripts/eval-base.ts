@@ -18,7 +18,7 @@ import sharp from "sharp";
 import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
 import type { SamplerName } from "../src/diffusion/samplers";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
-import { classifyImage } from "../src/tiny/classify";
+import { classifyImage, contentAccuracy } from "../src/tiny/classify";
 import { sampleTiny } from "../src/tiny/sample";
 import { TINY_SIZE, shapeSamples } from "../src/tiny/shapes";
 
@@ -85,8 +85,9 @@ async function main(): Promise<void> {
   const seconds = (Date.now() - t0) / 1000;
   base.dispose();
 
+  const score = contentAccuracy(samples.map((s) => s.scene), images);
   const per = samples.map((s, i) => {
-    const got = classifyImage(images[i]!);
+    const got = score.perImage[i]!;
     const truth = classifyImage(s.pixels);
     return {
       prompt: s.caption,
@@ -95,10 +96,10 @@ async function main(): Promise<void> {
       shapeIoU: Number(got.shapeIoU.toFixed(3)),
       background: got.background,
       count: got.count,
-      colorOk: got.color === s.scene.color,
-      shapeOk: got.shape === s.scene.shape,
-      backgroundOk: got.background === s.scene.background,
-      countOk: got.count === s.scene.count,
+      colorOk: got.colorOk,
+      shapeOk: got.shapeOk,
+      backgroundOk: got.backgroundOk,
+      countOk: got.countOk,
       truthOk: truth.color === s.scene.color && truth.shape === s.scene.shape,
     };
   });

@@ -5,7 +5,7 @@
  *   hypernet convert IN OUT [--dtype f32|f16|bf16] [--overwrite]
  *   hypernet apply FILE --input IN.safetensors --output OUT.safetensors [--multiplier M] [--overwrite]
  *   hypernet doctor
- *   hypernet demo [--out DIR]
+ *   hypernet demo [--out DIR] [--quick]
  */
 import * as fs from "node:fs";
 import type { DType } from "../io/host-tensor";
@@ -48,7 +48,9 @@ const USAGE = `usage:
   hypernet apply FILE --input IN.safetensors --output OUT.safetensors [--multiplier M]
                                              run each x.D through the k/v modules of dim D
   hypernet doctor                            backend, devices and versions
-  hypernet demo [--out DIR]                  the main job on the embedded model`;
+  hypernet demo [--out DIR] [--quick]        the main job on the embedded model: train a style
+                                             hypernetwork, write .pt, loss chart, previews, scores
+                                             (--quick: a few steps, to check the pipeline)`;
 
 function flag(args: Args, name: string): string | undefined {
   const v = args.flags.get(name);
@@ -148,7 +150,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       case "demo": {
         const { runDemo } = await import("./demo");
-        await runDemo({ out: flag(args, "out") ?? "out/demo" });
+        await runDemo({ out: flag(args, "out") ?? "out/demo", quick: args.flags.has("quick") });
         return 0;
       }
       case undefined:

@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
 import type { Data, Layout } from "plotly.js-dist";
+import sharp from "sharp";
 
 /** A Plotly figure: traces plus layout. */
 export interface Figure {
@@ -162,4 +163,148 @@ export function figureHtml(fig: Figure, divId: string): string {
     ` if (window.Plotly && el) { window.Plotly.react(el, fig.data, fig.layout, {responsive: true, displaylogo: false}); }` +
     ` else if (n++ < 200) { setTimeout(draw, 50); } } draw(); })();</script>`
   );
+}
+
+// ---- the same loss chart as a picture, without a browser ---------------------------------------------
+
+/** Options for {@link lossChartSvg} / {@link lossChartPng}. */
+export interface LossChartImageOptions {
+  /** Image size in px (default 720 × 360). */
+  width?: number;
+  height?: number;
+  /** EMA factor of the smoothed curve (default 0.9; 0 hides it). */
+  smoothing?: number;
+  title?: string;
+}
+
+/** About five "nice" tick values (1, 2, 5 × 10ⁿ steps) covering [lo, hi]. */
+export function niceTicks(lo: number, hi: number, count = 5): number[] {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw) ?? 10 * mag;
+  const out: number[] = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
+
+function fmtTick(v: number): string {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  return a >= 1e4 || a < 1e-3 ? v.toExponential(0) : String(Number(v.toPrecision(3)));
+}
+
+function escapeSvg(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+/**
+ * The loss chart of {@link lossFigure} drawn directly as SVG: raw loss (faint), its smoothed curve,
+ * and the learning rate on a right-hand axis (log scale when it spans more than a factor of 3), with
+ * tick labels and a legend. Plain markup, so `sharp` can rasterise it with no browser.
+ */
+export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageOptions = {}): string {
+  const W = opts.width ?? 720;
+  const H = opts.height ?? 360;
+  if (!(W >= 200 && H >= 150)) throw new Error(`lossChartSvg: the image must be at least 200×150 px, got ${W}×${H}`);
+  const beta = opts.smoothing ?? 0.9;
+  const m = { l: 64, r: 70, t: 34, b: 58 };
+  const pw = W - m.l - m.r;
+  const ph = H - m.t - m.b;
+  const pts = points.filter((p) => Number.isFinite(p.step));
+  const steps = pts.map((p) => p.step);
+  const losses = pts.map((p) => p.loss);
+  const finite = losses.filter(Number.isFinite);
+  const x0 = steps.length ? Math.min(0, ...steps) : 0;
+  const x1 = steps.length ? Math.max(x0 + 1, ...steps) : 1;
+  let y0 = finite.length ? Math.min(...finite) : 0;
+  let y1 = finite.length ? Math.max(...finite) : 1;
+  if (y1 - y0 < 1e-12) [y0, y1] = [y0 - 0.5 * (Math.abs(y0) || 1), y1 + 0.5 * (Math.abs(y1) || 1)];
+  const pad = 0.05 * (y1 - y0);
+  [y0, y1] = [y0 >= 0 ? Math.max(0, y0 - pad) : y0 - pad, y1 + pad];
+  const sx = (x: number): number => m.l + ((x - x0) / (x1 - x0)) * pw;
+  const sy = (y: number): number => m.t + (1 - (y - y0) / (y1 - y0)) * ph;
+  const path = (xs: number[], ys: number[], map: (y: number) => number): string => {
+    let d = "";
+    let pen = false;
+    xs.forEach((x, i) => {
+      const y = ys[i]!;
+      if (!Number.isFinite(y)) {
+        pen = false;
+        return;
+      }
+      d += `${pen ? "L" : "M"}${sx(x).toFixed(1)},${map(y).toFixed(1)}`;
+      pen = true;
+    });
+    return d;
+  };
+
+  const parts: string[] = [];
+  parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  parts.push(`<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">${escapeSvg(opts.title ?? "Training loss")}</text>`);
+  // Grid and left axis (loss), bottom axis (step).
+  for (const v of niceTicks(y0, y1)) {
+    const y = sy(v).toFixed(1);
+    parts.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${y}" y2="${y}" stroke="#e6e6e6"/>`);
+    parts.push(`<text x="${m.l - 6}" y="${y}" text-anchor="end" dominant-baseline="middle" font-size="11">${fmtTick(v)}</text>`);
+  }
+  for (const v of niceTicks(x0, x1)) {
+    const x = sx(v).toFixed(1);
+    parts.push(`<line x1="${x}" x2="${x}" y1="${m.t}" y2="${m.t + ph}" stroke="#f0f0f0"/>`);
+    parts.push(`<text x="${x}" y="${m.t + ph + 16}" text-anchor="middle" font-size="11">${fmtTick(v)}</text>`);
+  }
+  parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`);
+  parts.push(`<text x="${m.l + pw / 2}" y="${H - 22}" text-anchor="middle" font-size="12">step</text>`);
+  parts.push(`<text transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">loss (ε-MSE)</text>`);
+
+  const legend: Array<[string, string, string]> = [];
+  parts.push(`<path d="${path(steps, losses, sy)}" fill="none" stroke="rgba(31,119,180,0.35)" stroke-width="1"/>`);
+  legend.push(["loss", "rgba(31,119,180,0.45)", ""]);
+  if (beta > 0 && finite.length) {
+    parts.push(`<path d="${path(steps, smoothEma(losses, beta), sy)}" fill="none" stroke="#1f77b4" stroke-width="2.5"/>`);
+    legend.push([`smoothed (β=${beta})`, "#1f77b4", ""]);
+  }
+  // Learning rate on the right axis.
+  const lrPts = pts.filter((p) => p.lr !== undefined && Number.isFinite(p.lr) && p.lr > 0);
+  if (lrPts.length) {
+    const lrs = lrPts.map((p) => p.lr!);
+    const lo = Math.min(...lrs);
+    const hi = Math.max(...lrs);
+    const log = hi / lo > 3;
+    const f = (v: number): number => (log ? Math.log10(v) : v);
+    let a = f(lo);
+    let b = f(hi);
+    if (b - a < 1e-12) [a, b] = log ? [a - 0.5, b + 0.5] : [a * 0.5, b * 1.5];
+    const syr = (v: number): number => m.t + (1 - (f(v) - a) / (b - a)) * ph;
+    // A schedule is piecewise constant: draw it as steps (hold each rate until the next point).
+    const lrX: number[] = [];
+    const lrY: number[] = [];
+    lrPts.forEach((p, i) => {
+      if (i > 0) {
+        lrX.push(p.step);
+        lrY.push(lrs[i - 1]!);
+      }
+      lrX.push(p.step);
+      lrY.push(lrs[i]!);
+    });
+    parts.push(`<path d="${path(lrX, lrY, syr)}" fill="none" stroke="#2ca02c" stroke-width="1.5" stroke-dasharray="4 3"/>`);
+    const ticks = log ? niceTicks(a, b).filter((t) => Number.isInteger(t)).map((t) => 10 ** t) : niceTicks(a, b);
+    for (const v of ticks.length ? ticks : [lo, hi]) {
+      parts.push(`<text x="${m.l + pw + 6}" y="${syr(v).toFixed(1)}" dominant-baseline="middle" font-size="11" fill="#2ca02c">${fmtTick(v)}</text>`);
+    }
+    parts.push(`<text transform="translate(${W - 12} ${m.t + ph / 2}) rotate(90)" text-anchor="middle" font-size="12" fill="#2ca02c">learning rate${log ? " (log)" : ""}</text>`);
+    legend.push(["learning rate", "#2ca02c", ` stroke-dasharray="4 3"`]);
+  }
+  let lx = m.l;
+  for (const [label, color, dash] of legend) {
+    parts.push(`<line x1="${lx}" x2="${lx + 22}" y1="${H - 7}" y2="${H - 7}" stroke="${color}" stroke-width="2.5"${dash}/>`);
+    parts.push(`<text x="${lx + 27}" y="${H - 7}" dominant-baseline="middle" font-size="11">${escapeSvg(label)}</text>`);
+    lx += 40 + label.length * 6.5;
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" fill="#222">${parts.join("")}</svg>`;
+}
+
+/** {@link lossChartSvg} rasterised to PNG bytes with sharp (no browser needed). */
+export async function lossChartPng(points: readonly LossPoint[], opts: LossChartImageOptions = {}): Promise<Buffer> {
+  return sharp(Buffer.from(lossChartSvg(points, opts))).png().toBuffer();
 }

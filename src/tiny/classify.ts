@@ -14,7 +14,7 @@
  *    whose template overlaps the component best (intersection over union) wins.
  * 5. Count: components at least half the size of the largest.
  */
-import { BACKGROUNDS, BACKGROUND_NAMES, COLORS, COLOR_NAMES, SHAPES, TINY_SIZE, shapeCoverage, type BackgroundName, type ColorName, type ShapeName } from "./shapes";
+import { BACKGROUNDS, BACKGROUND_NAMES, COLORS, COLOR_NAMES, SHAPES, TINY_SIZE, shapeCoverage, type BackgroundName, type ColorName, type Scene, type ShapeName } from "./shapes";
 
 /** What the classifier sees in one image. */
 export interface ImageClass {
@@ -205,4 +205,42 @@ export function classifyImage(pixels: Uint8Array): ImageClass {
   const { shape, iou } = matchShape(comps[0]!);
   const count = comps.filter((c) => c.length >= comps[0]!.length / 2).length;
   return { background, color, shape, shapeIoU: iou, count, foreground: fg / N };
+}
+
+/** What a prompt asked for: the parts of a scene that `contentAccuracy` checks. */
+export type ExpectedContent = Pick<Scene, "color" | "shape" | "background" | "count">;
+
+/** One generated image checked against its prompt. */
+export interface ContentCheck extends ImageClass {
+  colorOk: boolean;
+  shapeOk: boolean;
+  backgroundOk: boolean;
+  countOk: boolean;
+}
+
+/** Fractions (0–1) of images whose colour, shape, background and count match their prompts. */
+export interface ContentAccuracy {
+  colorAccuracy: number;
+  shapeAccuracy: number;
+  backgroundAccuracy: number;
+  countAccuracy: number;
+  perImage: ContentCheck[];
+}
+
+/**
+ * Does each image show what its prompt named? `classifyImage` on every image, compared with the
+ * prompt's scene: right for colour when the dominant shape colour is the named one, right for shape
+ * when the largest object best matches the named shape's template (likewise background and count).
+ * This is the score `npm run eval-base` reports and the demo tracks across hypernetwork multipliers.
+ */
+export function contentAccuracy(expected: readonly ExpectedContent[], images: readonly Uint8Array[]): ContentAccuracy {
+  if (expected.length !== images.length) throw new Error(`contentAccuracy: ${expected.length} prompts but ${images.length} images`);
+  if (images.length === 0) throw new Error("contentAccuracy: no images");
+  const perImage = images.map((img, i): ContentCheck => {
+    const want = expected[i]!;
+    const got = classifyImage(img);
+    return { ...got, colorOk: got.color === want.color, shapeOk: got.shape === want.shape, backgroundOk: got.background === want.background, countOk: got.count === want.count };
+  });
+  const frac = (f: (c: ContentCheck) => boolean): number => perImage.filter(f).length / perImage.length;
+  return { colorAccuracy: frac((c) => c.colorOk), shapeAccuracy: frac((c) => c.shapeOk), backgroundAccuracy: frac((c) => c.backgroundOk), countAccuracy: frac((c) => c.countOk), perImage };
 }
