@@ -1,0 +1,121 @@
+/**
+ * `npm run bench`: the hypernetwork training step and the sampling step of a UNet, plus
+ * micro-benchmarks (matMul, conv forward/backward, attention forward/backward), one JSON object per
+ * case on stdout. `bench/torch_bench.py` measures the same cases in PyTorch; BENCHMARKS.md puts
+ * them side by side.
+ *
+ *   npm run bench -- [--config tiny|sd15|FILE.json] [--batch 4] [--size 32] [--steps 5]
+ *                    [--backend auto|wasm|cpu|webgpu|tensorflow|tensorflow-gpu] [--context-len 77]
+ *                    [--no-micro] [--profile] [--no-cache]
+ *
+ * Defaults: the ldm-tiny fixture config at 32×32, batch 4, 77 context tokens, 5 timed steps after
+ * one warm-up. Times include reading the result back (`dataSync`), so GPU backends are measured to
+ * completion.
+ */
+import * as os from "node:os";
+import * as tf from "@tensorflow/tfjs";
+import { CrossAttention } from "../src/unet/attention";
+import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStep, selectBackend, time, trainStep } from "./harness";
+
+function emit(obj: Record<string, unknown>): void {
+  console.log(JSON.stringify(obj));
+}
+
+/** Aggregate `tf.profile` kernel times of one training step by kernel name, largest first. */
+async function profileStep(run: () => void): Promise<Array<{ kernel: string; ms: number; calls: number }>> {
+  const info = await tf.profile(run);
+  const by = new Map<string, { ms: number; calls: number }>();
+  for (const k of info.kernels) {
+    const e = by.get(k.name) ?? { ms: 0, calls: 0 };
+    e.ms += typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0;
+    e.calls++;
+    by.set(k.name, e);
+  }
+  return [...by].map(([kernel, e]) => ({ kernel, ms: Math.round(e.ms * 10) / 10, calls: e.calls })).sort((p, q) => q.ms - p.ms);
+}
+
+/** Micro-benchmarks with the shapes of reference/tfjs-on-this-machine.md §3 (same as torch_bench.py). */
+function micro(args: BenchArgs, base: Record<string, unknown>): void {
+  const runs = Math.max(3, args.steps);
+  const report = (name: string, gflop: number, fn: () => tf.Tensor[]): void => {
+    const before = tf.memory().numTensors;
+    const r = time(() => tf.dispose(fn().map((t) => (t.dataSync(), t))), runs);
+    emit({ ...base, case: name, median_ms: round(r.median), min_ms: round(r.min), gflops: round(gflop / (r.median / 1000)), leaked_tensors: tf.memory().numTensors - before });
+  };
+  // (a) 512³ matMul: 0.268 GFLOP
+  const a = tf.randomNormal([512, 512]);
+  const b = tf.randomNormal([512, 512]);
+  report("matmul_512", 0.268, () => [tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)]);
+  // (b) conv 1×64×64×128, 3×3, 128→128, 'same': 1.208 GFLOP forward, 3.62 forward + dx + dW
+  const x = tf.randomNormal([1, 64, 64, 128]) as tf.Tensor4D;
+  const w = tf.mul(tf.randomNormal([3, 3, 128, 128]), 0.05) as tf.Tensor4D;
+  report("conv_fwd", 1.208, () => [tf.conv2d(x, w, 1, "same")]);
+  report("conv_fwd_bwd", 3.62, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
+  // (c) cross-attention: B=4, 256 tokens × 128, context 77 × 256, 4 heads of 32: 0.148 GFLOP forward, ×3 with backward
+  const attn = new CrossAttention(128, 256, 4, 32, false);
+  const q = tf.randomNormal([4, 256, 128]);
+  const c = tf.randomNormal([4, 77, 256]);
+  report("attention_fwd", 0.148, () => [attn.apply(q, c)]);
+  // Module weights are frozen by default; make them trainable so variableGrads differentiates them.
+  const weights = attn.namedParameters().map(([, p]) => p.value);
+  for (const v of weights) v.trainable = true;
+  report("attention_fwd_bwd", 0.444, () => {
+    const { value, grads } = tf.variableGrads(() => tf.tidy(() => tf.mean(tf.square(attn.apply(q, c))) as tf.Scalar), weights);
+    value.dispose();
+    const dx = tf.grad((xx: tf.Tensor) => tf.mean(tf.square(attn.apply(xx, c))))(q);
+    return [dx, ...Object.values(grads)];
+  });
+  attn.dispose();
+  tf.dispose([a, b, x, w, q, c]);
+}
+
+function round(v: number): number {
+  return Math.round(v * 10) / 10;
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const report = await selectBackend(args.backend);
+  const { config, contextLen, name } = loadConfig(args.config, args.contextLen);
+  const base = {
+    backend: report.backend,
+    device: report.device,
+    host: `${os.cpus().length}× ${os.cpus()[0]?.model ?? "cpu"}, load ${os.loadavg()[0]!.toFixed(2)}`,
+  };
+  const tensorsBefore = tf.memory().numTensors;
+  const m = buildModel(config, args.batch, args.size, contextLen, !args.noCache);
+  const modelTensors = tf.memory().numTensors;
+  const train = time(() => void trainStep(m), args.steps);
+  const sample = time(() => sampleStep(m), args.steps);
+  emit({
+    ...base,
+    case: "unet_step",
+    config: name,
+    batch: args.batch,
+    size: args.size,
+    context_len: contextLen,
+    cross_attention_cache: !args.noCache,
+    unet_params: m.unet.namedParameters().reduce((n, [, p]) => n + p.value.size, 0),
+    hypernet_params: m.net.parameterCount(),
+    train_step_ms: round(train.median),
+    train_step_min_ms: round(train.min),
+    sample_step_ms: round(sample.median),
+    sample_step_min_ms: round(sample.min),
+    tensors_before: modelTensors,
+    tensors_after: tf.memory().numTensors,
+    peak_rss_mb: Math.round(peakRssMb()),
+  });
+  if (args.profile) {
+    const kernels = await profileStep(() => void trainStep(m));
+    const total = kernels.reduce((s, k) => s + k.ms, 0);
+    emit({ ...base, case: "train_step_profile", total_kernel_ms: round(total), top: kernels.slice(0, 15) });
+  }
+  m.dispose();
+  if (tf.memory().numTensors !== tensorsBefore) emit({ ...base, case: "leak", tensors: tf.memory().numTensors - tensorsBefore });
+  if (!args.noMicro) micro(args, base);
+}
+
+main().catch((e: unknown) => {
+  console.error((e as Error).message);
+  process.exit(1);
+});
