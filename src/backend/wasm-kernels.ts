@@ -130,8 +130,28 @@ function conv2DBackpropInputNHWC(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShap
   const padBottom = h + kH - 1 - padTop - oH * sH;
   const padRight = w + kW - 1 - padLeft - oW * sW;
   const ddPad = padOrCrop(dd, padTop, padBottom, padLeft, padRight);
-  const flipped = tf.transpose(tf.reverse(filter, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D; // [KH, KW, Cout, Cin]
+  const flipped = tf.transpose(flipHW(filter), [0, 1, 3, 2]) as tf.Tensor4D; // [KH, KW, Cout, Cin]
   return tf.conv2d(ddPad, flipped, 1, "valid");
+}
+
+/**
+ * Rotate a filter `[KH, KW, Cin, Cout]` by 180° in H and W (`reverse` over axes 0 and 1). Each
+ * (kh, kw) tap is a contiguous Cin·Cout block, so on the wasm heap this is KH·KW memcpys; the stock
+ * Reverse kernel walks elements (15 ms for 3×3×128×128, paid on every backward conv).
+ */
+function flipHW(filter: tf.Tensor4D): tf.Tensor4D {
+  const backend = tf.backend();
+  if (filter.dtype !== "float32" || !hasHeapAccess(backend)) return tf.reverse(filter, [0, 1]);
+  const [kh, kw, ci, co] = filter.shape;
+  const taps = kh * kw;
+  const block = ci * co;
+  const w = backend as unknown as WasmHeapAccess;
+  const out = w.makeOutput(filter.shape.slice(), "float32");
+  // Views are taken after the allocation, which may have grown (and detached) the heap.
+  const dst = w.typedArrayFromHeap(out);
+  const src = w.typedArrayFromHeap({ dataId: filter.dataId, shape: filter.shape, dtype: "float32" });
+  for (let j = 0; j < taps; j++) dst.set(src.subarray((taps - 1 - j) * block, (taps - j) * block), j * block);
+  return tf.engine().makeTensorFromTensorInfo(out, backend) as tf.Tensor4D;
 }
 
 /** Stock wasm kernels we fall back to or call directly; captured when the overrides are installed. */
