@@ -288,7 +288,12 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
       lrY.push(lrs[i]!);
     });
     parts.push(`<path d="${path(lrX, lrY, syr)}" fill="none" stroke="#2ca02c" stroke-width="1.5" stroke-dasharray="4 3"/>`);
-    const ticks = log ? niceTicks(a, b).filter((t) => Number.isInteger(t)).map((t) => 10 ** t) : niceTicks(a, b);
+    const logTicks = (): number[] => {
+      const out: number[] = [];
+      for (let e = Math.floor(a); e <= Math.ceil(b); e++) for (const f of [1, 2, 5]) out.push(Number((f * 10 ** e).toPrecision(3)));
+      return out.filter((v) => Math.log10(v) >= a - 1e-9 && Math.log10(v) <= b + 1e-9);
+    };
+    const ticks = log ? logTicks() : niceTicks(a, b);
     for (const v of ticks.length ? ticks : [lo, hi]) {
       parts.push(`<text x="${m.l + pw + 6}" y="${syr(v).toFixed(1)}" dominant-baseline="middle" font-size="11" fill="#2ca02c">${fmtTick(v)}</text>`);
     }
