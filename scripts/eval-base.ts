@@ -106,7 +106,7 @@ async function main(): Promise<void> {
   const frac = (f: (r: (typeof per)[number]) => boolean): number => Number((per.filter(f).length / per.length).toFixed(4));
   const config = JSON.parse(fs.readFileSync(path.join(a.model, "config.json"), "utf8")) as { training?: Record<string, unknown> };
   const result = {
-    model: a.model,
+    model: path.relative(process.cwd(), a.model) || ".",
     modelSteps: config.training?.steps ?? null,
     prompts: a.n,
     dataSeed: EVAL_DATA_SEED,

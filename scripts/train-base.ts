@@ -9,8 +9,18 @@
  *      dataset, so a resumed run sees the same data), x₀ = pixels in [−1, 1];
  *   2. drop ~10% of the captions to "" — the model also learns the unconditional ε, which
  *      classifier-free guidance needs at sampling time;
- *   3. t ~ U{0…999}, ε ~ N(0, I), x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (the SD 1.x schedule);
- *   4. loss = mean (ε̂(x_t, t, text(caption)) − ε)², gradients for every UNet and text weight;
+ *   3. t ~ U{0…999} — or, for a fraction `--high-t` of the batch, t ~ U{500…999} — then
+ *      ε ~ N(0, I), x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (the SD 1.x schedule). Why the extra high-noise
+ *      draws: ε-MSE barely rewards knowing the caption — below t ≈ 500 the noisy image itself shows
+ *      its colours, and at high t the error in x̂₀ is scaled down by ᾱ/(1−ᾱ) in ε-space. A first run
+ *      with uniform t learned to ignore the text entirely (ε(cond) − ε(uncond) fell to ~1e-7 by step
+ *      300), so its samples had random colours. Sampling starts at t = 999, where the caption is
+ *      the only source of the background and shape colours, so that regime gets extra weight;
+ *   4. loss = Σ_i w_i·mean (ε̂(x_t, t, text(caption)) − ε)² / Σ_i w_i with w = max(1, min(1/SNR_t, 20)),
+ *      SNR_t = ᾱ_t/(1−ᾱ_t): where the noise hides the image, the model is graded on its x₀ estimate
+ *      (ε-MSE/SNR) instead of the tiny ε-error that a wrong x₀ makes there. This is what finally
+ *      made the model listen to the caption (with plain ε-MSE the gradients reaching the cross-
+ *      attention were ~1e-7 at high t). Gradients go to every UNet and text-encoder weight;
  *   5. clip the global gradient norm to 1, AdamW step (β = 0.9/0.999, weight decay 0.01 on
  *      matrices and kernels only), learning rate warmed up linearly then cosine-decayed to 10%;
  *   6. update an exponential moving average (EMA, decay 0.999) of the weights — the EMA weights
@@ -25,7 +35,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
-import { Rng, randint, randn } from "../src/diffusion/random";
+import { Rng, randn } from "../src/diffusion/random";
 import { qSample, sd15Schedule } from "../src/diffusion/schedule";
 import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
 import type { HostTensor } from "../src/io/host-tensor";
@@ -49,6 +59,8 @@ interface Args {
   logEvery: number;
   dropout: number;
   ema: number;
+  highT: number;
+  snrCap: number;
   fresh: boolean;
   backend: BackendChoice;
 }
@@ -68,6 +80,8 @@ function parseArgs(argv: string[]): Args {
     logEvery: 10,
     dropout: 0.1,
     ema: 0.999,
+    highT: 0.5,
+    snrCap: 20,
     fresh: false,
     backend: "wasm",
   };
@@ -98,6 +112,12 @@ function parseArgs(argv: string[]): Args {
       case "dropout":
       case "ema":
         a[k] = num(k, argv[++i]);
+        break;
+      case "high-t":
+        a.highT = num(k, argv[++i]);
+        break;
+      case "snr-cap":
+        a.snrCap = num(k, argv[++i]);
         break;
       case "data-seed":
         a.dataSeed = num(k, argv[++i]);
@@ -213,7 +233,7 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
   slots.forEach((s) => s.param.value.assign(s.ema));
   const config: TinyModelConfig = {
     ...parts.config,
-    training: { steps: state.step, batch: a.batch, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
   };
   saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
   slots.forEach((s, i) => s.param.value.assign(raw[i]!));
@@ -280,16 +300,29 @@ async function main(): Promise<void> {
     const samples = shapeSamples(a.dataSeed, step * a.batch, a.batch);
     const captions = samples.map((s) => (rng.nextFloat() < a.dropout ? "" : s.caption));
     const ids = parts.tokenizer.encode(captions, { longPrompts: "truncate" }).ids;
-    const timesteps = Array.from(randint(a.batch, 0, schedule.numTimesteps, rng));
+    const half = schedule.numTimesteps / 2;
+    const timesteps = Array.from({ length: a.batch }, () => (rng.nextFloat() < a.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
     const noiseT = randn([a.batch, hw, hw, 3], rng);
     const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [a.batch, hw, hw, 3]);
     const xt = qSample(x0, noiseT, timesteps, schedule) as tf.Tensor4D;
+    // Per-sample weight max(1, min(1/SNR_t, snrCap)): plain ε-MSE where the image is still visible,
+    // x₀-MSE (= ε-MSE / SNR) at high noise, capped so the highest t do not dominate.
+    const weights = timesteps.map((ti) => {
+      const ab = schedule.alphasCumprod[ti]!;
+      return Math.max(1, Math.min((1 - ab) / ab, a.snrCap));
+    });
+    const wSum = weights.reduce((x, y) => x + y, 0);
+    const wT = tf.tensor1d(weights.map((w) => w / wSum));
+    let perSample: tf.Tensor1D | undefined;
     const { value, grads } = tf.variableGrads(() => {
       const ctx = parts.textEncoder.encode(ids);
       const eps = parts.unet.forward(xt, timesteps, ctx);
-      return tf.mean(tf.square(tf.sub(eps, noiseT))) as tf.Scalar;
+      const mse = tf.mean(tf.square(tf.sub(eps, noiseT)), [1, 2, 3]) as tf.Tensor1D;
+      perSample = tf.keep(mse.clone());
+      return tf.sum(tf.mul(mse, wT)) as tf.Scalar;
     }, vars);
-    const loss = value.dataSync()[0]!;
+    const loss = tf.tidy(() => tf.mean(perSample!).dataSync()[0]!); // the plain ε-MSE, for the log
+    tf.dispose([perSample!, wT]);
     const lr = learningRate(step, a);
     const gnorm = applyAdamW(slots, grads, step, lr, step < 100 ? 0 : a.ema);
     tf.dispose([value, grads, noiseT, x0, xt]);

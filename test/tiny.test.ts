@@ -1,0 +1,245 @@
+/**
+ * The embedded tiny base model and its data: the procedural dataset (captions agree with pixels,
+ * determinism), the eval classifier on ground truth, the neon style set and its score, the shipped
+ * weights (load, forward, no leaks), the wasm gather-gradient kernel, and the model card's numbers
+ * against the eval results in the repo.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { BaseModel } from "../src/pipeline/base-model";
+import { classifyImage } from "../src/tiny/classify";
+import { TINY_MODEL_DIR, loadTinyModel, readTinyConfig } from "../src/tiny/model";
+import { sampleTiny } from "../src/tiny/sample";
+import {
+  BACKGROUNDS,
+  COLORS,
+  TINY_SIZE,
+  captionOf,
+  captionVocabulary,
+  fromModelPixels,
+  renderScene,
+  shapeSample,
+  shapeSamples,
+  toModelPixels,
+  type Scene,
+} from "../src/tiny/shapes";
+import { hollowness, neonStyleSet, styleScore } from "../src/tiny/style";
+import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
+
+describe("tiny-shapes dataset", () => {
+  const samples = shapeSamples(11, 0, 120);
+
+  it("captions name what the pixels show (classifier agrees on background, colour, count; shape ≥ 98%)", () => {
+    let shapeOk = 0;
+    for (const s of samples) {
+      const c = classifyImage(s.pixels);
+      expect(c.background, s.caption).toBe(s.scene.background);
+      expect(c.color, s.caption).toBe(s.scene.color);
+      expect(c.count, s.caption).toBe(s.scene.count);
+      if (c.shape === s.scene.shape) shapeOk++;
+      // The caption mentions each attribute by name.
+      expect(s.caption).toContain(s.scene.color);
+      expect(s.caption).toContain(`${s.scene.background} background`);
+    }
+    expect(shapeOk / samples.length).toBeGreaterThanOrEqual(0.98);
+  });
+
+  it("draws a single shape where the caption says (its box centre is nearest the named position)", () => {
+    for (const s of samples.filter((x) => x.scene.count === 1)) {
+      const bg = BACKGROUNDS[s.scene.background];
+      let [x0, x1, y0, y1] = [32, 0, 32, 0];
+      for (let i = 0; i < TINY_SIZE * TINY_SIZE; i++) {
+        const d = Math.abs(s.pixels[i * 3]! - bg[0]) + Math.abs(s.pixels[i * 3 + 1]! - bg[1]) + Math.abs(s.pixels[i * 3 + 2]! - bg[2]);
+        if (d <= 60) continue;
+        const [x, y] = [i % TINY_SIZE, Math.floor(i / TINY_SIZE)];
+        [x0, x1, y0, y1] = [Math.min(x0, x), Math.max(x1, x + 1), Math.min(y0, y), Math.max(y1, y + 1)];
+      }
+      const [cx, cy] = [(x0 + x1) / 2, (y0 + y1) / 2];
+      // Nominal centres: 2 px margin between the shape's radius (5 or 10 px) and the frame.
+      const off = 16 - (s.scene.size === "small" ? 5 : 10) - 2;
+      const nominal = { left: [16 - off, 16], right: [16 + off, 16], top: [16, 16 - off], bottom: [16, 16 + off], center: [16, 16] };
+      const dist = (p: number[]): number => Math.hypot(cx - p[0]!, cy - p[1]!);
+      const nearest = Object.entries(nominal).sort((a, b) => dist(a[1]) - dist(b[1]))[0]![0];
+      expect(nearest, `${s.caption}: box centre (${cx.toFixed(1)}, ${cy.toFixed(1)})`).toBe(s.scene.position);
+    }
+  });
+
+  it("renders exact colours: a pixel fully inside a shape has the shape colour, the corners the background", () => {
+    const scene: Scene = { shape: "square", color: "cyan", background: "gray", count: 1, size: "large", position: "center", centers: [[16, 16]] };
+    const px = renderScene(scene);
+    expect([...px.subarray((16 * 32 + 16) * 3, (16 * 32 + 16) * 3 + 3)]).toEqual([...COLORS.cyan]);
+    expect([...px.subarray(0, 3)]).toEqual([...BACKGROUNDS.gray]);
+    // Half-size 0.85·10 = 8.5 px around 16: columns 8–23 are fully inside (16 px), 7.5 px… partly.
+    const row = 16 * 32 * 3;
+    expect(px[row + 8 * 3]).toBe(COLORS.cyan[0]);
+    expect(px[row + 6 * 3]).toBe(BACKGROUNDS.gray[0]);
+    expect(captionOf(scene)).toBe("a large cyan square in the center, gray background");
+  });
+
+  it("is deterministic by (seed, index) and differs across seeds", () => {
+    const a = shapeSample(5, 17);
+    const b = shapeSample(5, 17);
+    expect(b.caption).toBe(a.caption);
+    expect(Buffer.from(b.pixels).equals(Buffer.from(a.pixels))).toBe(true);
+    // A sample does not depend on which others were drawn before it.
+    expect(shapeSamples(5, 15, 4)[2]!.caption).toBe(a.caption);
+    const other = shapeSamples(6, 0, 20).map((s) => s.caption);
+    const same = shapeSamples(5, 0, 20).map((s) => s.caption);
+    expect(other).not.toEqual(same);
+  });
+
+  it("covers every shape, colour, background, size, position and count, with a closed vocabulary", () => {
+    const many = shapeSamples(3, 0, 600);
+    const seen = (f: (s: Scene) => string | number | undefined): Set<string | number | undefined> => new Set(many.map((s) => f(s.scene)));
+    expect(seen((s) => s.shape).size).toBe(6);
+    expect(seen((s) => s.color).size).toBe(6);
+    expect(seen((s) => s.background).size).toBe(3);
+    expect(seen((s) => s.size).size).toBe(2);
+    expect(seen((s) => s.position).size).toBe(6); // five positions + undefined for pairs
+    expect(seen((s) => s.count).size).toBe(2);
+    const vocab = new Set(captionVocabulary());
+    for (const s of many) for (const w of s.caption.replace(",", " ,").split(/\s+/)) expect(vocab.has(w), w).toBe(true);
+  });
+
+  it("converts bytes to model pixels in [−1, 1] and back exactly", () => {
+    const imgs = shapeSamples(1, 0, 3).map((s) => s.pixels);
+    const f = toModelPixels(imgs);
+    expect(Math.min(...f)).toBeGreaterThanOrEqual(-1);
+    expect(Math.max(...f)).toBeLessThanOrEqual(1);
+    const back = fromModelPixels(f, 3);
+    back.forEach((b, i) => expect(Buffer.from(b).equals(Buffer.from(imgs[i]!))).toBe(true));
+  });
+});
+
+describe("neon style set and styleScore", () => {
+  const neon = neonStyleSet(40);
+
+  it("is deterministic and captioned with content only, on black", () => {
+    const again = neonStyleSet(40);
+    expect(again.map((s) => s.caption)).toEqual(neon.map((s) => s.caption));
+    for (const s of neon) {
+      expect(s.caption).toBe(captionOf(s.scene));
+      expect(s.caption.endsWith("black background")).toBe(true);
+    }
+  });
+
+  it("separates the style from the base look on ground truth", () => {
+    const styleImgs = neon.map((s) => s.pixels);
+    // The very same scenes drawn the base way: only the style differs.
+    const baseSame = neon.map((s) => renderScene(s.scene));
+    const baseData = shapeSamples(7, 0, 100).map((s) => s.pixels);
+    const sStyle = styleScore(styleImgs);
+    expect(sStyle).toBeGreaterThan(0.35);
+    expect(styleScore(baseSame)).toBeLessThan(0.1);
+    expect(styleScore(baseData)).toBeLessThan(0.1);
+    // Mixing half and half lands in between.
+    const mixed = styleScore([...styleImgs.slice(0, 20), ...baseSame.slice(20)]);
+    expect(mixed).toBeGreaterThan(styleScore(baseSame));
+    expect(mixed).toBeLessThan(sStyle);
+  });
+
+  it("hollowness: a filled square is 0, a one-pixel square outline of side 10 is 64/100", () => {
+    const img = new Uint8Array(32 * 32 * 3);
+    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) if (y === 10 || y === 19 || x === 10 || x === 19) img.set([255, 0, 0], (y * 32 + x) * 3);
+    expect(hollowness(img)).toBeCloseTo(64 / 100, 10);
+    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set([255, 0, 0], (y * 32 + x) * 3);
+    expect(hollowness(img)).toBe(0);
+    expect(hollowness(new Uint8Array(32 * 32 * 3))).toBe(0);
+  });
+});
+
+describe("wasm UnsortedSegmentSum (the gradient of the token-embedding lookup)", () => {
+  beforeAll(setupBackend);
+
+  it("sums gradients of repeated ids into their rows", async () => {
+    if (tf.getBackend() === "wasm") registerWasmUnsortedSegmentSum();
+    const table = tf.variable(tf.tensor2d([1, 2, 3, 4, 5, 6, 7, 8], [4, 2]));
+    const ids = tf.tensor1d([2, 0, 2, 3, 2], "int32");
+    const weights = tf.tensor2d([1, 10, 100, 1000, 1, 2, 3, 4, 5, 6], [5, 2]);
+    await expectNoLeak(() => {
+      const { grads, value } = tf.variableGrads(() => tf.sum(tf.mul(tf.gather(table, ids), weights)) as tf.Scalar, [table]);
+      // Row 2 was used at positions 0, 2, 4; row 0 at 1; row 3 at 3; row 1 never.
+      expectClose(grads[table.name]!.dataSync(), [100, 1000, 0, 0, 1 + 1 + 5, 10 + 2 + 6, 3, 4]);
+      tf.dispose([value, grads]);
+    });
+    tf.dispose([table, ids, weights]);
+  });
+});
+
+describe("the shipped tiny model", () => {
+  let base: BaseModel;
+  beforeAll(async () => {
+    await setupBackend();
+    base = loadTinyModel();
+  });
+  afterAll(() => base?.dispose());
+
+  it("has the documented architecture: self-attention widths 64 and 96, cross-attention context 80", () => {
+    const cfg = readTinyConfig();
+    expect(base.space).toBe("pixel");
+    expect(base.sampleSize).toBe(32);
+    expect(base.channels).toBe(3);
+    const self = new Set<number>();
+    const cross = new Set<number>();
+    for (const [p, layer] of base.unet.attentionLayers()) {
+      const toK = layer.namedParameters().find(([k]) => k === "to_k.weight")![1];
+      (p.endsWith("attn1") ? self : cross).add(toK.torchShape[1]!);
+    }
+    expect([...self].sort()).toEqual([64, 96]);
+    expect([...cross]).toEqual([80]);
+    expect(cfg.text.width).toBe(80);
+    const bytes = fs.statSync(path.join(TINY_MODEL_DIR, "model.safetensors")).size;
+    expect(bytes).toBeLessThan(8 * 2 ** 20);
+  });
+
+  it("tokenizes every caption word without <unk>", () => {
+    const warnings: string[] = [];
+    for (const s of shapeSamples(2, 0, 50)) base.tokenizer.tokenize(s.caption, warnings);
+    expect(warnings).toEqual([]);
+  });
+
+  it("runs a UNet forward and a text encode with no tensor leaks", async () => {
+    const x = tf.tensor4d(toModelPixels(shapeSamples(1, 0, 2).map((s) => s.pixels)), [2, 32, 32, 3]);
+    await expectNoLeak(() => {
+      const ctx = base.encodeText(["a large red circle on the left, white background", ""]);
+      expect(ctx.shape).toEqual([2, 16, 80]);
+      const eps = base.unet.forward(x, [10, 900], ctx);
+      expect(eps.shape).toEqual([2, 32, 32, 3]);
+      const v = eps.dataSync();
+      expect(v.every(Number.isFinite)).toBe(true);
+      tf.dispose([ctx, eps]);
+    });
+    x.dispose();
+  });
+
+  it("samples images with sampleTiny, reproducibly by seed, without leaks", async () => {
+    const prompts = ["a large red circle in the center, white background"];
+    const a = await expectNoLeak(() => sampleTiny(base, prompts, { seed: 3, steps: 2, sampler: "DDIM" }));
+    const b = await sampleTiny(base, prompts, { seed: 3, steps: 2, sampler: "DDIM" });
+    expect(a).toHaveLength(1);
+    expect(a[0]!.length).toBe(32 * 32 * 3);
+    expect(Buffer.from(a[0]!).equals(Buffer.from(b[0]!))).toBe(true);
+  });
+});
+
+describe("the model card", () => {
+  it("reports the numbers that models/tiny/eval.json holds", () => {
+    const card = fs.readFileSync(path.join(TINY_MODEL_DIR, "MODEL_CARD.md"), "utf8");
+    const evalJson = JSON.parse(fs.readFileSync(path.join(TINY_MODEL_DIR, "eval.json"), "utf8")) as Record<string, number>;
+    const config = readTinyConfig();
+    const pct = (label: string): number => {
+      const m = new RegExp(`\\|\\s*${label}\\s*\\|\\s*([0-9.]+)\\s*%`).exec(card);
+      if (!m) throw new Error(`MODEL_CARD.md has no "| ${label} | N% |" row`);
+      return Number(m[1]);
+    };
+    expect(pct("colour accuracy")).toBeCloseTo(evalJson.colorAccuracy! * 100, 1);
+    expect(pct("shape accuracy")).toBeCloseTo(evalJson.shapeAccuracy! * 100, 1);
+    expect(pct("classifier on ground truth")).toBeCloseTo(evalJson.classifierOnGroundTruth! * 100, 1);
+    expect(evalJson.modelSteps).toBe(config.training?.steps);
+    const steps = /\|\s*training steps\s*\|\s*([0-9,]+)\s*\|/.exec(card);
+    expect(Number(steps?.[1]?.replace(/,/g, ""))).toBe(config.training?.steps);
+  });
+});
