@@ -51,3 +51,10 @@ export {
 export { displayMode, setDisplayMode, getOutputDir, setOutputDir, liveDisplay, show, pngImgTag, type DisplayMode, type Content, type LiveDisplay } from "./kernel-helpers/display";
 export { lossFigure, normsFigure, smoothEma, figureHtml, plotlyLoaderHtml, type Figure, type LossPoint, type LossFigureOptions } from "./kernel-helpers/charts";
 export { attentionMaps, attentionCaptureProcessor, tokenLabels, type AttentionMapOptions, type AttentionMapResult, type LayerAttention } from "./kernel-helpers/attention-maps";
+
+export { train, resumeTraining, type TrainOptions, type TrainResult, type TrainingRun, type StopReason } from "./train/trainer";
+export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
+export { AdamW } from "./train/adamw";
+export { loadTinyModel } from "./tiny/model";
+export { neonStyleSet, styleScore } from "./tiny/style";
+export { sampleTiny } from "./tiny/sample";
