@@ -10,7 +10,9 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
 import { createRequire } from "node:module";
+import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { registerWasmKernelOverrides } from "../backend/wasm-kernels";
 
@@ -224,7 +226,77 @@ async function exposeNavigatorGpu(entry: string): Promise<void> {
 }
 
 const WEBGPU_HELP =
-  "WebGPU in Node needs a Vulkan driver: install libvulkan1 and mesa-vulkan-drivers (or your GPU vendor's Vulkan driver); on CPU-only Debian 12, lavapipe 22.3 is rejected by Dawn and Mesa 25 from bookworm-backports is needed — see environment/README.md";
+  "WebGPU in Node needs a Vulkan driver: install libvulkan1 and mesa-vulkan-drivers (or your GPU vendor's Vulkan driver); on CPU-only Debian 12, lavapipe 22.3 is rejected by Dawn — run environment/setup-webgpu-cpu.sh for Mesa 25 lavapipe from bookworm-backports (see environment/README.md)";
+
+/** Where environment/setup-webgpu-cpu.sh leaves its Vulkan driver manifest, relative to a checkout. */
+const PRIVATE_LAVAPIPE_ICD = path.join(".cache", "lavapipe", "lvp_icd.x86_64.json");
+
+/**
+ * The private Mesa 25 lavapipe manifest written by environment/setup-webgpu-cpu.sh, if this
+ * checkout (or the working directory) has one whose driver library is present; null otherwise.
+ */
+export function findPrivateLavapipe(): string | null {
+  const roots = [path.resolve(__dirname, "..", ".."), process.cwd()];
+  for (const root of roots) {
+    const icd = path.join(root, PRIVATE_LAVAPIPE_ICD);
+    try {
+      const manifest = JSON.parse(fs.readFileSync(icd, "utf8")) as { ICD?: { library_path?: string } };
+      const lib = manifest.ICD?.library_path;
+      // The Vulkan loader resolves a relative library_path against the manifest's folder.
+      if (lib && fs.existsSync(path.resolve(path.dirname(icd), lib))) return icd;
+    } catch {
+      // absent or unreadable: try the next root
+    }
+  }
+  return null;
+}
+
+/**
+ * Point the Vulkan loader at the private lavapipe when the user has not chosen drivers. The loader
+ * reads VK_ICD_FILENAMES (VK_DRIVER_FILES in newer loaders) when Dawn creates its Vulkan instance,
+ * so setting it in this process before the first adapter request is enough; the probe child
+ * inherits it. The manifest names the driver by path, so LD_LIBRARY_PATH (which a running
+ * process cannot change for itself) is not needed: lavapipe's libdrm imports all exist in
+ * bookworm's libdrm. Returns a note for the report, or null when nothing was changed.
+ */
+function usePrivateLavapipe(): string | null {
+  if (process.env.VK_ICD_FILENAMES || process.env.VK_DRIVER_FILES) return null;
+  const icd = findPrivateLavapipe();
+  if (!icd) return null;
+  process.env.VK_ICD_FILENAMES = icd;
+  return `Vulkan driver: the private Mesa lavapipe from environment/setup-webgpu-cpu.sh (VK_ICD_FILENAMES=${icd})`;
+}
+
+let privateDriverNote: string | null = null;
+
+const SYNC_READ_NOTE =
+  "WebGPU in Node cannot read GPU tensors synchronously: dataSync()/arraySync() (and moving a tensor to another backend) fail; use `await tensor.data()`";
+
+/**
+ * tfjs-backend-webgpu reads a GPU buffer synchronously by drawing it onto an `OffscreenCanvas`,
+ * which Node does not have, so `dataSync()` dies with "OffscreenCanvas is not defined". Wrap the
+ * backend's readSync so that failure says what happened and what to use instead. Returns whether
+ * the wrapper is in place (only where OffscreenCanvas is missing).
+ */
+function explainSyncReadback(): boolean {
+  if (typeof (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas !== "undefined") return false;
+  const backend = tf.findBackend("webgpu") as unknown as { readSync(dataId: object): unknown; __syncReadExplained?: boolean } | null;
+  if (!backend) return false;
+  if (backend.__syncReadExplained) return true;
+  const readSync = backend.readSync.bind(backend);
+  backend.readSync = (dataId: object): unknown => {
+    try {
+      return readSync(dataId);
+    } catch (e) {
+      if (!/OffscreenCanvas/.test(firstLine(e))) throw e;
+      throw new Error(
+        "tensor.dataSync()/arraySync() is not available on the WebGPU backend in Node: tfjs-backend-webgpu reads GPU memory synchronously through OffscreenCanvas, which Node lacks. Read with `await tensor.data()` / `await tensor.array()` instead (moving a tensor to another backend needs a synchronous read too).",
+      );
+    }
+  };
+  backend.__syncReadExplained = true;
+  return true;
+}
 
 async function tryWebGpu(auto: boolean): Promise<Attempt> {
   let entry: string;
@@ -234,6 +306,9 @@ async function tryWebGpu(auto: boolean): Promise<Attempt> {
     return { ok: false, reason: "webgpu: package not installed (optional dependency, 132 MB; `npm install webgpu`)" };
   }
   if (!isInstalled("@tensorflow/tfjs-backend-webgpu")) return { ok: false, reason: "@tensorflow/tfjs-backend-webgpu: not installed" };
+  // Before the probe: Dawn and the Vulkan loader read VK_ICD_FILENAMES only when first asked.
+  const driverNote = webgpuProbe ? null : usePrivateLavapipe();
+  if (driverNote) privateDriverNote = driverNote;
   const probe = probeWebGpu(entry);
   if (!probe.adapter) {
     return { ok: false, reason: `no WebGPU adapter (Dawn: ${probe.diagnostics || "no Vulkan adapter found"}). ${WEBGPU_HELP}` };
@@ -260,6 +335,8 @@ async function tryWebGpu(auto: boolean): Promise<Attempt> {
   const r = await setBackendCapturing("webgpu");
   if (!r.ok) return { ok: false, reason: `webgpu: initialisation failed: ${r.message || "no message"}. ${WEBGPU_HELP}` };
   const notes = software ? ["software WebGPU adapter: correct, but expect it to be 7–10× slower than wasm"] : [];
+  if (privateDriverNote) notes.push(privateDriverNote);
+  if (explainSyncReadback()) notes.push(SYNC_READ_NOTE);
   return { ok: true, device: `${adapterName(probe.adapter)} (WebGPU via Dawn)`, notes };
 }
 
