@@ -9,6 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { listCheckpoints } from "../src/train";
+import { readHypernetworkFile } from "../src/hypernet/file";
 import { makeToyDataset } from "./helpers/train-setup";
 
 const SCRIPT = path.join(__dirname, "scripts", "train-child.ts");
@@ -90,3 +91,28 @@ describe("kill -9 and resume", () => {
     expect(rows.map((r) => Number(r.split(",")[0]))).toEqual(Array.from({ length: MAX }, (_, i) => i + 1));
   }, 120_000);
 });
+
+describe("Ctrl-C (SIGINT) during training", () => {
+  it("ends after the current step, saves a checkpoint holding exactly the steps done, and exits normally", async () => {
+    const logDir = path.join(tmp, "sigint");
+    const losses = path.join(tmp, "sigint-losses.jsonl");
+    // saveEvery 0: no periodic checkpoints, so the only file is the save the interrupt triggers
+    const p = child([dataDir, logDir, losses, "500", "0"]);
+    const done = finish(p);
+    const deadline = Date.now() + 90_000;
+    while (readLosses(losses).length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(readLosses(losses).length).toBeGreaterThanOrEqual(3);
+    p.kill("SIGINT");
+    const r = await done;
+    expect(r.signal, r.err).toBeNull();
+    expect(r.code, r.err).toBe(0);
+    const res = JSON.parse(r.out.trim().split("\n").pop()!) as { reason: string; step: number };
+    expect(res.reason).toBe("stopped");
+    expect(res.step).toBeLessThan(500);
+    expect(readLosses(losses).length).toBe(res.step); // the step in flight finished, none after it
+    const pt = path.join(logDir, "hypernetworks", `toy-${res.step}.pt`);
+    expect(readHypernetworkFile(pt).info.step).toBe(res.step);
+    expect(fs.existsSync(`${pt}.optim`)).toBe(true);
+  }, 150_000);
+});
+

@@ -59,6 +59,19 @@ export type Prediction = "epsilon" | "v";
 /** Gradient clipping mode (A1111's "Gradient Clipping" dropdown). */
 export type ClipMode = "disabled" | "value" | "norm";
 
+/**
+ * Gradient clipping as PyTorch does it (A1111 calls these two): `"value"` clamps every element to
+ * [−c, c] (`clip_grad_value_`); `"norm"` scales all gradients by `min(1, c / (‖g‖₂ + 1e-6))`, with
+ * ‖g‖₂ the global norm over every tensor (`clip_grad_norm_`). Returns new tensors; the caller
+ * disposes the inputs. `norm` may be passed when already known.
+ */
+export function clipGradients(grads: readonly tf.Tensor[], mode: Exclude<ClipMode, "disabled">, c: number, norm?: number): tf.Tensor[] {
+  if (mode === "value") return grads.map((g) => tf.clipByValue(g, -c, c));
+  const n = norm ?? tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+  const coef = Math.min(1, c / (n + 1e-6));
+  return grads.map((g) => tf.mul(g, coef));
+}
+
 /** Options of `train`. Names follow A1111's Train tab; defaults are A1111's unless noted. */
 export interface TrainOptions {
   // -- data (spec §4.5) --
@@ -748,6 +761,11 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
 
     try {
       while (step < maxSteps && !control.stop) {
+        // Yield to the event loop once per step: on CPU backends every await resolves as a
+        // microtask, and without this a SIGINT (or a notebook interrupt, or a display update)
+        // would not be handled until training ended.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (control.stop) break;
         const idx = lrSchedule.indexAt(step);
         if (idx < 0) {
           reason = "schedule-end";
@@ -804,14 +822,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
 
         // Clip the true (unscaled) gradient, then step.
         if (clipSchedule) {
-          const c = clipSchedule.at(step);
-          const clipped =
-            clipMode === "value"
-              ? grads!.map((g) => tf.clipByValue(g, -c, c))
-              : (() => {
-                  const coef = Math.min(1, c / (gradNorm + 1e-6)); // torch.nn.utils.clip_grad_norm_
-                  return grads!.map((g) => tf.mul(g, coef));
-                })();
+          const clipped = clipGradients(grads!, clipMode as Exclude<ClipMode, "disabled">, clipSchedule.at(step), gradNorm);
           for (const g of grads!) g.dispose();
           grads = clipped;
         }
