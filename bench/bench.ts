@@ -15,7 +15,7 @@
 import * as os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 import { CrossAttention } from "../src/unet/attention";
-import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStep, selectBackend, time, trainStep } from "./harness";
+import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, time, timeAsync, trainStep, trainStepAsync } from "./harness";
 
 function emit(obj: Record<string, unknown>): void {
   console.log(JSON.stringify(obj));
@@ -85,8 +85,9 @@ async function main(): Promise<void> {
   const tensorsBefore = tf.memory().numTensors;
   const m = buildModel(config, args.batch, args.size, contextLen, !args.noCache);
   const modelTensors = tf.memory().numTensors;
-  const train = time(() => void trainStep(m), args.steps);
-  const sample = time(() => sampleStep(m), args.steps);
+  // Read back with `await data()`: WebGPU in Node has no synchronous readback (dataSync).
+  const train = await timeAsync(() => trainStepAsync(m), args.steps);
+  const sample = await timeAsync(() => sampleStepAsync(m), args.steps);
   emit({
     ...base,
     case: "unet_step",

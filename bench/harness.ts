@@ -142,6 +142,42 @@ export function trainStep(m: BenchModel): number {
   return loss;
 }
 
+/**
+ * {@link trainStep} reading the loss with `await data()`: the WebGPU backend cannot read GPU memory
+ * synchronously in Node, so the benchmark uses this form on every backend.
+ */
+export async function trainStepAsync(m: BenchModel): Promise<number> {
+  const t = timesteps(m.x0.shape[0]);
+  const noise = tf.randomNormal(m.x0.shape) as tf.Tensor4D;
+  const vars = m.net.trainableVariables();
+  const { value, grads } = tf.variableGrads(() => diffusionLoss(m.unet, { x0: m.x0, noise, t, cond: m.cond }), vars);
+  m.optimizer.step(vars.map((v) => grads[v.name]!));
+  const loss = (await value.data())[0]!;
+  tf.dispose([noise, value, ...Object.values(grads)]);
+  return loss;
+}
+
+/** {@link sampleStep} reading the result with `await data()` (see {@link trainStepAsync}). */
+export async function sampleStepAsync(m: BenchModel): Promise<void> {
+  const t = timesteps(m.x0.shape[0]);
+  const out = tf.tidy(() => m.unet.forward(m.x0, t, m.cond));
+  await out.data();
+  out.dispose();
+}
+
+/** {@link time} for functions that finish asynchronously. */
+export async function timeAsync(fn: () => Promise<unknown>, runs: number, warmup = 1): Promise<{ median: number; min: number; all: number[] }> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const all: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await fn();
+    all.push(performance.now() - t0);
+  }
+  const s = [...all].sort((p, q) => p - q);
+  return { median: s[Math.floor(s.length / 2)]!, min: s[0]!, all };
+}
+
 /** One sampling step: a UNet forward with no gradient; the result is read back. */
 export function sampleStep(m: BenchModel): void {
   const t = timesteps(m.x0.shape[0]);
