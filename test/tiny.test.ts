@@ -9,7 +9,7 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BaseModel } from "../src/pipeline/base-model";
-import { classifyImage } from "../src/tiny/classify";
+import { classifyImage, hueChroma } from "../src/tiny/classify";
 import { TINY_MODEL_DIR, loadTinyModel, readTinyConfig } from "../src/tiny/model";
 import { sampleTiny } from "../src/tiny/sample";
 import {
@@ -111,6 +111,38 @@ describe("tiny-shapes dataset", () => {
     expect(Math.max(...f)).toBeLessThanOrEqual(1);
     const back = fromModelPixels(f, 3);
     back.forEach((b, i) => expect(Buffer.from(b).equals(Buffer.from(imgs[i]!))).toBe(true));
+  });
+});
+
+describe("classifier colour by hue", () => {
+  it("computes HSV hue and chroma (hand-checked values)", () => {
+    expect(hueChroma(255, 0, 0)).toEqual({ hue: 0, chroma: 255 });
+    expect(hueChroma(0, 255, 0)).toEqual({ hue: 120, chroma: 255 });
+    expect(hueChroma(0, 0, 255)).toEqual({ hue: 240, chroma: 255 });
+    expect(hueChroma(255, 255, 0)).toEqual({ hue: 60, chroma: 255 });
+    expect(hueChroma(100, 100, 100)).toEqual({ hue: 0, chroma: 0 });
+    // (40, 200, 210): max b, hue = 60·((r − g)/C + 4) = 60·(−160/170 + 4) ≈ 183.5
+    expect(hueChroma(40, 200, 210).hue).toBeCloseTo(60 * (-160 / 170 + 4), 9);
+  });
+
+  it("keeps a colour's hue when it is mixed with a neutral (lightened, darkened)", () => {
+    for (const c of Object.values(COLORS)) {
+      const h = hueChroma(...c).hue;
+      const light = c.map((v) => v * 0.6 + 110) as [number, number, number];
+      const dark = c.map((v) => v * 0.3 + 8) as [number, number, number];
+      expect(hueChroma(...light).hue).toBeCloseTo(h, 6);
+      expect(hueChroma(...dark).hue).toBeCloseTo(h, 6);
+    }
+  });
+
+  it("names the colour of every held-out ground-truth image (data seed 2024, 100 images)", () => {
+    const wrong = shapeSamples(2024, 0, 100).filter((s) => classifyImage(s.pixels).color !== s.scene.color);
+    expect(wrong.map((s) => s.caption)).toEqual([]);
+  });
+
+  it("names the colour of every neon-style image (lightened outlines with a white core)", () => {
+    const wrong = neonStyleSet(40).filter((s) => classifyImage(s.pixels).color !== s.scene.color);
+    expect(wrong.map((s) => s.caption)).toEqual([]);
   });
 });
 

@@ -7,7 +7,11 @@
  * 1. Background: the per-channel median of the 124 border pixels (shapes never touch the border).
  * 2. Foreground mask: a pixel is foreground when it is nearer (in RGB) to one of the six shape
  *    colours than to that measured background — about "more than half covered" on anti-aliased edges.
- * 3. Colour: majority vote of the nearest palette colour over the foreground pixels.
+ * 3. Colour: a vote by hue over the foreground pixels, each weighted by its chroma, for the palette
+ *    colour of nearest hue. Hue is what survives restyling: mixing a colour with any neutral
+ *    (a white, gray or black background on anti-aliased edges, a lightened "neon" tint, a
+ *    white-hot core) moves it along a line towards the gray axis and leaves its hue unchanged,
+ *    whereas the nearest palette colour in RGB does not (lightened blue lands nearest cyan).
  * 4. Shape: the largest 4-connected foreground component is compared with every shape template.
  *    A template is rendered (with the dataset's own rasteriser) at the radius and centre that make
  *    its bounding box match the component's, for a few radius factors around that fit; the shape
@@ -42,6 +46,59 @@ function dist2(p: ArrayLike<number>, i: number, c: readonly number[]): number {
   const dg = p[i + 1]! - c[1]!;
   const db = p[i + 2]! - c[2]!;
   return dr * dr + dg * dg + db * db;
+}
+
+/** Hue angle in degrees [0, 360) and chroma (max − min channel, 0–255) of one RGB pixel. */
+export function hueChroma(r: number, g: number, b: number): { hue: number; chroma: number } {
+  const max = Math.max(r, g, b);
+  const min = Math.min(r, g, b);
+  const chroma = max - min;
+  if (chroma === 0) return { hue: 0, chroma: 0 };
+  // The hexagonal hue of HSV: which channel is largest picks the 120° sector, the other two place it.
+  let h: number;
+  if (max === r) h = ((g - b) / chroma) % 6;
+  else if (max === g) h = (b - r) / chroma + 2;
+  else h = (r - g) / chroma + 4;
+  return { hue: (h * 60 + 360) % 360, chroma };
+}
+
+const PALETTE_HUES: readonly number[] = COLOR_NAMES.map((n) => hueChroma(...COLORS[n]).hue);
+
+/** Pixels with less chroma than this (out of 255) carry no usable hue and do not vote. */
+const MIN_CHROMA = 24;
+
+/** Index of the palette colour whose hue is nearest (on the circle) to `hue`. */
+function nearestHue(hue: number): number {
+  let best = 0;
+  let bestD = Infinity;
+  PALETTE_HUES.forEach((h, k) => {
+    const d = Math.min(Math.abs(hue - h), 360 - Math.abs(hue - h));
+    if (d < bestD) {
+      bestD = d;
+      best = k;
+    }
+  });
+  return best;
+}
+
+/**
+ * Dominant palette colour of the masked pixels (mask ≥ 0): chroma-weighted hue vote, falling back
+ * to the nearest-RGB labels of the mask when no pixel has enough chroma to carry a hue.
+ */
+export function dominantColor(pixels: Uint8Array, mask: Int8Array): ColorName {
+  const hueVotes = new Array<number>(COLOR_NAMES.length).fill(0);
+  const rgbVotes = new Array<number>(COLOR_NAMES.length).fill(0);
+  let hueWeight = 0;
+  for (let i = 0; i < N; i++) {
+    if (mask[i]! < 0) continue;
+    rgbVotes[mask[i]!]!++;
+    const { hue, chroma } = hueChroma(pixels[i * 3]!, pixels[i * 3 + 1]!, pixels[i * 3 + 2]!);
+    if (chroma < MIN_CHROMA) continue;
+    hueVotes[nearestHue(hue)]! += chroma;
+    hueWeight += chroma;
+  }
+  const votes = hueWeight > 0 ? hueVotes : rgbVotes;
+  return COLOR_NAMES[votes.indexOf(Math.max(...votes))]!;
 }
 
 /** Per-channel median of the border pixels. */
@@ -191,16 +248,10 @@ export function classifyImage(pixels: Uint8Array): ImageClass {
     }
   }
   const mask = foregroundMask(pixels, bgMeasured);
-  const votes = new Array<number>(COLOR_NAMES.length).fill(0);
   let fg = 0;
-  for (let i = 0; i < N; i++) {
-    if (mask[i]! >= 0) {
-      votes[mask[i]!]!++;
-      fg++;
-    }
-  }
+  for (let i = 0; i < N; i++) if (mask[i]! >= 0) fg++;
   if (fg < MIN_PIXELS) return { background, color: null, shape: null, shapeIoU: 0, count: 0, foreground: fg / N };
-  const color = COLOR_NAMES[votes.indexOf(Math.max(...votes))]!;
+  const color = dominantColor(pixels, mask);
   const comps = components(Array.from(mask, (k) => k >= 0));
   const { shape, iou } = matchShape(comps[0]!);
   const count = comps.filter((c) => c.length >= comps[0]!.length / 2).length;
