@@ -21,8 +21,11 @@ const installed = (pkg: string): boolean => {
 };
 
 /** A tiny computation with a hand-computed answer, run on whatever backend is active. */
-function sanity(): void {
-  const out = tf.tidy(() => tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6, 7, 8], [2, 2])).dataSync());
+/** A 2×2 matMul on the active backend, read with `await data()` (WebGPU in Node has no dataSync). */
+async function sanity(): Promise<void> {
+  const t = tf.tidy(() => tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6, 7, 8], [2, 2])));
+  const out = await t.data();
+  t.dispose();
   expectClose(out, [19, 22, 43, 50]);
 }
 
@@ -36,7 +39,7 @@ describe("useBackend", () => {
     expect(cpu).toMatchObject({ backend: "cpu", tfjsBackend: "cpu", requested: "cpu", requestedBy: "argument", skipped: [] });
     expect(cpu.device).toMatch(/pure JavaScript/);
     expect(tf.getBackend()).toBe("cpu");
-    sanity();
+    await sanity();
 
     const wasm = await useBackend("wasm", { quiet: true, threads: 2 });
     expect(wasm).toMatchObject({ backend: "wasm", tfjsBackend: "wasm", skipped: [] });
@@ -45,7 +48,7 @@ describe("useBackend", () => {
     // Node never gets the threaded wasm build, so the request for 2 threads is reported, not met.
     expect(wasm.notes.join("\n")).toMatch(/asked for 2 wasm threads, running 1/);
     expect(tf.getBackend()).toBe("wasm");
-    sanity();
+    await sanity();
   });
 
   it("auto takes the first usable backend in order and gives a reason for each skipped one", async () => {
@@ -66,7 +69,7 @@ describe("useBackend", () => {
       expect(r.backend).toBe("wasm"); // this machine: no GPU, no libtensorflow
     }
     expect(formatBackendReport(r).split("\n")).toHaveLength(1 + r.skipped.length + r.notes.length);
-    sanity();
+    await sanity();
   });
 
   it("is safe to call repeatedly and does not leak tensors", async () => {
@@ -80,7 +83,7 @@ describe("useBackend", () => {
     expect(d.backend).toBe(a.backend);
     expect(c.notes[0]).toMatch(/already installed/);
     expect(tf.memory().numTensors).toBe(before);
-    sanity();
+    await sanity();
   });
 
   it("HYPERNET_BACKEND overrides the argument", async () => {
@@ -107,7 +110,7 @@ describe("useBackend", () => {
     try {
       const r = await useBackend("webgpu", { quiet: true });
       expect(r.backend).toBe("webgpu"); // a machine with a working Vulkan adapter
-      sanity();
+      await sanity();
     } catch (e) {
       webgpu = e as Error;
     }
