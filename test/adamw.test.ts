@@ -54,7 +54,7 @@ describe("AdamW vs PyTorch", () => {
       }
     });
     params.forEach((p, i) => expectClose(p.toTorchSync().data, ref.params[i]!, 1e-6));
-    const state = opt.exportState();
+    const state = await opt.exportState();
     state.params.forEach((s, i) => {
       expect(s.step).toBe(ref.step[i]);
       expect(s.expAvg.shape).toEqual(torch[i]!.shape);
@@ -67,7 +67,7 @@ describe("AdamW vs PyTorch", () => {
     params.forEach((p) => p.value.dispose());
   });
 
-  it("export → import continues exactly like the uninterrupted optimizer", () => {
+  it("export → import continues exactly like the uninterrupted optimizer", async () => {
     const a = makeParams(new Rng(3)).params;
     const b = makeParams(new Rng(3)).params;
     const optA = new AdamW(a, { lr: 1e-2 });
@@ -84,12 +84,13 @@ describe("AdamW vs PyTorch", () => {
     step(optB0, b, 0);
     step(optB0, b, 1);
     const optB = new AdamW(b, { lr: 1 });
-    optB.importState(optA.exportState());
+    optB.importState(await optA.exportState());
     expect(optB.lr).toBe(1e-2);
     step(optA, a, 2);
     step(optB, b, 2);
     a.forEach((p, i) => expectClose(p.toTorchSync().data, b[i]!.toTorchSync().data, 0));
-    expect(() => optB.importState({ ...optA.exportState(), params: [] })).toThrow(/holds 0 parameters but the network has 3/);
+    const exported = await optA.exportState();
+    expect(() => optB.importState({ ...exported, params: [] })).toThrow(/holds 0 parameters but the network has 3/);
     for (const o of [optA, optB0, optB]) o.dispose();
     [...a, ...b].forEach((p) => p.value.dispose());
   });

@@ -181,3 +181,29 @@ describe.runIf(skipReason === null)("WebGPU (Dawn on private lavapipe)", () => {
     });
   }, 120_000);
 });
+
+describe.runIf(skipReason === null)("train() on WebGPU", () => {
+  it("runs a few steps end to end (no synchronous read-back anywhere) and writes checkpoints that load", async () => {
+    const os = await import("node:os");
+    const path = await import("node:path");
+    const { makeToyBase, makeToyDataset, makeToyNet, TOY_TEMPLATE } = await import("./helpers/train-setup");
+    const { train } = await import("../src/train/trainer");
+    const { readHypernetworkFile } = await import("../src/hypernet/file");
+    await useBackend("webgpu", { quiet: true });
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-webgpu-train-"));
+    await makeToyDataset(path.join(tmp, "data"));
+    const base = makeToyBase();
+    const net = makeToyNet();
+    const r = await train(base, net, {
+      dataDir: path.join(tmp, "data"), template: TOY_TEMPLATE, maxSteps: 3, saveEvery: 3, batchSize: 2,
+      learningRate: "1e-3", seed: 5, logDir: path.join(tmp, "log"), onLog: () => {}, progress: false, handleSigint: false,
+    }).done;
+    expect(r.reason).toBe("max-steps");
+    expect(r.losses.every(Number.isFinite)).toBe(true);
+    expect(readHypernetworkFile(path.join(tmp, "log", "hypernetworks", "toy-3.pt")).info.step).toBe(3);
+    net.dispose();
+    base.dispose();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }, 180_000);
+});
+

@@ -386,6 +386,26 @@ export function fromNetwork(net: Hypernetwork): HypernetworkFile {
   return { info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] }, format: "a1111", weights, extra: new Map() };
 }
 
+/** `fromNetwork` with asynchronous read-back: works on every backend, WebGPU in Node included. */
+export async function fromNetworkAsync(net: Hypernetwork): Promise<HypernetworkFile> {
+  const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
+  for (const [dim, pair] of net.modules) {
+    const sds: Array<Map<string, HostTensor>> = [];
+    for (const m of pair) {
+      const sd = new Map<string, HostTensor>();
+      for (const [k, p] of m.namedParameters()) sd.set(k, await p.toTorch());
+      sds.push(sd);
+    }
+    weights.set(dim, sds as [Map<string, HostTensor>, Map<string, HostTensor>]);
+  }
+  return { info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] }, format: "a1111", weights, extra: new Map() };
+}
+
+/** `saveHypernetwork` with asynchronous read-back (use it where the backend may be WebGPU). */
+export async function saveHypernetworkAsync(net: Hypernetwork, file: string, opts: SaveOptions = {}): Promise<void> {
+  writeHypernetworkFile(await fromNetworkAsync(net), file, opts);
+}
+
 /** Load a hypernetwork file as a live network (inference: eval mode, not trainable unless asked). */
 export function loadHypernetwork(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
   return toNetwork(readHypernetworkFile(file), { trainable: opts.trainable ?? false, where: file });

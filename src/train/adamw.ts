@@ -91,21 +91,27 @@ export class AdamW {
     }
   }
 
-  /** The state as a `.optim` file stores it (PyTorch layout, `optimizer_name` "AdamW"). */
-  exportState(): OptimizerState {
-    const params: ParamMoments[] = this.params.map((p, i) => {
-      const read = (t: tf.Tensor): Float32Array => {
-        const x = tf.tidy(() => toTorchLayout(t, p.layout, p.torchShape));
-        const data = x.dataSync() as Float32Array;
-        x.dispose();
-        return data;
-      };
-      return {
+  /**
+   * The state as a `.optim` file stores it (PyTorch layout, `optimizer_name` "AdamW").
+   * Reads the moments back asynchronously, which every backend supports (WebGPU in Node has no
+   * synchronous read-back).
+   */
+  async exportState(): Promise<OptimizerState> {
+    const read = async (t: tf.Tensor, p: Param): Promise<Float32Array> => {
+      const x = tf.tidy(() => toTorchLayout(t, p.layout, p.torchShape));
+      const data = (await x.data()) as Float32Array;
+      x.dispose();
+      return data;
+    };
+    const params: ParamMoments[] = [];
+    for (let i = 0; i < this.params.length; i++) {
+      const p = this.params[i]!;
+      params.push({
         step: this.steps[i]!,
-        expAvg: { dtype: "F32", shape: [...p.torchShape], data: read(this.m[i]!) },
-        expAvgSq: { dtype: "F32", shape: [...p.torchShape], data: read(this.v[i]!) },
-      };
-    });
+        expAvg: { dtype: "F32", shape: [...p.torchShape], data: await read(this.m[i]!, p) },
+        expAvgSq: { dtype: "F32", shape: [...p.torchShape], data: await read(this.v[i]!, p) },
+      });
+    }
     return { name: "AdamW", lr: this.lr, betas: [...this.betas], eps: this.eps, weightDecay: this.weightDecay, params };
   }
 

@@ -41,7 +41,7 @@ import { Rng, randint, randn } from "../diffusion/random";
 import { samplerByName } from "../diffusion/samplers";
 import { type NoiseSchedule, qSample, sd15Schedule, vTarget } from "../diffusion/schedule";
 import { type Attachment, attachHypernetworks } from "../hypernet/attach";
-import { fromNetwork, readHypernetworkFile, saveHypernetwork, toNetwork, type HypernetworkFile } from "../hypernet/file";
+import { fromNetworkAsync, readHypernetworkFile, saveHypernetworkAsync, toNetwork, type HypernetworkFile } from "../hypernet/file";
 import type { Hypernetwork } from "../hypernet/network";
 import { readOptimizerFile, writeOptimizerFile } from "../hypernet/optim-file";
 import { writeFileAtomic } from "../io/atomic";
@@ -437,10 +437,10 @@ export function readCheckpointState(ptFile: string): CheckpointState | undefined
 }
 
 /** NHWC [-1, 1] images → RGB bytes. */
-function toRgb(x: tf.Tensor4D): RgbImage[] {
+async function toRgb(x: tf.Tensor4D): Promise<RgbImage[]> {
   const [b, h, w, c] = x.shape;
   const bytes = tf.tidy(() => tf.clipByValue(tf.round(tf.mul(tf.add(x, 1), 127.5)), 0, 255));
-  const data = bytes.dataSync();
+  const data = await bytes.data();
   bytes.dispose();
   const out: RgbImage[] = [];
   for (let i = 0; i < b; i++) {
@@ -616,7 +616,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
   const optimizer = new AdamW(params, { lr: lrSchedule.at(startStep), weightDecay: opts.weightDecay });
   const textCache = new Map<string, tf.Tensor3D>();
   const schedule = sd15Schedule();
-  const startSnapshot = fromNetwork(net);
+  const startSnapshot = await fromNetworkAsync(net);
   let lastCheckpoint = opts.resumeFrom;
   let lossAvg: number | null = resumeState?.lossAverage ?? null;
   let avgCount = resumeState?.stepsInAverage ?? 0;
@@ -681,14 +681,14 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     let lastPrompt = "";
     const vars = params.map((p) => p.value);
 
-    const saveCheckpoint = (final: boolean): string => {
+    const saveCheckpoint = async (final: boolean): Promise<string> => {
       const file = checkpointPath(logDir, name, step);
       net.info.sdCheckpoint = base.checkpointHash;
       net.info.sdCheckpointName = base.name;
       // A file at this step from an abandoned run (killed after it) is stale: replace it.
-      saveHypernetwork(net, file, { overwrite: true });
+      await saveHypernetworkAsync(net, file, { overwrite: true });
       let optimFile: string | undefined;
-      if (opts.saveOptimizer ?? true) optimFile = writeOptimizerFile(file, optimizer.exportState(), { overwrite: true });
+      if (opts.saveOptimizer ?? true) optimFile = writeOptimizerFile(file, await optimizer.exportState(), { overwrite: true });
       const state: CheckpointState = {
         format: "hypernet-lab/train-state",
         version: 1,
@@ -745,7 +745,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
         uncond.dispose();
         const img = base.decode(x);
         x.dispose();
-        const images = toRgb(img);
+        const images = await toRgb(img);
         img.dispose();
         const png = await Promise.all(images.map((im) => sharp(Buffer.from(im.data), { raw: { width: im.width, height: im.height, channels: 3 } }).png().toBuffer()));
         let file: string | undefined;
@@ -808,7 +808,9 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
         if (opts.debugPoisonStep === step + 1) loss = NaN;
 
         // Safety: the update is applied only if the loss and the gradient are sane.
-        const gradNorm = tf.tidy(() => tf.sqrt(tf.addN(grads!.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+        const normT = tf.tidy(() => tf.sqrt(tf.addN(grads!.map((g) => tf.sum(tf.square(g))))));
+        const gradNorm = (await normT.data())[0]!;
+        normT.dispose();
         if (!Number.isFinite(loss)) unsafe = `the loss became ${loss} at step ${step + 1}`;
         else if (!Number.isFinite(gradNorm)) unsafe = `the gradient became non-finite at step ${step + 1} (loss ${loss.toFixed(6)})`;
         else if ((opts.blowUpFactor ?? 20) > 0 && lossAvg !== null && avgCount >= (opts.blowUpWarmup ?? 20) && loss > (opts.blowUpFactor ?? 20) * lossAvg) {
@@ -849,7 +851,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
           const line = `[Epoch ${e0}: ${es0 + 1}/${stepsPerEpoch}] step ${step}/${end} loss ${loss.toFixed(4)} (avg ${lossAvg.toFixed(4)}) lr ${lr} ${rate.toFixed(2)} step/s ETA ${formatDuration(eta)}`;
           process.stderr.write(process.stderr.isTTY ? `\r${line}\x1b[K` : `${line}\n`);
         }
-        if (saveEvery > 0 && step % saveEvery === 0) saveCheckpoint(false);
+        if (saveEvery > 0 && step % saveEvery === 0) await saveCheckpoint(false);
         if (previewEvery > 0 && step % previewEvery === 0) await makePreview(lastPrompt);
       }
       if (control.stop && reason === "max-steps" && step < maxSteps) reason = "stopped";
@@ -858,7 +860,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
       // Save what we have (if it is finite), then report the error.
       if (step > startStep && (!lastCheckpoint || readCheckpointState(lastCheckpoint)?.step !== step)) {
         try {
-          const file = saveCheckpoint(true);
+          const file = await saveCheckpoint(true);
           (err as Error).message += ` (training state at step ${step} saved to ${file})`;
         } catch {
           /* keep the original error */
@@ -890,14 +892,14 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     }
 
     // Final save (normal end, schedule end, interrupt).
-    if (step > startStep && !(lastCheckpoint && readCheckpointState(lastCheckpoint)?.step === step && lastCheckpoint !== opts.resumeFrom)) saveCheckpoint(true);
+    if (step > startStep && !(lastCheckpoint && readCheckpointState(lastCheckpoint)?.step === step && lastCheckpoint !== opts.resumeFrom)) await saveCheckpoint(true);
     let finalFile: string | undefined;
     if (opts.finalFile) {
       if (opts.resumeFrom && path.resolve(opts.finalFile) === path.resolve(opts.resumeFrom) && !opts.overwrite) {
         warn(`finalFile ${opts.finalFile} is the file training resumed from; not replacing it (pass overwrite: true). The result is in ${lastCheckpoint}`);
       } else {
-        saveHypernetwork(net, opts.finalFile, { overwrite: opts.overwrite });
-        if (opts.saveOptimizer ?? true) writeOptimizerFile(opts.finalFile, optimizer.exportState(), { overwrite: true });
+        await saveHypernetworkAsync(net, opts.finalFile, { overwrite: opts.overwrite });
+        if (opts.saveOptimizer ?? true) writeOptimizerFile(opts.finalFile, await optimizer.exportState(), { overwrite: true });
         finalFile = opts.finalFile;
       }
     }
