@@ -11,7 +11,7 @@ import { readOptimizerFile } from "../src/hypernet/optim-file";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { type StepEvent, type TrainOptions, clipGradients, train } from "../src/train";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
-import { TOY_TEMPLATE, makeToyBase, makeToyDataset, makeToyNet } from "./helpers/train-setup";
+import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
 let tmp: string;
@@ -30,20 +30,7 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-const opts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => ({
-  dataDir,
-  template: TOY_TEMPLATE,
-  maxSteps: 4,
-  batchSize: 2,
-  learningRate: "1e-2",
-  seed: 5,
-  logDir,
-  saveEvery: 0,
-  onLog: () => {},
-  progress: false,
-  handleSigint: false,
-  ...extra,
-});
+const opts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => toyTrainOptions(dataDir, logDir, { maxSteps: 4, learningRate: "1e-2", ...extra });
 
 describe("clipGradients (torch clip_grad_value_ / clip_grad_norm_)", () => {
   it("by value clamps each element; by norm scales everything by c / (‖g‖ + 1e-6) when ‖g‖ > c", async () => {

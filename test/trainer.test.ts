@@ -16,7 +16,7 @@ import { fromNetwork, loadHypernetwork, readHypernetworkFile } from "../src/hype
 import type { BaseModel } from "../src/pipeline/base-model";
 import { type StepEvent, type TrainOptions, diffusionLoss, listCheckpoints, readCheckpointState, train } from "../src/train";
 import { expectClose, setupBackend } from "./helpers/tf";
-import { TOY_TEMPLATE, makeToyBase, makeToyDataset, makeToyNet } from "./helpers/train-setup";
+import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
 let tmp: string;
@@ -35,20 +35,7 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-const baseOpts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => ({
-  dataDir,
-  template: TOY_TEMPLATE,
-  maxSteps: 10,
-  batchSize: 2,
-  learningRate: "1e-3",
-  seed: 5,
-  logDir,
-  saveEvery: 0,
-  onLog: () => {},
-  progress: false,
-  handleSigint: false,
-  ...extra,
-});
+const baseOpts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => toyTrainOptions(dataDir, logDir, extra);
 
 /** A fixed evaluation batch: the four colours at fixed t and noise, one prompt each. */
 function evalLoss(net: ReturnType<typeof makeToyNet>): number {

@@ -16,6 +16,7 @@ import { ClipTextModel, tinyClipTextConfig } from "../../src/text/clip";
 import { SimpleTokenizer } from "../../src/text/tokenizer";
 import type { UNetConfig } from "../../src/unet/config";
 import { UNetModel } from "../../src/unet/unet";
+import type { TrainOptions } from "../../src/train/trainer";
 
 export const TOY_UNET: UNetConfig = {
   in_channels: 3,
@@ -76,3 +77,25 @@ export function makeToyNet(seed = 3): Hypernetwork {
 
 /** Prompt template for the toy data. */
 export const TOY_TEMPLATE = ["a photo of [filewords]", "art by [name] , [filewords]"];
+
+/**
+ * Trainer options for the toy model: quiet, no periodic checkpoints, no SIGINT handler (vitest
+ * owns the process), fixed seed. `extra` overrides any of them.
+ */
+export function toyTrainOptions(dataDir: string, logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions {
+  return {
+    dataDir,
+    template: TOY_TEMPLATE,
+    maxSteps: 10,
+    batchSize: 2,
+    learningRate: "1e-3",
+    seed: 5,
+    logDir,
+    saveEvery: 0,
+    onLog: () => {},
+    progress: false,
+    handleSigint: false,
+    ...extra,
+  };
+}
+
