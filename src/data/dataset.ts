@@ -13,6 +13,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
 import { captionFromFilename } from "./captions";
+import { readCaptionFile, statEntry } from "./entries";
 import { decodeImage, ImageDecodeError, sniffFormat, type RawImage } from "./images";
 import { loadTemplate, makePrompt, type Rng, type TagOptions } from "./templates";
 
@@ -132,6 +133,8 @@ export function alphaToWeights(alpha: ArrayLike<number>): Float32Array {
 export class TrainingDataset {
   /** Files in the folder that were not used, with the reason. */
   readonly skipped: { file: string; reason: string }[] = [];
+  /** Things worth knowing about files that were used (e.g. a caption read as Latin-1). */
+  readonly notes: string[] = [];
 
   private constructor(
     private readonly entries: Entry[],
@@ -156,9 +159,15 @@ export class TrainingDataset {
     const down = opts.latentDownscale ?? 8;
     const entries: Entry[] = [];
     const skipped: { file: string; reason: string }[] = [];
+    const notes: string[] = [];
     for (const name of fs.readdirSync(dir).sort()) {
       const full = path.join(dir, name);
-      if (!fs.statSync(full).isFile() || path.extname(name).toLowerCase() === ".txt") continue;
+      const st = statEntry(full);
+      if ("problem" in st) {
+        skipped.push({ file: name, reason: st.problem });
+        continue;
+      }
+      if (!st.stat.isFile() || path.extname(name).toLowerCase() === ".txt") continue;
       const bytes = fs.readFileSync(full);
       if (!sniffFormat(bytes)) {
         skipped.push({ file: name, reason: "not an image" });
@@ -183,7 +192,14 @@ export class TrainingDataset {
       }
       const stem = path.parse(name).name;
       const txt = path.join(dir, stem + ".txt");
-      const caption = fs.existsSync(txt) ? fs.readFileSync(txt, "utf8").trim() : captionFromFilename(stem, { wordRegex: opts.filenameWordRegex, joinString: opts.filenameJoin });
+      let caption: string;
+      if (fs.existsSync(txt)) {
+        const read = readCaptionFile(txt);
+        caption = read.text.trim();
+        if (read.note) notes.push(read.note);
+      } else {
+        caption = captionFromFilename(stem, { wordRegex: opts.filenameWordRegex, joinString: opts.filenameJoin });
+      }
 
       // Pixels x/127.5 − 1, HWC RGB.
       const n = img.width * img.height;
@@ -217,6 +233,7 @@ export class TrainingDataset {
     if (entries.length === 0) throw new Error(`dataset folder ${dir} has no usable images${skipped.length ? ` (skipped: ${skipped.map((s) => s.file).join(", ")})` : ""}`);
     const ds = new TrainingDataset(entries, lines, opts);
     ds.skipped.push(...skipped);
+    ds.notes.push(...notes);
     return ds;
   }
 

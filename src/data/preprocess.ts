@@ -21,6 +21,7 @@ import { writeFileAtomic, FileExistsError } from "../io/atomic";
 import { DEFAULT_FOCAL_WEIGHTS, findFocalCrop, focalScaleSize, type FaceDetector, type FocalWeights, type RawImage } from "./autocrop";
 import { captionFromFilename, combineCaptions, type ExistingCaptionAction, type FilenameCaptionOptions } from "./captions";
 import { autoSizePlan, coverCropPlan, oversizeRatio, splitPlan, type AutoSizeOptions, type Box } from "./crops";
+import { readCaptionFile, statEntry } from "./entries";
 import { cropRaw, decodeImage, drawFocalDebug, encodePng, flipRaw, ImageDecodeError, resizeRaw, type FlipKind } from "./images";
 
 /** Options of `preprocess`. Sizes in pixels; every option has A1111's default. */
@@ -144,7 +145,12 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
       summary.skipped.push({ source: name, reason, detail });
       opts.log?.(`skipped ${name}: ${detail}`);
     };
-    const stat = fs.statSync(full);
+    const entry = statEntry(full);
+    if ("problem" in entry) {
+      skip("not-a-file", entry.problem);
+      continue;
+    }
+    const stat = entry.stat;
     if (!stat.isFile()) {
       skip("not-a-file", stat.isDirectory() ? "a folder, not a file (sub-folders are not searched)" : "not a regular file");
       continue;
@@ -170,7 +176,13 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
     }
 
     const captionFile = path.join(srcAbs, stem + CAPTION_EXT);
-    const existing = fs.existsSync(captionFile) && fs.statSync(captionFile).isFile() ? fs.readFileSync(captionFile, "utf8") : undefined;
+    const captionEntry = statEntry(captionFile);
+    let existing: string | undefined;
+    if ("stat" in captionEntry && captionEntry.stat.isFile()) {
+      const read = readCaptionFile(captionFile);
+      existing = read.text;
+      if (read.note) opts.log?.(read.note);
+    }
     if (existing !== undefined) summary.captionsFound++;
 
     // Step 3: the images this source yields, in A1111's order.

@@ -561,6 +561,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     latentDownscale: base.downscale,
   });
   for (const s of ds.skipped) log(`dataset: skipped ${s.file}: ${s.reason}`);
+  for (const n of ds.notes) log(`dataset: ${n}`);
   let batchSize = positiveInt(opts.batchSize, 1, "batchSize");
   if (batchSize > ds.length) {
     warn(`batch size ${batchSize} is larger than the dataset (${ds.length}); using ${ds.length}`);
