@@ -127,7 +127,7 @@ describe("classifier colour by hue", () => {
 
   it("keeps a colour's hue when it is mixed with a neutral (lightened, darkened)", () => {
     for (const c of Object.values(COLORS)) {
-      const h = hueChroma(...c).hue;
+      const h = hueChroma(...(c as readonly number[] as [number, number, number])).hue;
       const light = c.map((v) => v * 0.6 + 110) as [number, number, number];
       const dark = c.map((v) => v * 0.3 + 8) as [number, number, number];
       expect(hueChroma(...light).hue).toBeCloseTo(h, 6);
