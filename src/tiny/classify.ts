@@ -62,7 +62,10 @@ export function hueChroma(r: number, g: number, b: number): { hue: number; chrom
   return { hue: (h * 60 + 360) % 360, chroma };
 }
 
-const PALETTE_HUES: readonly number[] = COLOR_NAMES.map((n) => hueChroma(...COLORS[n]).hue);
+const PALETTE_HUES: readonly number[] = COLOR_NAMES.map((n) => {
+  const [r, g, b] = COLORS[n];
+  return hueChroma(r, g, b).hue;
+});
 
 /** Pixels with less chroma than this (out of 255) carry no usable hue and do not vote. */
 const MIN_CHROMA = 24;
