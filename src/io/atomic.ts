@@ -62,3 +62,35 @@ export function writeFileAtomic(file: string, chunks: Iterable<Uint8Array>, opts
     throw err;
   }
 }
+
+/** The temp-file names `writeFileAtomic` uses: `.<name>.<pid>.<ms>.tmp`. */
+const TEMP_NAME = /^\..+\.(\d+)\.\d+\.tmp$/;
+
+/**
+ * Remove temp files that interrupted `writeFileAtomic` calls left in `dir` (a process killed
+ * mid-write cannot clean up after itself). Files of processes still running are kept.
+ * Returns the names removed.
+ */
+export function removeStaleTempFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const m = TEMP_NAME.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid || isRunning(pid)) continue;
+    fs.rmSync(path.join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+

@@ -44,7 +44,7 @@ import { type Attachment, attachHypernetworks } from "../hypernet/attach";
 import { fromNetworkAsync, readHypernetworkFile, saveHypernetworkAsync, toNetwork, type HypernetworkFile } from "../hypernet/file";
 import type { Hypernetwork } from "../hypernet/network";
 import { readOptimizerFile, writeOptimizerFile } from "../hypernet/optim-file";
-import { writeFileAtomic } from "../io/atomic";
+import { removeStaleTempFiles, writeFileAtomic } from "../io/atomic";
 import { loadStateDict } from "../nn/module";
 import type { BaseModel } from "../pipeline/base-model";
 import type { UNetModel } from "../unet/unet";
@@ -578,6 +578,8 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
 
   // Output folder, settings, CSV (rows past the start step belong to an abandoned run and go).
   fs.mkdirSync(path.join(logDir, "hypernetworks"), { recursive: true });
+  const stale = removeStaleTempFiles(path.join(logDir, "hypernetworks"));
+  if (stale.length) log(`removed ${stale.length} temp file(s) left by an interrupted save`);
   const csvFile = path.join(logDir, "hypernetwork_loss.csv");
   if (csvEvery > 0) {
     if (fs.existsSync(csvFile)) {
