@@ -8,6 +8,7 @@
  * reader allocate more than the header (capped) or one tensor at a time (bounded by the file size).
  */
 import * as fs from "node:fs";
+import { withOpenFile } from "./open";
 import { writeFileAtomic, type WriteOptions } from "./atomic";
 import { DTYPE_BYTES, type DType, type HostTensor, decodeTensor, encodeTensor, numel } from "./host-tensor";
 
@@ -46,19 +47,10 @@ export class SafetensorsFile {
 
   /** Open `file` and validate its header; throws an error naming the file and the problem. */
   static open(file: string): SafetensorsFile {
-    let fd: number;
-    try {
-      fd = fs.openSync(file, "r");
-    } catch (err) {
-      throw new Error(`${file}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-    }
-    try {
+    return withOpenFile(file, (fd) => {
       const { entries, metadata } = parseHeader(file, fd);
       return new SafetensorsFile(file, fd, entries, metadata);
-    } catch (err) {
-      fs.closeSync(fd);
-      throw err;
-    }
+    });
   }
 
   /** Names of all tensors, in header order. */

@@ -14,6 +14,7 @@
  * multi-GB checkpoint can be walked tensor by tensor.
  */
 import * as fs from "node:fs";
+import { withOpenFile } from "./open";
 import * as path from "node:path";
 import { writeFileAtomic } from "./atomic";
 import { CorruptFileError, UnsupportedFileError } from "./errors";
@@ -62,22 +63,13 @@ export interface TorchFile {
  * CorruptFileError for damaged files, UnsupportedFileError for valid but unhandled features.
  */
 export function openTorchFile(file: string, opts: OpenTorchOptions = {}): TorchFile {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, "r");
-  } catch (err) {
-    throw new Error(`${file}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
-  try {
+  return withOpenFile(file, (fd) => {
     const size = fs.fstatSync(fd).size;
     const head = readAt(file, fd, 0, Math.min(4, size));
     if (head.length === 4 && head.readUInt32LE(0) === 0x04034b50) return openZip(file, fd, opts);
     if (head[0] === 0x80) return openLegacy(file, fd, size);
     throw new CorruptFileError(file, "not a torch file: it is neither a zip archive (torch ≥ 1.6) nor a legacy torch pickle");
-  } catch (err) {
-    fs.closeSync(fd);
-    throw err;
-  }
+  });
 }
 
 /** Read a (small) torch file whole: like `openTorchFile`, with every tensor read into a HostTensor. */

@@ -18,6 +18,7 @@
  * at local-header offset + 30 + local name length + local extra length.
  */
 import * as fs from "node:fs";
+import { withOpenFile } from "./open";
 import { writeFileAtomic, type WriteOptions } from "./atomic";
 import { CorruptFileError, UnsupportedFileError } from "./errors";
 
@@ -106,18 +107,7 @@ export class ZipReader {
 
   /** Open `file` and validate its directory; throws an error naming the file and the problem. */
   static open(file: string, opts: ZipReaderOptions = {}): ZipReader {
-    let fd: number;
-    try {
-      fd = fs.openSync(file, "r");
-    } catch (err) {
-      throw new Error(`${file}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-    }
-    try {
-      return ZipReader.fromFd(file, fd, opts);
-    } catch (err) {
-      fs.closeSync(fd);
-      throw err;
-    }
+    return withOpenFile(file, (fd) => ZipReader.fromFd(file, fd, opts));
   }
 
   /** Read the directory of an already open file; the reader takes ownership of `fd`. */
