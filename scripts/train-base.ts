@@ -2,6 +2,7 @@
  * Train the embedded tiny base model (UNet + text encoder, jointly) on the tiny-shapes dataset.
  *
  *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
+ *                           [--offset-noise 0.1] [--text-lr-mult 3]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *
  * One step:
@@ -10,7 +11,8 @@
  *   2. drop ~10% of the captions to "" — the model also learns the unconditional ε, which
  *      classifier-free guidance needs at sampling time;
  *   3. t ~ U{0…999} — or, for a fraction `--high-t` of the batch, t ~ U{500…999} — then
- *      ε ~ N(0, I), x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (the SD 1.x schedule). Why the extra high-noise
+ *      ε = n + s·c with n ~ N(0, I) per pixel and c ~ N(0, I) per image and channel ("offset noise",
+ *      s = `--offset-noise`, see the comment at the draw), x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε (the SD 1.x schedule). Why the extra high-noise
  *      draws: ε-MSE barely rewards knowing the caption — below t ≈ 500 the noisy image itself shows
  *      its colours, and at high t the error in x̂₀ is scaled down by ᾱ/(1−ᾱ) in ε-space. A first run
  *      with uniform t learned to ignore the text entirely (ε(cond) − ε(uncond) fell to ~1e-7 by step
@@ -23,6 +25,7 @@
  *      attention were ~1e-7 at high t). Gradients go to every UNet and text-encoder weight;
  *   5. clip the global gradient norm to 1, AdamW step (β = 0.9/0.999, weight decay 0.01 on
  *      matrices and kernels only), learning rate warmed up linearly then cosine-decayed to 10%;
+ *      the text path (text encoder, cross-attention to_k/to_v) steps `--text-lr-mult` times faster;
  *   6. update an exponential moving average (EMA, decay 0.999) of the weights — the EMA weights
  *      sample much more cleanly than the raw ones after a short run, and they are what is shipped.
  *
@@ -61,6 +64,8 @@ interface Args {
   ema: number;
   highT: number;
   snrCap: number;
+  offsetNoise: number;
+  textLrMult: number;
   fresh: boolean;
   backend: BackendChoice;
 }
@@ -82,6 +87,8 @@ function parseArgs(argv: string[]): Args {
     ema: 0.999,
     highT: 0.5,
     snrCap: 20,
+    offsetNoise: 0.1,
+    textLrMult: 3,
     fresh: false,
     backend: "wasm",
   };
@@ -119,6 +126,12 @@ function parseArgs(argv: string[]): Args {
       case "snr-cap":
         a.snrCap = num(k, argv[++i]);
         break;
+      case "offset-noise":
+        a.offsetNoise = num(k, argv[++i]);
+        break;
+      case "text-lr-mult":
+        a.textLrMult = num(k, argv[++i]);
+        break;
       case "data-seed":
         a.dataSeed = num(k, argv[++i]);
         break;
@@ -150,9 +163,21 @@ interface Slot {
   v: tf.Variable;
   ema: tf.Variable;
   decay: boolean;
+  /** Learning-rate multiplier: > 1 for the text path (see `isTextPath`). */
+  lrMult: number;
 }
 
-function makeSlots(parts: TinyModelParts): Slot[] {
+/**
+ * The weights that carry the caption into the image: the whole text encoder (its embeddings start
+ * from scratch) and the cross-attention key/value projections that read its output. They get a
+ * larger learning rate because their gradients are orders of magnitude smaller than the UNet's
+ * image-path gradients, which made the first run learn to ignore the caption.
+ */
+function isTextPath(key: string): boolean {
+  return key.startsWith("text.") || /attn2\.to_[kv]\./.test(key);
+}
+
+function makeSlots(parts: TinyModelParts, textLrMult: number): Slot[] {
   const named: Array<[string, Param]> = [
     ...parts.unet.namedParameters("unet."),
     ...parts.textEncoder.namedParameters("text."),
@@ -165,6 +190,7 @@ function makeSlots(parts: TinyModelParts): Slot[] {
     ema: tf.variable(param.value.clone(), false),
     // Decay matrices and conv kernels, not biases, norms or embeddings' 1-D tables.
     decay: param.torchShape.length >= 2 && !key.includes("norm"),
+    lrMult: isTextPath(key) ? textLrMult : 1,
   }));
 }
 
@@ -191,7 +217,7 @@ function applyAdamW(slots: Slot[], grads: tf.NamedTensorMap, step: number, lr: n
       // w ← w − lr·(m̂/(√v̂ + ε) + wd·w)   (decoupled weight decay)
       let update = tf.div(tf.div(m, bc1), tf.add(tf.sqrt(tf.div(v, bc2)), EPS));
       if (s.decay) update = tf.add(update, tf.mul(s.param.value, WD));
-      s.param.value.assign(tf.sub(s.param.value, tf.mul(update, lr)));
+      s.param.value.assign(tf.sub(s.param.value, tf.mul(update, lr * s.lrMult)));
       s.ema.assign(tf.add(tf.mul(s.ema, emaDecay), tf.mul(s.param.value, 1 - emaDecay)));
     });
   }
@@ -233,7 +259,7 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
   slots.forEach((s) => s.param.value.assign(s.ema));
   const config: TinyModelConfig = {
     ...parts.config,
-    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
   };
   saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
   slots.forEach((s, i) => s.param.value.assign(raw[i]!));
@@ -268,7 +294,7 @@ async function main(): Promise<void> {
   const jf = path.join(a.run, "state.json");
   if (!a.fresh && fs.existsSync(jf)) config = (JSON.parse(fs.readFileSync(jf, "utf8")) as RunState).config;
   const parts = buildTinyModel(config, { trainable: true });
-  const slots = makeSlots(parts);
+  const slots = makeSlots(parts, a.textLrMult);
   const restored = restore(a, slots);
   const rng = restored ? Rng.fromState(restored.rng) : new Rng(a.seed);
   let step = restored?.step ?? 0;
@@ -302,7 +328,16 @@ async function main(): Promise<void> {
     const ids = parts.tokenizer.encode(captions, { longPrompts: "truncate" }).ids;
     const half = schedule.numTimesteps / 2;
     const timesteps = Array.from({ length: a.batch }, () => (rng.nextFloat() < a.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
-    const noiseT = randn([a.batch, hw, hw, 3], rng);
+    // Offset noise: ε = n + s·c with n ~ N(0, I) per pixel and c ~ N(0, I) one value per image and
+    // channel. Plain white noise has a per-channel mean of std 1/32 at 32×32 — the same size as
+    // √ᾱ_999·(background colour) — so the model read the background colour off the noise's mean and
+    // could never shift it. With the shared offset in ε, the model must learn to predict (and
+    // therefore to change) the image's mean colour, which only the caption can tell it at high t.
+    const noiseT = tf.tidy(() => {
+      const n = randn([a.batch, hw, hw, 3], rng);
+      if (a.offsetNoise === 0) return n;
+      return tf.add(n, tf.mul(randn([a.batch, 1, 1, 3], rng), a.offsetNoise));
+    });
     const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [a.batch, hw, hw, 3]);
     const xt = qSample(x0, noiseT, timesteps, schedule) as tf.Tensor4D;
     // Per-sample weight max(1, min(1/SNR_t, snrCap)): plain ε-MSE where the image is still visible,
