@@ -101,12 +101,12 @@ export interface ForwardOptions {
 }
 
 /** Initialiser factory for A1111's schemes (spec §1.9); `seed` makes creation reproducible. */
-export function weightInitializer(scheme: WeightInit, activation: ActivationName, seed: number): { linear: Initializer; layerNorm: Initializer } {
+export function weightInitializer(scheme: WeightInit, seed: number): { linear: Initializer; layerNorm: Initializer } {
   let s = seed;
   const next = (): number => s++;
-  // Kaiming with a = 0 has gain √2 for both 'relu' and 'leaky_relu' (A1111 picks by activation).
+  // Kaiming: A1111 passes nonlinearity 'leaky_relu' for leakyrelu and 'relu' otherwise; with the
+  // default a = 0 both give gain √2, so the activation does not change the distribution.
   const gain = Math.SQRT2;
-  void activation;
   const linear: Initializer = (tfShape, torchShape) => {
     const fanOut = torchShape[0]!;
     const fanIn = torchShape[1]!;

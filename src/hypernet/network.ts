@@ -200,7 +200,7 @@ export function createHypernetwork(opts: CreateOptions): Hypernetwork {
   const modules = new Map<number, [HypernetworkModule, HypernetworkModule]>();
   dims.forEach((dim, i) => {
     const mk = (j: number): HypernetworkModule =>
-      new HypernetworkModule(dim, structure, { trainable: true, init: weightInitializer(weightInit, activation, (seed * 1009 + i * 2 + j) * 100_003 + 1) });
+      new HypernetworkModule(dim, structure, { trainable: true, init: weightInitializer(weightInit, (seed * 1009 + i * 2 + j) * 100_003 + 1) });
     modules.set(dim, [mk(0), mk(1)]);
   });
   return new Hypernetwork(info, modules);

@@ -160,7 +160,7 @@ function loadSingleFile(file: string, opts: LoadBaseModelOptions): LoadedBaseMod
     throw new Error(`${file}: unknown checkpoint type (expected .safetensors or .ckpt, or a diffusers folder)`);
   }
   const raw = openCheckpoint(file);
-  const parts: { unet?: UNetModel; text?: LoadedTextEncoder; vae?: LoadedVae } = {};
+  const parts: PartialParts = {};
   try {
     const keys = [...raw.keys()];
     refuseOtherFamilies(file, raw, keys, LDM_UNET_PREFIX);
@@ -234,9 +234,7 @@ function loadSingleFile(file: string, opts: LoadBaseModelOptions): LoadedBaseMod
       report,
     );
   } catch (err) {
-    parts.unet?.dispose();
-    parts.text?.model.dispose();
-    parts.vae?.model.dispose();
+    disposeParts(parts);
     throw err;
   } finally {
     raw.close();
@@ -268,7 +266,7 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
     unetSrc.close();
   }
 
-  const parts: { unet?: UNetModel; text?: LoadedTextEncoder; vae?: LoadedVae } = {};
+  const parts: PartialParts = {};
   try {
     parts.unet = new UNetModel(config, { init: zerosInit });
     const unetReport = loadUNetWeights(parts.unet, unetFile);
@@ -313,9 +311,7 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
       report,
     );
   } catch (err) {
-    parts.unet?.dispose();
-    parts.text?.model.dispose();
-    parts.vae?.model.dispose();
+    disposeParts(parts);
     throw err;
   }
 }
@@ -431,6 +427,19 @@ export function inferUNetConfigDiffusers(src: { keys(): Iterable<string>; shapeO
 }
 
 // ---- helpers ----------------------------------------------------------------------------------
+
+/** Components loaded so far (a failed load frees them all). */
+interface PartialParts {
+  unet?: UNetModel;
+  text?: LoadedTextEncoder;
+  vae?: LoadedVae;
+}
+
+function disposeParts(parts: PartialParts): void {
+  parts.unet?.dispose();
+  parts.text?.model.dispose();
+  parts.vae?.model.dispose();
+}
 
 /** Open a `.safetensors` or torch file as a weight source (it also reports stored dtypes). */
 function openCheckpoint(file: string): CheckpointSource {
