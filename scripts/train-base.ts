@@ -2,10 +2,12 @@
  * Train the embedded tiny base model (UNet + text encoder, jointly) on the tiny-shapes dataset.
  *
  *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
- *                           [--offset-noise 0.1] [--text-lr-mult 3]
+ *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *
- * One step:
+ * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
+ * both in `train-base-batch.ts`; with `--workers N` the batch is split over N worker threads, one
+ * wasm instance per core, and their gradients are summed — see that file):
  *   1. draw `batch` scenes (sample indices step·batch … step·batch + batch − 1 of the seeded
  *      dataset, so a resumed run sees the same data), x₀ = pixels in [−1, 1];
  *   2. drop ~10% of the captions to "" — the model also learns the unconditional ε, which
@@ -35,18 +37,19 @@
  * command resumes from the checkpoint (pass `--fresh` to start over).
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
-import { Rng, randn } from "../src/diffusion/random";
-import { qSample, sd15Schedule } from "../src/diffusion/schedule";
+import { Rng } from "../src/diffusion/random";
+import { sd15Schedule } from "../src/diffusion/schedule";
 import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
 import type { HostTensor } from "../src/io/host-tensor";
 import { writeFileAtomic } from "../src/io/atomic";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, defaultTinyConfig, saveTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
-import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes";
+import { GradientPool, batchGradients, drawBatch } from "./train-base-batch";
 
 interface Args {
   steps: number;
@@ -66,6 +69,8 @@ interface Args {
   snrCap: number;
   offsetNoise: number;
   textLrMult: number;
+  /** Worker threads computing parts of each batch's gradient (data parallelism; 1 = in-process). */
+  workers: number;
   fresh: boolean;
   backend: BackendChoice;
 }
@@ -89,6 +94,7 @@ function parseArgs(argv: string[]): Args {
     snrCap: 20,
     offsetNoise: 0.1,
     textLrMult: 3,
+    workers: Math.min(4, os.cpus().length),
     fresh: false,
     backend: "wasm",
   };
@@ -128,6 +134,9 @@ function parseArgs(argv: string[]): Args {
         break;
       case "offset-noise":
         a.offsetNoise = num(k, argv[++i]);
+        break;
+      case "workers":
+        a.workers = Math.max(1, Math.floor(num(k, argv[++i])));
         break;
       case "text-lr-mult":
         a.textLrMult = num(k, argv[++i]);
@@ -316,51 +325,30 @@ async function main(): Promise<void> {
 
   const schedule = sd15Schedule();
   const vars = slots.map((s) => s.param.value);
-  const hw = TINY_SIZE;
   const t0 = Date.now() - elapsed * 1000;
   const deadline = Date.now() + a.minutes * 60_000;
   let csvLines: string[] = [];
   const state = (): RunState => ({ step, rng: rng.getState(), elapsedSec: elapsed, lastLoss: lossEma, args: a, config });
 
+  const pool = a.workers > 1 ? await GradientPool.start(a.workers, config, a.dataSeed, slots) : undefined;
+  if (pool) console.log(`data-parallel: ${a.workers} worker threads, each computing the gradient of ${Math.ceil(a.batch / a.workers)} samples`);
+
   while (step < a.steps && !stop) {
-    const samples = shapeSamples(a.dataSeed, step * a.batch, a.batch);
-    const captions = samples.map((s) => (rng.nextFloat() < a.dropout ? "" : s.caption));
-    const ids = parts.tokenizer.encode(captions, { longPrompts: "truncate" }).ids;
-    const half = schedule.numTimesteps / 2;
-    const timesteps = Array.from({ length: a.batch }, () => (rng.nextFloat() < a.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
-    // Offset noise: ε = n + s·c with n ~ N(0, I) per pixel and c ~ N(0, I) one value per image and
-    // channel. Plain white noise has a per-channel mean of std 1/32 at 32×32 — the same size as
-    // √ᾱ_999·(background colour) — so the model read the background colour off the noise's mean and
-    // could never shift it. With the shared offset in ε, the model must learn to predict (and
-    // therefore to change) the image's mean colour, which only the caption can tell it at high t.
-    const noiseT = tf.tidy(() => {
-      const n = randn([a.batch, hw, hw, 3], rng);
-      if (a.offsetNoise === 0) return n;
-      return tf.add(n, tf.mul(randn([a.batch, 1, 1, 3], rng), a.offsetNoise));
-    });
-    const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [a.batch, hw, hw, 3]);
-    const xt = qSample(x0, noiseT, timesteps, schedule) as tf.Tensor4D;
-    // Per-sample weight max(1, min(1/SNR_t, snrCap)): plain ε-MSE where the image is still visible,
-    // x₀-MSE (= ε-MSE / SNR) at high noise, capped so the highest t do not dominate.
-    const weights = timesteps.map((ti) => {
-      const ab = schedule.alphasCumprod[ti]!;
-      return Math.max(1, Math.min((1 - ab) / ab, a.snrCap));
-    });
-    const wSum = weights.reduce((x, y) => x + y, 0);
-    const wT = tf.tensor1d(weights.map((w) => w / wSum));
-    let perSample: tf.Tensor1D | undefined;
-    const { value, grads } = tf.variableGrads(() => {
-      const ctx = parts.textEncoder.encode(ids);
-      const eps = parts.unet.forward(xt, timesteps, ctx);
-      const mse = tf.mean(tf.square(tf.sub(eps, noiseT)), [1, 2, 3]) as tf.Tensor1D;
-      perSample = tf.keep(mse.clone());
-      return tf.sum(tf.mul(mse, wT)) as tf.Scalar;
-    }, vars);
-    const loss = tf.tidy(() => tf.mean(perSample!).dataSync()[0]!); // the plain ε-MSE, for the log
-    tf.dispose([perSample!, wT]);
+    const batch = drawBatch(a, step, rng, schedule, parts.tokenizer);
+    let loss: number;
+    let grads: tf.NamedTensorMap;
+    if (pool) {
+      const r = await pool.gradients(batch, slots);
+      grads = r.grads;
+      loss = r.mseSum / a.batch;
+    } else {
+      const r = batchGradients(parts, vars, batch, a.dataSeed, schedule);
+      grads = r.grads;
+      loss = r.mseSum / a.batch;
+    }
     const lr = learningRate(step, a);
     const gnorm = applyAdamW(slots, grads, step, lr, step < 100 ? 0 : a.ema);
-    tf.dispose([value, grads, noiseT, x0, xt]);
+    tf.dispose(grads);
     if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at step ${step}; restart from the last checkpoint with a lower --lr`);
     step++;
     elapsed = (Date.now() - t0) / 1000;
@@ -380,6 +368,7 @@ async function main(): Promise<void> {
       console.log(`checkpoint at step ${step} → ${a.run}; EMA weights exported to ${a.export}`);
     }
   }
+  await pool?.close();
   console.log(`done at step ${step} after ${(elapsed / 60).toFixed(1)} min; smoothed loss ${lossEma.toFixed(4)}`);
 }
 

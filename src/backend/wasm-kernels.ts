@@ -86,11 +86,13 @@ function zeroDilate(dy: tf.Tensor4D, sH: number, sW: number): tf.Tensor4D {
 }
 
 /**
- * dW for y = conv2d(x, W): for each filter tap (kh, kw),
- *   dW[kh, kw] = Σ_{n,oh,ow} x_pad[n, oh·sH + kh, ow·sW + kw, :]ᵀ · dy[n, oh, ow, :]
- * i.e. one [Cin × M]·[M × Cout] product per tap (M = N·OH·OW) of a strided slice of the padded
- * input. We compute dyᵀ once and form dWᵀ[kh,kw] = dyᵀ · slice, so every product is a plain
- * (non-transposed) 2-D matMul, the only fast matMul on wasm.
+ * dW for y = conv2d(x, W):
+ *   dW[kh, kw, ci, co] = Σ_{n,oh,ow} x_pad[n, oh·sH + kh, ow·sW + kw, ci] · dy[n, oh, ow, co]
+ * Written as one product: with the patch matrix P[m, (kh, kw, ci)] = x_pad[n, oh·sH + kh, ow·sW + kw, ci]
+ * (m = (n, oh, ow), "im2col"), dWᵀ = dyᵀ·P — a single [Cout × M]·[M × KH·KW·Cin] matMul, the one
+ * fast matMul shape on wasm. P is filled by copying Cin-long runs on the wasm heap (zeros where the
+ * tap falls in the padding), so neither a Pad nor KH·KW strided slices are needed. Backends without
+ * heap access (and non-float32 inputs) take the per-tap form: KH·KW strided slices, one matMul each.
  */
 function conv2DBackpropFilterNHWC(x: tf.Tensor4D, dy: tf.Tensor4D, filterShape: number[], attrs: ConvBackpropAttrs): tf.Tensor4D {
   const [kH, kW, cIn, cOut] = filterShape as [number, number, number, number];
@@ -99,8 +101,14 @@ function conv2DBackpropFilterNHWC(x: tf.Tensor4D, dy: tf.Tensor4D, filterShape: 
   const { outHeight: oH, outWidth: oW, strideHeight: sH, strideWidth: sW } = info;
   const n = x.shape[0];
   const m = n * oH * oW;
-  const xPad = padOrCrop(x, top, bottom, left, right);
   const dyT = tf.transpose(dy.reshape([m, cOut])); // [Cout, M]
+  const backend = tf.backend();
+  if (x.dtype === "float32" && hasHeapAccess(backend)) {
+    const patches = im2col(backend as unknown as WasmHeapAccess, x, kH, kW, sH, sW, top, left, oH, oW);
+    // [Cout, KH·KW·Cin] → [KH·KW·Cin, Cout] = [KH, KW, Cin, Cout]
+    return tf.transpose(tf.matMul(dyT, patches)).reshape([kH, kW, cIn, cOut]);
+  }
+  const xPad = padOrCrop(x, top, bottom, left, right);
   const taps: tf.Tensor2D[] = [];
   for (let kh = 0; kh < kH; kh++) {
     for (let kw = 0; kw < kW; kw++) {
@@ -110,6 +118,40 @@ function conv2DBackpropFilterNHWC(x: tf.Tensor4D, dy: tf.Tensor4D, filterShape: 
   }
   // [KH·KW, Cout, Cin] → [KH, KW, Cin, Cout]
   return tf.transpose(tf.stack(taps), [0, 2, 1]).reshape([kH, kW, cIn, cOut]);
+}
+
+/**
+ * The im2col patch matrix `[N·OH·OW, KH·KW·C]` of an NHWC float32 tensor for a convolution with the
+ * given kernel size, strides and leading padding (`top`, `left`); taps in the padding are zero.
+ * Built with one typed-array copy of C floats per (output pixel, tap) directly on the wasm heap.
+ */
+function im2col(w: WasmHeapAccess, x: tf.Tensor4D, kH: number, kW: number, sH: number, sW: number, top: number, left: number, oH: number, oW: number): tf.Tensor2D {
+  const [n, h, wd, c] = x.shape;
+  const rowLen = kH * kW * c;
+  const out = w.makeOutput([n * oH * oW, rowLen], "float32");
+  // Views are taken after the allocation, which may have grown (and detached) the heap.
+  const dst = w.typedArrayFromHeap(out);
+  const src = w.typedArrayFromHeap({ dataId: x.dataId, shape: x.shape, dtype: "float32" });
+  let row = 0;
+  for (let b = 0; b < n; b++) {
+    for (let oy = 0; oy < oH; oy++) {
+      for (let ox = 0; ox < oW; ox++, row++) {
+        let o = row * rowLen;
+        for (let kh = 0; kh < kH; kh++) {
+          const iy = oy * sH + kh - top;
+          for (let kw = 0; kw < kW; kw++, o += c) {
+            const ix = ox * sW + kw - left;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= wd) dst.fill(0, o, o + c);
+            else {
+              const s0 = ((b * h + iy) * wd + ix) * c;
+              dst.set(src.subarray(s0, s0 + c), o);
+            }
+          }
+        }
+      }
+    }
+  }
+  return tf.engine().makeTensorFromTensorInfo(out, tf.backend()) as tf.Tensor2D;
 }
 
 /**

@@ -1,0 +1,274 @@
+/**
+ * One training batch of the tiny base model, and computing its gradient on several CPU cores.
+ *
+ * The tfjs wasm backend runs one thread per process, and the tiny UNet's ops are too small for
+ * intra-op threading to pay off (measured in reference/tfjs-on-this-machine.md). So on a machine
+ * with N cores the batch is split into N parts and each part's gradient is computed in its own
+ * worker thread (its own wasm instance) — plain data parallelism. The main thread owns the weights,
+ * the AdamW state, the EMA and the checkpoints; per step it writes the current weights into a
+ * shared buffer, each worker loads them, computes Σ_i w_i·mse_i over its samples and writes its
+ * gradient into its own shared buffer, and the main thread adds the parts up. Because the loss is a
+ * weighted sum over samples, the summed gradient equals the single-process one up to float
+ * rounding, and everything random is drawn on the main thread (`drawBatch`), so a run's data stream
+ * does not depend on the number of workers.
+ */
+import * as path from "node:path";
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../src/diffusion/random";
+import { qSample, sd15Schedule, type NoiseSchedule } from "../src/diffusion/schedule";
+import { useBackend } from "../src/kernel-helpers/backend";
+import type { Param } from "../src/nn/module";
+import { buildTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
+import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes";
+
+/** Everything one (part of a) batch needs; all of it drawn by the main thread. */
+export interface BatchPart {
+  /** First dataset index and number of samples (scenes `start … start + count − 1`). */
+  start: number;
+  count: number;
+  /** Token ids of the captions after caption dropout, `[count][maxLength]`. */
+  ids: number[][];
+  timesteps: number[];
+  /** ε, `[count, 32, 32, 3]`, offset noise included. */
+  noise: Float32Array;
+  /** Each sample's loss weight, already divided by the whole batch's total. */
+  weights: number[];
+}
+
+/** The knobs of `drawBatch` (a subset of train-base's options). */
+export interface DrawOptions {
+  batch: number;
+  dropout: number;
+  highT: number;
+  snrCap: number;
+  offsetNoise: number;
+  dataSeed: number;
+}
+
+/**
+ * Draw step `step`'s batch: scenes `step·batch …`, ~`dropout` of the captions replaced by "",
+ * t ~ U{0…999} (a fraction `highT` from U{500…999}), ε = n + s·c (offset noise: n per pixel,
+ * c per image and channel), and per-sample weights max(1, min(1/SNR_t, snrCap)) normalised to sum 1.
+ */
+export function drawBatch(o: DrawOptions, step: number, rng: Rng, schedule: NoiseSchedule, tokenizer: TinyModelParts["tokenizer"]): BatchPart {
+  const start = step * o.batch;
+  const captions = shapeSamples(o.dataSeed, start, o.batch).map((s) => s.caption);
+  const dropped = captions.map((c) => (rng.nextFloat() < o.dropout ? "" : c));
+  const ids = tokenizer.encode(dropped, { longPrompts: "truncate" }).ids;
+  const half = schedule.numTimesteps / 2;
+  const timesteps = Array.from({ length: o.batch }, () => (rng.nextFloat() < o.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
+  const per = TINY_SIZE * TINY_SIZE * 3;
+  // Offset noise: plain white noise has a per-channel mean of std 1/32 at 32×32 — the same size as
+  // √ᾱ_999·(background colour) — so a model trained on it reads the background colour off the
+  // noise's mean. With a shared per-image, per-channel offset in ε it must learn to predict (and
+  // so to change) the image's mean colour, which only the caption can tell it at high t.
+  const noise = rng.normal(o.batch * per);
+  if (o.offsetNoise !== 0) {
+    const offs = rng.normal(o.batch * 3);
+    for (let i = 0; i < noise.length; i++) noise[i]! += o.offsetNoise * offs[Math.floor(i / per) * 3 + (i % 3)]!;
+  }
+  // x₀-error weighting at high noise: ε-MSE/SNR where the image is hidden, capped.
+  const raw = timesteps.map((ti) => {
+    const ab = schedule.alphasCumprod[ti]!;
+    return Math.max(1, Math.min((1 - ab) / ab, o.snrCap));
+  });
+  const total = raw.reduce((x, y) => x + y, 0);
+  return { start, count: o.batch, ids, timesteps, noise, weights: raw.map((w) => w / total) };
+}
+
+/** Split a batch into `n` nearly equal consecutive parts (weights keep the whole batch's normalisation). */
+export function splitBatch(b: BatchPart, n: number): BatchPart[] {
+  const per = TINY_SIZE * TINY_SIZE * 3;
+  const out: BatchPart[] = [];
+  let at = 0;
+  for (let k = 0; k < n; k++) {
+    const c = Math.floor(b.count / n) + (k < b.count % n ? 1 : 0);
+    if (c === 0) continue;
+    out.push({ start: b.start + at, count: c, ids: b.ids.slice(at, at + c), timesteps: b.timesteps.slice(at, at + c), noise: b.noise.slice(at * per, (at + c) * per), weights: b.weights.slice(at, at + c) });
+    at += c;
+  }
+  return out;
+}
+
+/**
+ * The gradient of Σ_i w_i·mean((ε̂(x_t, t, text(caption)) − ε)²) over one batch part with respect to
+ * `vars` (every UNet and text-encoder weight), and Σ_i mse_i (the plain ε-MSE, for the log).
+ */
+export function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: BatchPart, dataSeed: number, schedule: NoiseSchedule): { grads: tf.NamedTensorMap; mseSum: number } {
+  const hw = TINY_SIZE;
+  const samples = shapeSamples(dataSeed, b.start, b.count);
+  const noise = tf.tensor4d(b.noise, [b.count, hw, hw, 3]);
+  const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [b.count, hw, hw, 3]);
+  const xt = qSample(x0, noise, b.timesteps, schedule) as tf.Tensor4D;
+  const w = tf.tensor1d(b.weights);
+  let perSample: tf.Tensor1D | undefined;
+  const { value, grads } = tf.variableGrads(() => {
+    const ctx = parts.textEncoder.encode(b.ids);
+    const eps = parts.unet.forward(xt, b.timesteps, ctx);
+    const mse = tf.mean(tf.square(tf.sub(eps, noise)), [1, 2, 3]) as tf.Tensor1D;
+    perSample = tf.keep(mse.clone());
+    return tf.sum(tf.mul(mse, w)) as tf.Scalar;
+  }, vars);
+  const mseSum = tf.tidy(() => tf.sum(perSample!).dataSync()[0]!);
+  tf.dispose([perSample!, w, value, noise, x0, xt]);
+  return { grads, mseSum };
+}
+
+interface WorkerInit {
+  config: TinyModelConfig;
+  dataSeed: number;
+  keys: string[];
+  weights: SharedArrayBuffer;
+  grads: SharedArrayBuffer;
+}
+
+type ToWorker = { kind: "part"; part: BatchPart } | { kind: "close" };
+type FromWorker = { kind: "ready" } | { kind: "done"; mseSum: number } | { kind: "error"; message: string };
+
+/** Offsets of each parameter in the flat shared buffers, in slot order. */
+function layout(shapes: number[][]): { offsets: number[]; total: number } {
+  const offsets: number[] = [];
+  let total = 0;
+  for (const s of shapes) {
+    offsets.push(total);
+    total += s.reduce((x, y) => x * y, 1);
+  }
+  return { offsets, total };
+}
+
+/** A slot as the pool sees it: the live weight (a tfjs variable) and its checkpoint key. */
+export interface PoolSlot {
+  key: string;
+  param: Param;
+}
+
+/** N worker threads that each compute one part of every batch's gradient. */
+export class GradientPool {
+  private constructor(
+    private readonly workers: Worker[],
+    private readonly weights: Float32Array,
+    private readonly grads: Float32Array[],
+    private readonly offsets: number[],
+    private readonly shapes: number[][],
+  ) {}
+
+  /** Start `n` workers, each building the model from `config`; resolves when all are ready. */
+  static async start(n: number, config: TinyModelConfig, dataSeed: number, slots: PoolSlot[]): Promise<GradientPool> {
+    const shapes = slots.map((s) => [...s.param.value.shape]);
+    const { offsets, total } = layout(shapes);
+    const wBuf = new SharedArrayBuffer(total * 4);
+    const gBufs = Array.from({ length: n }, () => new SharedArrayBuffer(total * 4));
+    const file = path.resolve(__filename);
+    const bootstrap = `require("ts-node").register({ transpileOnly: true }); require(${JSON.stringify(file)});`;
+    const workers = gBufs.map((g) => new Worker(bootstrap, { eval: true, workerData: { config, dataSeed, keys: slots.map((s) => s.key), weights: wBuf, grads: g } satisfies WorkerInit }));
+    await Promise.all(workers.map((w) => reply(w)));
+    return new GradientPool(workers, new Float32Array(wBuf), gBufs.map((g) => new Float32Array(g)), offsets, shapes);
+  }
+
+  /** The summed gradient of `batch` at the current values of `slots`, keyed by variable name. */
+  async gradients(batch: BatchPart, slots: PoolSlot[]): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
+    slots.forEach((s, i) => this.weights.set(s.param.value.dataSync() as Float32Array, this.offsets[i]!));
+    const partsOf = splitBatch(batch, this.workers.length);
+    const results = await Promise.all(
+      partsOf.map((part, k) => {
+        const w = this.workers[k]!;
+        const r = reply(w);
+        w.postMessage({ kind: "part", part } satisfies ToWorker);
+        return r;
+      }),
+    );
+    const sum = new Float32Array(this.weights.length);
+    for (let k = 0; k < partsOf.length; k++) {
+      const g = this.grads[k]!;
+      for (let i = 0; i < sum.length; i++) sum[i]! += g[i]!;
+    }
+    const grads: tf.NamedTensorMap = {};
+    slots.forEach((s, i) => {
+      const size = this.shapes[i]!.reduce((x, y) => x * y, 1);
+      grads[s.param.value.name] = tf.tensor(sum.subarray(this.offsets[i]!, this.offsets[i]! + size), this.shapes[i]!, "float32");
+    });
+    let mseSum = 0;
+    for (const r of results) if (r.kind === "done") mseSum += r.mseSum;
+    return { grads, mseSum };
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.workers) w.postMessage({ kind: "close" } satisfies ToWorker);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** The next message from a worker; rejects on an error message or a crash. */
+function reply(w: Worker): Promise<FromWorker> {
+  return new Promise((resolve, reject) => {
+    const onMsg = (m: FromWorker): void => {
+      cleanup();
+      if (m.kind === "error") reject(new Error(`training worker: ${m.message}`));
+      else resolve(m);
+    };
+    const onErr = (e: Error): void => {
+      cleanup();
+      reject(e);
+    };
+    const onExit = (code: number): void => {
+      cleanup();
+      reject(new Error(`training worker exited with code ${code}`));
+    };
+    const cleanup = (): void => {
+      w.off("message", onMsg);
+      w.off("error", onErr);
+      w.off("exit", onExit);
+    };
+    w.on("message", onMsg);
+    w.on("error", onErr);
+    w.on("exit", onExit);
+  });
+}
+
+/** Worker side: build the model, then answer "part" messages with gradients in the shared buffer. */
+async function workerMain(init: WorkerInit): Promise<void> {
+  const port = parentPort!;
+  try {
+    await useBackend("wasm", { quiet: true });
+    registerWasmUnsortedSegmentSum();
+    const parts = buildTinyModel(init.config, { trainable: true });
+    const named: Array<[string, Param]> = [...parts.unet.namedParameters("unet."), ...parts.textEncoder.namedParameters("text.")];
+    const keys = named.map(([k]) => k);
+    if (keys.join("\n") !== init.keys.join("\n")) throw new Error("the worker's model has different parameters from the main thread's");
+    const vars = named.map(([, p]) => p.value);
+    const shapes = vars.map((v) => [...v.shape]);
+    const { offsets } = layout(shapes);
+    const weights = new Float32Array(init.weights);
+    const grads = new Float32Array(init.grads);
+    const index = new Map(vars.map((v, i) => [v.name, i]));
+    const schedule = sd15Schedule();
+    port.postMessage({ kind: "ready" } satisfies FromWorker);
+    port.on("message", (m: ToWorker) => {
+      if (m.kind === "close") {
+        port.close();
+        return;
+      }
+      try {
+        vars.forEach((v, i) => {
+          const size = shapes[i]!.reduce((x, y) => x * y, 1);
+          const t = tf.tensor(weights.subarray(offsets[i]!, offsets[i]! + size), shapes[i]!, "float32");
+          v.assign(t);
+          t.dispose();
+        });
+        const { grads: g, mseSum } = batchGradients(parts, vars, m.part, init.dataSeed, schedule);
+        grads.fill(0); // a weight the loss does not reach gets no entry in g
+        for (const [name, t] of Object.entries(g)) grads.set(t.dataSync() as Float32Array, offsets[index.get(name)!]!);
+        tf.dispose(g);
+        port.postMessage({ kind: "done", mseSum } satisfies FromWorker);
+      } catch (e) {
+        port.postMessage({ kind: "error", message: e instanceof Error ? e.message : String(e) } satisfies FromWorker);
+      }
+    });
+  } catch (e) {
+    port.postMessage({ kind: "error", message: e instanceof Error ? e.message : String(e) } satisfies FromWorker);
+  }
+}
+
+if (!isMainThread && parentPort) void workerMain(workerData as WorkerInit);
