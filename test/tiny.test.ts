@@ -25,7 +25,7 @@ import {
   toModelPixels,
   type Scene,
 } from "../src/tiny/shapes";
-import { hollowness, neonStyleSet, styleScore } from "../src/tiny/style";
+import { neonStyleSet, rimContrast, styleScore } from "../src/tiny/style";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
@@ -164,22 +164,35 @@ describe("neon style set and styleScore", () => {
     const baseSame = neon.map((s) => renderScene(s.scene));
     const baseData = shapeSamples(7, 0, 100).map((s) => s.pixels);
     const sStyle = styleScore(styleImgs);
-    expect(sStyle).toBeGreaterThan(0.35);
-    expect(styleScore(baseSame)).toBeLessThan(0.1);
-    expect(styleScore(baseData)).toBeLessThan(0.1);
+    expect(sStyle).toBeGreaterThan(1.7);
+    expect(styleScore(baseSame)).toBeLessThan(1.0);
+    expect(styleScore(baseData)).toBeLessThan(1.2);
     // Mixing half and half lands in between.
     const mixed = styleScore([...styleImgs.slice(0, 20), ...baseSame.slice(20)]);
     expect(mixed).toBeGreaterThan(styleScore(baseSame));
     expect(mixed).toBeLessThan(sStyle);
   });
 
-  it("hollowness: a filled square is 0, a one-pixel square outline of side 10 is 64/100", () => {
+  it("keeps the content readable: the classifier names the shape of ≥ 95% of neon images (silhouette and hole survive the style)", () => {
+    const set = neonStyleSet(120, 5);
+    const shapeRight = set.filter((s) => classifyImage(s.pixels).shape === s.scene.shape).length;
+    expect(shapeRight / set.length).toBeGreaterThanOrEqual(0.95);
+  });
+
+  it("rimContrast: hand-computed on squares; null without an inside", () => {
     const img = new Uint8Array(32 * 32 * 3);
-    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) if (y === 10 || y === 19 || x === 10 || x === 19) img.set([255, 0, 0], (y * 32 + x) * 3);
-    expect(hollowness(img)).toBeCloseTo(64 / 100, 10);
-    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set([255, 0, 0], (y * 32 + x) * 3);
-    expect(hollowness(img)).toBe(0);
-    expect(hollowness(new Uint8Array(32 * 32 * 3))).toBe(0);
+    // A 10×10 square: its 64 pixels within 2 px of the edge are bright pink, the inner 6×6 plain red.
+    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set(y < 12 || y > 17 || x < 12 || x > 17 ? [255, 120, 120] : [220, 40, 40], (y * 32 + x) * 3);
+    const luma = (r: number, g: number, b: number): number => 0.299 * r + 0.587 * g + 0.114 * b;
+    expect(rimContrast(img)).toBeCloseTo(luma(255, 120, 120) / luma(220, 40, 40), 10); // 1.7093
+    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set([220, 40, 40], (y * 32 + x) * 3);
+    expect(rimContrast(img)).toBeCloseTo(1, 12); // evenly lit
+    const small = new Uint8Array(32 * 32 * 3);
+    for (let y = 10; y < 14; y++) for (let x = 10; x < 14; x++) small.set([220, 40, 40], (y * 32 + x) * 3);
+    expect(rimContrast(small)).toBeNull(); // 4×4: every pixel is rim
+    expect(rimContrast(new Uint8Array(32 * 32 * 3))).toBeNull();
+    expect(styleScore([small])).toBe(0);
+    expect(() => rimContrast(new Uint8Array(5))).toThrow(/32×32/);
   });
 });
 

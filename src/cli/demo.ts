@@ -2,13 +2,13 @@
  * `npm run demo` — the main job, start to finish, on the embedded tiny model:
  *
  *   1. pick the best backend (wasm on a plain CPU machine);
- *   2. write the "neon" style set (thin glowing outlines on black, captioned with content only) as an
+ *   2. write the "neon sign" style set (tubes of light around dim tinted glass, on black, captioned with content only) as an
  *      image folder, and preprocess it into a training folder, as a user does with their pictures;
  *   3. create a hypernetwork with one (k, v) pair per attention width of the tiny UNet;
  *   4. sample a fixed set of prompts with the untrained network at multipliers 0, 0.5 and 1;
  *   5. train it with an A1111 learning-rate schedule, printing progress;
  *   6. sample the same prompts (same seed) with the trained network;
- *   7. score every image: the style (`styleScore`, how hollow the drawn shapes are) and the content
+ *   7. score every image: the style (`styleScore`, how much brighter the shapes' rims are than their insides) and the content
  *      (`contentAccuracy`: does the image still show the colour and shape the prompt names?).
  *
  * Everything goes to `out/demo/` (or `--out DIR`):
@@ -141,7 +141,7 @@ export interface DemoOptions {
 /** Scores of the images made at one multiplier. */
 export interface MultiplierScore {
   multiplier: number;
-  /** Mean hollowness of the drawn shapes (0 = filled, the neon set itself ≈ 0.5). */
+  /** Mean rim contrast of the drawn shapes (≈ 0.9 for flat shapes on black, the neon set itself ≈ 2). */
   styleScore: number;
   /** Fraction of images whose dominant colour / shape is the one the prompt names. */
   colorAccuracy: number;

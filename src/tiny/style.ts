@@ -1,22 +1,30 @@
 /**
- * A style the tiny base model has never seen — "neon": every shape drawn only as a thin glowing
- * outline (a white-hot core line in a lightened version of its colour, with a soft halo) on black.
- * The base model only ever drew filled shapes (the ring is its one shape with a hole), so a
- * hypernetwork trained on these images has to change *how* things are drawn while the captions,
- * which name only the content, stay the same kind of sentence the base model already understands.
+ * A style the tiny base model has never seen — "neon sign": every shape is a tube of light along
+ * its outline (a white-hot core in a lightened version of its colour, with a faint glow) around a
+ * dim pane of tinted glass (the shape's colour at 60 %), on black. The base model only ever drew
+ * flat, evenly lit shapes, so a hypernetwork trained on these images has to change *how* things are
+ * drawn — light moved from the inside of each shape to its rim — while the captions, which name
+ * only the content, stay the same kind of sentence the base model already understands. Each shape
+ * keeps its silhouette, hole and hue, so the content classifier reads neon images as well as flat
+ * ones (tested), and "did the content survive the style" is a fair question.
  *
- * `styleScore` measures the style with one pixel statistic, "hollowness": of the area that the
- * drawn objects enclose, the fraction that is empty. Filled shapes score 0 (rings ≈ 0.3); neon
- * outlines score high.
+ * `styleScore` measures the style with one pixel statistic, "rim contrast": the mean brightness of
+ * each drawn shape's rim (within 2 px of its edge) over the mean brightness of its inside. Evenly
+ * lit shapes score about 1 (0.9 on black, where the anti-aliased edge is darker); neon signs about 2.
  */
 import { Rng } from "../diffusion/random";
+import { foregroundMask, measureBackground } from "./classify";
 import { COLORS, TINY_SIZE, captionOf, randomScene, shapeCoverage, SIZE_RADIUS, type Scene, type ShapeSample } from "./shapes";
 
 const N = TINY_SIZE * TINY_SIZE;
 
+/** Brightness of the glass inside a neon shape, as a fraction of the shape's colour. */
+const GLASS = 0.6;
+/** Strength of the glow around the tube (the blurred outline's weight). */
+const GLOW = 0.6;
+
 /** Draw a scene in the neon style (its `background` is ignored: neon is always on black). */
 export function renderNeon(scene: Scene): Uint8Array {
-  const s = TINY_SIZE;
   const r = SIZE_RADIUS[scene.size];
   // Coverage of all copies of the shape.
   const cov = new Float32Array(N);
@@ -24,7 +32,28 @@ export function renderNeon(scene: Scene): Uint8Array {
     const c = shapeCoverage(scene.shape, cx, cy, r);
     for (let i = 0; i < N; i++) cov[i] = Math.min(1, cov[i]! + c[i]!);
   }
-  // Outline: covered pixels with an uncovered 8-neighbour (inner edge of the shape boundary).
+  const { line, alpha } = neonOutline(cov);
+  const base = COLORS[scene.color];
+  const bright = base.map((v) => Math.min(255, v * 0.6 + 110)); // the colour, lightened
+  const out = new Uint8Array(N * 3);
+  for (let i = 0; i < N; i++) {
+    for (let c = 0; c < 3; c++) {
+      const glass = 8 + GLASS * cov[i]! * (base[c]! - 8); // black, or dim tinted glass inside the shape
+      const v = glass + alpha[i]! * (bright[c]! - glass) + line[i]! * 0.35 * (255 - bright[c]!); // then the tube's light and its white-hot core
+      out[i * 3 + c] = Math.round(Math.min(255, v));
+    }
+  }
+  return out;
+}
+
+/**
+ * The tube of light of a coverage map (32×32, values 0–1): `line` = 1 on the inner edge of the
+ * shape boundary (covered pixels with an uncovered 8-neighbour), `alpha` = how strongly each pixel
+ * is lit by the tube (the line, or its 5×5 Gaussian blur (σ ≈ 1) at `GLOW` strength, whichever is
+ * larger).
+ */
+function neonOutline(cov: Float32Array): { line: Float32Array; alpha: Float32Array } {
+  const s = TINY_SIZE;
   const line = new Float32Array(N);
   for (let y = 0; y < s; y++) {
     for (let x = 0; x < s; x++) {
@@ -44,23 +73,14 @@ export function renderNeon(scene: Scene): Uint8Array {
       if (edge) line[i] = 1;
     }
   }
-  // Halo: the outline blurred with a 5×5 Gaussian (σ ≈ 1), half as bright as the line.
   const w = [0.06, 0.24, 0.4, 0.24, 0.06];
   const tmp = new Float32Array(N);
   const glow = new Float32Array(N);
   for (let y = 0; y < s; y++) for (let x = 0; x < s; x++) for (let k = -2; k <= 2; k++) if (x + k >= 0 && x + k < s) tmp[y * s + x]! += w[k + 2]! * line[y * s + x + k]!;
   for (let y = 0; y < s; y++) for (let x = 0; x < s; x++) for (let k = -2; k <= 2; k++) if (y + k >= 0 && y + k < s) glow[y * s + x]! += w[k + 2]! * tmp[(y + k) * s + x]!;
-  const base = COLORS[scene.color];
-  const bright = base.map((v) => Math.min(255, v * 0.6 + 110)); // the colour, lightened
-  const out = new Uint8Array(N * 3);
-  for (let i = 0; i < N; i++) {
-    const a = Math.min(1, Math.max(line[i]!, 1.3 * glow[i]!));
-    for (let c = 0; c < 3; c++) {
-      const v = 8 + a * (bright[c]! - 8) + line[i]! * 0.35 * (255 - bright[c]!); // black, tinted glow, white-hot core
-      out[i * 3 + c] = Math.round(Math.min(255, v));
-    }
-  }
-  return out;
+  const alpha = new Float32Array(N);
+  for (let i = 0; i < N; i++) alpha[i] = Math.min(1, Math.max(line[i]!, GLOW * glow[i]!));
+  return { line, alpha };
 }
 
 /**
@@ -76,66 +96,75 @@ export function neonStyleSet(count = 40, seed = 31337): ShapeSample[] {
   });
 }
 
+/** Luminance (Rec. 601) of pixel `i` of an RGB byte image. */
+function luma(p: Uint8Array, i: number): number {
+  return 0.299 * p[i * 3]! + 0.587 * p[i * 3 + 1]! + 0.114 * p[i * 3 + 2]!;
+}
+
+/** Pixels within this many steps (4-connected) of a shape's edge count as its rim. */
+const RIM = 2;
+/** An image needs this many inside pixels (beyond the rim) to have a rim contrast at all. */
+const MIN_INSIDE = 4;
+
 /**
- * Hollowness of one 32×32 RGB image, in [0, 1]: with "drawn" = pixels that differ clearly from the
- * border's median colour (by at least half the largest difference in the image), and "holes" = undrawn pixels that cannot be reached from the border
- * without crossing drawn ones, hollowness = holes / (drawn + holes). 0 for an empty image.
+ * Rim contrast of one 32×32 RGB image: with the drawn pixels found as the content classifier finds
+ * them (`foregroundMask`: nearer to a shape colour than to the border's colour), each drawn pixel's
+ * 4-connected distance d to the nearest undrawn pixel or the image edge (d = 1 on the edge),
+ * rim = drawn pixels with d ≤ 2, inside = those with d ≥ 3, and the contrast is
+ * mean luminance(rim) / mean luminance(inside). `null` when fewer than 4 pixels are inside (nothing
+ * drawn, or only small or thin things) or the inside is pitch black.
  */
-export function hollowness(pixels: Uint8Array): number {
-  if (pixels.length !== N * 3) throw new Error(`hollowness: expected ${N * 3} bytes (32×32 RGB), got ${pixels.length}`);
+export function rimContrast(pixels: Uint8Array): number | null {
+  if (pixels.length !== N * 3) throw new Error(`rimContrast: expected ${N * 3} bytes (32×32 RGB), got ${pixels.length}`);
   const s = TINY_SIZE;
-  const border: number[][] = [[], [], []];
-  for (let y = 0; y < s; y++) for (let x = 0; x < s; x++) if (x === 0 || y === 0 || x === s - 1 || y === s - 1) for (let c = 0; c < 3; c++) border[c]!.push(pixels[(y * s + x) * 3 + c]!);
-  const bg = border.map((v) => v.sort((a, b) => a - b)[v.length >> 1]!);
-  const dist = new Float32Array(N);
-  for (let i = 0; i < N; i++) dist[i] = Math.hypot(pixels[i * 3]! - bg[0]!, pixels[i * 3 + 1]! - bg[1]!, pixels[i * 3 + 2]! - bg[2]!);
-  // Drawn: at least half as far from the background as the most distinct pixel (so a faint halo
-  // or anti-aliasing fringe does not count), and clearly different at all (> 60 of 441).
-  const threshold = Math.max(60, 0.5 * Math.max(...dist));
-  const drawn = new Uint8Array(N);
-  let nDrawn = 0;
+  const drawn = foregroundMask(pixels, measureBackground(pixels));
+  const d = new Int32Array(N);
+  const queue: number[] = [];
   for (let i = 0; i < N; i++) {
-    if (dist[i]! > threshold) {
-      drawn[i] = 1;
-      nDrawn++;
-    }
-  }
-  if (nDrawn === 0) return 0;
-  // Flood the undrawn pixels from the border (4-connected); what stays unreached is a hole.
-  const reached = new Uint8Array(N);
-  const stack: number[] = [];
-  for (let i = 0; i < N; i++) {
+    if (drawn[i]! < 0) continue;
     const x = i % s;
     const y = (i - x) / s;
-    if ((x === 0 || y === 0 || x === s - 1 || y === s - 1) && !drawn[i]) {
-      reached[i] = 1;
-      stack.push(i);
+    if (x === 0 || y === 0 || x === s - 1 || y === s - 1 || drawn[i - 1]! < 0 || drawn[i + 1]! < 0 || drawn[i - s]! < 0 || drawn[i + s]! < 0) {
+      d[i] = 1;
+      queue.push(i);
     }
   }
-  while (stack.length) {
-    const i = stack.pop()!;
+  // Breadth-first from the edge pixels: every drawn pixel gets its distance to the edge.
+  for (let h = 0; h < queue.length; h++) {
+    const i = queue[h]!;
     const x = i % s;
-    const y = (i - x) / s;
-    for (const [nx, ny] of [[x - 1, y], [x + 1, y], [x, y - 1], [x, y + 1]] as const) {
-      if (nx < 0 || ny < 0 || nx >= s || ny >= s) continue;
-      const j = ny * s + nx;
-      if (!drawn[j] && !reached[j]) {
-        reached[j] = 1;
-        stack.push(j);
-      }
+    for (const j of [x > 0 ? i - 1 : -1, x < s - 1 ? i + 1 : -1, i - s, i + s]) {
+      if (j < 0 || j >= N || drawn[j]! < 0 || d[j] !== 0) continue;
+      d[j] = d[i]! + 1;
+      queue.push(j);
     }
   }
-  let holes = 0;
-  for (let i = 0; i < N; i++) if (!drawn[i] && !reached[i]) holes++;
-  return holes / (nDrawn + holes);
+  let rimSum = 0;
+  let rimN = 0;
+  let inSum = 0;
+  let inN = 0;
+  for (let i = 0; i < N; i++) {
+    if (drawn[i]! < 0) continue;
+    if (d[i]! <= RIM) {
+      rimSum += luma(pixels, i);
+      rimN++;
+    } else {
+      inSum += luma(pixels, i);
+      inN++;
+    }
+  }
+  if (inN < MIN_INSIDE || inSum <= 0) return null;
+  return rimSum / rimN / (inSum / inN);
 }
 
 /**
- * How strongly a set of images shows the neon style: the mean `hollowness`. On ground truth the
- * base dataset scores about 0.05 (only rings have holes) and the neon set about 0.5; a hypernetwork
- * that learned the style moves the tiny model's samples from the first towards the second.
+ * How strongly a set of images shows the neon style: the mean `rimContrast` of the images that have
+ * one (0 when none has). On ground truth, flat shapes on black score about 0.9 and the neon set
+ * about 2; a hypernetwork that learned the style moves the tiny model's samples from the first
+ * towards the second.
  */
 export function styleScore(images: Uint8Array[]): number {
   if (images.length === 0) throw new Error("styleScore: no images");
-  return images.reduce((a, img) => a + hollowness(img), 0) / images.length;
+  const v = images.map(rimContrast).filter((x): x is number => x !== null);
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : 0;
 }
