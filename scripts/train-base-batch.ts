@@ -35,6 +35,8 @@ export interface BatchPart {
   noise: Float32Array;
   /** Each sample's loss weight, already divided by the whole batch's total. */
   weights: number[];
+  /** Each sample's weight for the colour-mean loss (see `drawBatch`), already divided by the batch size. */
+  meanWeights: number[];
 }
 
 /** The knobs of `drawBatch` (a subset of train-base's options). */
@@ -45,12 +47,25 @@ export interface DrawOptions {
   snrCap: number;
   offsetNoise: number;
   dataSeed: number;
+  /** λ of the colour-mean loss (0 = off). */
+  meanLoss: number;
+  /** Cap on σ_t² in the colour-mean loss's weight. */
+  meanCap: number;
 }
 
 /**
  * Draw step `step`'s batch: scenes `step·batch …`, ~`dropout` of the captions replaced by "",
  * t ~ U{0…999} (a fraction `highT` from U{500…999}), ε = n + s·c (offset noise: n per pixel,
  * c per image and channel), and per-sample weights max(1, min(1/SNR_t, snrCap)) normalised to sum 1.
+ *
+ * The colour-mean loss: at 32×32 the per-channel mean of an image — mostly its background — is its
+ * dominant content, and sampling fixes it in the very first step, at σ ≈ 14.6, where the clean-image
+ * estimate is x̂₀ = x − σ·ε̂ (in k-diffusion's scaling): an error δ in the mean of ε̂ becomes an error
+ * σ·δ ≈ 15δ in the mean colour. Measured on the step-2,000 model: δ ≈ 0.05 gave backgrounds off by
+ * 0.5–1.5 (saturated green, pink, orange for "black background"), locked in for the rest of the run.
+ * Plain ε-MSE barely sees δ (a 0.05 mean error adds 0.0025 to a per-pixel loss of ~0.025), so the
+ * loss gets a term for exactly that: λ·min(σ_t², meanCap)·mean_c (mean(ε̂)_c − mean(ε)_c)², which is
+ * the squared error of x̂₀'s mean colour.
  */
 export function drawBatch(o: DrawOptions, step: number, rng: Rng, schedule: NoiseSchedule, tokenizer: TinyModelParts["tokenizer"]): BatchPart {
   const start = step * o.batch;
@@ -75,7 +90,11 @@ export function drawBatch(o: DrawOptions, step: number, rng: Rng, schedule: Nois
     return Math.max(1, Math.min((1 - ab) / ab, o.snrCap));
   });
   const total = raw.reduce((x, y) => x + y, 0);
-  return { start, count: o.batch, ids, timesteps, noise, weights: raw.map((w) => w / total) };
+  const meanWeights = timesteps.map((ti) => {
+    const ab = schedule.alphasCumprod[ti]!;
+    return (o.meanLoss * Math.min((1 - ab) / ab, o.meanCap)) / o.batch;
+  });
+  return { start, count: o.batch, ids, timesteps, noise, weights: raw.map((w) => w / total), meanWeights };
 }
 
 /** Split a batch into `n` nearly equal consecutive parts (weights keep the whole batch's normalisation). */
@@ -86,14 +105,15 @@ export function splitBatch(b: BatchPart, n: number): BatchPart[] {
   for (let k = 0; k < n; k++) {
     const c = Math.floor(b.count / n) + (k < b.count % n ? 1 : 0);
     if (c === 0) continue;
-    out.push({ start: b.start + at, count: c, ids: b.ids.slice(at, at + c), timesteps: b.timesteps.slice(at, at + c), noise: b.noise.slice(at * per, (at + c) * per), weights: b.weights.slice(at, at + c) });
+    out.push({ start: b.start + at, count: c, ids: b.ids.slice(at, at + c), timesteps: b.timesteps.slice(at, at + c), noise: b.noise.slice(at * per, (at + c) * per), weights: b.weights.slice(at, at + c), meanWeights: b.meanWeights.slice(at, at + c) });
     at += c;
   }
   return out;
 }
 
 /**
- * The gradient of Σ_i w_i·mean((ε̂(x_t, t, text(caption)) − ε)²) over one batch part with respect to
+ * The gradient of Σ_i w_i·mean((ε̂(x_t, t, text(caption)) − ε)²) + Σ_i u_i·mean_c(mean(ε̂)_c − mean(ε)_c)²
+ * (u = `meanWeights`, the colour-mean loss of `drawBatch`) over one batch part with respect to
  * `vars` (every UNet and text-encoder weight), and Σ_i mse_i (the plain ε-MSE, for the log).
  */
 export function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: BatchPart, dataSeed: number, schedule: NoiseSchedule): { grads: tf.NamedTensorMap; mseSum: number } {
@@ -103,16 +123,21 @@ export function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: Ba
   const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [b.count, hw, hw, 3]);
   const xt = qSample(x0, noise, b.timesteps, schedule) as tf.Tensor4D;
   const w = tf.tensor1d(b.weights);
+  const u = tf.tensor1d(b.meanWeights);
+  const useMean = b.meanWeights.some((x) => x > 0);
   let perSample: tf.Tensor1D | undefined;
   const { value, grads } = tf.variableGrads(() => {
     const ctx = parts.textEncoder.encode(b.ids);
     const eps = parts.unet.forward(xt, b.timesteps, ctx);
     const mse = tf.mean(tf.square(tf.sub(eps, noise)), [1, 2, 3]) as tf.Tensor1D;
     perSample = tf.keep(mse.clone());
-    return tf.sum(tf.mul(mse, w)) as tf.Scalar;
+    const loss = tf.sum(tf.mul(mse, w));
+    if (!useMean) return loss as tf.Scalar;
+    const meanErr = tf.mean(tf.square(tf.sub(tf.mean(eps, [1, 2]), tf.mean(noise, [1, 2]))), 1);
+    return tf.add(loss, tf.sum(tf.mul(meanErr, u))) as tf.Scalar;
   }, vars);
   const mseSum = tf.tidy(() => tf.sum(perSample!).dataSync()[0]!);
-  tf.dispose([perSample!, w, value, noise, x0, xt]);
+  tf.dispose([perSample!, w, u, value, noise, x0, xt]);
   return { grads, mseSum };
 }
 

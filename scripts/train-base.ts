@@ -3,6 +3,7 @@
  *
  *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
  *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
+ *                           [--mean-loss 1] [--mean-cap 100]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *
  * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
@@ -69,6 +70,9 @@ interface Args {
   snrCap: number;
   offsetNoise: number;
   textLrMult: number;
+  /** λ of the colour-mean loss (train-base-batch.ts, `drawBatch`); 0 = off. */
+  meanLoss: number;
+  meanCap: number;
   /** Worker threads computing parts of each batch's gradient (data parallelism; 1 = in-process). */
   workers: number;
   fresh: boolean;
@@ -94,6 +98,8 @@ function parseArgs(argv: string[]): Args {
     snrCap: 20,
     offsetNoise: 0.1,
     textLrMult: 3,
+    meanLoss: 0,
+    meanCap: 100,
     workers: Math.min(4, os.cpus().length),
     fresh: false,
     backend: "wasm",
@@ -134,6 +140,12 @@ function parseArgs(argv: string[]): Args {
         break;
       case "offset-noise":
         a.offsetNoise = num(k, argv[++i]);
+        break;
+      case "mean-loss":
+        a.meanLoss = num(k, argv[++i]);
+        break;
+      case "mean-cap":
+        a.meanCap = num(k, argv[++i]);
         break;
       case "workers":
         a.workers = Math.max(1, Math.floor(num(k, argv[++i])));
@@ -268,7 +280,7 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
   slots.forEach((s) => s.param.value.assign(s.ema));
   const config: TinyModelConfig = {
     ...parts.config,
-    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, meanLoss: a.meanLoss, meanCap: a.meanCap, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
   };
   saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
   slots.forEach((s, i) => s.param.value.assign(raw[i]!));

@@ -13,7 +13,7 @@ import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch, splitBatch, type DrawOptions } from "../scripts/train-base-batch";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
-const OPTS: DrawOptions = { batch: 5, dropout: 0.1, highT: 0.5, snrCap: 20, offsetNoise: 0.1, dataSeed: 7 };
+const OPTS: DrawOptions = { batch: 5, dropout: 0.1, highT: 0.5, snrCap: 20, offsetNoise: 0.1, dataSeed: 7, meanLoss: 1, meanCap: 100 };
 const schedule = sd15Schedule();
 
 let parts: TinyModelParts;
@@ -52,6 +52,7 @@ describe("drawBatch / splitBatch", () => {
     expect(ps.flatMap((p) => p.timesteps)).toEqual(b.timesteps);
     expect(ps.flatMap((p) => p.ids)).toEqual(b.ids);
     expect(ps.flatMap((p) => p.weights)).toEqual(b.weights);
+    expect(ps.flatMap((p) => p.meanWeights)).toEqual(b.meanWeights);
     expect(Array.from(ps[0]!.noise).concat(Array.from(ps[1]!.noise))).toEqual(Array.from(b.noise));
     expect(splitBatch(b, 8).length).toBe(5); // no empty parts
   });
