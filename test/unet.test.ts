@@ -11,6 +11,7 @@ import type { HostTensor } from "../src/io/host-tensor";
 import { PyDict } from "../src/io/pyvalue";
 import { SafetensorsFile, readSafetensors, writeSafetensors } from "../src/io/safetensors";
 import { writeTorchFile } from "../src/io/torch-file";
+import { GroupNorm } from "../src/nn/layers";
 import { StateDictError, stateDict, zerosInit } from "../src/nn/module";
 import { type AttentionProcessor, CrossAttention, attend, defaultProcessor } from "../src/unet/attention";
 import { fromJson, headsFor, tiny, validateConfig } from "../src/unet/config";
@@ -75,6 +76,22 @@ describe("config", () => {
     expect(() => fromJson({ channel_mult: [1] })).toThrow(/missing model_channels/);
     expect(() => validateConfig({ ...tiny, num_heads: -1, num_head_channels: -1 })).toThrow(/set num_heads .* or num_head_channels/);
     expect(() => validateConfig({ ...tiny, attention_resolutions: [8] })).toThrow(/deepest level is at downsample factor 4/);
+    expect(() => validateConfig({ ...tiny, norm_num_groups: 0 })).toThrow(/norm_num_groups must be a positive integer/);
+    expect(() => fromJson({ ...(cfgJson as object), norm_num_groups: 5 })).toThrow(/32 is not a multiple of 5/);
+  });
+
+  it("norm_num_groups sets every GroupNorm (LDM's 32 when unset)", () => {
+    const groupsOf = (u: UNetModel): number[] => {
+      const norms = u.namedModules().map(([, m]) => m).filter((m): m is GroupNorm => m instanceof GroupNorm);
+      expect(norms.length).toBeGreaterThan(5);
+      const groups = [...new Set(norms.map((m) => m.numGroups))];
+      u.dispose();
+      return groups;
+    };
+    expect(groupsOf(new UNetModel(tiny, { init: zerosInit }))).toEqual([32]);
+    const c = fromJson({ ...(cfgJson as object), norm_num_groups: 8 });
+    expect(c.norm_num_groups).toBe(8);
+    expect(groupsOf(new UNetModel(c, { init: zerosInit }))).toEqual([8]);
   });
 });
 

@@ -44,6 +44,9 @@ export const TINY_UNET_CONFIG: Readonly<UNetConfig> = Object.freeze({
   use_linear_in_transformer: false,
   legacy: false,
   use_spatial_transformer: true,
+  // 4 channels per group at width 32: with LDM's 32 groups each channel is normalised on its own,
+  // which erases its spatial mean, and the model could not control the image's mean colour.
+  norm_num_groups: 8,
 });
 
 /** Captions are at most 11 words; 16 positions leave room for BOS/EOS and padding. */

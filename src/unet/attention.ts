@@ -258,11 +258,12 @@ export class SpatialTransformer extends Module {
     contextDim: number,
     useLinear: boolean,
     opts: ModuleOptions = {},
+    groups = 32,
   ) {
     super(opts);
     const o = this.childOptions;
     const inner = heads * dimHead;
-    this.norm = this.child("norm", new GroupNorm(32, channels, 1e-6, o));
+    this.norm = this.child("norm", new GroupNorm(groups, channels, 1e-6, o));
     this.proj_in = this.child("proj_in", new TokenProjection(channels, inner, !useLinear, o));
     this.transformer_blocks = this.child("transformer_blocks", new ModuleList<BasicTransformerBlock>());
     for (let i = 0; i < depth; i++) this.transformer_blocks.push(new BasicTransformerBlock(inner, heads, dimHead, contextDim, o));

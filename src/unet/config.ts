@@ -40,6 +40,12 @@ export interface UNetConfig {
   legacy: boolean;
   /** Must be true: attention layers are SpatialTransformers (the only kind SD uses). */
   use_spatial_transformer: boolean;
+  /**
+   * Groups of every GroupNorm (diffusers' `norm_num_groups`; LDM hard-codes 32, the default). A small
+   * UNet needs fewer: with one channel per group, GroupNorm removes each channel's spatial mean, so the
+   * output can no longer follow the input's mean colour (see models/tiny/MODEL_CARD.md).
+   */
+  norm_num_groups?: number;
 }
 
 /** Stable Diffusion 1.x (1.4 / 1.5), from CompVis `configs/stable-diffusion/v1-inference.yaml`. */
@@ -136,10 +142,12 @@ export function validateConfig(cfg: UNetConfig, where = "UNet config"): UNetConf
   if (!Number.isInteger(nh) || !Number.isInteger(nhc)) errs.push("num_heads and num_head_channels must be integers (-1 for unset)");
   else if (nh === -1 && nhc === -1) errs.push("set num_heads (SD 1.x: 8) or num_head_channels (SD 2.x: 64); both are -1");
   else if ((nhc === -1 && nh <= 0) || (nhc !== -1 && nhc <= 0)) errs.push(`num_heads (${nh}) / num_head_channels (${nhc}) must be positive or -1`);
+  const groups = normGroups(cfg);
+  if (!Number.isInteger(groups) || groups <= 0) errs.push(`norm_num_groups must be a positive integer (got ${JSON.stringify(cfg.norm_num_groups)})`);
   if (errs.length === 0) {
     const widths = new Set<number>(cfg.channel_mult.map((_, l) => levelWidth(cfg, l)));
     for (const w of [...widths].sort((a, b) => a - b)) {
-      if (w % 32 !== 0) errs.push(`level width ${w} is not a multiple of 32 (GroupNorm uses 32 groups); pick model_channels/channel_mult so every width is`);
+      if (w % groups !== 0) errs.push(`level width ${w} is not a multiple of ${groups} (GroupNorm uses ${groups} groups); pick model_channels/channel_mult (or norm_num_groups) so every width is`);
     }
     const levelsWithAttn = cfg.channel_mult.map((_, l) => l).filter((l) => cfg.attention_resolutions.includes(2 ** l));
     const attnWidths = new Set([...levelsWithAttn.map((l) => levelWidth(cfg, l)), levelWidth(cfg, cfg.channel_mult.length - 1)]);
@@ -185,7 +193,7 @@ export function fromJson(json: unknown, where = "UNet config JSON"): UNetConfig 
   const required = ["model_channels", "channel_mult", "attention_resolutions", "num_res_blocks", "context_dim"];
   const missing = required.filter((k) => !(k in raw));
   if (missing.length) throw new Error(`${where}: missing ${missing.join(", ")} (these define the model's size; copy them from the model's yaml)`);
-  const known = new Set(Object.keys(sd15));
+  const known = new Set([...Object.keys(sd15), "norm_num_groups"]);
   const cfg: Record<string, unknown> = { ...sd15, num_heads: -1, num_head_channels: -1 };
   for (const [k, v] of Object.entries(raw)) {
     if (known.has(k)) cfg[k] = v;
@@ -201,4 +209,9 @@ export function fromJson(json: unknown, where = "UNet config JSON"): UNetConfig 
     throw new Error(`${where}: transformer_depth as a per-level list (SDXL) is not supported; give one number`);
   }
   return validateConfig(cfg as unknown as UNetConfig, where);
+}
+
+/** GroupNorm groups of a config: `norm_num_groups`, or LDM's fixed 32 when unset. */
+export function normGroups(cfg: Pick<UNetConfig, "norm_num_groups">): number {
+  return cfg.norm_num_groups ?? 32;
 }

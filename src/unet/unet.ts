@@ -20,7 +20,7 @@ import { Conv2d, GroupNorm, IndexedModules, Linear, ModuleList, silu } from "../
 import { numel } from "../io/host-tensor";
 import { Module, type ModuleOptions } from "../nn/module";
 import { type AttentionProcessor, CrossAttention, SpatialTransformer, defaultProcessor } from "./attention";
-import { type UNetConfig, headsFor, levelWidth, validateConfig } from "./config";
+import { type UNetConfig, headsFor, levelWidth, normGroups, validateConfig } from "./config";
 import { ResBlock } from "./resblock";
 import { timestepEmbedding } from "./timestep";
 import { Downsample, Upsample } from "./updown";
@@ -74,7 +74,7 @@ export class UNetModel extends Module {
     const levels = cfg.channel_mult.length;
     const transformer = (ch: number): SpatialTransformer => {
       const { heads, dimHead } = headsFor(cfg, ch);
-      return new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, cfg.use_linear_in_transformer, o);
+      return new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, cfg.use_linear_in_transformer, o, normGroups(cfg));
     };
     const stage = (...layers: Module[]): UNetStage => {
       const s = new UNetStage();
@@ -94,7 +94,7 @@ export class UNetModel extends Module {
     let ds = 1;
     for (let level = 0; level < levels; level++) {
       for (let i = 0; i < cfg.num_res_blocks; i++) {
-        const layers: Module[] = [new ResBlock(ch, levelWidth(cfg, level), embDim, o)];
+        const layers: Module[] = [new ResBlock(ch, levelWidth(cfg, level), embDim, o, normGroups(cfg))];
         ch = levelWidth(cfg, level);
         if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         this.input_blocks.push(stage(...layers));
@@ -107,13 +107,13 @@ export class UNetModel extends Module {
       }
     }
 
-    this.middle_block = this.child("middle_block", stage(new ResBlock(ch, ch, embDim, o), transformer(ch), new ResBlock(ch, ch, embDim, o)));
+    this.middle_block = this.child("middle_block", stage(new ResBlock(ch, ch, embDim, o, normGroups(cfg)), transformer(ch), new ResBlock(ch, ch, embDim, o, normGroups(cfg))));
 
     this.output_blocks = this.child("output_blocks", new ModuleList<UNetStage>());
     for (let level = levels - 1; level >= 0; level--) {
       for (let i = 0; i <= cfg.num_res_blocks; i++) {
         const skip = skipWidths.pop()!;
-        const layers: Module[] = [new ResBlock(ch + skip, levelWidth(cfg, level), embDim, o)];
+        const layers: Module[] = [new ResBlock(ch + skip, levelWidth(cfg, level), embDim, o, normGroups(cfg))];
         ch = levelWidth(cfg, level);
         if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         if (level !== 0 && i === cfg.num_res_blocks) {
@@ -124,7 +124,7 @@ export class UNetModel extends Module {
       }
     }
 
-    this.outNorm = new GroupNorm(32, ch, 1e-5, o);
+    this.outNorm = new GroupNorm(normGroups(cfg), ch, 1e-5, o);
     this.outConv = new Conv2d(mc, cfg.out_channels, 3, 1, 1, o);
     this.child("out", new IndexedModules([[0, this.outNorm], [2, this.outConv]]));
 
