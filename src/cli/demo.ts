@@ -141,7 +141,7 @@ export interface DemoOptions {
 /** Scores of the images made at one multiplier. */
 export interface MultiplierScore {
   multiplier: number;
-  /** Mean rim contrast of the drawn shapes (≈ 0.9 for flat shapes on black, the neon set itself ≈ 2). */
+  /** Mean rim contrast of the drawn shapes (≈ 0.9 for flat shapes on any background, the neon set itself ≈ 2.1). */
   styleScore: number;
   /** Fraction of images whose dominant colour / shape is the one the prompt names. */
   colorAccuracy: number;

@@ -8,9 +8,12 @@
  * keeps its silhouette, hole and hue, so the content classifier reads neon images as well as flat
  * ones (tested), and "did the content survive the style" is a fair question.
  *
- * `styleScore` measures the style with one pixel statistic, "rim contrast": the mean brightness of
- * each drawn shape's rim (within 2 px of its edge) over the mean brightness of its inside. Evenly
- * lit shapes score about 1 (0.9 on black, where the anti-aliased edge is darker); neon signs about 2.
+ * `styleScore` measures the style with one pixel statistic, "rim contrast": how far the drawn
+ * shapes' rims (within 2 px of their edge) stand out from the background, over how far their
+ * insides do, in luminance. Evenly lit shapes score a little under 1 (their anti-aliased edge is
+ * part background) on any background (0.88–0.93 on black, gray, white); neon signs about 2.1. Measuring against the background
+ * rather than in absolute brightness matters: a model that only turned gray backgrounds black
+ * would otherwise look as if it had changed how shapes are lit.
  */
 import { Rng } from "../diffusion/random";
 import { foregroundMask, measureBackground } from "./classify";
@@ -105,19 +108,24 @@ function luma(p: Uint8Array, i: number): number {
 const RIM = 2;
 /** An image needs this many inside pixels (beyond the rim) to have a rim contrast at all. */
 const MIN_INSIDE = 4;
+/** …and its inside must differ from the background by at least this much luminance (of 255). */
+const MIN_INSIDE_CONTRAST = 8;
 
 /**
  * Rim contrast of one 32×32 RGB image: with the drawn pixels found as the content classifier finds
  * them (`foregroundMask`: nearer to a shape colour than to the border's colour), each drawn pixel's
  * 4-connected distance d to the nearest undrawn pixel or the image edge (d = 1 on the edge),
- * rim = drawn pixels with d ≤ 2, inside = those with d ≥ 3, and the contrast is
- * mean luminance(rim) / mean luminance(inside). `null` when fewer than 4 pixels are inside (nothing
- * drawn, or only small or thin things) or the inside is pitch black.
+ * rim = drawn pixels with d ≤ 2, inside = those with d ≥ 3, L = luminance and L_bg that of the
+ * border's median colour, the contrast is mean |L(rim) − L_bg| / mean |L(inside) − L_bg|. `null`
+ * when fewer than 4 pixels are inside (nothing drawn, or only small or thin things) or the inside
+ * is hardly different from the background (mean |L − L_bg| < 8).
  */
 export function rimContrast(pixels: Uint8Array): number | null {
   if (pixels.length !== N * 3) throw new Error(`rimContrast: expected ${N * 3} bytes (32×32 RGB), got ${pixels.length}`);
   const s = TINY_SIZE;
-  const drawn = foregroundMask(pixels, measureBackground(pixels));
+  const bg = measureBackground(pixels);
+  const drawn = foregroundMask(pixels, bg);
+  const lBg = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2];
   const d = new Int32Array(N);
   const queue: number[] = [];
   for (let i = 0; i < N; i++) {
@@ -145,22 +153,23 @@ export function rimContrast(pixels: Uint8Array): number | null {
   let inN = 0;
   for (let i = 0; i < N; i++) {
     if (drawn[i]! < 0) continue;
+    const contrast = Math.abs(luma(pixels, i) - lBg);
     if (d[i]! <= RIM) {
-      rimSum += luma(pixels, i);
+      rimSum += contrast;
       rimN++;
     } else {
-      inSum += luma(pixels, i);
+      inSum += contrast;
       inN++;
     }
   }
-  if (inN < MIN_INSIDE || inSum <= 0) return null;
+  if (inN < MIN_INSIDE || inSum / inN < MIN_INSIDE_CONTRAST) return null;
   return rimSum / rimN / (inSum / inN);
 }
 
 /**
  * How strongly a set of images shows the neon style: the mean `rimContrast` of the images that have
- * one (0 when none has). On ground truth, flat shapes on black score about 0.9 and the neon set
- * about 2; a hypernetwork that learned the style moves the tiny model's samples from the first
+ * one (0 when none has). On ground truth, flat shapes score about 0.9 and the neon set about 2.1;
+ * a hypernetwork that learned the style moves the tiny model's samples from the first
  * towards the second.
  */
 export function styleScore(images: Uint8Array[]): number {
