@@ -3,7 +3,7 @@
  *
  *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
  *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
- *                           [--mean-loss 1] [--mean-cap 100]
+ *                           [--mean-loss 0.2] [--mean-cap 100]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *
  * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
@@ -25,11 +25,13 @@
  *      SNR_t = ᾱ_t/(1−ᾱ_t): where the noise hides the image, the model is graded on its x₀ estimate
  *      (ε-MSE/SNR) instead of the tiny ε-error that a wrong x₀ makes there. This is what finally
  *      made the model listen to the caption (with plain ε-MSE the gradients reaching the cross-
- *      attention were ~1e-7 at high t). Gradients go to every UNet and text-encoder weight;
+ *      attention were ~1e-7 at high t). With `--mean-loss λ`, plus λ·min(σ_t², mean-cap)·(error of
+ *      the mean colour of ε̂)² — the squared error of x̂₀'s mean colour, which decides the background
+ *      in the first sampling step (see `drawBatch`). Gradients go to every UNet and text-encoder weight;
  *   5. clip the global gradient norm to 1, AdamW step (β = 0.9/0.999, weight decay 0.01 on
  *      matrices and kernels only), learning rate warmed up linearly then cosine-decayed to 10%;
  *      the text path (text encoder, cross-attention to_k/to_v) steps `--text-lr-mult` times faster;
- *   6. update an exponential moving average (EMA, decay 0.999) of the weights — the EMA weights
+ *   6. update an exponential moving average (EMA, decay `--ema`, default 0.999) of the weights — the EMA weights
  *      sample much more cleanly than the raw ones after a short run, and they are what is shipped.
  *
  * Every `--ckpt-every` steps (and on Ctrl-C / SIGTERM / a file named STOP in the run folder) the
