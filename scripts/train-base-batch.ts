@@ -75,10 +75,10 @@ export function drawBatch(o: DrawOptions, step: number, rng: Rng, schedule: Nois
   const half = schedule.numTimesteps / 2;
   const timesteps = Array.from({ length: o.batch }, () => (rng.nextFloat() < o.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
   const per = TINY_SIZE * TINY_SIZE * 3;
-  // Offset noise: plain white noise has a per-channel mean of std 1/32 at 32×32 — the same size as
-  // √ᾱ_999·(background colour) — so a model trained on it reads the background colour off the
-  // noise's mean. With a shared per-image, per-channel offset in ε it must learn to predict (and
-  // so to change) the image's mean colour, which only the caption can tell it at high t.
+  // Offset noise: a shared per-image, per-channel offset in ε makes the model predict — and so
+  // control — the mean colour of the noise it removes, which at 32×32 is most of the image's colour.
+  // (It only helps when the UNet can carry a channel's spatial mean at all: see norm_num_groups in
+  // models/tiny/MODEL_CARD.md.)
   const noise = rng.normal(o.batch * per);
   if (o.offsetNoise !== 0) {
     const offs = rng.normal(o.batch * 3);

@@ -104,7 +104,7 @@ export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   batchSize: 8,
   gradientAccumulation: 1,
   trainSeed: 1,
-  prompts: 12,
+  prompts: 24,
   multipliers: [0, 0.5, 1],
   sampleSteps: 16,
   cfg: 4,
