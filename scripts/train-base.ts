@@ -5,6 +5,7 @@
  *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
  *                           [--mean-loss 0.2] [--mean-cap 100]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
+ *                           [--init models/tiny]   (a new run that starts from saved weights)
  *
  * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
  * both in `train-base-batch.ts`; with `--workers N` the batch is split over N worker threads, one
@@ -50,7 +51,7 @@ import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
 import type { HostTensor } from "../src/io/host-tensor";
 import { writeFileAtomic } from "../src/io/atomic";
 import type { Param } from "../src/nn/module";
-import { buildTinyModel, defaultTinyConfig, saveTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
+import { buildTinyModel, defaultTinyConfig, loadTinyWeights, readTinyConfig, saveTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch } from "./train-base-batch";
 
@@ -78,6 +79,8 @@ interface Args {
   /** Worker threads computing parts of each batch's gradient (data parallelism; 1 = in-process). */
   workers: number;
   fresh: boolean;
+  /** Start a new run from the weights of this tiny-model folder instead of a random init. */
+  init: string;
   backend: BackendChoice;
 }
 
@@ -104,6 +107,7 @@ function parseArgs(argv: string[]): Args {
     meanCap: 100,
     workers: Math.min(4, os.cpus().length),
     fresh: false,
+    init: "",
     backend: "wasm",
   };
   const num = (k: string, v: string | undefined): number => {
@@ -119,6 +123,7 @@ function parseArgs(argv: string[]): Args {
         break;
       case "run":
       case "export":
+      case "init":
         a[k] = argv[++i] ?? "";
         break;
       case "backend":
@@ -289,6 +294,12 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
   raw.forEach((r) => r.dispose());
 }
 
+/** The config of a tiny-model folder, without its training facts (a new run writes its own). */
+function initConfig(dir: string): TinyModelConfig {
+  const { training: _previous, ...config } = readTinyConfig(dir);
+  return config;
+}
+
 function restore(a: Args, slots: Slot[]): RunState | undefined {
   const jf = path.join(a.run, "state.json");
   const sf = path.join(a.run, "state.safetensors");
@@ -313,12 +324,19 @@ async function main(): Promise<void> {
   if (tf.getBackend() === "wasm") registerWasmUnsortedSegmentSum();
   fs.mkdirSync(a.run, { recursive: true });
 
-  let config = defaultTinyConfig();
+  let config = a.init ? initConfig(a.init) : defaultTinyConfig();
   const jf = path.join(a.run, "state.json");
   if (!a.fresh && fs.existsSync(jf)) config = (JSON.parse(fs.readFileSync(jf, "utf8")) as RunState).config;
   const parts = buildTinyModel(config, { trainable: true });
   const slots = makeSlots(parts, a.textLrMult);
   const restored = restore(a, slots);
+  if (!restored && a.init) {
+    // A new run that starts from saved weights (e.g. the shipped model): weights and EMA from the
+    // file, fresh AdamW moments, the warmup and data stream from step 0.
+    loadTinyWeights(parts, path.join(a.init, "model.safetensors"));
+    for (const s of slots) s.ema.assign(s.param.value);
+    console.log(`starting from the weights in ${a.init} (trained ${readTinyConfig(a.init).training?.steps ?? "?"} steps before)`);
+  }
   const rng = restored ? Rng.fromState(restored.rng) : new Rng(a.seed);
   let step = restored?.step ?? 0;
   let elapsed = restored?.elapsedSec ?? 0;
