@@ -152,15 +152,28 @@ interface WorkerInit {
 type ToWorker = { kind: "part"; part: BatchPart } | { kind: "close" };
 type FromWorker = { kind: "ready" } | { kind: "done"; mseSum: number } | { kind: "error"; message: string };
 
-/** Offsets of each parameter in the flat shared buffers, in slot order. */
-function layout(shapes: number[][]): { offsets: number[]; total: number } {
+/** Where each parameter sits in the flat shared buffers (slot order): offset and element count. */
+interface Layout {
+  shapes: number[][];
+  offsets: number[];
+  sizes: number[];
+  total: number;
+}
+
+function layout(shapes: number[][]): Layout {
+  const sizes = shapes.map((s) => s.reduce((x, y) => x * y, 1));
   const offsets: number[] = [];
   let total = 0;
-  for (const s of shapes) {
+  for (const n of sizes) {
     offsets.push(total);
-    total += s.reduce((x, y) => x * y, 1);
+    total += n;
   }
-  return { offsets, total };
+  return { shapes, offsets, sizes, total };
+}
+
+/** Parameter `i` of a flat buffer as a new tensor. */
+function slice(flat: Float32Array, l: Layout, i: number): tf.Tensor {
+  return tf.tensor(flat.subarray(l.offsets[i]!, l.offsets[i]! + l.sizes[i]!), l.shapes[i]!, "float32");
 }
 
 /** A slot as the pool sees it: the live weight (a tfjs variable) and its checkpoint key. */
@@ -175,26 +188,24 @@ export class GradientPool {
     private readonly workers: Worker[],
     private readonly weights: Float32Array,
     private readonly grads: Float32Array[],
-    private readonly offsets: number[],
-    private readonly shapes: number[][],
+    private readonly layout: Layout,
   ) {}
 
   /** Start `n` workers, each building the model from `config`; resolves when all are ready. */
   static async start(n: number, config: TinyModelConfig, dataSeed: number, slots: PoolSlot[]): Promise<GradientPool> {
-    const shapes = slots.map((s) => [...s.param.value.shape]);
-    const { offsets, total } = layout(shapes);
-    const wBuf = new SharedArrayBuffer(total * 4);
-    const gBufs = Array.from({ length: n }, () => new SharedArrayBuffer(total * 4));
+    const l = layout(slots.map((s) => [...s.param.value.shape]));
+    const wBuf = new SharedArrayBuffer(l.total * 4);
+    const gBufs = Array.from({ length: n }, () => new SharedArrayBuffer(l.total * 4));
     const file = path.resolve(__filename);
     const bootstrap = `require("ts-node").register({ transpileOnly: true }); require(${JSON.stringify(file)});`;
     const workers = gBufs.map((g) => new Worker(bootstrap, { eval: true, workerData: { config, dataSeed, keys: slots.map((s) => s.key), weights: wBuf, grads: g } satisfies WorkerInit }));
     await Promise.all(workers.map((w) => reply(w)));
-    return new GradientPool(workers, new Float32Array(wBuf), gBufs.map((g) => new Float32Array(g)), offsets, shapes);
+    return new GradientPool(workers, new Float32Array(wBuf), gBufs.map((g) => new Float32Array(g)), l);
   }
 
   /** The summed gradient of `batch` at the current values of `slots`, keyed by variable name. */
   async gradients(batch: BatchPart, slots: PoolSlot[]): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
-    slots.forEach((s, i) => this.weights.set(s.param.value.dataSync() as Float32Array, this.offsets[i]!));
+    slots.forEach((s, i) => this.weights.set(s.param.value.dataSync() as Float32Array, this.layout.offsets[i]!));
     const partsOf = splitBatch(batch, this.workers.length);
     const results = await Promise.all(
       partsOf.map((part, k) => {
@@ -211,8 +222,7 @@ export class GradientPool {
     }
     const grads: tf.NamedTensorMap = {};
     slots.forEach((s, i) => {
-      const size = this.shapes[i]!.reduce((x, y) => x * y, 1);
-      grads[s.param.value.name] = tf.tensor(sum.subarray(this.offsets[i]!, this.offsets[i]! + size), this.shapes[i]!, "float32");
+      grads[s.param.value.name] = slice(sum, this.layout, i);
     });
     let mseSum = 0;
     for (const r of results) if (r.kind === "done") mseSum += r.mseSum;
@@ -263,8 +273,7 @@ async function workerMain(init: WorkerInit): Promise<void> {
     const keys = named.map(([k]) => k);
     if (keys.join("\n") !== init.keys.join("\n")) throw new Error("the worker's model has different parameters from the main thread's");
     const vars = named.map(([, p]) => p.value);
-    const shapes = vars.map((v) => [...v.shape]);
-    const { offsets } = layout(shapes);
+    const l = layout(vars.map((v) => [...v.shape]));
     const weights = new Float32Array(init.weights);
     const grads = new Float32Array(init.grads);
     const index = new Map(vars.map((v, i) => [v.name, i]));
@@ -277,14 +286,13 @@ async function workerMain(init: WorkerInit): Promise<void> {
       }
       try {
         vars.forEach((v, i) => {
-          const size = shapes[i]!.reduce((x, y) => x * y, 1);
-          const t = tf.tensor(weights.subarray(offsets[i]!, offsets[i]! + size), shapes[i]!, "float32");
+          const t = slice(weights, l, i);
           v.assign(t);
           t.dispose();
         });
         const { grads: g, mseSum } = batchGradients(parts, vars, m.part, init.dataSeed, schedule);
         grads.fill(0); // a weight the loss does not reach gets no entry in g
-        for (const [name, t] of Object.entries(g)) grads.set(t.dataSync() as Float32Array, offsets[index.get(name)!]!);
+        for (const [name, t] of Object.entries(g)) grads.set(t.dataSync() as Float32Array, l.offsets[index.get(name)!]!);
         tf.dispose(g);
         port.postMessage({ kind: "done", mseSum } satisfies FromWorker);
       } catch (e) {

@@ -72,9 +72,10 @@ export class UNetModel extends Module {
     const mc = cfg.model_channels;
     const embDim = 4 * mc;
     const levels = cfg.channel_mult.length;
+    const groups = normGroups(cfg);
     const transformer = (ch: number): SpatialTransformer => {
       const { heads, dimHead } = headsFor(cfg, ch);
-      return new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, cfg.use_linear_in_transformer, o, normGroups(cfg));
+      return new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, cfg.use_linear_in_transformer, o, groups);
     };
     const stage = (...layers: Module[]): UNetStage => {
       const s = new UNetStage();
@@ -94,7 +95,7 @@ export class UNetModel extends Module {
     let ds = 1;
     for (let level = 0; level < levels; level++) {
       for (let i = 0; i < cfg.num_res_blocks; i++) {
-        const layers: Module[] = [new ResBlock(ch, levelWidth(cfg, level), embDim, o, normGroups(cfg))];
+        const layers: Module[] = [new ResBlock(ch, levelWidth(cfg, level), embDim, o, groups)];
         ch = levelWidth(cfg, level);
         if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         this.input_blocks.push(stage(...layers));
@@ -107,13 +108,13 @@ export class UNetModel extends Module {
       }
     }
 
-    this.middle_block = this.child("middle_block", stage(new ResBlock(ch, ch, embDim, o, normGroups(cfg)), transformer(ch), new ResBlock(ch, ch, embDim, o, normGroups(cfg))));
+    this.middle_block = this.child("middle_block", stage(new ResBlock(ch, ch, embDim, o, groups), transformer(ch), new ResBlock(ch, ch, embDim, o, groups)));
 
     this.output_blocks = this.child("output_blocks", new ModuleList<UNetStage>());
     for (let level = levels - 1; level >= 0; level--) {
       for (let i = 0; i <= cfg.num_res_blocks; i++) {
         const skip = skipWidths.pop()!;
-        const layers: Module[] = [new ResBlock(ch + skip, levelWidth(cfg, level), embDim, o, normGroups(cfg))];
+        const layers: Module[] = [new ResBlock(ch + skip, levelWidth(cfg, level), embDim, o, groups)];
         ch = levelWidth(cfg, level);
         if (cfg.attention_resolutions.includes(ds)) layers.push(transformer(ch));
         if (level !== 0 && i === cfg.num_res_blocks) {
@@ -124,7 +125,7 @@ export class UNetModel extends Module {
       }
     }
 
-    this.outNorm = new GroupNorm(normGroups(cfg), ch, 1e-5, o);
+    this.outNorm = new GroupNorm(groups, ch, 1e-5, o);
     this.outConv = new Conv2d(mc, cfg.out_channels, 3, 1, 1, o);
     this.child("out", new IndexedModules([[0, this.outNorm], [2, this.outConv]]));
 
