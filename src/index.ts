@@ -56,5 +56,5 @@ export { train, resumeTraining, type TrainOptions, type TrainResult, type Traini
 export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
 export { AdamW } from "./train/adamw";
 export { loadTinyModel } from "./tiny/model";
-export { neonStyleSet, rimContrast, styleScore } from "./tiny/style";
+export { PASTEL, pastelStyleSet, renderPastel, styleScore, whiteness } from "./tiny/style";
 export { sampleTiny } from "./tiny/sample";

@@ -1,6 +1,6 @@
 /**
  * The embedded tiny base model and its data: the procedural dataset (captions agree with pixels,
- * determinism), the eval classifier on ground truth, the neon style set and its score, the shipped
+ * determinism), the eval classifier on ground truth, the pastel style set and its score, the shipped
  * weights (load, forward, no leaks), the wasm gather-gradient kernel, and the model card's numbers
  * against the eval results in the repo.
  */
@@ -25,7 +25,7 @@ import {
   toModelPixels,
   type Scene,
 } from "../src/tiny/shapes";
-import { neonStyleSet, rimContrast, styleScore } from "../src/tiny/style";
+import { PASTEL, pastelStyleSet, styleScore, whiteness } from "../src/tiny/style";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
@@ -140,63 +140,77 @@ describe("classifier colour by hue", () => {
     expect(wrong.map((s) => s.caption)).toEqual([]);
   });
 
-  it("names the colour of every neon-style image (lightened rims with a white core around dim glass)", () => {
-    const wrong = neonStyleSet(40).filter((s) => classifyImage(s.pixels).color !== s.scene.color);
+  it("names the colour of every pastel-style image (each colour mixed halfway to white)", () => {
+    const wrong = pastelStyleSet(120, 5).filter((s) => classifyImage(s.pixels).color !== s.scene.color);
     expect(wrong.map((s) => s.caption)).toEqual([]);
   });
 });
 
-describe("neon style set and styleScore", () => {
-  const neon = neonStyleSet(40);
+describe("pastel style set and styleScore", () => {
+  const pastel = pastelStyleSet(40);
 
   it("is deterministic and captioned with content only, on black", () => {
-    const again = neonStyleSet(40);
-    expect(again.map((s) => s.caption)).toEqual(neon.map((s) => s.caption));
-    for (const s of neon) {
+    const again = pastelStyleSet(40);
+    expect(again.map((s) => s.caption)).toEqual(pastel.map((s) => s.caption));
+    for (const s of pastel) {
       expect(s.caption).toBe(captionOf(s.scene));
       expect(s.caption.endsWith("black background")).toBe(true);
     }
   });
 
+  it("draws each shape where the base model would, in its colour mixed halfway to white", () => {
+    for (const s of pastel.slice(0, 10)) {
+      const flat = renderScene(s.scene);
+      const want = COLORS[s.scene.color].map((v) => Math.round(v + (255 - v) * PASTEL));
+      let inside = 0;
+      for (let i = 0; i < 32 * 32; i++) {
+        // Fully covered pixels of the flat rendering are exactly the palette colour; there the pastel one is the pastel colour.
+        if ([0, 1, 2].every((c) => flat[i * 3 + c] === COLORS[s.scene.color][c])) {
+          expect([...s.pixels.subarray(i * 3, i * 3 + 3)]).toEqual(want);
+          inside++;
+        }
+      }
+      expect(inside, s.caption).toBeGreaterThan(0);
+    }
+  });
+
   it("separates the style from the base look on ground truth", () => {
-    const styleImgs = neon.map((s) => s.pixels);
+    const styleImgs = pastel.map((s) => s.pixels);
     // The very same scenes drawn the base way: only the style differs.
-    const baseSame = neon.map((s) => renderScene(s.scene));
+    const baseSame = pastel.map((s) => renderScene(s.scene));
     const baseData = shapeSamples(7, 0, 100).map((s) => s.pixels);
     const sStyle = styleScore(styleImgs);
-    expect(sStyle).toBeGreaterThan(2);
-    expect(styleScore(baseSame)).toBeLessThan(1.0);
-    expect(styleScore(baseData)).toBeLessThan(1.0);
+    expect(sStyle).toBeGreaterThan(0.55);
+    expect(styleScore(baseSame)).toBeLessThan(0.3);
+    expect(styleScore(baseData)).toBeLessThan(0.3); // white and gray backgrounds too: edges do not count
     // Mixing half and half lands in between.
     const mixed = styleScore([...styleImgs.slice(0, 20), ...baseSame.slice(20)]);
     expect(mixed).toBeGreaterThan(styleScore(baseSame));
     expect(mixed).toBeLessThan(sStyle);
   });
 
-  it("keeps the content readable: the classifier names the shape of ≥ 95% of neon images (silhouette and hole survive the style)", () => {
-    const set = neonStyleSet(120, 5);
+  it("keeps the content readable: the classifier names the shape of ≥ 95% of pastel images", () => {
+    const set = pastelStyleSet(120, 5);
     const shapeRight = set.filter((s) => classifyImage(s.pixels).shape === s.scene.shape).length;
     expect(shapeRight / set.length).toBeGreaterThanOrEqual(0.95);
   });
 
-  it("rimContrast: hand-computed on squares, relative to the background; null without an inside", () => {
-    const luma = (r: number, g: number, b: number): number => 0.299 * r + 0.587 * g + 0.114 * b;
-    for (const bg of [[0, 0, 0], [128, 128, 128]] as Array<[number, number, number]>) {
-      const img = new Uint8Array(32 * 32 * 3);
-      for (let i = 0; i < 32 * 32; i++) img.set(bg, i * 3);
-      // A 10×10 square: its 64 pixels within 2 px of the edge are bright pink, the inner 6×6 plain red.
-      for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set(y < 12 || y > 17 || x < 12 || x > 17 ? [255, 120, 120] : [220, 40, 40], (y * 32 + x) * 3);
-      const lb = luma(bg[0], bg[1], bg[2]);
-      expect(rimContrast(img)).toBeCloseTo(Math.abs(luma(255, 120, 120) - lb) / Math.abs(luma(220, 40, 40) - lb), 10);
-      for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set([220, 40, 40], (y * 32 + x) * 3);
-      expect(rimContrast(img)).toBeCloseTo(1, 12); // evenly lit, whatever the background
-    }
-    const small = new Uint8Array(32 * 32 * 3);
-    for (let y = 10; y < 14; y++) for (let x = 10; x < 14; x++) small.set([220, 40, 40], (y * 32 + x) * 3);
-    expect(rimContrast(small)).toBeNull(); // 4×4: every pixel is rim
-    expect(rimContrast(new Uint8Array(32 * 32 * 3))).toBeNull();
-    expect(styleScore([small])).toBe(0);
-    expect(() => rimContrast(new Uint8Array(5))).toThrow(/32×32/);
+  it("whiteness: hand-computed on squares; edge pixels do not count; null without an inside", () => {
+    const img = new Uint8Array(32 * 32 * 3);
+    for (let i = 0; i < 32 * 32; i++) img.set([15, 15, 15], i * 3);
+    // A 10×10 square with a white outer ring (drawn: nearer yellow than black, but every ring pixel
+    // has an undrawn neighbour, so it does not count) around an 8×8 of (200, 100, 50): 50/200.
+    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set(y === 10 || y === 19 || x === 10 || x === 19 ? [255, 255, 255] : [200, 100, 50], (y * 32 + x) * 3);
+    expect(whiteness(img)).toBeCloseTo(0.25, 12);
+    // Its inner 6×6 made (220, 110, 110), 110/220: 36 pixels at 0.5 and 28 at 0.25.
+    for (let y = 12; y < 18; y++) for (let x = 12; x < 18; x++) img.set([220, 110, 110], (y * 32 + x) * 3);
+    expect(whiteness(img)).toBeCloseTo((36 * 0.5 + 28 * 0.25) / 64, 12);
+    const thin = new Uint8Array(32 * 32 * 3);
+    for (let x = 5; x < 25; x++) thin.set([220, 40, 40], (16 * 32 + x) * 3); // a one-pixel line has no inside
+    expect(whiteness(thin)).toBeNull();
+    expect(whiteness(new Uint8Array(32 * 32 * 3))).toBeNull();
+    expect(styleScore([thin])).toBe(0);
+    expect(() => whiteness(new Uint8Array(5))).toThrow(/32×32/);
   });
 });
 

@@ -2,18 +2,19 @@
  * `npm run demo` — the main job, start to finish, on the embedded tiny model:
  *
  *   1. pick the best backend (wasm on a plain CPU machine);
- *   2. write the "neon sign" style set (tubes of light around dim tinted glass, on black, captioned with content only) as an
- *      image folder, and preprocess it into a training folder, as a user does with their pictures;
+ *   2. write the "pastel chalk" style set (every colour mixed halfway to white, on black, captioned
+ *      with content only) as an image folder, and preprocess it into a training folder, as a user
+ *      does with their pictures;
  *   3. create a hypernetwork with one (k, v) pair per attention width of the tiny UNet;
  *   4. sample a fixed set of prompts with the untrained network at multipliers 0, 0.5 and 1;
  *   5. train it with an A1111 learning-rate schedule, printing progress;
  *   6. sample the same prompts (same seed) with the trained network;
- *   7. score every image: the style (`styleScore`, how much brighter the shapes' rims are than their insides) and the content
+ *   7. score every image: the style (`styleScore`, how pale the drawn colours are) and the content
  *      (`contentAccuracy`: does the image still show the colour and shape the prompt names?).
  *
  * Everything goes to `out/demo/` (or `--out DIR`):
  *
- *   neon.pt                 the trained network, A1111 layout (loads in A1111 and ComfyUI)
+ *   pastel.pt               the trained network, A1111 layout (loads in A1111 and ComfyUI)
  *   loss.csv                A1111's hypernetwork_loss.csv: step,epoch,epoch_step,loss,learn_rate
  *   loss.html, loss.png     the loss chart (Plotly page with the bundle embedded; PNG drawn as SVG)
  *   preview-before.png      the prompts × multipliers 0, 0.5, 1 with the untrained network
@@ -40,11 +41,11 @@ import { contentAccuracy, type ExpectedContent } from "../tiny/classify";
 import { loadTinyModel, readTinyConfig, TINY_MODEL_DIR } from "../tiny/model";
 import { sampleTiny } from "../tiny/sample";
 import { COLOR_NAMES, POSITIONS, SHAPES, TINY_SIZE, captionOf, type Scene } from "../tiny/shapes";
-import { neonStyleSet, styleScore } from "../tiny/style";
+import { pastelStyleSet, styleScore } from "../tiny/style";
 
 /** Everything the demo does that one might tune. */
 export interface DemoSettings {
-  /** Images in the neon style set, and the seed that draws them. */
+  /** Images in the pastel style set, and the seed that draws them. */
   styleImages: number;
   styleSeed: number;
   /** Prompt template for training (stock name or lines). */
@@ -73,36 +74,39 @@ export interface DemoSettings {
 /*
  * Chosen on the tiny model as it was during development (checkpoints of `npm run train-base`), on
  * this 2-core machine with wasm, aiming at: style at ×1 clearly above ×0 and rising through ×0.5,
- * content accuracy within 15 points of the base, the whole demo under 10 minutes. Trials with the
- * "neon sign" style and rim-contrast score (×0 / ×0.5 / ×1; colour accuracy ×0 → ×1; base weights
- * = the raw weights at that step; other machine load: the base model training beside it):
+ * content accuracy within 15 points of the base, the whole demo under 10 minutes. Trials
+ * (style score ×0 / ×0.5 / ×1; colour and shape accuracy at ×1; [1,2,1] relu, Normal, batch 8,
+ * 150 steps unless noted; "base" = the tiny model's weights at that training step):
  *
- *   base step │ steps, learning rate (batch 8, [1,2,1] relu, Normal) │ prompts │ style ×0/×0.5/×1 │ colour ×0→×1
- *   3300      │ 150, "1e-2:50, 5e-3:100, 2e-3:150"                    │ 12      │ 1.07/0.79/0.73 ¹ │ 100→100%
- *   4000      │ 150, "1e-2:50, 5e-3:100, 2e-3:150"                    │ 24      │ .666/.634/.629   │ 100→83%
- *   4000      │ 300, "1e-2:100, 5e-3:200, 2e-3:300"                   │ 24      │ .666/.663/.655   │ 100→75%
- *   4962 ²    │ 150, "1e-2:50, 5e-3:100, 2e-3:150"                    │ 24      │ .681/.625/.575   │ 100→33%
+ *   style, score              │ base  │ learning rate                   │ prompts │ style ×0/×0.5/×1 │ colour, shape ×0 → ×1
+ *   neon sign, rim contrast ¹ │ 4000  │ "1e-2:50, 5e-3:100, 2e-3:150"   │ 24      │ .666/.634/.629   │ 100→83%, –
+ *   neon sign, rim contrast   │ 4000  │ same ×2, 300 steps              │ 24      │ .666/.663/.655   │ 100→75%, –
+ *   neon sign, rim contrast   │ 4962  │ "1e-2:50, 5e-3:100, 2e-3:150"   │ 24      │ .681/.625/.575   │ 100→33%, 21→8%
+ *   lit from above ²          │ 4962  │ "1e-2:50, 5e-3:100, 2e-3:150"   │ 24      │ .068/.053/.056   │ 100→100%, 21→13%
+ *   pastel, whiteness         │ 4962  │ "1e-2:50, 5e-3:100, 2e-3:150"   │ 12      │ .065/.264/.483   │ 100→58%, 17→17%
+ *   pastel, whiteness         │ 4962  │ "5e-3:50, 2.5e-3:100, 1e-3:150" │ 12      │ .065/.289/.497   │ 100→92%, 17→8%
  *
- * ¹ absolute-brightness rim contrast, since replaced by the background-relative one.
- * ² the shipped EMA weights, machine otherwise idle: `npm run demo`, 255 s in all (106 s training).
- * In every trial the network learned what the blobs the base model draws allow — a pure black
- * background, lightened colours, crisper edges (on the shipped weights: smaller, darker shapes,
- * whose hue drifts) — but not the bright rim around dim glass, so the style score did not rise;
- * 300 steps did not help and cost content. Re-tune here when the tiny
- * model draws shape outlines (models/tiny/MODEL_CARD.md, Known problems).
+ * ¹ "neon sign": a bright one-pixel tube along each outline around dim tinted glass; the score was
+ *   the rim's contrast with the background over the inside's. ² each shape shaded from a pale top
+ *   to a dark bottom; the score, the top half's contrast minus the bottom half's over the mean.
+ * The neon network learned what the blobs the base model draws allow (black backgrounds, smaller,
+ * darker, crisper shapes, drifting hues) but never the rim, and the lit one barely changed the
+ * images: a hypernetwork rewrites attention, which the tiny UNet has only at 8×8 and 4×4, so it
+ * can change colour and brightness, not one-pixel line work (src/tiny/style.ts). At the higher
+ * learning rate the pastel network overshoots at ×1 and the hues drift (red to pink, 58% colour).
  */
 export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   styleImages: 48,
   styleSeed: 31337,
   // The tiny tokenizer knows only caption words and keeps 16 tokens: a template's extra words
-  // ("a painting of …, art by neon") become <unk> and push long captions past the limit, so the
+  // ("a painting of …, art by pastel") become <unk> and push long captions past the limit, so the
   // training prompt is the caption itself — the content — and the style is what is left to learn.
   template: Object.freeze(["[filewords]"]),
   layerStructure: [1, 2, 1],
   activation: "relu",
   layerNorm: false,
   weightInit: "Normal" as WeightInit,
-  learningRate: "1e-2:50, 5e-3:100, 2e-3:150",
+  learningRate: "5e-3:50, 2.5e-3:100, 1e-3:150",
   maxSteps: 150,
   batchSize: 8,
   gradientAccumulation: 1,
@@ -144,7 +148,7 @@ export interface DemoOptions {
 /** Scores of the images made at one multiplier. */
 export interface MultiplierScore {
   multiplier: number;
-  /** Mean rim contrast of the drawn shapes (≈ 0.9 for flat shapes on any background, the neon set itself ≈ 2.1). */
+  /** Mean whiteness of the drawn colours (≈ 0.2 for the palette colours, the pastel set itself ≈ 0.63). */
   styleScore: number;
   /** Fraction of images whose dominant colour / shape is the one the prompt names. */
   colorAccuracy: number;
@@ -157,7 +161,7 @@ export interface DemoSummary {
   model: { dir: string; name: string; hash: string | null; trainedSteps: number | null };
   settings: DemoSettings;
   prompts: string[];
-  /** The neon training images' own style score: what full style looks like. */
+  /** The pastel training images' own style score: what full style looks like. */
   styleSetScore: number;
   training: { steps: number; reason: string; firstLoss: number | null; lastLoss: number | null; seconds: number };
   /** Untrained network (multiplier 0 is the base model itself). */
@@ -228,7 +232,7 @@ export function formatSummaryTable(s: Pick<DemoSummary, "before" | "after" | "st
       `${`×${a.multiplier}`.padStart(10)} │ ${b.styleScore.toFixed(3).padStart(11)} → ${a.styleScore.toFixed(3).padEnd(13)} │ ${pct(b.colorAccuracy).padStart(16)} → ${pct(a.colorAccuracy).padEnd(16)} │ ${pct(b.shapeAccuracy).padStart(15)} → ${pct(a.shapeAccuracy)}`,
     );
   });
-  lines.push(`(style score of the neon training images themselves: ${s.styleSetScore.toFixed(3)})`);
+  lines.push(`(style score of the pastel training images themselves: ${s.styleSetScore.toFixed(3)})`);
   return lines.join("\n");
 }
 
@@ -268,26 +272,26 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   // The demo owns these paths inside the output folder and replaces them on every run.
   fs.mkdirSync(out, { recursive: true });
   for (const d of ["style-images", "train", "run"]) fs.rmSync(file(d), { recursive: true, force: true });
-  for (const f of ["neon.pt", "loss.csv", "loss.html", "loss.png", "preview-before.png", "preview-after.png", "summary.json"]) fs.rmSync(file(f), { force: true });
+  for (const f of ["pastel.pt", "loss.csv", "loss.html", "loss.png", "preview-before.png", "preview-after.png", "summary.json"]) fs.rmSync(file(f), { force: true });
 
   // 1. The style set as an image folder with content-only captions, then preprocessed.
   const modelDir = opts.modelDir ?? TINY_MODEL_DIR;
-  const styleSet = neonStyleSet(st.styleImages, st.styleSeed);
+  const styleSet = pastelStyleSet(st.styleImages, st.styleSeed);
   fs.mkdirSync(file("style-images"));
   for (const [i, s] of styleSet.entries()) {
-    const stem = file(path.join("style-images", `neon-${String(i).padStart(3, "0")}`));
+    const stem = file(path.join("style-images", `pastel-${String(i).padStart(3, "0")}`));
     await sharp(Buffer.from(s.pixels), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } }).png().toFile(stem + ".png");
     fs.writeFileSync(stem + ".txt", s.caption);
   }
   const pre = await preprocess(file("style-images"), file("train"), { width: TINY_SIZE, height: TINY_SIZE, existingCaption: "copy", filenameCaption: false });
   const styleSetScore = styleScore(styleSet.map((s) => s.pixels));
-  log(`[${secs()}] style set: ${styleSet.length} neon images → ${pre.made.length} training images in ${file("train")} (their style score: ${styleSetScore.toFixed(3)})`);
+  log(`[${secs()}] style set: ${styleSet.length} pastel images → ${pre.made.length} training images in ${file("train")} (their style score: ${styleSetScore.toFixed(3)})`);
 
   // 2. Base model and a new hypernetwork with one module pair per attention width.
   const base = loadTinyModel(modelDir);
   const cfg = readTinyConfig(modelDir);
   const dims = [...new Set(base.unet.attentionLayers().map(([, layer]) => layer.contextDim))].sort((a, b) => a - b);
-  const net = createHypernetwork({ name: "neon", dims, layerStructure: st.layerStructure, activation: st.activation, layerNorm: st.layerNorm, weightInit: st.weightInit, seed: st.trainSeed });
+  const net = createHypernetwork({ name: "pastel", dims, layerStructure: st.layerStructure, activation: st.activation, layerNorm: st.layerNorm, weightInit: st.weightInit, seed: st.trainSeed });
   try {
     const trainedSteps = typeof cfg.training?.steps === "number" ? cfg.training.steps : null;
     log(`[${secs()}] base model ${base.name} (${trainedSteps ?? "?"} training steps${base.checkpointHash ? `, hash ${base.checkpointHash}` : ""}); hypernetwork "${net.name}": dims ${dims.join(", ")}, layers [${st.layerStructure.join(", ")}] ${st.activation}${st.layerNorm ? " + layer norm" : ""}, ${net.parameterCount().toLocaleString("en-US")} parameters`);
@@ -314,7 +318,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
       seed: st.trainSeed,
       saveEvery: 0,
       saveOptimizer: false,
-      finalFile: file("neon.pt"),
+      finalFile: file("pastel.pt"),
       progress: opts.progress ?? true,
       onStep: (e) => points.push({ step: e.step, loss: e.loss, lr: e.lr }),
       onLog: (m) => log(`  ${m}`),
@@ -361,7 +365,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
         contentWithin15Points: afterScores.every((s) => s.colorAccuracy >= ref.colorAccuracy - 0.15 - 1e-9 && s.shapeAccuracy >= ref.shapeAccuracy - 0.15 - 1e-9),
       },
       files: {
-        hypernetwork: file("neon.pt"),
+        hypernetwork: file("pastel.pt"),
         lossCsv: file("loss.csv"),
         lossHtml: file("loss.html"),
         lossPng: file("loss.png"),
@@ -379,7 +383,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     log(`${result.message}; loss ${summary.training.firstLoss?.toFixed(4)} → ${summary.training.lastLoss?.toFixed(4)} (mean of the last 10 steps), ${summary.training.seconds} s`);
     log(formatSummaryTable(summary));
     log(`style rises with the multiplier: ${summary.checks.styleRisesWithMultiplier ? "yes" : "NO"}; content within 15 points of the base model (no larger drop): ${summary.checks.contentWithin15Points ? "yes" : "NO"}`);
-    log(`files in ${out}: neon.pt, loss.csv, loss.html, loss.png, preview-before.png, preview-after.png, summary.json — ${summary.seconds} s in all`);
+    log(`files in ${out}: pastel.pt, loss.csv, loss.html, loss.png, preview-before.png, preview-after.png, summary.json — ${summary.seconds} s in all`);
     return summary;
   } finally {
     net.dispose();

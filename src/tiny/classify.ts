@@ -9,8 +9,8 @@
  *    colours than to that measured background — about "more than half covered" on anti-aliased edges.
  * 3. Colour: a vote by hue over the foreground pixels, each weighted by its chroma, for the palette
  *    colour of nearest hue. Hue is what survives restyling: mixing a colour with any neutral
- *    (a white, gray or black background on anti-aliased edges, a lightened "neon" tint, a
- *    white-hot core) moves it along a line towards the gray axis and leaves its hue unchanged,
+ *    (a white, gray or black background on anti-aliased edges, the demo style's pastel tint, a
+ *    highlight) moves it along a line towards the gray axis and leaves its hue unchanged,
  *    whereas the nearest palette colour in RGB does not (lightened blue lands nearest cyan).
  * 4. Shape: the largest 4-connected foreground component is compared with every shape template.
  *    A template is rendered (with the dataset's own rasteriser) at the radius and centre that make
