@@ -173,8 +173,11 @@ export function shapeCoverage(shape: ShapeName, cx: number, cy: number, r: numbe
   return cov;
 }
 
-/** Draw a scene into RGB bytes `[32, 32, 3]`. */
-export function renderScene(scene: Scene): Uint8Array {
+/**
+ * Draw a scene into RGB bytes `[32, 32, 3]`: its shapes' coverage blended between the scene's
+ * background and `fill` (by default the colour the scene names; a style passes its own version).
+ */
+export function renderScene(scene: Scene, fill: readonly number[] = COLORS[scene.color]): Uint8Array {
   const n = TINY_SIZE * TINY_SIZE;
   const cov = new Float32Array(n);
   const r = SIZE_RADIUS[scene.size];
@@ -182,12 +185,11 @@ export function renderScene(scene: Scene): Uint8Array {
     const c = shapeCoverage(scene.shape, cx, cy, r);
     for (let i = 0; i < n; i++) cov[i] = Math.min(1, cov[i]! + c[i]!);
   }
-  const fg = COLORS[scene.color];
   const bg = BACKGROUNDS[scene.background];
   const out = new Uint8Array(n * 3);
   for (let i = 0; i < n; i++) {
     const a = cov[i]!;
-    for (let ch = 0; ch < 3; ch++) out[i * 3 + ch] = Math.round(a * fg[ch]! + (1 - a) * bg[ch]!);
+    for (let ch = 0; ch < 3; ch++) out[i * 3 + ch] = Math.round(a * fill[ch]! + (1 - a) * bg[ch]!);
   }
   return out;
 }

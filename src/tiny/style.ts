@@ -22,7 +22,7 @@
  */
 import { Rng } from "../diffusion/random";
 import { foregroundMask, measureBackground } from "./classify";
-import { COLORS, TINY_SIZE, captionOf, randomScene, shapeCoverage, SIZE_RADIUS, type Scene, type ShapeSample } from "./shapes";
+import { COLORS, TINY_SIZE, captionOf, randomScene, renderScene, type Scene, type ShapeSample } from "./shapes";
 
 const N = TINY_SIZE * TINY_SIZE;
 
@@ -36,20 +36,7 @@ function pastelOf(color: readonly number[]): number[] {
 
 /** Draw a scene in the pastel style (its `background` is ignored: the style is on black). */
 export function renderPastel(scene: Scene): Uint8Array {
-  const r = SIZE_RADIUS[scene.size];
-  const cov = new Float32Array(N);
-  for (const [cx, cy] of scene.centers) {
-    const c = shapeCoverage(scene.shape, cx, cy, r);
-    for (let i = 0; i < N; i++) cov[i] = Math.min(1, cov[i]! + c[i]!);
-  }
-  const fg = pastelOf(COLORS[scene.color]);
-  const bg = [15, 15, 15]; // the dataset's black
-  const out = new Uint8Array(N * 3);
-  for (let i = 0; i < N; i++) {
-    const a = cov[i]!;
-    for (let c = 0; c < 3; c++) out[i * 3 + c] = Math.round(a * fg[c]! + (1 - a) * bg[c]!);
-  }
-  return out;
+  return renderScene({ ...scene, background: "black" }, pastelOf(COLORS[scene.color]));
 }
 
 /**
