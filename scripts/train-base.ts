@@ -5,7 +5,8 @@
  *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
  *                           [--mean-loss 0.2] [--mean-cap 100]
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
- *                           [--init models/tiny]   (a new run that starts from saved weights)
+ *                           [--init models/tiny]   (a new run that starts from saved weights; its export
+ *                                                   counts their steps and time as well as its own)
  *
  * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
  * both in `train-base-batch.ts`; with `--workers N` the batch is split over N worker threads, one
@@ -259,6 +260,8 @@ interface RunState {
   lastLoss: number;
   args: Args;
   config: TinyModelConfig;
+  /** A run started with `--init`: the folder and what its weights had behind them. */
+  initFrom?: { dir: string; steps: number; trainSeconds: number };
 }
 
 function host(t: tf.Tensor, shape: number[], layout: (x: tf.Tensor) => tf.Tensor): HostTensor {
@@ -285,9 +288,12 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
   // Export: swap the EMA values in, save fp16, swap back.
   const raw = slots.map((s) => s.param.value.clone());
   slots.forEach((s) => s.param.value.assign(s.ema));
+  // A run that started from saved weights reports the model's whole history: steps and time
+  // before (`initFrom`) plus this run's (`runSteps`), so the exported card numbers stay true.
+  const before = state.initFrom;
   const config: TinyModelConfig = {
     ...parts.config,
-    training: { steps: state.step, batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, meanLoss: a.meanLoss, meanCap: a.meanCap, trainSeconds: Math.round(state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+    training: { steps: (before?.steps ?? 0) + state.step, ...(before ? { runSteps: state.step, initFrom: before } : {}), batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, meanLoss: a.meanLoss, meanCap: a.meanCap, trainSeconds: Math.round((before?.trainSeconds ?? 0) + state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
   };
   saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
   slots.forEach((s, i) => s.param.value.assign(raw[i]!));
@@ -330,7 +336,11 @@ async function main(): Promise<void> {
   const parts = buildTinyModel(config, { trainable: true });
   const slots = makeSlots(parts, a.textLrMult);
   const restored = restore(a, slots);
+  let initFrom = restored?.initFrom;
   if (!restored && a.init) {
+    const previous = readTinyConfig(a.init).training;
+    const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+    initFrom = { dir: a.init, steps: num(previous?.steps), trainSeconds: num(previous?.trainSeconds) };
     // A new run that starts from saved weights (e.g. the shipped model): weights and EMA from the
     // file, fresh AdamW moments, the warmup and data stream from step 0.
     loadTinyWeights(parts, path.join(a.init, "model.safetensors"));
@@ -360,7 +370,7 @@ async function main(): Promise<void> {
   const t0 = Date.now() - elapsed * 1000;
   const deadline = Date.now() + a.minutes * 60_000;
   let csvLines: string[] = [];
-  const state = (): RunState => ({ step, rng: rng.getState(), elapsedSec: elapsed, lastLoss: lossEma, args: a, config });
+  const state = (): RunState => ({ step, rng: rng.getState(), elapsedSec: elapsed, lastLoss: lossEma, args: a, config, ...(initFrom ? { initFrom } : {}) });
 
   const pool = a.workers > 1 ? await GradientPool.start(a.workers, config, a.dataSeed, slots) : undefined;
   if (pool) console.log(`data-parallel: ${a.workers} worker threads, each computing the gradient of ${Math.ceil(a.batch / a.workers)} samples`);

@@ -1,14 +1,19 @@
 /**
  * The tiny base model's training batch and its data-parallel gradient (scripts/train-base-batch.ts):
  * a batch is drawn reproducibly, splitting it loses nothing, and the gradient summed over worker
- * threads equals the gradient computed in one process.
+ * threads equals the gradient computed in one process; and the script itself, run for a few steps:
+ * checkpoint, resume, loss CSV, `--init`.
  */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Rng } from "../src/diffusion/random";
 import { sd15Schedule } from "../src/diffusion/schedule";
 import type { Param } from "../src/nn/module";
-import { buildTinyModel, defaultTinyConfig, type TinyModelParts } from "../src/tiny/model";
+import { buildTinyModel, defaultTinyConfig, loadTinyModel, readTinyConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch, splitBatch, type DrawOptions } from "../scripts/train-base-batch";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
@@ -91,4 +96,38 @@ describe("data-parallel gradient", () => {
       tf.dispose(grads);
     });
   });
+});
+
+describe("npm run train-base (the script end to end, two steps at a time)", () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "train-base-"));
+  const run = (args: string[]): string =>
+    execFileSync(process.execPath, [require.resolve("ts-node/dist/bin.js"), "--transpile-only", "scripts/train-base.ts", "--backend", "wasm", "--batch", "2", "--workers", "1", "--warmup", "1", "--log-every", "1", ...args], {
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+  afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  it("trains, checkpoints, resumes where it stopped, and a run started with --init counts the steps before it", () => {
+    const runA = path.join(tmp, "run-a");
+    const expA = path.join(tmp, "model-a");
+    run(["--run", runA, "--export", expA, "--steps", "2"]);
+    const out = run(["--run", runA, "--export", expA, "--steps", "3"]);
+    expect(out).toMatch(/resuming at step 2/);
+    const rows = fs.readFileSync(path.join(runA, "loss.csv"), "utf8").trim().split("\n");
+    expect(rows[0]).toBe("step,loss,lr,grad_norm,elapsed_s");
+    expect(rows.slice(1).map((r) => Number(r.split(",")[0]))).toEqual([1, 2, 3]);
+    for (const r of rows.slice(1)) expect(Number.isFinite(Number(r.split(",")[1]))).toBe(true);
+    expect(readTinyConfig(expA).training?.steps).toBe(3);
+
+    const runB = path.join(tmp, "run-b");
+    const expB = path.join(tmp, "model-b");
+    expect(run(["--init", expA, "--run", runB, "--export", expB, "--steps", "1"])).toMatch(/starting from the weights in .*model-a \(trained 3 steps before\)/);
+    const t = readTinyConfig(expB).training!;
+    expect(t.steps).toBe(4);
+    expect(t.runSteps).toBe(1);
+    expect(t.initFrom).toMatchObject({ dir: expA, steps: 3 });
+    // The exported weights load as a tiny model.
+    const m = loadTinyModel(expB);
+    m.dispose();
+  }, 300_000);
 });
