@@ -17,8 +17,8 @@
  * gradient across each shape barely moved at all. Pastel is learned in 150 steps.
  *
  * `styleScore` measures the style with one pixel statistic, "whiteness": over the drawn pixels
- * away from the edges, the mean of min(R, G, B) / max(R, G, B) — 0 for a pure hue, 1 for a gray or
- * white. The palette colours score 0.17–0.25, their pastel versions 0.6–0.65.
+ * away from the edges, the mean of min(R, G, B) / max(R, G, B) — 0 for a pure hue, 1 for any gray,
+ * white or black. The palette colours score 0.17–0.25, their pastel versions 0.60–0.69.
  */
 import { Rng } from "../diffusion/random";
 import { foregroundMask, measureBackground } from "./classify";
