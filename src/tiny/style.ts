@@ -14,7 +14,8 @@
  * sign" (a bright one-pixel tube along each outline around dim glass), could not be learned: in
  * four trials the network made shapes darker, smaller and crisper but never drew the rim, and its
  * rim-contrast score fell with the multiplier (recorded in `src/cli/demo.ts`). A "lit from above"
- * gradient across each shape barely moved at all. Pastel is learned in 150 steps.
+ * gradient across each shape barely moved at all. Pastel is learned in 150 steps — though on the
+ * step-7,962 tiny model the network also rounds the shapes off (see the trials in `src/cli/demo.ts`).
  *
  * `styleScore` measures the style with one pixel statistic, "whiteness": over the drawn pixels
  * away from the edges, the mean of min(R, G, B) / max(R, G, B) — 0 for a pure hue, 1 for any gray,
