@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import * as tf from "@tensorflow/tfjs";
 import sharp from "sharp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { demoPrompts, runDemo, type DemoSummary } from "../src/cli/demo";
@@ -103,6 +104,14 @@ describe("demo --quick", () => {
     await runDemo({ out, quick: true, progress: false, settings: { prompts: 1, multipliers: [0, 1] }, log: () => {} });
     expect(readHypernetworkFile(path.join(out, "pastel.pt")).info.step).toBe(3);
     expect((JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8")) as DemoSummary).prompts).toHaveLength(1);
+  }, 60_000);
+
+  it("gives modules only to the widths in settings.dims, and refuses a width the model does not have (no tensors left behind)", async () => {
+    const s = await runDemo({ out, quick: true, progress: false, settings: { prompts: 1, multipliers: [0, 1], dims: [64, 96] }, log: () => {} });
+    expect([...readHypernetworkFile(s.files.hypernetwork!).weights.keys()].sort((a, b) => a - b)).toEqual([64, 96]);
+    const before = tf.memory().numTensors;
+    await expect(runDemo({ out, quick: true, progress: false, settings: { dims: [64, 768] }, log: () => {} })).rejects.toThrow(/\[768\] are not attention widths .*it has 64, 80, 96/);
+    expect(tf.memory().numTensors).toBe(before);
   }, 60_000);
 });
 

@@ -318,7 +318,10 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   const widths = [...new Set(base.unet.attentionLayers().map(([, layer]) => layer.contextDim))].sort((a, b) => a - b);
   const dims = st.dims === "all" ? widths : st.dims;
   const unknown = dims.filter((d) => !widths.includes(d));
-  if (unknown.length) throw new Error(`demo: settings.dims ${JSON.stringify(unknown)} are not attention widths of ${modelDir} (it has ${widths.join(", ")})`);
+  if (unknown.length) {
+    base.dispose();
+    throw new Error(`demo: settings.dims ${JSON.stringify(unknown)} are not attention widths of ${modelDir} (it has ${widths.join(", ")}); use "all" or some of those`);
+  }
   const net = createHypernetwork({ name: "pastel", dims, layerStructure: st.layerStructure, activation: st.activation, layerNorm: st.layerNorm, weightInit: st.weightInit, seed: st.trainSeed });
   try {
     const trainedSteps = typeof cfg.training?.steps === "number" ? cfg.training.steps : null;
