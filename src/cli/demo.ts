@@ -99,6 +99,8 @@ export interface DemoSettings {
  *   pastel, whiteness         │ 7962  │ "1e-3:50, 5e-4:100, 2e-4:150"   │ 24      │ .217/.439/.635   │ 100→100%, 67→17%
  *   pastel, 240 images ³      │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .217/.378/.551   │ 100→100%, 67→33%
  *   pastel, 240 images        │ 7962  │ "3e-3:25, 1.5e-3:50, 6e-4:75"   │ 24      │ .217/.396/.579   │ 100→100%, 67→25%
+ *   pastel, 240, layers [1,1] │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .217/.404/.645   │ 100→100%, 67→21%
+ *   pastel, 240, only dim 80  │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .217/.509/.718   │ 100→92%, 67→17%
  *
  * ¹ "neon sign": a bright one-pixel tube along each outline around dim tinted glass; the score was
  *   the rim's contrast with the background over the inside's. ² each shape shaded from a pale top
