@@ -345,7 +345,7 @@ async function main(): Promise<void> {
     // file, fresh AdamW moments, the warmup and data stream from step 0.
     loadTinyWeights(parts, path.join(a.init, "model.safetensors"));
     for (const s of slots) s.ema.assign(s.param.value);
-    console.log(`starting from the weights in ${a.init} (trained ${readTinyConfig(a.init).training?.steps ?? "?"} steps before)`);
+    console.log(`starting from the weights in ${a.init} (trained ${previous?.steps ?? "?"} steps before)`);
   }
   const rng = restored ? Rng.fromState(restored.rng) : new Rng(a.seed);
   let step = restored?.step ?? 0;
