@@ -15,7 +15,7 @@
 import * as os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 import { CrossAttention } from "../src/unet/attention";
-import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, time, timeAsync, trainStep, trainStepAsync } from "./harness";
+import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, timeAsync, trainStep, trainStepAsync } from "./harness";
 
 function emit(obj: Record<string, unknown>): void {
   console.log(JSON.stringify(obj));
@@ -35,31 +35,37 @@ async function profileStep(run: () => void): Promise<Array<{ kernel: string; ms:
 }
 
 /** Micro-benchmarks with the shapes of reference/tfjs-on-this-machine.md §3 (same as torch_bench.py). */
-function micro(args: BenchArgs, base: Record<string, unknown>): void {
+async function micro(args: BenchArgs, base: Record<string, unknown>): Promise<void> {
   const runs = Math.max(3, args.steps);
-  const report = (name: string, gflop: number, fn: () => tf.Tensor[]): void => {
+  // Each run reads every result back with `await data()` (so a GPU backend is timed to completion;
+  // WebGPU in Node has no synchronous read).
+  const report = async (name: string, gflop: number, fn: () => tf.Tensor[]): Promise<void> => {
     const before = tf.memory().numTensors;
-    const r = time(() => tf.dispose(fn().map((t) => (t.dataSync(), t))), runs);
+    const r = await timeAsync(async () => {
+      const outs = fn();
+      for (const t of outs) await t.data();
+      tf.dispose(outs);
+    }, runs);
     emit({ ...base, case: name, median_ms: round(r.median), min_ms: round(r.min), gflops: round(gflop / (r.median / 1000)), leaked_tensors: tf.memory().numTensors - before });
   };
   // (a) 512³ matMul: 0.268 GFLOP
   const a = tf.randomNormal([512, 512]);
   const b = tf.randomNormal([512, 512]);
-  report("matmul_512", 0.268, () => [tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)]);
+  await report("matmul_512", 0.268, () => [tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)]);
   // (b) conv 1×64×64×128, 3×3, 128→128, 'same': 1.208 GFLOP forward, 3.62 forward + dx + dW
   const x = tf.randomNormal([1, 64, 64, 128]) as tf.Tensor4D;
   const w = tf.mul(tf.randomNormal([3, 3, 128, 128]), 0.05) as tf.Tensor4D;
-  report("conv_fwd", 1.208, () => [tf.conv2d(x, w, 1, "same")]);
-  report("conv_fwd_bwd", 3.62, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
+  await report("conv_fwd", 1.208, () => [tf.conv2d(x, w, 1, "same")]);
+  await report("conv_fwd_bwd", 3.62, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
   // (c) cross-attention: B=4, 256 tokens × 128, context 77 × 256, 4 heads of 32: 0.148 GFLOP forward, ×3 with backward
   const attn = new CrossAttention(128, 256, 4, 32, false);
   const q = tf.randomNormal([4, 256, 128]);
   const c = tf.randomNormal([4, 77, 256]);
-  report("attention_fwd", 0.148, () => [attn.apply(q, c)]);
+  await report("attention_fwd", 0.148, () => [attn.apply(q, c)]);
   // Module weights are frozen by default; make them trainable so variableGrads differentiates them.
   const weights = attn.namedParameters().map(([, p]) => p.value);
   for (const v of weights) v.trainable = true;
-  report("attention_fwd_bwd", 0.444, () => {
+  await report("attention_fwd_bwd", 0.444, () => {
     const { value, grads } = tf.variableGrads(() => tf.tidy(() => tf.mean(tf.square(attn.apply(q, c))) as tf.Scalar), weights);
     value.dispose();
     const dx = tf.grad((xx: tf.Tensor) => tf.mean(tf.square(attn.apply(xx, c))))(q);
@@ -113,7 +119,7 @@ async function main(): Promise<void> {
   }
   m.dispose();
   if (tf.memory().numTensors !== tensorsBefore) emit({ ...base, case: "leak", tensors: tf.memory().numTensors - tensorsBefore });
-  if (!args.noMicro) micro(args, base);
+  if (!args.noMicro) await micro(args, base);
 }
 
 main().catch((e: unknown) => {

@@ -184,19 +184,6 @@ export function sampleStep(m: BenchModel): void {
   tf.tidy(() => m.unet.forward(m.x0, t, m.cond).dataSync());
 }
 
-/** Median and minimum of `runs` timed calls (after `warmup` untimed ones), in ms. */
-export function time(fn: () => void, runs: number, warmup = 1): { median: number; min: number; all: number[] } {
-  for (let i = 0; i < warmup; i++) fn();
-  const all: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    fn();
-    all.push(performance.now() - t0);
-  }
-  const s = [...all].sort((p, q) => p - q);
-  return { median: s[s.length >> 1]!, min: s[0]!, all };
-}
-
 /** Peak resident set size of this process so far, MB. */
 export function peakRssMb(): number {
   return process.resourceUsage().maxRSS / 1024;

@@ -22,18 +22,16 @@ async function main(): Promise<void> {
   const rng = new Rng(1);
   const schedule = sd15Schedule();
   const opts = { batch, dropout: 0.1, highT: 0.5, snrCap: 20, offsetNoise: 0.1, dataSeed: 7, meanLoss: 0, meanCap: 100 };
-  const step = (): void => {
-    const { grads } = batchGradients(parts, vars, drawBatch(opts, 0, rng, schedule, parts.tokenizer), opts.dataSeed, schedule);
+  const step = async (): Promise<void> => {
+    const { grads } = await batchGradients(parts, vars, drawBatch(opts, 0, rng, schedule, parts.tokenizer), opts.dataSeed, schedule);
     tf.dispose(grads);
   };
-  step();
-  step();
+  await step();
+  await step();
   const t = Date.now();
-  for (let i = 0; i < 3; i++) step();
+  for (let i = 0; i < 3; i++) await step();
   console.log(JSON.stringify({ batch, msPerStep: (Date.now() - t) / 3 }));
-  const prof = await tf.profile(() => {
-    step();
-  });
+  const prof = await tf.profile(step);
   const agg = new Map<string, [number, number]>();
   for (const k of prof.kernels) {
     const e = agg.get(k.name) ?? [0, 0];

@@ -1,7 +1,9 @@
 """PyTorch twin of `npm run bench` (bench/bench.ts): the same cases, the same JSON lines.
 
 Run with Debian's torch 1.13:  /usr/bin/python3 bench/torch_bench.py [--config FILE.json|tiny|sd15]
-    [--batch 4] [--size 32] [--steps 5] [--context-len 77] [--threads 2] [--no-micro]
+    [--batch 4] [--size 32] [--steps 5] [--context-len 77] [--threads 2] [--no-micro] [--device cuda]
+(`--device cuda` needs torch >= 2.0, e.g. on a GPU machine: every tensor is created there, and each
+timed call ends with `.item()`, which waits for the GPU.)
 
 The UNet is the LDM `openaimodel.UNetModel` with SpatialTransformers, written out in plain torch
 below (ResBlock, SpatialTransformer = GroupNorm → proj_in → [attn1, attn2, GEGLU ff] → proj_out,
@@ -278,11 +280,16 @@ def main():
     ap.add_argument("--context-len", type=int, default=77)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-micro", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (needs torch >= 2.0: every tensor is made there)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.device != "cpu":
+        torch.set_default_device(a.device)  # modules, inputs and the micro cases all live there
     torch.manual_seed(0)
     cfg, clen = load_config(a.config, a.context_len)
-    base = dict(backend="pytorch", device=f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+    where = (f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}, fp32 (cuDNN TF32 convs: {torch.backends.cudnn.allow_tf32})"
+             if a.device.startswith("cuda") else f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    base = dict(backend="pytorch", device=where,
                 host=f"{os.cpu_count()}x {platform.processor() or 'cpu'}, load {os.getloadavg()[0]:.2f}")
 
     unet = UNetModel(cfg).eval().requires_grad_(False)
@@ -341,6 +348,7 @@ def main():
         conv.zero_grad(set_to_none=True)
         xr.grad = None
         conv(xr).square().mean().backward()
+        xr.grad.sum().item()  # wait for the result (on a GPU, the backward is asynchronous)
     report("conv_fwd_bwd", 3.62, conv_bwd)
     attn = CrossAttention(128, 256, 4, 32)
     q, c = torch.randn(4, 256, 128), torch.randn(4, 77, 256)
@@ -352,6 +360,7 @@ def main():
         attn.zero_grad(set_to_none=True)
         qr.grad = None
         attn(qr, c).square().mean().backward()
+        qr.grad.sum().item()
     report("attention_fwd_bwd", 0.444, attn_bwd)
 
 

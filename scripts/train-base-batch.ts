@@ -116,7 +116,7 @@ export function splitBatch(b: BatchPart, n: number): BatchPart[] {
  * (u = `meanWeights`, the colour-mean loss of `drawBatch`) over one batch part with respect to
  * `vars` (every UNet and text-encoder weight), and Σ_i mse_i (the plain ε-MSE, for the log).
  */
-export function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: BatchPart, dataSeed: number, schedule: NoiseSchedule): { grads: tf.NamedTensorMap; mseSum: number } {
+export async function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: BatchPart, dataSeed: number, schedule: NoiseSchedule): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
   const hw = TINY_SIZE;
   const samples = shapeSamples(dataSeed, b.start, b.count);
   const noise = tf.tensor4d(b.noise, [b.count, hw, hw, 3]);
@@ -136,8 +136,11 @@ export function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: Ba
     const meanErr = tf.mean(tf.square(tf.sub(tf.mean(eps, [1, 2]), tf.mean(noise, [1, 2]))), 1);
     return tf.add(loss, tf.sum(tf.mul(meanErr, u))) as tf.Scalar;
   }, vars);
-  const mseSum = tf.tidy(() => tf.sum(perSample!).dataSync()[0]!);
+  // Read asynchronously: WebGPU in Node has no synchronous read-back.
+  const total = tf.sum(perSample!);
   tf.dispose([perSample!, w, u, value, noise, x0, xt]);
+  const mseSum = (await total.data())[0]!;
+  total.dispose();
   return { grads, mseSum };
 }
 
@@ -279,7 +282,7 @@ async function workerMain(init: WorkerInit): Promise<void> {
     const index = new Map(vars.map((v, i) => [v.name, i]));
     const schedule = sd15Schedule();
     port.postMessage({ kind: "ready" } satisfies FromWorker);
-    port.on("message", (m: ToWorker) => {
+    port.on("message", async (m: ToWorker) => {
       if (m.kind === "close") {
         port.close();
         return;
@@ -290,7 +293,7 @@ async function workerMain(init: WorkerInit): Promise<void> {
           v.assign(t);
           t.dispose();
         });
-        const { grads: g, mseSum } = batchGradients(parts, vars, m.part, init.dataSeed, schedule);
+        const { grads: g, mseSum } = await batchGradients(parts, vars, m.part, init.dataSeed, schedule);
         grads.fill(0); // a weight the loss does not reach gets no entry in g
         for (const [name, t] of Object.entries(g)) grads.set(t.dataSync() as Float32Array, l.offsets[index.get(name)!]!);
         tf.dispose(g);

@@ -51,8 +51,9 @@ import { sd15Schedule } from "../src/diffusion/schedule";
 import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
 import type { HostTensor } from "../src/io/host-tensor";
 import { writeFileAtomic } from "../src/io/atomic";
+import { globalNorm } from "../src/train/grad-norm";
 import type { Param } from "../src/nn/module";
-import { buildTinyModel, defaultTinyConfig, loadTinyWeights, readTinyConfig, saveTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
+import { buildTinyModel, defaultTinyConfig, loadTinyWeights, readTinyConfig, writeTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch } from "./train-base-batch";
 
@@ -230,8 +231,10 @@ const WD = 0.01;
 const CLIP = 1.0;
 
 /** One AdamW update of every slot from its gradient, after global-norm clipping. Returns the pre-clip norm. */
-function applyAdamW(slots: Slot[], grads: tf.NamedTensorMap, step: number, lr: number, emaDecay: number): number {
-  const gnorm = tf.tidy(() => tf.sqrt(tf.addN(slots.map((s) => tf.sum(tf.square(grads[s.param.value.name]!))))).dataSync()[0]!);
+async function applyAdamW(slots: Slot[], grads: tf.NamedTensorMap, step: number, lr: number, emaDecay: number): Promise<number> {
+  const norm = globalNorm(slots.map((s) => grads[s.param.value.name]!));
+  const gnorm = (await norm.data())[0]!; // async: WebGPU in Node cannot read back synchronously
+  norm.dispose();
   const scale = gnorm > CLIP ? CLIP / gnorm : 1;
   const t = step + 1;
   const bc1 = 1 - B1 ** t;
@@ -264,30 +267,32 @@ interface RunState {
   initFrom?: { dir: string; steps: number; trainSeconds: number };
 }
 
-function host(t: tf.Tensor, shape: number[], layout: (x: tf.Tensor) => tf.Tensor): HostTensor {
-  const x = tf.tidy(() => layout(t));
-  const data = x.dataSync() as Float32Array;
-  x.dispose();
-  return { dtype: "F32", shape, data };
+async function host(t: tf.Tensor): Promise<HostTensor> {
+  return { dtype: "F32", shape: [...t.shape], data: (await t.data()) as Float32Array };
 }
 
-/** Write the full training state (atomic) and export the EMA weights as a tiny model. */
-function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunState): void {
+/**
+ * Write the full training state (atomic) and export the EMA weights as a tiny model. Every read
+ * is awaited, so this works on WebGPU in Node too.
+ */
+async function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunState): Promise<void> {
   const tensors: Array<[string, HostTensor]> = [];
   for (const s of slots) {
-    const shape = [...s.param.value.shape];
-    const id = (x: tf.Tensor): tf.Tensor => x.clone();
-    tensors.push([`w.${s.key}`, host(s.param.value, shape, id)]);
-    tensors.push([`m.${s.key}`, host(s.m, shape, id)]);
-    tensors.push([`v.${s.key}`, host(s.v, shape, id)]);
-    tensors.push([`ema.${s.key}`, host(s.ema, shape, id)]);
+    tensors.push([`w.${s.key}`, await host(s.param.value)]);
+    tensors.push([`m.${s.key}`, await host(s.m)]);
+    tensors.push([`v.${s.key}`, await host(s.v)]);
+    tensors.push([`ema.${s.key}`, await host(s.ema)]);
   }
   writeSafetensors(path.join(a.run, "state.safetensors"), tensors, {}, { overwrite: true });
   writeFileAtomic(path.join(a.run, "state.json"), [Buffer.from(JSON.stringify(state, null, 2))], { overwrite: true });
 
-  // Export: swap the EMA values in, save fp16, swap back.
+  // Export: swap the EMA values in, read them in PyTorch layout, swap back, save fp16.
   const raw = slots.map((s) => s.param.value.clone());
   slots.forEach((s) => s.param.value.assign(s.ema));
+  const weights = new Map<string, HostTensor>();
+  for (const s of slots) weights.set(s.key, await s.param.toTorch());
+  slots.forEach((s, i) => s.param.value.assign(raw[i]!));
+  raw.forEach((r) => r.dispose());
   // A run that started from saved weights reports the model's whole history: steps and time
   // before (`initFrom`) plus this run's (`runSteps`), so the exported card numbers stay true.
   const before = state.initFrom;
@@ -295,9 +300,7 @@ function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: RunSta
     ...parts.config,
     training: { steps: (before?.steps ?? 0) + state.step, ...(before ? { runSteps: state.step, initFrom: before } : {}), batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, meanLoss: a.meanLoss, meanCap: a.meanCap, trainSeconds: Math.round((before?.trainSeconds ?? 0) + state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
   };
-  saveTinyModel({ ...parts, config }, a.export, { overwrite: true });
-  slots.forEach((s, i) => s.param.value.assign(raw[i]!));
-  raw.forEach((r) => r.dispose());
+  writeTinyModel(a.export, config, weights, { overwrite: true });
 }
 
 /** The config of a tiny-model folder, without its training facts (a new run writes its own). */
@@ -384,12 +387,12 @@ async function main(): Promise<void> {
       grads = r.grads;
       loss = r.mseSum / a.batch;
     } else {
-      const r = batchGradients(parts, vars, batch, a.dataSeed, schedule);
+      const r = await batchGradients(parts, vars, batch, a.dataSeed, schedule);
       grads = r.grads;
       loss = r.mseSum / a.batch;
     }
     const lr = learningRate(step, a);
-    const gnorm = applyAdamW(slots, grads, step, lr, step < 100 ? 0 : a.ema);
+    const gnorm = await applyAdamW(slots, grads, step, lr, step < 100 ? 0 : a.ema);
     tf.dispose(grads);
     if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at step ${step}; restart from the last checkpoint with a lower --lr`);
     step++;
@@ -406,7 +409,7 @@ async function main(): Promise<void> {
     if (step % a.ckptEvery === 0 || stop || step === a.steps) {
       if (csvLines.length) fs.appendFileSync(csv, csvLines.join("\n") + "\n");
       csvLines = [];
-      checkpoint(a, parts, slots, state());
+      await checkpoint(a, parts, slots, state());
       console.log(`checkpoint at step ${step} → ${a.run}; EMA weights exported to ${a.export}`);
     }
   }

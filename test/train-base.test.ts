@@ -67,7 +67,7 @@ describe("data-parallel gradient", () => {
   it("two worker threads give the same gradient as one process", async () => {
     const batch = drawBatch({ ...OPTS, batch: 2 }, 0, new Rng(11), schedule, parts.tokenizer);
     const vars = named.map(([, p]) => p.value);
-    const single = batchGradients(parts, vars, batch, OPTS.dataSeed, schedule);
+    const single = await batchGradients(parts, vars, batch, OPTS.dataSeed, schedule);
     const slots = named.map(([key, param]) => ({ key, param }));
     const pool = await GradientPool.start(2, parts.config, OPTS.dataSeed, slots);
     try {
@@ -91,8 +91,8 @@ describe("data-parallel gradient", () => {
   it("batchGradients leaves no tensors behind but its gradients", async () => {
     const batch = drawBatch({ ...OPTS, batch: 1 }, 0, new Rng(2), schedule, parts.tokenizer);
     const vars = named.map(([, p]) => p.value);
-    await expectNoLeak(() => {
-      const { grads } = batchGradients(parts, vars, batch, OPTS.dataSeed, schedule);
+    await expectNoLeak(async () => {
+      const { grads } = await batchGradients(parts, vars, batch, OPTS.dataSeed, schedule);
       tf.dispose(grads);
     });
   });

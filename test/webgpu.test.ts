@@ -207,3 +207,53 @@ describe.runIf(skipReason === null)("train() on WebGPU", () => {
   }, 180_000);
 });
 
+
+describe.runIf(skipReason === null)("train-base and the global gradient norm on WebGPU", () => {
+  it("globalNorm over more tensors than a shader may bind (8) matches the hand-computed norm", async () => {
+    await useBackend("webgpu", { quiet: true });
+    // 12 tensors, tensor k filled with k+1 over k+1 elements: Σ (k+1)²·(k+1) = Σ n³ = (12·13/2)² = 6084.
+    const ts = Array.from({ length: 12 }, (_, k) => tf.fill([k + 1], k + 1));
+    const { globalNorm } = await import("../src/train/grad-norm");
+    const n = await expectNoLeak(async () => {
+      const s = globalNorm(ts);
+      const v = (await s.data())[0]!;
+      s.dispose();
+      return v;
+    });
+    expect(n).toBeCloseTo(78, 3); // √6084
+    tf.dispose(ts);
+  }, 60_000);
+
+  it("`npm run train-base -- --backend webgpu` logs the same losses and gradient norms as wasm, and exports the same weights", async () => {
+    const os = await import("node:os");
+    const path = await import("node:path");
+    const { execFileSync } = await import("node:child_process");
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "train-base-webgpu-"));
+    const run = (backend: string): { rows: number[][]; weights: Map<string, HostTensor> } => {
+      const dir = path.join(tmp, backend);
+      execFileSync(process.execPath, [createRequire(__filename).resolve("ts-node/dist/bin.js"), "--transpile-only", "scripts/train-base.ts",
+        "--backend", backend, "--workers", "1", "--batch", "2", "--steps", "2", "--warmup", "1", "--lr", "1e-3", "--init", "models/tiny",
+        "--run", path.join(dir, "run"), "--export", path.join(dir, "model")], { encoding: "utf8", timeout: 240_000, stdio: "pipe" });
+      const rows = fs.readFileSync(path.join(dir, "run", "loss.csv"), "utf8").trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
+      return { rows, weights: readSafetensors(path.join(dir, "model", "model.safetensors")).tensors };
+    };
+    try {
+      const gpuRun = run("webgpu");
+      const cpuRun = run("wasm");
+      expect(gpuRun.rows.map((r) => r[0])).toEqual([1, 2]);
+      for (let i = 0; i < 2; i++) {
+        expect(gpuRun.rows[i]![1]).toBeCloseTo(cpuRun.rows[i]![1]!, 5); // loss
+        expect(Math.abs(gpuRun.rows[i]![3]! - cpuRun.rows[i]![3]!)).toBeLessThan(1e-3 * cpuRun.rows[i]![3]! + 1e-4); // grad norm
+      }
+      expect([...gpuRun.weights.keys()].sort()).toEqual([...cpuRun.weights.keys()].sort());
+      let worst = 0;
+      for (const [k, t] of cpuRun.weights) {
+        const g = gpuRun.weights.get(k)!.data;
+        t.data.forEach((x, i) => (worst = Math.max(worst, Math.abs(x - g[i]!))));
+      }
+      expect(worst).toBeLessThan(2e-3); // fp16 export; two AdamW steps of lr 1e-3 move a weight ≤ 2e-3
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 480_000);
+});

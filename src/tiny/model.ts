@@ -22,6 +22,7 @@ import { UNetModel } from "../unet/unet";
 import { loadStateDict, stateDict, zerosInit, type Module, type ModuleOptions, type TensorSource } from "../nn/module";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
 import type { HostTensor } from "../io/host-tensor";
+import { writeFileAtomic } from "../io/atomic";
 import { TINY_SIZE, captionVocabulary } from "./shapes";
 
 /**
@@ -165,11 +166,20 @@ export function tinyStateDict(parts: Pick<TinyModelParts, "unet" | "textEncoder"
  * replaced only with `overwrite: true`.
  */
 export function saveTinyModel(parts: TinyModelParts, dir: string, opts: { overwrite?: boolean } = {}): void {
+  writeTinyModel(dir, parts.config, tinyStateDict(parts, "F16"), opts);
+}
+
+/**
+ * `saveTinyModel` for weights already read to the host (keys `unet.…` / `text.…`, PyTorch layout),
+ * e.g. read with `await` on a backend that cannot read synchronously (WebGPU in Node). Written fp16.
+ */
+export function writeTinyModel(dir: string, config: TinyModelConfig, weights: Map<string, HostTensor>, opts: { overwrite?: boolean } = {}): void {
   fs.mkdirSync(dir, { recursive: true });
-  writeSafetensors(path.join(dir, TINY_WEIGHTS_FILE), tinyStateDict(parts, "F16"), { format: "pt", model: parts.config.name }, { overwrite: opts.overwrite });
   const cfgFile = path.join(dir, TINY_CONFIG_FILE);
   if (fs.existsSync(cfgFile) && !opts.overwrite) throw new Error(`${cfgFile} exists; pass overwrite: true to replace it`);
-  fs.writeFileSync(cfgFile, JSON.stringify(parts.config, null, 2) + "\n");
+  const f16 = new Map([...weights].map(([k, t]) => [k, { ...t, dtype: "F16" as const }]));
+  writeSafetensors(path.join(dir, TINY_WEIGHTS_FILE), f16, { format: "pt", model: config.name }, { overwrite: opts.overwrite });
+  writeFileAtomic(cfgFile, [Buffer.from(JSON.stringify(config, null, 2) + "\n")], { overwrite: true });
 }
 
 /**

@@ -1,4 +1,5 @@
 /** Training a hypernetwork: the loop with A1111's options, AdamW, schedules, checkpoints and resume. */
 export * from "./lr-schedule";
 export * from "./adamw";
+export * from "./grad-norm";
 export * from "./trainer";

@@ -48,6 +48,7 @@ import { removeStaleTempFiles, writeFileAtomic } from "../io/atomic";
 import { loadStateDict } from "../nn/module";
 import type { BaseModel } from "../pipeline/base-model";
 import type { UNetModel } from "../unet/unet";
+import { globalNorm } from "./grad-norm";
 import { AdamW } from "./adamw";
 import { Schedule } from "./lr-schedule";
 
@@ -67,7 +68,7 @@ export type ClipMode = "disabled" | "value" | "norm";
  */
 export function clipGradients(grads: readonly tf.Tensor[], mode: Exclude<ClipMode, "disabled">, c: number, norm?: number): tf.Tensor[] {
   if (mode === "value") return grads.map((g) => tf.clipByValue(g, -c, c));
-  const n = norm ?? tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+  const n = norm ?? tf.tidy(() => globalNorm(grads).dataSync()[0]!);
   const coef = Math.min(1, c / (n + 1e-6));
   return grads.map((g) => tf.mul(g, coef));
 }
@@ -811,7 +812,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
         if (opts.debugPoisonStep === step + 1) loss = NaN;
 
         // Safety: the update is applied only if the loss and the gradient are sane.
-        const normT = tf.tidy(() => tf.sqrt(tf.addN(grads!.map((g) => tf.sum(tf.square(g))))));
+        const normT = globalNorm(grads!);
         const gradNorm = (await normT.data())[0]!;
         normT.dispose();
         if (!Number.isFinite(loss)) unsafe = `the loss became ${loss} at step ${step + 1}`;
