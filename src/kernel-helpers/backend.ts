@@ -226,7 +226,7 @@ async function exposeNavigatorGpu(entry: string): Promise<void> {
 }
 
 const WEBGPU_HELP =
-  "WebGPU in Node needs a Vulkan driver: install libvulkan1 and mesa-vulkan-drivers (or your GPU vendor's Vulkan driver); on CPU-only Debian 12, lavapipe 22.3 is rejected by Dawn — run environment/setup-webgpu-cpu.sh for Mesa 25 lavapipe from bookworm-backports (see environment/README.md)";
+  "WebGPU in Node needs a Vulkan driver: install libvulkan1 and mesa-vulkan-drivers (or your GPU vendor's Vulkan driver; NVIDIA's also needs libglvnd0, and VK_DRIVER_FILES set to its nvidia_icd.json if the loader does not find it); on CPU-only Debian 12, lavapipe 22.3 is rejected by Dawn — run environment/setup-webgpu-cpu.sh for Mesa 25 lavapipe from bookworm-backports (see environment/README.md)";
 
 /** Where environment/setup-webgpu-cpu.sh leaves its Vulkan driver manifest, relative to a checkout. */
 const PRIVATE_LAVAPIPE_ICD = path.join(".cache", "lavapipe", "lvp_icd.x86_64.json");
