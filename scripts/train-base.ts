@@ -7,6 +7,10 @@
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *                           [--init models/tiny]   (a new run that starts from saved weights; its export
  *                                                   counts their steps and time as well as its own)
+ *                           [--backend wasm|webgpu|cpu|…]  (default wasm; with webgpu use --workers 1.
+ *                                                   Every read-back is awaited, so WebGPU in Node works;
+ *                                                   on an H100 it was not faster for this tiny model —
+ *                                                   see BENCHMARKS.md)
  *
  * One step (drawn on the main thread by `drawBatch`, the gradient computed by `batchGradients`,
  * both in `train-base-batch.ts`; with `--workers N` the batch is split over N worker threads, one
