@@ -1,7 +1,7 @@
 /**
  * Hypernetworks attached to a UNet through the attention processor, against PyTorch: the
  * ldm-tiny fixture's outputs with ldm-a.pt / ldm-b.pt attached (fixtures README), multiplier 0,
- * detach, training mode and leaks.
+ * detach, training mode, timestep gates and leaks.
  */
 import * as fs from "node:fs";
 import * as tf from "@tensorflow/tfjs";
@@ -120,6 +120,64 @@ describe("attaching hypernetworks (PyTorch fixture, 1e-4)", () => {
       const att = attachHypernetworks(unet, [a, { network: b, multiplier: 0.3 }]);
       eps();
       att.detach();
+    });
+  });
+});
+
+/** One item of the fixture batch through the UNet alone (its own timestep), NCHW floats. */
+function epsItem(i: number): Float32Array {
+  return tf.tidy(() => unet.forward(x.slice(i, 1), [t[i]!], ctx.slice(i, 1)).transpose([0, 3, 1, 2]).dataSync() as Float32Array);
+}
+
+/** Item i's part of a batch-of-2 fixture array. */
+function fixtureItem(key: string, i: number): Float32Array {
+  const all = io.get(key)!.data as Float32Array;
+  const n = all.length / 2;
+  return all.slice(i * n, (i + 1) * n);
+}
+
+describe("timestep gates (PyTorch fixture; the fixture batch is at t = 17 and 640)", () => {
+  it("a gated network applies exactly in calls whose timestep is in [min, max), and is absent elsewhere", () => {
+    expect(t).toEqual([17, 640]);
+    const att = attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [0, 100] }]);
+    expectClose(epsItem(0), fixtureItem("eps.a.1", 0), 1e-4); // t = 17: inside
+    expectClose(epsItem(1), fixtureItem("eps", 1), 1e-4); // t = 640: outside, the plain UNet
+    att.stack[0]!.timesteps = [640, 641]; // min is inclusive
+    expectClose(epsItem(1), fixtureItem("eps.a.1", 1), 1e-4);
+    att.stack[0]!.timesteps = [600, 640]; // max is exclusive
+    expectClose(epsItem(1), fixtureItem("eps", 1), 1e-4);
+    att.stack[0]!.timesteps = [0, 1000]; // the whole batch inside: as ungated
+    expectClose(eps(), io.get("eps.a.1")!.data, 1e-4);
+    att.stack[0]!.timesteps = [700, 1000]; // the whole batch outside
+    expectClose(eps(), io.get("eps")!.data, 1e-4);
+    att.detach();
+  });
+
+  it("in a stack only the gated entry drops out; the other still applies", () => {
+    const att = attachHypernetworks(unet, [
+      { network: a, multiplier: 1 },
+      { network: b, multiplier: 0.8, timesteps: [700, 1000] },
+    ]);
+    expectClose(eps(), io.get("eps.a.1")!.data, 1e-4);
+    att.stack[1]!.timesteps = [0, 1000];
+    expectClose(eps(), io.get("eps.a1.b0.8")!.data, 1e-4);
+    att.detach();
+  });
+
+  it("refuses a call that mixes timesteps across the gate, timesteps given as a tensor, and malformed gates", async () => {
+    const att = attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [0, 100] }]);
+    expect(() => eps()).toThrow(/gated to timesteps \[0, 100\) but one UNet call mixes timesteps inside and outside that range \(17–640\)/);
+    const tt = tf.tensor1d(t);
+    expect(() => tf.tidy(() => unet.forward(x, tt, ctx))).toThrow(/timesteps as a tensor/);
+    tt.dispose();
+    att.detach();
+    expect(() => attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [500, 100] }])).toThrow(/timesteps must be \[min, max\) with min < max/);
+    // the refused calls left nothing behind, and a gated attachment leaks nothing either
+    await expectNoLeak(() => {
+      const g = attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [0, 100] }]);
+      epsItem(0);
+      epsItem(1);
+      g.detach();
     });
   });
 });

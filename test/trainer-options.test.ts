@@ -99,3 +99,39 @@ describe("gradient accumulation", () => {
     net.dispose();
   }, 120_000);
 });
+
+describe("timesteps range (kohya's min/max timestep; not in A1111)", () => {
+  it("every training forward draws t from [min, max); the full range is the default; bad ranges are refused", async () => {
+    const seen: number[] = [];
+    const forward = base.unet.forward.bind(base.unet);
+    base.unet.forward = (x, t, c) => {
+      seen.push(...(t as number[]));
+      return forward(x, t, c);
+    };
+    const run = async (name: string, extra: Partial<TrainOptions>): Promise<{ losses: number[]; t: number[] }> => {
+      seen.length = 0;
+      const net = makeToyNet();
+      const r = await train(base, net, opts(path.join(tmp, name), { maxSteps: 6, ...extra })).done;
+      net.dispose();
+      return { losses: r.losses, t: [...seen] };
+    };
+    try {
+      const low = await run("t-low", { timesteps: [100, 110] });
+      expect(low.t.length).toBe(12); // 6 steps × batch 2, one forward each
+      for (const t of low.t) expect(t >= 100 && t < 110 && Number.isInteger(t)).toBe(true);
+      const dflt = await run("t-default", {});
+      const full = await run("t-full", { timesteps: [0, 1000] });
+      expect(full.losses).toEqual(dflt.losses);
+      expect(full.t).toEqual(dflt.t);
+      // 12 uniform draws from 0–999 all below 110 would have probability 0.11¹² ≈ 3e-12
+      expect(Math.max(...dflt.t)).toBeGreaterThan(110);
+      for (const bad of [[0, 1001], [500, 500], [-1, 10], [0.5, 10]] as Array<[number, number]>) {
+        const net = makeToyNet();
+        await expect(train(base, net, opts(path.join(tmp, "t-bad"), { timesteps: bad })).done).rejects.toThrow(/timesteps must be integers \[min, max\)/);
+        net.dispose();
+      }
+    } finally {
+      base.unet.forward = forward;
+    }
+  }, 120_000);
+});

@@ -22,6 +22,12 @@
  * computed once per forward and reused (SD 1.5: 16 layers → 1, saving ~5.4 G MACs per pass).
  * The cache is keyed on the context tensor's identity, lives only for one `forward` (the host's
  * forward hook clears it), and is bypassed when dropout makes each layer's masks differ.
+ *
+ * Timestep gates (not an A1111 feature): an entry with `timesteps: [min, max)` takes part only in
+ * UNet calls whose timestep lies in that range, so a network can be applied on the low-noise steps
+ * that draw colour and texture and kept out of the high-noise steps that lay out the picture.
+ * The host's forward hook reports each call's timesteps; a sampler's call has one timestep for
+ * the whole batch, so a gate decides per call.
  */
 import * as tf from "@tensorflow/tfjs";
 import { type AttentionProcessor, type CrossAttention, attend } from "../unet/attention";
@@ -32,6 +38,11 @@ export interface StackEntry {
   network: Hypernetwork;
   /** Strength of the residual branch (A1111's multiplier; 0 = no effect, 1 = as trained). */
   multiplier: number;
+  /**
+   * Apply only in UNet calls at timesteps `min ≤ t < max` (of the schedule's 0–999; fractional t
+   * from the Euler samplers counts too). Absent = every call, as in A1111. See the module comment.
+   */
+  timesteps?: readonly [number, number];
 }
 
 /** What `attachHypernetworks` needs from a UNet: read and replace its processors. */
@@ -39,7 +50,7 @@ export interface ProcessorHost {
   getProcessors(): Map<string, AttentionProcessor>;
   setProcessor(p: AttentionProcessor | Map<string, AttentionProcessor>): void;
   /** Optional: callbacks around each forward; without it the cross-attention cache stays off. */
-  addForwardHook?(hook: { begin(): void; end(): void }): () => void;
+  addForwardHook?(hook: { begin(t?: readonly number[]): void; end(): void }): () => void;
 }
 
 /**
@@ -94,14 +105,48 @@ export class Attachment {
   /** @internal per-forward cache of the cross-attention contexts (see the module comment). */
   readonly contextCache = new ContextCache();
   private removeHook: (() => void) | undefined;
+  /** The entries that take part in the forward in progress (all of them outside a forward). */
+  private current: readonly StackEntry[] | undefined;
 
   constructor(
     private readonly host: ProcessorHost,
-    /** The stack, in application order; edit `multiplier`s freely between forwards. */
+    /** The stack, in application order; edit `multiplier`s and `timesteps` freely between forwards. */
     readonly stack: StackEntry[],
     private readonly previous: Map<string, AttentionProcessor>,
   ) {
-    this.removeHook = host.addForwardHook?.(this.contextCache);
+    this.removeHook = host.addForwardHook?.({
+      begin: (t) => {
+        this.current = this.stackAt(t);
+        this.contextCache.begin();
+      },
+      end: () => {
+        this.current = undefined;
+        this.contextCache.end();
+      },
+    });
+  }
+
+  /** @internal the entries applied in the forward in progress: the stack less the gated-out ones. */
+  get activeStack(): readonly StackEntry[] {
+    return this.current ?? this.stack;
+  }
+
+  /** The entries whose timestep gate admits a UNet call at timesteps `t`. */
+  private stackAt(t: readonly number[] | undefined): readonly StackEntry[] {
+    if (this.stack.every((e) => e.timesteps === undefined)) return this.stack;
+    return this.stack.filter((e) => {
+      if (e.timesteps === undefined) return true;
+      checkGate(e);
+      const [lo, hi] = e.timesteps;
+      if (t === undefined || t.length === 0) {
+        throw new Error(`hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but the UNet was called with its timesteps as a tensor; pass them as numbers`);
+      }
+      const inside = t.map((x) => x >= lo && x < hi);
+      if (inside.some((b) => b !== inside[0])) {
+        throw new Error(`hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but one UNet call mixes timesteps inside and outside that range (${Math.min(...t)}–${Math.max(...t)}); a gate is for sampling, where a call has one timestep. To train on part of the range use the trainer's \`timesteps\` option`);
+      }
+      return inside[0];
+    });
   }
 
   /**
@@ -154,6 +199,15 @@ export class Attachment {
   }
 }
 
+/** Refuse a malformed timestep gate with a message naming the network. */
+function checkGate(e: StackEntry): void {
+  const g = e.timesteps;
+  if (g === undefined) return;
+  if (g.length !== 2 || !Number.isFinite(g[0]) || !Number.isFinite(g[1]) || g[0] >= g[1]) {
+    throw new Error(`hypernetwork "${e.network.name}": timesteps must be [min, max) with min < max, got ${JSON.stringify(g)}`);
+  }
+}
+
 /** Run the stack's k (or v) modules over a context, in order. */
 export function applyStack(stack: readonly StackEntry[], which: "k" | "v", context: tf.Tensor, opts: { training?: boolean; seed?: () => number | undefined } = {}): tf.Tensor {
   let c = context;
@@ -169,7 +223,8 @@ export function hypernetworkProcessor(attachment: Attachment): AttentionProcesso
   return (layer: CrossAttention, x: tf.Tensor, context: tf.Tensor | undefined): tf.Tensor => {
     const ctx = context ?? x;
     const opts = { training: attachment.training, seed: () => attachment.nextSeed() };
-    const both = (): { k: tf.Tensor; v: tf.Tensor } => ({ k: applyStack(attachment.stack, "k", ctx, opts), v: applyStack(attachment.stack, "v", ctx, opts) });
+    const stack = attachment.activeStack;
+    const both = (): { k: tf.Tensor; v: tf.Tensor } => ({ k: applyStack(stack, "k", ctx, opts), v: applyStack(stack, "v", ctx, opts) });
     // Cross-attention: the same context in every layer of this forward → compute once.
     const cached = context !== undefined && attachment.canCache ? attachment.contextCache.get(context, both) : undefined;
     const { k: ck, v: cv } = cached ?? both();
@@ -182,7 +237,12 @@ export function hypernetworkProcessor(attachment: Attachment): AttentionProcesso
  * Entries may be networks (multiplier 1) or `{ network, multiplier }`.
  */
 export function attachHypernetworks(unet: ProcessorHost, entries: Array<Hypernetwork | StackEntry>): Attachment {
-  const stack: StackEntry[] = entries.map((e) => ("network" in e ? { network: e.network, multiplier: e.multiplier } : { network: e, multiplier: 1 }));
+  const stack: StackEntry[] = entries.map((e) => ("network" in e ? { network: e.network, multiplier: e.multiplier, ...(e.timesteps ? { timesteps: e.timesteps } : {}) } : { network: e, multiplier: 1 }));
+  for (const e of stack) {
+    if (e.timesteps === undefined) continue;
+    checkGate(e);
+    if (!unet.addForwardHook) throw new Error(`hypernetwork "${e.network.name}" has a timestep gate, but this UNet reports no timesteps to its attention layers (no addForwardHook)`);
+  }
   const previous = unet.getProcessors();
   const attachment = new Attachment(unet, stack, previous);
   unet.setProcessor(hypernetworkProcessor(attachment));

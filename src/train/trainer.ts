@@ -117,6 +117,14 @@ export interface TrainOptions {
   seed?: number;
   /** AdamW weight decay (default 0.01, PyTorch's). */
   weightDecay?: number;
+  /**
+   * Timesteps the loss is sampled from, `[min, max)` out of the schedule's 1000 (default `[0, 1000]`,
+   * uniform over all of them, as A1111 does). Not an A1111 option; kohya's trainers call it
+   * `--min_timestep`/`--max_timestep`. A narrower low range trains the network only on the
+   * low-noise steps that draw colour and texture, and keeps it from learning changes at high noise,
+   * where the layout of the picture is decided.
+   */
+  timesteps?: readonly [number, number];
 
   // -- files (spec §4.8–§4.9) --
   /** Run folder (default `textual_inversion/<YYYY-MM-DD>/<name>`, as A1111). */
@@ -394,6 +402,16 @@ function formatDuration(s: number): string {
   return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
 }
 
+/** Validate a `timesteps` range against a schedule of `n` steps; the default is all of them. */
+function checkTimesteps(range: readonly [number, number] | undefined, n: number): [number, number] {
+  if (range === undefined) return [0, n];
+  const [lo, hi] = range;
+  if (!Number.isSafeInteger(lo) || !Number.isSafeInteger(hi) || lo < 0 || hi > n || lo >= hi) {
+    throw new Error(`train: timesteps must be integers [min, max) with 0 ≤ min < max ≤ ${n}, got ${JSON.stringify(range)}`);
+  }
+  return [lo, hi];
+}
+
 function positiveInt(v: number | undefined, fallback: number, what: string, min = 1): number {
   const x = v ?? fallback;
   if (!Number.isSafeInteger(x) || x < min) throw new Error(`train: ${what} must be an integer ≥ ${min}, got ${x}`);
@@ -491,6 +509,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
   const previewEvery = positiveInt(opts.previewEvery, 0, "previewEvery", 0);
   const prediction = opts.prediction ?? "epsilon";
   const clipMode = opts.gradientClipping ?? "disabled";
+  const [tMin, tMax] = checkTimesteps(opts.timesteps, sd15Schedule().numTimesteps);
   if (!["disabled", "value", "norm"].includes(clipMode)) throw new Error(`train: gradientClipping must be "disabled", "value" or "norm", got ${JSON.stringify(clipMode)}`);
   const logDir = opts.logDir ?? path.join("textual_inversion", today(), name);
   const startStep = net.info.step;
@@ -792,7 +811,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
           const items = batches[j]!.map((i) => ds.get(i));
           if (j === 0) lastPrompt = items[0]!.prompt;
           const rng = new Rng(deriveSeed(seed, PURPOSE.noise, step, j));
-          const t = Array.from(randint(items.length, 0, schedule.numTimesteps, rng));
+          const t = Array.from(randint(items.length, tMin, tMax, rng));
           const { x0, weight } = toTensor(items);
           const noise = randn(x0.shape, rng) as tf.Tensor4D;
           const cond = encodePrompts(items.map((it) => it.prompt));

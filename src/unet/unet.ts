@@ -43,7 +43,8 @@ export class UNetStage extends ModuleList<Module> {
 
 /** Callbacks around one `UNetModel.forward` (see `addForwardHook`). */
 export interface ForwardHook {
-  begin(): void;
+  /** Called before the pass with its timesteps (undefined when they came as a tensor). */
+  begin(t?: readonly number[]): void;
   end(): void;
 }
 
@@ -144,8 +145,10 @@ export class UNetModel extends Module {
   forward(x: tf.Tensor4D, t: number[] | tf.Tensor1D, context: tf.Tensor3D): tf.Tensor4D {
     this.checkInputs(x, t, context);
     const hooks = [...this.forwardHooks];
-    for (const hk of hooks) hk.begin();
+    const steps = Array.isArray(t) ? t : undefined;
     try {
+      // inside the try: a hook that refuses the call (a hypernetwork's timestep gate) still gets every hook's end()
+      for (const hk of hooks) hk.begin(steps);
       return this.forwardInner(x, t, context);
     } finally {
       for (const hk of hooks) hk.end();
