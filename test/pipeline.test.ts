@@ -297,6 +297,17 @@ describe("txt2img with hypernetwork prompt tags", () => {
     expect(hypernetworkCacheSize()).toBe(1);
   });
 
+  it("hypernetworkTimesteps gates the tagged networks: a range no step reaches gives the untagged image, the full range the tagged one", async () => {
+    const tag = { ...GEN, prompt: `${GEN.prompt} <hypernet:tinyhn:1>`, hypernetworkDir: hnDir };
+    const plain = await txt2img(base, GEN);
+    const tagged = await txt2img(base, tag);
+    const never = await txt2img(base, { ...tag, hypernetworkTimesteps: [1000, 1001] }); // sampler timesteps are < 1000
+    const always = await txt2img(base, { ...tag, hypernetworkTimesteps: [0, 1000] });
+    expectClose(never.pixels, plain.pixels, 0);
+    expectClose(always.pixels, tagged.pixels, 0);
+    expect(always.infotexts[0]).toMatch(/Hypernet strength: 1, Hypernet timesteps: 0-1000$/);
+  });
+
   it("an unknown name is an error listing close names, and nothing stays attached", async () => {
     await expect(txt2img(base, { ...GEN, prompt: "cat <hypernet:tinyhm:1>", hypernetworkDir: hnDir })).rejects.toThrow(/no hypernetwork named "tinyhm".*Did you mean "tinyhn"/);
     await expect(txt2img(base, { ...GEN, prompt: "cat <hypernet:tinyhn>" })).rejects.toThrow(/no hypernetworkDir/);

@@ -40,6 +40,12 @@ export interface Txt2ImgOptions {
   batch?: number;
   /** Folder searched (recursively) for the hypernetworks named in prompt tags. */
   hypernetworkDir?: string;
+  /**
+   * Apply the tagged hypernetworks only in sampler steps at timesteps `[min, max)` (0–999; e.g.
+   * `[0, 250]`: the last, low-noise steps, which draw colour and texture, leaving the layout to
+   * the base model). Default: every step, as A1111. Not an A1111 option; written to the infotext.
+   */
+  hypernetworkTimesteps?: [number, number];
   /** Called after every sampler step (e.g. for a live preview). */
   callback?: StepCallback;
 }
@@ -136,7 +142,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   for (const tag of parsed.hypernets) {
     const file = resolveHypernetwork(tag.name, opts.hypernetworkDir!);
     const entry = cachedHypernetwork(file);
-    stack.push({ network: entry.net, multiplier: tag.multiplier });
+    stack.push({ network: entry.net, multiplier: tag.multiplier, ...(opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {}) });
     applied.push({ name: tag.name, multiplier: tag.multiplier, file, hash: entry.hash });
   }
 
@@ -175,7 +181,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   images.dispose();
   const png = await Promise.all(Array.from({ length: batch }, (_, i) => toPng(pixels, i, width, height)));
   const infotexts = Array.from({ length: batch }, (_, i) =>
-    infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, batch, index: i }),
+    infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, hypernetworkTimesteps: opts.hypernetworkTimesteps, batch, index: i }),
   );
   return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: [...parsed.ignored, ...negative.ignored, ...negative.hypernets.map((h) => `<hypernet:${h.name}:${h.multiplier}>`)] };
 }
@@ -209,6 +215,7 @@ export function infotext(p: {
   height: number;
   base: BaseModel;
   hypernetworks: AppliedHypernetwork[];
+  hypernetworkTimesteps?: [number, number];
   batch?: number;
   index?: number;
 }): string {
@@ -226,6 +233,7 @@ export function infotext(p: {
     fields.push(["Hypernet", p.hypernetworks.map((h) => h.name).join(", ")]);
     fields.push(["Hypernet hash", p.hypernetworks.map((h) => h.hash).join(", ")]);
     fields.push(["Hypernet strength", p.hypernetworks.map((h) => h.multiplier).join(", ")]);
+    if (p.hypernetworkTimesteps) fields.push(["Hypernet timesteps", `${p.hypernetworkTimesteps[0]}-${p.hypernetworkTimesteps[1]}`]);
   }
   if ((p.batch ?? 1) > 1) {
     fields.push(["Batch size", p.batch!]);
