@@ -59,7 +59,7 @@ describe("demo --quick", () => {
   });
 
   it("writes before/after preview grids: one row per prompt, one column per multiplier", async () => {
-    for (const f of ["preview-before.png", "preview-after.png"]) {
+    for (const f of ["preview-before.png", "preview-after.png", "preview-after-every-step.png"]) {
       const meta = await sharp(path.join(out, f)).metadata();
       expect(meta.format).toBe("png");
       expect(meta.width).toBe(3 * 128);
@@ -75,7 +75,8 @@ describe("demo --quick", () => {
     expect(json.backend).toBeTypeOf("string");
     expect(json.prompts).toHaveLength(2);
     expect(json.training.steps).toBe(3);
-    for (const rows of [json.before, json.after]) {
+    expect(json.settings.applyTimesteps).toEqual([0, 250]);
+    for (const rows of [json.before, json.after, json.afterEveryStep!]) {
       expect(rows.map((r) => r.multiplier)).toEqual([0, 0.5, 1]);
       for (const r of rows) {
         for (const v of [r.styleScore, r.colorAccuracy, r.shapeAccuracy]) {
@@ -86,6 +87,7 @@ describe("demo --quick", () => {
     }
     // Multiplier 0 adds mlp(x)·0 to every context: exactly the base model before and after training.
     expect(json.after[0]).toEqual(json.before[0]);
+    expect(json.afterEveryStep![0]).toEqual(json.before[0]);
     expect(json.checks.styleRisesWithMultiplier).toBeTypeOf("boolean");
     expect(json.checks.contentWithin15Points).toBeTypeOf("boolean");
     expect(json.styleSetScore).toBeGreaterThan(0.55); // the pastel colours themselves
@@ -110,7 +112,7 @@ describe("demo --quick", () => {
     const s = await runDemo({ out, quick: true, progress: false, settings: { prompts: 1, multipliers: [0, 1], dims: [64, 96] }, log: () => {} });
     expect([...readHypernetworkFile(s.files.hypernetwork!).weights.keys()].sort((a, b) => a - b)).toEqual([64, 96]);
     const before = tf.memory().numTensors;
-    await expect(runDemo({ out, quick: true, progress: false, settings: { dims: [64, 768] }, log: () => {} })).rejects.toThrow(/\[768\] are not attention widths .*it has 64, 80, 96/);
+    await expect(runDemo({ out, quick: true, progress: false, settings: { dims: [64, 768] }, log: () => {} })).rejects.toThrow(/\[768\] are not attention widths .*it has 32, 64, 80, 96/);
     expect(tf.memory().numTensors).toBe(before);
   }, 60_000);
 });

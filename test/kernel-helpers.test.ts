@@ -532,7 +532,7 @@ describe("attention maps (tiny model)", () => {
     for (const s of sink) {
       expect(s.tokens).toBe(T);
       expect(s.maps.length).toBe(s.tokens * s.height * s.width);
-      // Square grids of a 32×32 model: 8×8 and 4×4 (and 2×2 in the middle block if it attends).
+      // Square grids of a 32×32 model: 16×16, 8×8 and 4×4 (and 2×2 in the middle block if it attends).
       expect(s.height).toBe(s.width);
       expect(base.sampleSize % s.height).toBe(0);
       const n = s.height * s.width;

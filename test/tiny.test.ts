@@ -250,7 +250,7 @@ describe("the shipped tiny model", () => {
   });
   afterAll(() => base?.dispose());
 
-  it("has the documented architecture: self-attention widths 64 and 96, cross-attention context 80", () => {
+  it("has the documented architecture: self-attention widths 32, 64 and 96, cross-attention context 80", () => {
     const cfg = readTinyConfig();
     expect(base.space).toBe("pixel");
     expect(base.sampleSize).toBe(32);
@@ -261,7 +261,7 @@ describe("the shipped tiny model", () => {
       const toK = layer.namedParameters().find(([k]) => k === "to_k.weight")![1];
       (p.endsWith("attn1") ? self : cross).add(toK.torchShape[1]!);
     }
-    expect([...self].sort()).toEqual([64, 96]);
+    expect([...self].sort((a, b) => a - b)).toEqual([32, 64, 96]);
     expect([...cross]).toEqual([80]);
     expect(cfg.text.width).toBe(80);
     const bytes = fs.statSync(path.join(TINY_MODEL_DIR, "model.safetensors")).size;

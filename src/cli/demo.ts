@@ -8,7 +8,8 @@
  *   3. create a hypernetwork with one (k, v) pair per attention width of the tiny UNet;
  *   4. sample a fixed set of prompts with the untrained network at multipliers 0, 0.5 and 1;
  *   5. train it with an A1111 learning-rate schedule, printing progress;
- *   6. sample the same prompts (same seed) with the trained network;
+ *   6. sample the same prompts (same seed) with the trained network — applied in the low-noise
+ *      steps only (`applyTimesteps`, t < 250), and for comparison in every step, as A1111 does;
  *   7. score every image: the style (`styleScore`, how pale the drawn colours are) and the content
  *      (`contentAccuracy`: does the image still show the colour and shape the prompt names?).
  *
@@ -52,7 +53,7 @@ export interface DemoSettings {
   template: string | readonly string[];
   /**
    * Context widths that get a module pair (A1111's "Modules"): "all" = every attention width of the
-   * UNet, or a list. On the tiny UNet 64 and 96 are self-attention and 80 is cross-attention (the
+   * UNet, or a list. On the tiny UNet 32, 64 and 96 are self-attention and 80 is cross-attention (the
    * text), like 320/640/1280 and 768 on SD 1.x.
    */
   dims: "all" | number[];
@@ -66,11 +67,19 @@ export interface DemoSettings {
   maxSteps: number;
   batchSize: number;
   gradientAccumulation: number;
+  /** Timesteps the training loss is drawn from, `[min, max)` (the trainer's `timesteps`). */
+  timesteps: [number, number];
   trainSeed: number;
   /** Prompts of the fixed set (see `demoPrompts`) to sample and score. */
   prompts: number;
   /** Multipliers the previews and scores are made at. */
   multipliers: number[];
+  /**
+   * Apply the network only in sampler steps at timesteps `[min, max)` (a timestep gate, see
+   * `StackEntry.timesteps`); null = in every step, as A1111 does. When set, the trained network is
+   * also sampled ungated, for comparison (`afterEveryStep` in the summary).
+   */
+  applyTimesteps: [number, number] | null;
   /** Sampler steps (Euler a), CFG scale and the seed of the sampling noise. */
   sampleSteps: number;
   cfg: number;
@@ -109,11 +118,21 @@ export interface DemoSettings {
  *   pastel 0.3 of the way ⁶   │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .217/.323/.366   │ 100→100%, 67→[46]→29%
  *   navy ground ⁷             │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ (.217/.118/.150) │ 100→92%, 67→[33]→29%
  *   flat (control) ⁸          │ 7962  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .217/.220/.219   │ 100→100%, 67→[67]→67%
+ *   (session 5: the base grown to attention at 16×16 — step 8,919, then the shipped 9,162)
+ *   pastel                    │ 8919  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .195/.346/.550   │ 100→100%, 71→[38]→38%
+ *   trained on t < 300 only ⁹ │ 8919  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .195/.385/.585   │ 100→100%, 71→[29]→25%
+ *   applied at t ≥ 500 ¹⁰     │ 8919  │ the pastel row's network        │ 24      │ .195/.211/.217   │ 100→100%, 71→[58]→50%
+ *   applied at t < 500        │ 8919  │ the pastel row's network        │ 24      │ .195/.344/.494   │ 100→100%, 71→[63]→38%
+ *   applied at t ≥ 800        │ 8919  │ the pastel row's network        │ 24      │ .195/.196/.198   │ 100→100%, 71→[71]→63%
+ *   applied at t < 250        │ 8919  │ the pastel row's network        │ 24      │ .195/.324/.405   │ 100→100%, 71→[71]→63%
+ *   applied at t < 250 ³      │ 9162  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .199/.318/.408   │ 100→100%, 75→[67]→67%
+ *   (same, every step)        │ 9162  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .199/.331/.540   │ 100→100%, 75→[38]→38%
+ *   trained and applied t<300 │ 9162  │ "3e-3:50, 1.5e-3:100, 6e-4:150" │ 24      │ .199/.376/.494   │ 100→100%, 75→[63]→58%
  *
  * ¹ "neon sign": a bright one-pixel tube along each outline around dim tinted glass; the score was
  *   the rim's contrast with the background over the inside's. ² each shape shaded from a pale top
  *   to a dark bottom; the score, the top half's contrast minus the bottom half's over the mean.
- * ³ these settings (the shipped base model is step 7,962).
+ * ³ these settings (the shipped base model is step 9,162).
  * ⁴ scored by a first version of whiteness that still counted the shapes' edge pixels.
  * ⁵ the k module of every pair held at identity (last Linear zeroed, not trained), so the network
  *   can change what each pixel reads from a context but not where it looks. ⁶ colours mixed 0.3
@@ -124,9 +143,12 @@ export interface DemoSettings {
  *   58/33/29%, DDIM CFG 7 63/33/25%, Euler a CFG 7 71/33/33%, Euler 54/33/29%, Euler a 24 steps
  *   CFG 2.5 63/38/33%; nor does applying the network to the conditional half of the CFG batch
  *   only (style .588/.829, shape 29/25%). The demo on WebGPU on an H100 gave the same scores.
+ * ⁹ the trainer's `timesteps` option [0, 300), sampled in every step. ¹⁰ the network of the
+ *   session-5 "pastel" row, attached with a timestep gate (`StackEntry.timesteps`): only UNet calls
+ *   at t in the range see it.
  * The neon network learned what the blobs the base model draws allow (black backgrounds, smaller,
  * darker, crisper shapes, drifting hues) but never the rim, and the lit one barely changed the
- * images: a hypernetwork rewrites attention, which the tiny UNet has only at 8×8 and 4×4, so it
+ * images: a hypernetwork rewrites attention, which the tiny UNet then had only at 8×8 and 4×4, so it
  * can change colour and brightness, not one-pixel line work (src/tiny/style.ts). At the higher
  * learning rate the pastel network overshoots at ×1 and the hues drift (red to pink, green and blue
  * to cyan: 58% and 79% colour). On the step-4,962 base both checks passed, but that model drew
@@ -137,12 +159,18 @@ export interface DemoSettings {
  * the same style, so the network reaches it within the first few dozen steps. Giving modules
  * only to the self-attention widths keeps more shape (46–50%) but the style no longer rises
  * (×0.5 below ×0: those modules darken the shapes rather than pale them). 240 style images instead of 48 keep the most shape (33%); open problem.
- * What the later rows show: the loss of shape comes with learning *any* change of look on this
+ * What the session-4 rows show: the loss of shape comes with learning *any* change of look on this
  * model — a lighter pastel, a navy ground that leaves the shapes alone, values only — and not
  * from the training pipeline, which leaves shapes intact when there is nothing to learn (the flat
- * control). Shapes and colours share the same coarse attention features, so pulling one pulls the
- * other. The likely fix is in the base model (attention at 16×16 too, or longer training until
- * shapes are less fragile), not in these settings.
+ * control). Adding attention at 16×16 to the base lifted its shapes (32.8 → 56.3 % on the
+ * evaluation prompts) but not their survival (71 → 38 %). The gate rows say where they are lost:
+ * the pastel colours are drawn in the low-noise steps (applied at t < 250 the network gives three
+ * quarters of its style), while at high noise, where the layout is decided, the network adds no
+ * pastel at all and only pushes the blob brighter and rounder (applied at t ≥ 500: style
+ * unchanged, shape 71 → 50 %). Training on low t only does not help — the network still acts
+ * when applied at high t, and acts worse. So the demo trains as A1111 does and applies the network
+ * in the steps below t = 250 (the last 4 of Euler a's 16): style .199/.318/.408, shape within 8
+ * points. The every-step result is printed beside it.
  */
 export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   styleImages: 240,
@@ -160,9 +188,11 @@ export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   maxSteps: 150,
   batchSize: 8,
   gradientAccumulation: 1,
+  timesteps: [0, 1000] as [number, number],
   trainSeed: 1,
   prompts: 24,
   multipliers: [0, 0.5, 1],
+  applyTimesteps: [0, 250] as [number, number],
   sampleSteps: 16,
   cfg: 4,
   sampleSeed: 1234,
@@ -216,8 +246,10 @@ export interface DemoSummary {
   training: { steps: number; reason: string; firstLoss: number | null; lastLoss: number | null; seconds: number };
   /** Untrained network (multiplier 0 is the base model itself). */
   before: MultiplierScore[];
-  /** Trained network. */
+  /** Trained network (applied in the `applyTimesteps` steps only, when that is set). */
   after: MultiplierScore[];
+  /** Trained network applied in every step, as A1111 does; null when `applyTimesteps` is null (then `after` is that). */
+  afterEveryStep: MultiplierScore[] | null;
   checks: {
     /** The style score rises with the multiplier (strictly, across `multipliers`). */
     styleRisesWithMultiplier: boolean;
@@ -273,13 +305,20 @@ function score(multiplier: number, images: Uint8Array[], expected: ExpectedConte
 
 const pct = (x: number): string => `${(100 * x).toFixed(0)}%`.padStart(5);
 
-/** The summary table printed at the end. */
-export function formatSummaryTable(s: Pick<DemoSummary, "before" | "after" | "styleSetScore">): string {
-  const lines = ["multiplier │ style (untrained → trained) │ colour acc. (untrained → trained) │ shape acc. (untrained → trained)", "───────────┼─────────────────────────────┼───────────────────────────────────┼──────────────────────────────────"];
+/** The summary table printed at the end (with the every-step comparison when there is one). */
+export function formatSummaryTable(s: Pick<DemoSummary, "before" | "after" | "styleSetScore"> & { afterEveryStep?: MultiplierScore[] | null; settings?: Pick<DemoSettings, "applyTimesteps"> }): string {
+  const every = s.afterEveryStep ?? null;
+  const gate = s.settings?.applyTimesteps ?? null;
+  const lines: string[] = [];
+  if (gate) lines.push(`trained network applied at timesteps [${gate[0]}, ${gate[1]}) of each sampling run (the last, low-noise steps); last column: applied in every step`);
+  lines.push("multiplier │ style (untrained → trained) │ colour acc. (untrained → trained) │ shape acc. (untrained → trained)" + (every ? " │ every step: style, colour, shape" : ""));
+  lines.push("───────────┼─────────────────────────────┼───────────────────────────────────┼──────────────────────────────────" + (every ? "┼──────────────────────────────────" : ""));
   s.after.forEach((a, i) => {
     const b = s.before[i]!;
+    const e = every?.[i];
     lines.push(
-      `${`×${a.multiplier}`.padStart(10)} │ ${b.styleScore.toFixed(3).padStart(11)} → ${a.styleScore.toFixed(3).padEnd(13)} │ ${pct(b.colorAccuracy).padStart(16)} → ${pct(a.colorAccuracy).padEnd(16)} │ ${pct(b.shapeAccuracy).padStart(15)} → ${pct(a.shapeAccuracy)}`,
+      `${`×${a.multiplier}`.padStart(10)} │ ${b.styleScore.toFixed(3).padStart(11)} → ${a.styleScore.toFixed(3).padEnd(13)} │ ${pct(b.colorAccuracy).padStart(16)} → ${pct(a.colorAccuracy).padEnd(16)} │ ${pct(b.shapeAccuracy).padStart(15)} → ${pct(a.shapeAccuracy).padEnd(16)}` +
+        (e ? ` │ ${e.styleScore.toFixed(3)} ${pct(e.colorAccuracy)} ${pct(e.shapeAccuracy)}` : ""),
     );
   });
   lines.push(`(style score of the pastel training images themselves: ${s.styleSetScore.toFixed(3)})`);
@@ -287,7 +326,7 @@ export function formatSummaryTable(s: Pick<DemoSummary, "before" | "after" | "st
 }
 
 /** Sample the prompts once per multiplier with `net` attached (the same seed for every multiplier). */
-async function sampleAt(base: BaseModel, net: Hypernetwork, prompts: string[], multipliers: readonly number[], st: DemoSettings, log: (l: string) => void, reuse?: Map<number, Uint8Array[]>): Promise<Map<number, Uint8Array[]>> {
+async function sampleAt(base: BaseModel, net: Hypernetwork, prompts: string[], multipliers: readonly number[], st: DemoSettings, gate: [number, number] | null, log: (l: string) => void, reuse?: Map<number, Uint8Array[]>): Promise<Map<number, Uint8Array[]>> {
   const out = new Map<number, Uint8Array[]>();
   for (const m of multipliers) {
     const again = reuse?.get(m);
@@ -296,13 +335,13 @@ async function sampleAt(base: BaseModel, net: Hypernetwork, prompts: string[], m
       continue;
     }
     const t0 = Date.now();
-    const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: m }]);
+    const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: m, ...(gate ? { timesteps: gate } : {}) }]);
     try {
       out.set(m, await sampleTiny(base, prompts, { seed: st.sampleSeed, steps: st.sampleSteps, guidanceScale: st.cfg }));
     } finally {
       attachment.detach();
     }
-    log(`  sampled ${prompts.length} prompts at ×${m} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+    log(`  sampled ${prompts.length} prompts at ×${m}${gate ? ` (network at t ∈ [${gate[0]}, ${gate[1]}))` : ""} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   }
   return out;
 }
@@ -357,7 +396,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     const prompts = set.map((p) => p.prompt);
     const expected = set.map((p) => p.expected);
     log(`[${secs()}] sampling ${prompts.length} prompts × multipliers ${st.multipliers.join(", ")} with the untrained network (Euler a, ${st.sampleSteps} steps, CFG ${st.cfg})`);
-    const before = await sampleAt(base, net, prompts, st.multipliers, st, log);
+    const before = await sampleAt(base, net, prompts, st.multipliers, st, st.applyTimesteps, log);
 
     // 4. Train.
     log(`[${secs()}] training: ${st.maxSteps} steps, batch ${st.batchSize}, learning rate "${st.learningRate}"`);
@@ -371,6 +410,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
       learningRate: st.learningRate,
       batchSize: st.batchSize,
       gradientAccumulation: st.gradientAccumulation,
+      timesteps: st.timesteps,
       seed: st.trainSeed,
       saveEvery: 0,
       saveOptimizer: false,
@@ -392,13 +432,22 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     // 6. After: the same prompts and seed with the trained network. At ×0 the network adds
     //    mlp(x)·0 = 0 to every context, so those images are the base model's, sampled once above.
     log(`[${secs()}] sampling with the trained network`);
-    const after = await sampleAt(base, net, prompts, st.multipliers, st, log, new Map(before.has(0) ? [[0, before.get(0)!]] : []));
+    const base0 = new Map(before.has(0) ? [[0, before.get(0)!]] : []);
+    const after = await sampleAt(base, net, prompts, st.multipliers, st, st.applyTimesteps, log, base0);
     fs.writeFileSync(file("preview-before.png"), await previewGrid(prompts, st.multipliers, before));
     fs.writeFileSync(file("preview-after.png"), await previewGrid(prompts, st.multipliers, after));
+    // For comparison: the same network applied in every step, as A1111 applies it.
+    let everyStep: Map<number, Uint8Array[]> | undefined;
+    if (st.applyTimesteps) {
+      log(`[${secs()}] for comparison, the trained network applied in every step (as A1111 does)`);
+      everyStep = await sampleAt(base, net, prompts, st.multipliers, st, null, log, base0);
+      fs.writeFileSync(file("preview-after-every-step.png"), await previewGrid(prompts, st.multipliers, everyStep));
+    }
 
     // 7. Scores.
     const beforeScores = st.multipliers.map((m) => score(m, before.get(m)!, expected));
     const afterScores = st.multipliers.map((m) => score(m, after.get(m)!, expected));
+    const everyStepScores = everyStep ? st.multipliers.map((m) => score(m, everyStep!.get(m)!, expected)) : null;
     const ref = afterScores.find((s) => s.multiplier === 0) ?? beforeScores[0]!;
     const sorted = [...afterScores].sort((a, b) => a.multiplier - b.multiplier);
     const summary: DemoSummary = {
@@ -416,6 +465,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
       },
       before: beforeScores,
       after: afterScores,
+      afterEveryStep: everyStepScores,
       checks: {
         styleRisesWithMultiplier: sorted.every((s, i) => i === 0 || s.styleScore > sorted[i - 1]!.styleScore),
         contentWithin15Points: afterScores.every((s) => s.colorAccuracy >= ref.colorAccuracy - 0.15 - 1e-9 && s.shapeAccuracy >= ref.shapeAccuracy - 0.15 - 1e-9),
@@ -427,6 +477,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
         lossPng: file("loss.png"),
         previewBefore: file("preview-before.png"),
         previewAfter: file("preview-after.png"),
+        ...(everyStep ? { previewAfterEveryStep: file("preview-after-every-step.png") } : {}),
         summary: file("summary.json"),
         trainingFolder: file("train"),
         runFolder: result.logDir,
@@ -439,7 +490,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     log(`${result.message}; loss ${summary.training.firstLoss?.toFixed(4)} → ${summary.training.lastLoss?.toFixed(4)} (mean of the last 10 steps), ${summary.training.seconds} s`);
     log(formatSummaryTable(summary));
     log(`style rises with the multiplier: ${summary.checks.styleRisesWithMultiplier ? "yes" : "NO"}; content within 15 points of the base model (no larger drop): ${summary.checks.contentWithin15Points ? "yes" : "NO"}`);
-    log(`files in ${out}: pastel.pt, loss.csv, loss.html, loss.png, preview-before.png, preview-after.png, summary.json — ${summary.seconds} s in all`);
+    log(`files in ${out}: pastel.pt, loss.csv, loss.html, loss.png, preview-before.png, preview-after.png${everyStep ? ", preview-after-every-step.png" : ""}, summary.json — ${summary.seconds} s in all`);
     return summary;
   } finally {
     net.dispose();

@@ -7,10 +7,10 @@
  *     models/tiny/model.safetensors   — weights, fp16: `unet.<LDM path>` and `text.<CLIP path>`
  *
  * Attention widths mirror SD 1.x's arrangement so a hypernetwork behaves as it does on SD: the
- * UNet's self-attention runs at widths 64 (8×8 grid) and 96 (4×4 grid and the middle block),
- * while cross-attention reads an 80-wide text context — three distinct widths, so a hypernetwork
- * module keyed by width (A1111's rule) touches exactly one kind of layer, just as SD 1.x's 768-wide
- * module only touches cross-attention.
+ * UNet's self-attention runs at widths 32 (16×16 grid), 64 (8×8) and 96 (4×4 and the middle
+ * block), while cross-attention reads an 80-wide text context — four distinct widths, so a
+ * hypernetwork module keyed by width (A1111's rule) touches exactly one kind of layer, just as
+ * SD 1.x's 768-wide module only touches cross-attention.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -27,15 +27,16 @@ import { TINY_SIZE, captionVocabulary } from "./shapes";
 
 /**
  * The tiny UNet: widths 32, 32, 64, 96 at 32×32, 16×16, 8×8, 4×4; one ResBlock per level;
- * attention at downsample factors 4 and 8 only — self-attention over the 256 tokens of a 16×16 grid
- * took most of a training step on the CPU, and at 8×8 the model still sees the whole image;
- * 16-channel heads (4 heads at width 64, 6 at width 96).
+ * attention at downsample factors 2, 4 and 8 (16×16, 8×8, 4×4) — not at 32×32, where
+ * self-attention over 1,024 tokens would dominate a CPU training step; 16-channel heads (2 heads
+ * at width 32, 4 at 64, 6 at 96). The shipped model had attention at 8×8 and 4×4 only for its
+ * first 7,962 steps; 16×16 was added then (src/tiny/grow.ts), which lifted shape accuracy.
  */
 export const TINY_UNET_CONFIG: Readonly<UNetConfig> = Object.freeze({
   in_channels: 3,
   out_channels: 3,
   model_channels: 32,
-  attention_resolutions: [4, 8],
+  attention_resolutions: [2, 4, 8],
   num_res_blocks: 1,
   channel_mult: [1, 1, 2, 3],
   num_heads: -1,

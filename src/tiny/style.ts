@@ -8,8 +8,8 @@
  * survive the style" is a fair question.
  *
  * Why a palette style and not line work. A hypernetwork only rewrites the keys and values of the
- * attention layers, and the tiny UNet has attention at its 8×8 and 4×4 levels only (SD 1.x has it
- * down to its finest latent grid). What the network can change is therefore what those coarse
+ * attention layers, and the tiny UNet has attention at its 16×16, 8×8 and 4×4 levels only (8×8
+ * and 4×4 when these styles were tried; SD 1.x has it down to its finest latent grid). What the network can change is therefore what those coarse
  * features decide — colour, brightness, size — not one-pixel detail. The first demo style, "neon
  * sign" (a bright one-pixel tube along each outline around dim glass), could not be learned: in
  * four trials the network made shapes darker, smaller and crisper but never drew the rim, and its
