@@ -11,6 +11,7 @@ import { SafetensorsFile } from "../src/io/safetensors";
 import { StorageTensor, isStorageTensor, openTorchFile, readTorchFile, writeTorchFile } from "../src/io/torch-file";
 import { ZipReader, writeZip } from "../src/io/zip";
 import { expectClose, fixture } from "./helpers/tf";
+import { skipWithoutTorch } from "./helpers/torch";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "torch-file-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -318,11 +319,6 @@ for path, wo in zip(sys.argv[1::2], sys.argv[2::2]):
 print(json.dumps(out))
 `;
 
-function torchAvailable(): string | undefined {
-  if (!fs.existsSync("/usr/bin/python3")) return "/usr/bin/python3 not found";
-  const r = spawnSync("/usr/bin/python3", ["-c", "import torch"], { encoding: "utf8" });
-  return r.status === 0 ? undefined : `python3 cannot import torch (${(r.stderr || "").trim().split("\n").pop()})`;
-}
 
 describe("writing torch files", () => {
   it("round-trips a hypernetwork-like value exactly through our reader", () => {
@@ -376,12 +372,8 @@ describe("writing torch files", () => {
     expect(() => writeTorchFile(path.join(tmp, "bad.pt"), new PyDict("dict", [["x", 0.5]]))).toThrow(/PyFloat/);
   });
 
-  it("PyTorch 1.13 loads what we write with the same types and values", () => {
-    const why = torchAvailable();
-    if (why) {
-      console.warn(`skipping the torch.load comparison: ${why}`);
-      return;
-    }
+  it("PyTorch 1.13 loads what we write with the same types and values", (ctx) => {
+    skipWithoutTorch(ctx, "torch.load of the files we write");
     const withFloats = path.join(tmp, "torchcheck.pt");
     const noFloats = path.join(tmp, "torchcheck-wo.pt");
     writeTorchFile(withFloats, sampleValue(true));
