@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { attachHypernetworks } from "../src/hypernet/attach";
 import { loadHypernetwork } from "../src/hypernet/file";
-import type { Hypernetwork } from "../src/hypernet/network";
+import { type Hypernetwork, createHypernetwork } from "../src/hypernet/network";
 import type { HostTensor } from "../src/io/host-tensor";
 import { readSafetensors } from "../src/io/safetensors";
 import { zerosInit } from "../src/nn/module";
@@ -179,5 +179,44 @@ describe("timestep gates (PyTorch fixture; the fixture batch is at t = 17 and 64
       epsItem(1);
       g.detach();
     });
+  });
+});
+
+describe("widths checked against the model", () => {
+  it("contextDims lists each attention layer's context width once, ascending", () => {
+    const byHand = [...new Set(unet.attentionLayers().map(([, l]) => l.contextDim))].sort((p, q) => p - q);
+    expect(unet.contextDims).toEqual(byHand);
+    expect(unet.contextDims).toContain(40); // the text width of the fixture's cross-attention
+  });
+
+  it("refuses a network none of whose widths the model uses, naming the widths it has (nothing attached)", () => {
+    const sd = createHypernetwork({ name: "sd-widths", dims: [768, 320, 640, 1280] });
+    const before = unet.getProcessors();
+    expect(() => attachHypernetworks(unet, [sd])).toThrow(new RegExp(`widths \\[768, 320, 640, 1280\\].*use widths \\[${unet.contextDims.join(", ")}\\].*dims: base.contextDims`));
+    const after = unet.getProcessors();
+    for (const [p, proc] of before) expect(after.get(p)).toBe(proc);
+    sd.dispose();
+  });
+
+  it("warns once per network about widths the model never calls, and still applies the others", () => {
+    const dims = [...unet.contextDims, 1024];
+    const net = createHypernetwork({ name: "extra-1024", dims, seed: 3 });
+    const warnings: string[] = [];
+    const plain = eps();
+    const first = attachHypernetworks(unet, [net], { onWarning: (m) => warnings.push(m) });
+    const withNet = eps();
+    first.detach();
+    expect(Math.max(...withNet.map((v, i) => Math.abs(v - plain[i]!)))).toBeGreaterThan(1e-3);
+    attachHypernetworks(unet, [net], { onWarning: (m) => warnings.push(m) }).detach();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/"extra-1024".*widths \[1024\] are never used/);
+    net.dispose();
+  });
+
+  it('createHypernetwork({ dims: "all" }, model) takes the model\'s widths; without a model it says what to pass', () => {
+    const net = createHypernetwork({ name: "fits", dims: "all" }, unet);
+    expect(net.dims).toEqual(unet.contextDims);
+    net.dispose();
+    expect(() => createHypernetwork({ name: "x", dims: "all" })).toThrow(/needs the model/);
   });
 });

@@ -49,6 +49,8 @@ export interface StackEntry {
 export interface ProcessorHost {
   getProcessors(): Map<string, AttentionProcessor>;
   setProcessor(p: AttentionProcessor | Map<string, AttentionProcessor>): void;
+  /** Optional: the context widths its attention layers use; when given, attaching checks networks against them. */
+  readonly contextDims?: readonly number[];
   /** Optional: callbacks around each forward; without it the cross-attention cache stays off. */
   addForwardHook?(hook: { begin(t?: readonly number[]): void; end(): void }): () => void;
 }
@@ -232,12 +234,46 @@ export function hypernetworkProcessor(attachment: Attachment): AttentionProcesso
   };
 }
 
+/** Options of `attachHypernetworks`. */
+export interface AttachOptions {
+  /** Where the "widths this model never uses" warning goes (default console.warn); said once per network and model. */
+  onWarning?: (message: string) => void;
+}
+
+/** Networks already warned about, per set of model widths (the warning is said once). */
+const warnedWidths = new WeakMap<Hypernetwork, Set<string>>();
+
+/**
+ * A network whose widths match none of the model's does nothing at all: refuse it, naming the
+ * widths the model has. Modules for widths the model lacks (SD 2's 1024 on SD 1.x, say) are
+ * legal in A1111 and simply never called: warn once.
+ */
+export function checkWidths(network: Hypernetwork, modelDims: readonly number[], warn: (message: string) => void): void {
+  const have = new Set(modelDims);
+  const unused = network.dims.filter((d) => !have.has(d));
+  const has = `this model's attention layers use widths [${modelDims.join(", ")}]`;
+  if (unused.length === network.dims.length) {
+    throw new Error(
+      `hypernetwork "${network.name}" has modules for widths [${network.dims.join(", ")}], but ${has}: it would change nothing. ` +
+        `Create it with dims: base.contextDims (or createHypernetwork({ …, dims: "all" }, base)).`,
+    );
+  }
+  if (unused.length === 0) return;
+  const key = modelDims.join(",");
+  const seen = warnedWidths.get(network) ?? new Set<string>();
+  if (seen.has(key)) return;
+  seen.add(key);
+  warnedWidths.set(network, seen);
+  warn(`hypernetwork "${network.name}": its modules for widths [${unused.join(", ")}] are never used (${has}); they are kept as they are and not trained`);
+}
+
 /**
  * Attach hypernetworks (in stack order) to every attention layer of `unet`.
  * Entries may be networks (multiplier 1) or `{ network, multiplier }`.
  */
-export function attachHypernetworks(unet: ProcessorHost, entries: Array<Hypernetwork | StackEntry>): Attachment {
+export function attachHypernetworks(unet: ProcessorHost, entries: Array<Hypernetwork | StackEntry>, opts: AttachOptions = {}): Attachment {
   const stack: StackEntry[] = entries.map((e) => ("network" in e ? { network: e.network, multiplier: e.multiplier, ...(e.timesteps ? { timesteps: e.timesteps } : {}) } : { network: e, multiplier: 1 }));
+  if (unet.contextDims) for (const e of stack) checkWidths(e.network, unet.contextDims, opts.onWarning ?? ((m) => console.warn(m)));
   for (const e of stack) {
     if (e.timesteps === undefined) continue;
     checkGate(e);

@@ -34,8 +34,11 @@ export interface HypernetworkInfo {
 /** Options of `createHypernetwork`, named like A1111's "Create hypernetwork" tab. */
 export interface CreateOptions {
   name: string;
-  /** Context widths to create modules for (A1111 default: 768, 320, 640, 1280). */
-  dims?: number[];
+  /**
+   * Context widths to create modules for (A1111 default: 768, 320, 640, 1280 — SD 1.x's). `"all"`
+   * takes the widths of the model passed as `createHypernetwork`'s second argument.
+   */
+  dims?: number[] | "all";
   /** Width multipliers; first and last must be 1 (default [1, 2, 1]). Fractions allowed. */
   layerStructure?: number[];
   /** Activation name (default "linear", i.e. none). `swish` means Hardswish, as in A1111. */
@@ -160,8 +163,9 @@ export function structureOf(info: HypernetworkInfo): ModuleStructure {
 /**
  * Create a new hypernetwork exactly as A1111's "Create hypernetwork" does (spec §4.1), with
  * weights drawn by the chosen init. Invalid options give an error that says what to change.
+ * `model` (a base model or UNet) is needed only for `dims: "all"`.
  */
-export function createHypernetwork(opts: CreateOptions): Hypernetwork {
+export function createHypernetwork(opts: CreateOptions, model?: { readonly contextDims: readonly number[] }): Hypernetwork {
   const layerStructure = opts.layerStructure ?? [1, 2, 1];
   const activation = checkActivation(opts.activation ?? "linear");
   const weightInit = opts.weightInit ?? "Normal";
@@ -176,7 +180,8 @@ export function createHypernetwork(opts: CreateOptions): Hypernetwork {
   } else {
     dropout = new Array<number>(layerStructure.length).fill(0);
   }
-  const dims = opts.dims ?? [...DEFAULT_DIMS];
+  if (opts.dims === "all" && !model) throw new Error(`dims: "all" needs the model: createHypernetwork({ …, dims: "all" }, base)`);
+  const dims = opts.dims === "all" ? [...model!.contextDims] : (opts.dims ?? [...DEFAULT_DIMS]);
   if (dims.length === 0) throw new Error("a hypernetwork needs at least one dim (context width)");
   for (const d of dims) if (!Number.isInteger(d) || d < 1) throw new Error(`dim ${d} is not a positive integer`);
   if (new Set(dims).size !== dims.length) throw new Error(`dims [${dims.join(", ")}] contain a duplicate`);

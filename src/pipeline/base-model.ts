@@ -60,6 +60,14 @@ export class BaseModel {
     }
   }
 
+  /**
+   * Widths whose hypernetwork modules this model uses (its attention layers' context widths):
+   * `createHypernetwork({ name, dims: base.contextDims })` gives a network that fits this model.
+   */
+  get contextDims(): number[] {
+    return this.unet.contextDims;
+  }
+
   /** "latent" when a VAE maps images to the UNet's space, "pixel" otherwise. */
   get space(): "latent" | "pixel" {
     return this.vae ? "latent" : "pixel";

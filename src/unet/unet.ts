@@ -23,7 +23,7 @@ import { type AttentionProcessor, CrossAttention, SpatialTransformer, defaultPro
 import { type UNetConfig, headsFor, levelWidth, normGroups, validateConfig } from "./config";
 import { ResBlock } from "./resblock";
 import { timestepEmbedding } from "./timestep";
-import { Downsample, Upsample } from "./updown";
+import { DownsamplePadAllSides, Upsample } from "../nn/resample";
 
 /**
  * One entry of `input_blocks` / `output_blocks` / `middle_block` (LDM `TimestepEmbedSequential`):
@@ -34,7 +34,7 @@ export class UNetStage extends ModuleList<Module> {
     for (const layer of this.items) {
       if (layer instanceof ResBlock) h = layer.apply(h, emb);
       else if (layer instanceof SpatialTransformer) h = layer.apply(h, context);
-      else if (layer instanceof Downsample || layer instanceof Upsample || layer instanceof Conv2d) h = layer.apply(h);
+      else if (layer instanceof DownsamplePadAllSides || layer instanceof Upsample || layer instanceof Conv2d) h = layer.apply(h);
       else throw new Error(`UNetStage: unexpected layer ${layer.constructor.name}`);
     }
     return h;
@@ -103,7 +103,7 @@ export class UNetModel extends Module {
         skipWidths.push(ch);
       }
       if (level !== levels - 1) {
-        this.input_blocks.push(stage(new Downsample(ch, o)));
+        this.input_blocks.push(stage(new DownsamplePadAllSides(ch, o)));
         skipWidths.push(ch);
         ds *= 2;
       }
@@ -215,6 +215,15 @@ export class UNetModel extends Module {
       throw new Error(`setProcessor: no attention layer at ${unknown.slice(0, 5).join(", ")}${unknown.length > 5 ? ", …" : ""} (paths look like "${this.attention[0]?.[0]}"; see attentionLayers())`);
     }
     for (const [path, proc] of p) byPath.get(path)!.processor = proc;
+  }
+
+  /**
+   * The context widths this UNet's attention layers feed to `to_k`/`to_v`, ascending: the text
+   * width (cross-attention) and each level's channel width (self-attention). A hypernetwork module
+   * of any other width is never called.
+   */
+  get contextDims(): number[] {
+    return [...new Set(this.attention.map(([, layer]) => layer.contextDim))].sort((a, b) => a - b);
   }
 
   /** The current processor of every attention layer, by path. */
