@@ -18,11 +18,12 @@ import { attachHypernetworks } from "../src/hypernet/attach";
 import { planLayers } from "../src/hypernet/module";
 import { createHypernetwork, structureOf, type Hypernetwork } from "../src/hypernet/network";
 import { attentionCaptureProcessor, attentionMaps, type LayerAttention } from "../src/kernel-helpers/attention-maps";
-import { type Figure, figureHtml, lossFigure, normsFigure, smoothEma } from "../src/kernel-helpers/charts";
+import { type Figure, figureHtml, lossFigure, lrTicks, normsFigure, smoothEma } from "../src/kernel-helpers/charts";
 import { displayMode, getOutputDir, liveDisplay, setOutputDir, show } from "../src/kernel-helpers/display";
 import { createAndInspect, describeHypernetwork, loadAndReport, multiplierSweep, preview, sample, saveAndReport, trainLive } from "../src/kernel-helpers/steps";
 import type { BaseModel } from "../src/pipeline/base-model";
-import { clearHypernetworkCache, txt2img } from "../src/pipeline/txt2img";
+import { clearHypernetworkCache } from "../src/hypernet/prompt-networks";
+import { txt2img } from "../src/pipeline/txt2img";
 import { loadTinyModel } from "../src/tiny/model";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 import { TOY_TEMPLATE, makeToyBase, makeToyDataset, makeToyNet } from "./helpers/train-setup";
@@ -133,11 +134,23 @@ describe("lossFigure", () => {
     expect(lr.y).toEqual(points.map((p) => p.lr));
     for (const t of [loss, smooth, ckpt]) expect(t.yaxis ?? "y").toBe("y");
     const layout = fig.layout as { yaxis2: object; xaxis: { range?: number[] }; title: { text: string }; shapes: object[] };
-    expect(layout.yaxis2).toMatchObject({ overlaying: "y", side: "right", type: "log" });
+    // The log axis is labelled at the schedule's own rates, written as 1e-4 / 1e-3 (not Plotly's bare minor digits).
+    expect(layout.yaxis2).toMatchObject({ overlaying: "y", side: "right", type: "log", tickvals: [1e-4, 1e-3], ticktext: ["1e-4", "1e-3"] });
+    expect((ckpt as { cliponaxis?: boolean }).cliponaxis).toBe(false);
     expect(layout.xaxis.range).toEqual([0, 20]);
     expect(layout.title.text).toBe("T");
     expect(layout.shapes).toHaveLength(1);
     expect(layout.shapes[0]).toMatchObject({ x0: 5, x1: 5, xref: "x", yref: "paper" });
+  });
+
+  it("lrTicks: the distinct rates of a step schedule, or five log-spaced rates for a smooth one", () => {
+    expect(lrTicks([5e-3, 5e-3, 1.5e-3, 6e-4])).toEqual({ tickvals: [6e-4, 1.5e-3, 5e-3], ticktext: ["6e-4", "1.5e-3", "5e-3"] });
+    const cosine = Array.from({ length: 50 }, (_, i) => 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + Math.cos((Math.PI * i) / 49)));
+    const t = lrTicks(cosine);
+    expect(t.tickvals).toHaveLength(5);
+    expectClose(t.tickvals!, [1e-5, 10 ** -4.5, 1e-4, 10 ** -3.5, 1e-3], 1e-9);
+    expect(t.ticktext).toEqual(["1e-5", "3.2e-5", "1e-4", "3.2e-4", "1e-3"]);
+    expect(lrTicks([])).toEqual({});
   });
 
   it("drops the smoothed curve at smoothing 0, and the LR and checkpoint traces when there are none", () => {

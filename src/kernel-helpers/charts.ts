@@ -86,6 +86,8 @@ export function lossFigure(points: readonly LossPoint[], opts: LossFigureOptions
       x: at.map((p) => p.step),
       y: at.map((p) => p.loss),
       marker: { symbol: "diamond", size: 10, color: "#d62728" },
+      // The last checkpoint sits on the right edge of a fixed x range: draw it whole.
+      cliponaxis: false,
     });
   }
   const lrPoints = points.filter((p) => p.lr !== undefined);
@@ -104,13 +106,32 @@ export function lossFigure(points: readonly LossPoint[], opts: LossFigureOptions
     title: { text: opts.title ?? "Training loss" },
     xaxis: { title: { text: "step" }, ...(opts.totalSteps ? { range: [0, opts.totalSteps] } : {}) },
     yaxis: { title: { text: "loss (ε-MSE)" } },
-    yaxis2: { title: { text: "learning rate" }, overlaying: "y", side: "right", type: "log", showgrid: false },
+    yaxis2: { title: { text: "learning rate" }, overlaying: "y", side: "right", type: "log", showgrid: false, ...lrTicks(lrPoints.map((p) => p.lr!)) },
     legend: { orientation: "h", y: -0.2 },
     margin: { l: 60, r: 60, t: 40, b: 40 },
     height: 360,
     shapes: (opts.previews ?? []).map((s) => ({ type: "line", xref: "x", yref: "paper", x0: s, x1: s, y0: 0, y1: 1, line: { color: "rgba(0,0,0,0.12)", width: 1 } })),
   };
   return { data, layout };
+}
+
+/**
+ * Tick marks for the log learning-rate axis. Plotly's own log ticks label the minor marks with a
+ * bare digit ("1 3 9 2"), unreadable for a learning rate: instead mark the rates the schedule
+ * uses (an A1111 schedule has a handful), or five log-spaced rates when it uses many (cosine),
+ * each written like 5e-3.
+ */
+export function lrTicks(lrs: readonly number[]): { tickvals?: number[]; ticktext?: string[] } {
+  const distinct = [...new Set(lrs.filter((v) => v > 0 && Number.isFinite(v)))].sort((a, b) => a - b);
+  if (distinct.length === 0) return {};
+  let vals = distinct;
+  if (distinct.length > 6) {
+    const lo = Math.log10(distinct[0]!);
+    const hi = Math.log10(distinct[distinct.length - 1]!);
+    vals = [0, 1, 2, 3, 4].map((i) => 10 ** (lo + ((hi - lo) * i) / 4));
+  }
+  const text = (v: number): string => v.toExponential(1).replace(/\.0e/, "e").replace("e-0", "e-").replace("e+0", "e");
+  return { tickvals: vals, ticktext: vals.map(text) };
 }
 
 /**
