@@ -68,7 +68,7 @@ function parseDType(s: string | undefined): DType | undefined {
 
 /** A human-readable summary of a hypernetwork file (what `inspect` prints). */
 export function inspectFile(file: string): Record<string, unknown> {
-  const hf = readHypernetworkFile(file);
+  const hf = readHypernetworkFile(file, { describeOnly: true }); // lists, never reads or expands values
   const i = hf.info;
   const dtypes = new Set<string>();
   for (const pair of hf.weights.values()) for (const sd of pair) for (const t of sd.values()) dtypes.add(t.dtype);

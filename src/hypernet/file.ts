@@ -18,7 +18,7 @@ import type { WriteOptions } from "../io/atomic";
 import { type DType, type HostTensor, numel } from "../io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
-import { readTorchFile, writeTorchFile } from "../io/torch-file";
+import { describeTorchFile, readTorchFile, writeTorchFile } from "../io/torch-file";
 import { loadStateDict } from "../nn/module";
 import { checkActivation } from "./activations";
 import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
@@ -70,12 +70,16 @@ function fail(file: string, what: string): Error {
 
 // ---- reading ------------------------------------------------------------------------------
 
-/** Read a hypernetwork file (`.pt` or `.safetensors`) into host memory. */
-export function readHypernetworkFile(file: string): HypernetworkFile {
+/**
+ * Read a hypernetwork file (`.pt` or `.safetensors`) into host memory. With `describeOnly` a `.pt`'s
+ * tensor values are not read at all (dtype and shape only; their `data` throws): enough for
+ * `inspect`, and bounded by the pickle's size even when the file's views describe gigabytes.
+ */
+export function readHypernetworkFile(file: string, opts: { describeOnly?: boolean } = {}): HypernetworkFile {
   if (!fs.existsSync(file)) throw fail(file, "no such file");
   if (fs.statSync(file).isDirectory()) throw fail(file, "is a folder, not a hypernetwork file");
   if (file.toLowerCase().endsWith(".safetensors")) return readSafetensorsHypernetwork(file);
-  return hypernetworkFromPy(readTorchFile(file), file);
+  return hypernetworkFromPy(opts.describeOnly ? describeTorchFile(file) : readTorchFile(file), file);
 }
 
 function str(v: PyValue | undefined, file: string, key: string): string | null {

@@ -32,6 +32,8 @@ export function isFloatDType(dtype: DType): boolean {
 /**
  * A tensor in host memory. `data` is a Float32Array for every floating dtype and an
  * Int32Array for integer and boolean dtypes (int64 values beyond ±2^31 are rejected on read).
+ * The one exception is a `describedTensor` (dtype and shape only, from a describe-only read such as
+ * `inspect`), whose `data` throws.
  */
 export interface HostTensor {
   /** How the file stores (or should store) the elements. */
@@ -133,7 +135,7 @@ export function decodeTensor(bytes: Uint8Array, dtype: DType, shape: number[], w
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (isFloatDType(dtype)) {
-    const out = new Float32Array(n);
+    const out = allocValues(dtype, n, shape, where) as Float32Array;
     switch (dtype) {
       case "F32":
         for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
@@ -150,7 +152,7 @@ export function decodeTensor(bytes: Uint8Array, dtype: DType, shape: number[], w
     }
     return { dtype, shape, data: out };
   }
-  const out = new Int32Array(n);
+  const out = allocValues(dtype, n, shape, where) as Int32Array;
   for (let i = 0; i < n; i++) {
     switch (dtype) {
       case "I64": {
@@ -177,10 +179,105 @@ export function decodeTensor(bytes: Uint8Array, dtype: DType, shape: number[], w
   return { dtype, shape, data: out };
 }
 
+/**
+ * The typed array a tensor of `n` elements decodes into (Float32Array for floats, Int32Array for
+ * the rest). A length no typed array can have — or an allocation the engine refuses — becomes an
+ * error naming `where`, never a bare RangeError.
+ */
+export function allocValues(dtype: DType, n: number, shape: readonly number[], where: string): Float32Array | Int32Array {
+  const tooBig = (): Error =>
+    new Error(`${where}: ${dtype} [${shape.join(", ")}] has ${n.toLocaleString("en-US")} elements, more than can be held in memory here (${(n * 4 / 2 ** 20).toFixed(0)} MiB as 32-bit values)`);
+  if (!Number.isSafeInteger(n) || n < 0) throw tooBig();
+  try {
+    return isFloatDType(dtype) ? new Float32Array(n) : new Int32Array(n);
+  } catch (err) {
+    if (err instanceof RangeError) throw tooBig();
+    throw err;
+  }
+}
+
+/**
+ * Decode a strided view — `shape`/`stride` in elements, as torch keeps them, over `span` (the
+ * little-endian bytes of elements 0 … last it can touch) — straight into row-major values. Used for
+ * non-contiguous tensors (transposes, broadcasts, sliding windows); each element is read where it
+ * lies, so nothing the size of the expanded view is allocated besides the result.
+ */
+export function gatherTensor(span: Uint8Array, dtype: DType, shape: number[], stride: readonly number[], where = "tensor"): HostTensor {
+  const n = numel(shape);
+  const es = DTYPE_BYTES[dtype];
+  const out = allocValues(dtype, n, shape, where);
+  if (n === 0) return { dtype, shape, data: out };
+  const view = new DataView(span.buffer, span.byteOffset, span.byteLength);
+  const read = elementReader(view, dtype, where);
+  const rank = shape.length;
+  const idx = new Array<number>(rank).fill(0);
+  let src = 0;
+  for (let k = 0; k < n; k++) {
+    out[k] = read(src * es, k);
+    for (let d = rank - 1; d >= 0; d--) {
+      idx[d]!++;
+      src += stride[d]!;
+      if (idx[d]! < shape[d]!) break;
+      src -= idx[d]! * stride[d]!;
+      idx[d] = 0;
+    }
+  }
+  return { dtype, shape, data: out };
+}
+
+/** Reads one element of `dtype` at a byte offset as a JS number (int64 beyond int32 is refused). */
+function elementReader(view: DataView, dtype: DType, where: string): (at: number, index: number) => number {
+  switch (dtype) {
+    case "F32":
+      return (at) => view.getFloat32(at, true);
+    case "F64":
+      return (at) => view.getFloat64(at, true);
+    case "F16":
+      return (at) => halfToFloat(view.getUint16(at, true));
+    case "BF16":
+      return (at) => bfloat16ToFloat(view.getUint16(at, true));
+    case "I64":
+      return (at, i) => {
+        const v = view.getBigInt64(at, true);
+        if (v > 2147483647n || v < -2147483648n) throw new Error(`${where}: int64 value ${v} at index ${i} does not fit in int32`);
+        return Number(v);
+      };
+    case "I32":
+      return (at) => view.getInt32(at, true);
+    case "I16":
+      return (at) => view.getInt16(at, true);
+    case "I8":
+      return (at) => view.getInt8(at);
+    default: // U8, BOOL
+      return (at) => view.getUint8(at);
+  }
+}
+
+/**
+ * A tensor known only by dtype and shape: what "describe" readers (e.g. `inspect`) hand back so
+ * that a file can be listed without reading — or expanding — its values. Reading `data` throws an
+ * error naming `where`; such tensors must never reach code that computes with them.
+ */
+export function describedTensor(dtype: DType, shape: number[], where: string): HostTensor {
+  return {
+    dtype,
+    shape,
+    get data(): Float32Array | Int32Array {
+      throw new Error(`${where}: only the dtype and shape of this tensor were read (describe mode); its values were not`);
+    },
+  };
+}
+
 /** Encode a host tensor's values as little-endian bytes of `dtype` (default: its own dtype). */
 export function encodeTensor(t: HostTensor, dtype: DType = t.dtype): Uint8Array {
   const n = t.data.length;
-  const out = new Uint8Array(n * DTYPE_BYTES[dtype]);
+  let out: Uint8Array;
+  try {
+    out = new Uint8Array(n * DTYPE_BYTES[dtype]);
+  } catch (err) {
+    if (err instanceof RangeError) throw new Error(`encodeTensor: ${n.toLocaleString("en-US")} ${dtype} values (${((n * DTYPE_BYTES[dtype]) / 2 ** 20).toFixed(0)} MiB) do not fit in one buffer`);
+    throw err;
+  }
   const view = new DataView(out.buffer);
   const d = t.data;
   for (let i = 0; i < n; i++) {

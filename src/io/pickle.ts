@@ -16,8 +16,9 @@
  * `torch.load` reads the result like a file torch wrote itself.
  */
 import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./errors";
-import { DTYPE_BYTES, type DType, type HostTensor, decodeTensor, numel } from "./host-tensor";
+import { type DType, type HostTensor, decodeTensor, gatherTensor, numel } from "./host-tensor";
 import { PyDict, PyFloat, type PyKey, PyTuple, type PyValue, type TorchTensor, isHostTensor, isTorchTensor } from "./pyvalue";
+import { type ReadBudget, checkViewExpansion } from "./view-budget";
 
 /** Deepest container nesting accepted in a loaded value (real checkpoints nest < 10 levels). */
 export const MAX_DEPTH = 1000;
@@ -26,19 +27,30 @@ export const MAX_STACK = 1_000_000;
 /** Most nested MARKs. */
 export const MAX_MARKS = 1000;
 
-/** torch storage classes and the element type each stores. */
-export const STORAGE_DTYPES: Readonly<Record<string, DType>> = {
-  FloatStorage: "F32",
-  HalfStorage: "F16",
-  BFloat16Storage: "BF16",
-  DoubleStorage: "F64",
-  LongStorage: "I64",
-  IntStorage: "I32",
-  ShortStorage: "I16",
-  CharStorage: "I8",
-  ByteStorage: "U8",
-  BoolStorage: "BOOL",
-};
+/**
+ * torch storage classes and the element type each stores. A null-prototype object: names come from
+ * the file, and `torch.constructor` / `torch.__proto__` / `torch.toString` must not find
+ * `Object.prototype`'s members here. Look names up with `storageDType`.
+ */
+export const STORAGE_DTYPES: Readonly<Record<string, DType>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, DType>, {
+    FloatStorage: "F32",
+    HalfStorage: "F16",
+    BFloat16Storage: "BF16",
+    DoubleStorage: "F64",
+    LongStorage: "I64",
+    IntStorage: "I32",
+    ShortStorage: "I16",
+    CharStorage: "I8",
+    ByteStorage: "U8",
+    BoolStorage: "BOOL",
+  } satisfies Record<string, DType>),
+);
+
+/** The element type of a torch storage class named in a file, or undefined (own properties only). */
+export function storageDType(name: string): DType | undefined {
+  return Object.hasOwn(STORAGE_DTYPES, name) ? STORAGE_DTYPES[name] : undefined;
+}
 
 /** The storage class torch uses for each element type (inverse of STORAGE_DTYPES). */
 export const DTYPE_STORAGES: Readonly<Record<DType, string>> = Object.fromEntries(
@@ -81,6 +93,8 @@ export interface StorageHandle {
   readonly numel: number;
   /** The file the storage lives in, named by decoding errors (e.g. an int64 that does not fit int32). */
   readonly file?: string;
+  /** The file's running total of decoded bytes (see `view-budget.ts`), shared by its storages. */
+  readonly budget?: ReadBudget;
   /** Raw little-endian bytes of elements [start, start + count). */
   readElements(start: number, count: number): Uint8Array;
 }
@@ -115,29 +129,26 @@ export class StorageTensor implements TorchTensor {
     return true;
   }
 
-  read(): HostTensor {
+  /**
+   * Read the elements into a host tensor. `name` — how the caller knows the tensor (a state-dict
+   * key, a path of keys) — goes into error messages. Before anything is allocated the view is held
+   * to the expansion budget (`view-budget.ts`): a broadcast or overlapping view that would decode
+   * to far more than its storage holds is refused with an error naming the file and the tensor.
+   */
+  read(name?: string): HostTensor {
     const n = numel(this.shape);
-    const es = DTYPE_BYTES[this.dtype];
-    const where = this.storage.file === undefined ? "tensor" : `${this.storage.file}: tensor in storage "${this.storage.key}"`;
+    const file = this.storage.file;
+    const label = name !== undefined ? `tensor "${name}"` : `tensor in storage "${this.storage.key}"`;
+    const where = file === undefined ? label : `${file}: ${label}`;
+    const facts = { file: file ?? "pickle", name, storageKey: this.storage.key, storageNumel: this.storage.numel, shape: this.shape, stride: this.stride, numel: n };
+    checkViewExpansion(facts);
+    this.storage.budget?.charge(this, facts);
     if (n === 0) return decodeTensor(new Uint8Array(0), this.dtype, [...this.shape], where);
     if (this.contiguous) return decodeTensor(this.storage.readElements(this.storageOffset, n), this.dtype, [...this.shape], where);
-    // Gather: read the covered span once, then walk the indices in row-major order.
+    // Strided: read the span the view covers once (never more than the storage), decode in place.
     const last = this.shape.reduce((s, d, i) => s + (d - 1) * this.stride[i]!, 0);
     const span = this.storage.readElements(this.storageOffset, last + 1);
-    const out = new Uint8Array(n * es);
-    const idx = new Array<number>(this.shape.length).fill(0);
-    let src = 0;
-    for (let k = 0; k < n; k++) {
-      out.set(span.subarray(src * es, src * es + es), k * es);
-      for (let d = this.shape.length - 1; d >= 0; d--) {
-        idx[d]!++;
-        src += this.stride[d]!;
-        if (idx[d]! < this.shape[d]!) break;
-        src -= idx[d]! * this.stride[d]!;
-        idx[d] = 0;
-      }
-    }
-    return decodeTensor(out, this.dtype, [...this.shape], where);
+    return gatherTensor(span, this.dtype, [...this.shape], this.stride, where);
   }
 }
 
@@ -155,7 +166,16 @@ export interface UnpickleResult {
 }
 
 /** Thrown (as a CorruptFileError subclass) when the input ends before STOP. */
-export class TruncatedPickleError extends CorruptFileError {}
+export class TruncatedPickleError extends CorruptFileError {
+  constructor(
+    file: string,
+    detail: string,
+    /** How long the input would have to be (from its start) for the read that failed. */
+    readonly needed: number,
+  ) {
+    super(file, detail);
+  }
+}
 
 type Item = PyValue | PickleGlobal | StorageHandle;
 
@@ -196,7 +216,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
   };
   const need = (n: number): void => {
     if (!(n >= 0) || pos + n > data.length) {
-      throw new TruncatedPickleError(file, `pickle is truncated: needs ${n} more bytes at byte ${pos}, only ${data.length - pos} left`);
+      throw new TruncatedPickleError(file, `pickle is truncated: needs ${n} more bytes at byte ${pos}, only ${data.length - pos} left`, pos + n);
     }
   };
   const u8 = (): number => {
@@ -262,7 +282,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
   };
   const findGlobal = (mod: string, name: string): PickleGlobal => {
     const q = `${mod}.${name}`;
-    if (CALLABLES.has(q) || (mod === "torch" && name in STORAGE_DTYPES)) return new PickleGlobal(mod, name);
+    if (CALLABLES.has(q) || (mod === "torch" && storageDType(name) !== undefined)) return new PickleGlobal(mod, name);
     return refuse(mod, name);
   };
   const memoPut = (i: number): void => {
@@ -281,8 +301,9 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
   };
   const longFromBytes = (b: Uint8Array): number | bigint => {
     if (b.length === 0) return 0;
-    let v = 0n;
-    for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]!);
+    // Little-endian two's complement. Parsed from hex in one go: shifting byte by byte into a
+    // BigInt copies the growing value every time, quadratic in the length (~1 s per MB of LONG4s).
+    let v = BigInt("0x" + Buffer.from(b).reverse().toString("hex"));
     if (b[b.length - 1]! & 0x80) v -= 1n << BigInt(8 * b.length);
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
   };
@@ -378,14 +399,13 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
     if (tag !== "storage") {
       throw new UnsupportedFileError(file, `persistent id of kind ${JSON.stringify(tag)} is not supported (only storages)`);
     }
-    if (!(type instanceof PickleGlobal) || type.module !== "torch" || !(type.name in STORAGE_DTYPES)) {
-      corrupt(`storage type must be a torch storage class, got ${typeName(type as Item)}`);
-    }
+    const dtype = type instanceof PickleGlobal && type.module === "torch" ? storageDType(type.name) : undefined;
+    if (dtype === undefined) corrupt(`storage type must be a torch storage class, got ${typeName(type as Item)}`);
     if (typeof key !== "string" || !/^[A-Za-z0-9_]{1,64}$/.test(key)) corrupt(`bad storage key ${JSON.stringify(key)}`);
     if (typeof location !== "string") corrupt("storage location must be a str");
     const req: StorageRequest = {
       key: key as string,
-      dtype: STORAGE_DTYPES[(type as PickleGlobal).name]!,
+      dtype: dtype!,
       location: location as string,
       numel: int(count, "storage size"),
     };
@@ -760,12 +780,22 @@ function rawUnicodeEscape(s: string): string {
   );
 }
 
+/** Escapes of the STRING opcode's quoted text (a Map: the escaped character comes from the file). */
+const STRING_ESCAPES: ReadonlyMap<string, string> = new Map([
+  ["n", "\n"],
+  ["t", "\t"],
+  ["r", "\r"],
+  ["\\", "\\"],
+  ["'", "'"],
+  ['"', '"'],
+  ["0", "\0"],
+]);
+
 function quotedString(s: string, corrupt: (m: string) => never): string {
   const q = s[0];
   if ((q !== "'" && q !== '"') || s.length < 2 || s[s.length - 1] !== q) corrupt("STRING argument is not quoted");
   const body = s.slice(1, -1);
-  const esc: Record<string, string> = { n: "\n", t: "\t", r: "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0" };
-  return body.replace(/\\(x[0-9a-fA-F]{2}|.)/g, (_, e: string) => (e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : esc[e] ?? "\\" + e));
+  return body.replace(/\\(x[0-9a-fA-F]{2}|.)/g, (_, e: string) => (e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : STRING_ESCAPES.get(e) ?? "\\" + e));
 }
 
 // ---- writer -------------------------------------------------------------------------------------

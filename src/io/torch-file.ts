@@ -18,7 +18,7 @@ import { withOpenFile } from "./open";
 import * as path from "node:path";
 import { writeFileAtomic } from "./atomic";
 import { CorruptFileError, UnsupportedFileError } from "./errors";
-import { DTYPE_BYTES, type HostTensor, encodeTensor } from "./host-tensor";
+import { DTYPE_BYTES, type HostTensor, describedTensor, encodeTensor } from "./host-tensor";
 import {
   type StorageHandle,
   type StorageRequest,
@@ -27,7 +27,8 @@ import {
   pickleTorch,
   unpickle,
 } from "./pickle";
-import { PyDict, PyTuple, type PyValue, isTorchTensor } from "./pyvalue";
+import { PyDict, type PyKey, PyTuple, type PyValue, type TorchTensor, isTorchTensor } from "./pyvalue";
+import { ReadBudget } from "./view-budget";
 import { ZipReader, readAt, zipChunks, type ZipSource } from "./zip";
 
 export { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./errors";
@@ -72,7 +73,11 @@ export function openTorchFile(file: string, opts: OpenTorchOptions = {}): TorchF
   });
 }
 
-/** Read a (small) torch file whole: like `openTorchFile`, with every tensor read into a HostTensor. */
+/**
+ * Read a (small) torch file whole: like `openTorchFile`, with every tensor read into a HostTensor.
+ * Reading is held to the file's expansion budget (`view-budget.ts`): views that would decode to far
+ * more than the file holds are refused with an error naming the file and the tensor.
+ */
 export function readTorchFile(file: string): PyValue {
   const f = openTorchFile(file);
   try {
@@ -82,24 +87,48 @@ export function readTorchFile(file: string): PyValue {
   }
 }
 
-/** Copy a value, replacing each lazy tensor by its data (shared sub-values stay shared). */
+/**
+ * Read a torch file's structure without reading any tensor values: every tensor becomes a
+ * `describedTensor` (dtype and shape only; its `data` throws). For listing a file — `inspect`,
+ * parameter counts — at a cost set by the pickle's size, whatever sizes its views describe.
+ * Views are still checked to lie inside their storages and storages against their records.
+ */
+export function describeTorchFile(file: string): PyValue {
+  const f = openTorchFile(file);
+  try {
+    return copyWithTensors(f.root, (t, name) => describedTensor(t.dtype, [...t.shape], `${file}: tensor "${name}"`), new Map(), "");
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Copy a value, replacing each lazy tensor by its data (shared sub-values stay shared). Each tensor
+ * is read under the name of its path of keys from the root (`768/0/linear.0.weight`,
+ * `state_dict/model.x.weight`), which errors — e.g. a refused expansion — quote.
+ */
 export function materialize(v: PyValue, seen = new Map<object, PyValue>()): PyValue {
+  return copyWithTensors(v, (t, name) => (t instanceof StorageTensor ? t.read(name) : t.read()), seen, "");
+}
+
+function copyWithTensors(v: PyValue, tensor: (t: TorchTensor, name: string) => PyValue, seen: Map<object, PyValue>, name: string): PyValue {
   if (v === null || typeof v !== "object" || v instanceof Uint8Array) return v;
   const hit = seen.get(v);
   if (hit !== undefined) return hit;
+  const sub = (k: PyKey | number): string => (name === "" ? String(k) : `${name}/${String(k)}`);
   let out: PyValue;
-  if (isTorchTensor(v)) out = v.read();
+  if (isTorchTensor(v)) out = tensor(v, name === "" ? "(root)" : name);
   else if (Array.isArray(v)) {
     const arr: PyValue[] = [];
     seen.set(v, arr);
-    for (const x of v) arr.push(materialize(x, seen));
+    v.forEach((x, i) => arr.push(copyWithTensors(x, tensor, seen, sub(i))));
     return arr;
-  } else if (v instanceof PyTuple) out = new PyTuple(v.items.map((x) => materialize(x, seen)));
+  } else if (v instanceof PyTuple) out = new PyTuple(v.items.map((x, i) => copyWithTensors(x, tensor, seen, sub(i))));
   else if (v instanceof PyDict) {
     const d = new PyDict(v.kind);
     seen.set(v, d);
-    for (const [k, x] of v.map) d.map.set(k, materialize(x, seen));
-    if (v.state !== undefined) d.state = materialize(v.state, seen);
+    for (const [k, x] of v.map) d.map.set(k, copyWithTensors(x, tensor, seen, sub(k)));
+    if (v.state !== undefined) d.state = copyWithTensors(v.state, tensor, seen, sub("(state)"));
     return d;
   } else out = v;
   seen.set(v, out);
@@ -119,6 +148,7 @@ function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
   if (pkl.size > LEGACY_PICKLE_LIMIT) throw new CorruptFileError(file, `data.pkl is ${pkl.size} bytes, implausibly large`);
 
   const storages = new Map<string, StorageHandle>();
+  const budget = new ReadBudget(file, zip.fileSize);
   const persistentLoad = (req: StorageRequest): StorageHandle => {
     const known = storages.get(req.key);
     if (known) {
@@ -142,6 +172,7 @@ function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
       dtype: req.dtype,
       numel: req.numel,
       file,
+      budget,
       readElements: (start, count) =>
         start === 0 && count === req.numel ? zip.read(entry) : zip.readRange(entry, start * es, count * es),
     };
@@ -157,7 +188,9 @@ function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
 // ---- legacy format ------------------------------------------------------------------------------
 
 function openLegacy(file: string, fd: number, size: number): TorchFile {
-  // The pickles come first and are small; read a prefix and grow it if a pickle runs past it.
+  // The pickles come first and are small; read a prefix and grow it if a pickle runs past it. A
+  // pickle that claims more bytes than the file has is refused before anything that size is read,
+  // and each retry reads at least what the failed read asked for, so memory follows the file.
   let prefixLen = Math.min(size, 1 << 20);
   for (;;) {
     const prefix = readAt(file, fd, 0, prefixLen);
@@ -165,7 +198,13 @@ function openLegacy(file: string, fd: number, size: number): TorchFile {
       return parseLegacy(file, fd, size, prefix);
     } catch (err) {
       if (!(err instanceof TruncatedPickleError) || prefixLen >= Math.min(size, LEGACY_PICKLE_LIMIT)) throw err;
-      prefixLen = Math.min(size, LEGACY_PICKLE_LIMIT, prefixLen * 8);
+      if (!(err.needed <= size)) {
+        throw new CorruptFileError(file, `${err.detail}; the file is only ${size} bytes long, so the pickle is damaged or its lengths are forged`);
+      }
+      if (err.needed > LEGACY_PICKLE_LIMIT) {
+        throw new UnsupportedFileError(file, `the legacy pickle needs ${err.needed} bytes before its storages, more than the ${LEGACY_PICKLE_LIMIT}-byte limit for a pickle`);
+      }
+      prefixLen = Math.min(size, LEGACY_PICKLE_LIMIT, Math.max(prefixLen * 8, err.needed));
     }
   }
 }
@@ -192,6 +231,7 @@ function parseLegacy(file: string, fd: number, size: number, data: Buffer): Torc
   }
   const roots = new Map<string, Pending>();
   const handles = new Map<string, StorageHandle>();
+  const budget = new ReadBudget(file, size);
   let closed = false;
   const persistentLoad = (req: StorageRequest): StorageHandle => {
     const id = req.view ? `${req.view.key}` : req.key;
@@ -212,6 +252,7 @@ function parseLegacy(file: string, fd: number, size: number, data: Buffer): Torc
       dtype: req.dtype,
       numel,
       file,
+      budget,
       readElements: (start, count) => {
         if (closed) throw new Error(`${file}: file already closed`);
         if (r.start === undefined) throw new CorruptFileError(file, `storage "${req.key}" has no data in the file`);

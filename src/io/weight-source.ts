@@ -5,7 +5,7 @@
  */
 import type { DType, HostTensor } from "./host-tensor";
 import { SafetensorsFile } from "./safetensors";
-import { openTorchFile } from "./torch-file";
+import { StorageTensor, openTorchFile } from "./torch-file";
 import { PyDict, type TorchTensor, isTorchTensor } from "./pyvalue";
 import type { TensorSource } from "../nn/module";
 
@@ -118,7 +118,8 @@ function openTorchWeights(file: string, where?: string): WeightSource {
       get: (k) => {
         const t = tensors.get(k);
         if (!t) throw new Error(`${file}: no tensor named "${k}"`);
-        return t.read();
+        // Named by its key, so that a refused expansion (see view-budget.ts) says which tensor.
+        return t instanceof StorageTensor ? t.read(k) : t.read();
       },
       shapeOf: (k) => tensors.get(k)?.shape,
       dtypeOf: (k) => tensors.get(k)?.dtype,

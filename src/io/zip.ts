@@ -15,7 +15,8 @@
  *
  * Sizes and CRCs are taken from the central directory: torch (miniz) writes zeros in the local
  * headers and puts the real values in data descriptors after each entry. The data of an entry starts
- * at local-header offset + 30 + local name length + local extra length.
+ * at local-header offset + 30 + local name length + local extra length. The local header's name must
+ * equal the directory's, as Python's `zipfile` requires.
  */
 import * as fs from "node:fs";
 import { withOpenFile } from "./open";
@@ -174,9 +175,22 @@ export class ZipReader {
   }
 }
 
-/** Read exactly `length` bytes at `position`, or fail naming the file. */
+/**
+ * Read exactly `length` bytes at `position`, or fail naming the file. Callers check `length` against
+ * the file's size first; a length no Buffer can have (or an allocation that fails) still becomes an
+ * error naming the file rather than a bare RangeError.
+ */
 export function readAt(file: string, fd: number, position: number, length: number): Buffer {
-  const buf = Buffer.allocUnsafe(length);
+  if (!Number.isSafeInteger(length) || length < 0 || !Number.isSafeInteger(position) || position < 0) {
+    throw new CorruptFileError(file, `cannot read ${length} bytes at offset ${position}`);
+  }
+  let buf: Buffer;
+  try {
+    buf = Buffer.allocUnsafe(length);
+  } catch (err) {
+    if (err instanceof RangeError) throw new UnsupportedFileError(file, `cannot read ${length} bytes at once (more than one buffer can hold here)`);
+    throw err;
+  }
   let got = 0;
   while (got < length) {
     const n = fs.readSync(fd, buf, got, length - got, position + got);
@@ -258,6 +272,7 @@ function readDirectory(file: string, fd: number, fileSize: number): ZipEntry[] {
     const commentLen = cd.readUInt16LE(p + 32);
     let headerOffset = cd.readUInt32LE(p + 42);
     const end = p + CENTRAL_SIZE + nameLen + extraLen + commentLen;
+    const p0 = p;
     if (end > cdSize) bad(`central directory entry ${i} runs past the directory`);
     const name = cd.toString("utf8", p + CENTRAL_SIZE, p + CENTRAL_SIZE + nameLen);
     // ZIP64 extended information (id 1) holds the 64-bit values of the fields set to 0xFFFFFFFF.
@@ -286,9 +301,16 @@ function readDirectory(file: string, fd: number, fileSize: number): ZipEntry[] {
     names.add(name);
     if (flags & 1) throw new UnsupportedFileError(file, `entry "${name}" is encrypted`);
     if (method === 0 && csize !== usize) bad(`stored entry "${name}" has different sizes (${csize} vs ${usize})`);
-    if (headerOffset + LOCAL_SIZE > cdOffset) bad(`entry "${name}" starts at ${headerOffset}, outside the data area (file size ${fileSize})`);
-    const local = readAt(file, fd, headerOffset, LOCAL_SIZE);
+    if (headerOffset + LOCAL_SIZE + nameLen > cdOffset) bad(`entry "${name}" starts at ${headerOffset}, outside the data area (file size ${fileSize})`);
+    const local = readAt(file, fd, headerOffset, LOCAL_SIZE + nameLen);
     if (local.readUInt32LE(0) !== SIG_LOCAL) bad(`entry "${name}" has no local header at offset ${headerOffset}`);
+    // The local header must name the same entry, byte for byte (Python's zipfile refuses a mismatch
+    // too): a reader that trusts the local name would otherwise see a different archive.
+    const localNameLen = local.readUInt16LE(26);
+    if (localNameLen !== nameLen || !local.subarray(LOCAL_SIZE).equals(cd.subarray(p0 + CENTRAL_SIZE, p0 + CENTRAL_SIZE + nameLen))) {
+      const localName = local.toString("utf8", LOCAL_SIZE, LOCAL_SIZE + Math.min(localNameLen, nameLen));
+      bad(`entry "${name}" is called ${JSON.stringify(localNameLen === nameLen ? localName : `${localName}…`)} in its local header (${localNameLen} bytes); the directory and the header must agree`);
+    }
     const dataStart = headerOffset + LOCAL_SIZE + local.readUInt16LE(26) + local.readUInt16LE(28);
     if (dataStart + csize > cdOffset) {
       bad(`entry "${name}" (${csize} bytes at ${dataStart}) runs past the data area (file size ${fileSize})`);
