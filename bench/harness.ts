@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import * as tf from "@tensorflow/tfjs";
 import { type Attachment, attachHypernetworks } from "../src/hypernet/attach";
 import { type Hypernetwork, createHypernetwork } from "../src/hypernet/network";
-import { type BackendChoice, type BackendReport, useBackend } from "../src/kernel-helpers/backend";
+import { type BackendChoice, type BackendReport, useBackend } from "../src/backend/backend";
 import { AdamW } from "../src/train/adamw";
 import { diffusionLoss } from "../src/train/trainer";
 import { type UNetConfig, fromJson, presets } from "../src/unet/config";

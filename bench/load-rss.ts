@@ -20,7 +20,7 @@ const CHILD = process.argv[2] === "--child";
 
 async function child(file: string, tokenizer: string, backend: string): Promise<void> {
   const tf = await import("@tensorflow/tfjs");
-  const { useBackend } = await import("../src/kernel-helpers/backend");
+  const { useBackend } = await import("../src/backend/backend");
   await useBackend(backend as "cpu" | "wasm", { quiet: true });
   const { loadBaseModel } = await import("../src/pipeline/load");
   const t0 = Date.now();

@@ -6,11 +6,11 @@
  *     npx ts-node --transpile-only bench/profile-tiny-step.ts 8
  */
 import * as tf from "@tensorflow/tfjs";
-import { useBackend } from "../src/kernel-helpers/backend";
+import { useBackend } from "../src/backend/backend";
 import { Rng } from "../src/diffusion/random";
 import { sd15Schedule } from "../src/diffusion/schedule";
 import { buildTinyModel, defaultTinyConfig } from "../src/tiny/model";
-import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { batchGradients, drawBatch } from "../scripts/train-base-batch";
 
 async function main(): Promise<void> {

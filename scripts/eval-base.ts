@@ -15,7 +15,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
-import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
+import { useBackend, type BackendChoice } from "../src/backend/backend";
 import type { SamplerName } from "../src/diffusion/samplers";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
 import { classifyImage, contentAccuracy } from "../src/tiny/classify";

@@ -8,7 +8,7 @@
  * with `npm run train-base -- --init DST_DIR …`. The shipped model was made with
  * `scripts/tiny-add-attention.ts models/tiny out/tiny16-init 2` at step 7,962 (see its model card).
  */
-import { useBackend } from "../src/kernel-helpers/backend";
+import { useBackend } from "../src/backend/backend";
 import { addAttentionLevel } from "../src/tiny/grow";
 
 async function main(): Promise<void> {

@@ -17,10 +17,10 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../src/diffusion/random";
 import { qSample, sd15Schedule, type NoiseSchedule } from "../src/diffusion/schedule";
-import { useBackend } from "../src/kernel-helpers/backend";
+import { useBackend } from "../src/backend/backend";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
-import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes";
 
 /** Everything one (part of a) batch needs; all of it drawn by the main thread. */

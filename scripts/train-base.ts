@@ -49,7 +49,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
-import { useBackend, type BackendChoice } from "../src/kernel-helpers/backend";
+import { useBackend, type BackendChoice } from "../src/backend/backend";
 import { Rng } from "../src/diffusion/random";
 import { sd15Schedule } from "../src/diffusion/schedule";
 import { readSafetensors, writeSafetensors } from "../src/io/safetensors";
@@ -58,7 +58,7 @@ import { writeFileAtomic } from "../src/io/atomic";
 import { globalNorm } from "../src/train/grad-norm";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, defaultTinyConfig, loadTinyWeights, readTinyConfig, writeTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
-import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch } from "./train-base-batch";
 
 interface Args {

@@ -3,15 +3,17 @@
  *
  * The notebook-facing API. Each export is documented where it is defined.
  */
-export { useBackend, formatBackendReport, type BackendChoice, type BackendReport } from "./kernel-helpers/backend";
-export { doctorReport } from "./kernel-helpers/doctor";
+export { useBackend, formatBackendReport, type BackendChoice, type BackendReport } from "./backend/backend";
+export { doctorReport } from "./backend/doctor";
 
 export { createHypernetwork, Hypernetwork, DEFAULT_DIMS, type CreateOptions, type HypernetworkInfo } from "./hypernet/network";
 export { HypernetworkModule, planLayers, WEIGHT_INITS, type WeightInit } from "./hypernet/module";
 export { ACTIVATION_NAMES, COMFYUI_ACTIVATIONS, type ActivationName } from "./hypernet/activations";
 export { attachHypernetworks, Attachment, type StackEntry } from "./hypernet/attach";
 export { loadHypernetwork, saveHypernetwork, readHypernetworkFile, writeHypernetworkFile, type HypernetworkFile } from "./hypernet/file";
-export { readOptimizerFile, writeOptimizerFile, shortHash, type OptimizerState } from "./hypernet/optim-file";
+export { readOptimizerFile, writeOptimizerFile } from "./hypernet/optim-file";
+export { shortHash } from "./io/hash";
+export type { OptimizerState } from "./train/optimizer-state";
 export { parsePrompt, listHypernetworks, resolveHypernetwork, type HypernetTag, type ParsedPrompt } from "./hypernet/prompt";
 
 export { UNetModel } from "./unet/unet";
@@ -19,7 +21,8 @@ export { loadUNetWeights } from "./unet/load";
 export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } from "./unet/attention";
 export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
 export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
-export { txt2img, clearHypernetworkCache, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
+export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
+export { clearHypernetworkCache, resolvePromptHypernetworks } from "./hypernet/prompt-networks";
 
 export * from "./diffusion/index";
 export * as data from "./data/index";

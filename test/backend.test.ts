@@ -6,8 +6,8 @@ import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
 import * as os from "node:os";
 import { afterEach, describe, expect, it } from "vitest";
-import { AUTO_ORDER, formatBackendReport, useBackend } from "../src/kernel-helpers/backend";
-import { doctorReport } from "../src/kernel-helpers/doctor";
+import { AUTO_ORDER, formatBackendReport, useBackend } from "../src/backend/backend";
+import { doctorReport } from "../src/backend/doctor";
 import { expectClose } from "./helpers/tf";
 
 const nodeRequire = createRequire(__filename);

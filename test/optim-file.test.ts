@@ -5,7 +5,9 @@ import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { saveHypernetwork } from "../src/hypernet/file";
 import { createHypernetwork } from "../src/hypernet/network";
-import { type OptimizerState, readOptimizerFile, shortHash, writeOptimizerFile } from "../src/hypernet/optim-file";
+import { shortHash } from "../src/io/hash";
+import { readOptimizerFile, writeOptimizerFile } from "../src/hypernet/optim-file";
+import type { OptimizerState } from "../src/train/optimizer-state";
 import { expectClose, setupBackend } from "./helpers/tf";
 
 beforeAll(setupBackend);

@@ -21,7 +21,8 @@ import { writeTorchFile } from "../src/io/torch-file";
 import { type Module, loadStateDict, stateDict, zerosInit } from "../src/nn/module";
 import { BaseModel } from "../src/pipeline/base-model";
 import { type LoadedBaseModel, loadBaseModel } from "../src/pipeline/load";
-import { clearHypernetworkCache, hypernetworkCacheSize, txt2img } from "../src/pipeline/txt2img";
+import { clearHypernetworkCache, hypernetworkCacheSize, resolvePromptHypernetworks } from "../src/hypernet/prompt-networks";
+import { txt2img } from "../src/pipeline/txt2img";
 import { ClipTextModel, type ClipTextConfig } from "../src/text/clip";
 import { ClipTokenizer } from "../src/text/tokenizer";
 import type { UNetConfig } from "../src/unet/config";
@@ -306,6 +307,21 @@ describe("txt2img with hypernetwork prompt tags", () => {
     expectClose(never.pixels, plain.pixels, 0);
     expectClose(always.pixels, tagged.pixels, 0);
     expect(always.infotexts[0]).toMatch(/Hypernet strength: 1, Hypernet timesteps: 0-1000$/);
+  });
+
+  it("resolved networks passed in give the tagged image, and the tags they came from are not looked up again", async () => {
+    const prompt = `${GEN.prompt} <hypernet:tinyhn:0.5> <lora:x:1>`;
+    const tagged = await txt2img(base, { ...GEN, prompt, hypernetworkDir: hnDir });
+    const { networks, ignoredTags } = resolvePromptHypernetworks(prompt, "<hypernet:tinyhn:1>", hnDir);
+    expect(networks.map((n) => [n.name, n.multiplier, n.file])).toEqual([["tinyhn", 0.5, path.join(hnDir, "sub", "tinyhn.pt")]]);
+    expect(ignoredTags).toEqual(["<lora:x:1>", "<hypernet:tinyhn:1>"]);
+    // no hypernetworkDir: the tag in the prompt would be an error if it were looked up
+    const given = await txt2img(base, { ...GEN, prompt, hypernetworks: networks });
+    expectClose(given.pixels, tagged.pixels, 0);
+    expect(given.infotexts).toEqual(tagged.infotexts);
+    expect(given.ignoredTags).toEqual(["<lora:x:1>"]);
+    // the same network from the cache, not a second copy
+    expect(resolvePromptHypernetworks(prompt, "", hnDir).networks[0]!.network).toBe(networks[0]!.network);
   });
 
   it("an unknown name is an error listing close names, and nothing stays attached", async () => {

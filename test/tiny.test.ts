@@ -26,7 +26,7 @@ import {
   type Scene,
 } from "../src/tiny/shapes";
 import { pastelStyleSet, styleScore, whiteness } from "../src/tiny/style";
-import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
 describe("tiny-shapes dataset", () => {

@@ -14,7 +14,7 @@ import { Rng } from "../src/diffusion/random";
 import { sd15Schedule } from "../src/diffusion/schedule";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, defaultTinyConfig, loadTinyModel, readTinyConfig, type TinyModelParts } from "../src/tiny/model";
-import { registerWasmUnsortedSegmentSum } from "../src/tiny/wasm-segment-sum";
+import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch, splitBatch, type DrawOptions } from "../scripts/train-base-batch";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 

@@ -14,12 +14,13 @@ import { writeTorchFile } from "../src/io/torch-file";
 import { GroupNorm } from "../src/nn/layers";
 import { StateDictError, stateDict, zerosInit } from "../src/nn/module";
 import { type AttentionProcessor, CrossAttention, attend, defaultProcessor } from "../src/unet/attention";
-import { fromJson, headsFor, tiny, validateConfig } from "../src/unet/config";
+import { type UNetConfig, fromJson, headsFor, tiny, validateConfig } from "../src/unet/config";
 import { ldmToDiffusersKey } from "../src/unet/diffusers-keys";
+import { inferUNetConfig } from "../src/unet/infer-config";
 import { loadUNetWeights } from "../src/unet/load";
 import { timestepEmbedding } from "../src/unet/timestep";
 import { UNetModel } from "../src/unet/unet";
-import { Downsample } from "../src/unet/updown";
+import { DownsamplePadAllSides, DownsamplePadBottomRight } from "../src/nn/resample";
 import { expectClose, expectNoLeak, fixture, setupBackend } from "./helpers/tf";
 
 const cfgJson = JSON.parse(fs.readFileSync(fixture("ldm-tiny.config.json"), "utf8")) as unknown;
@@ -93,6 +94,27 @@ describe("config", () => {
     expect(c.norm_num_groups).toBe(8);
     expect(groupsOf(new UNetModel(c, { init: zerosInit }))).toEqual([8]);
   });
+
+  it("inferUNetConfig reads the same config back from LDM names (with a prefix) and from diffusers names", () => {
+    const configs: UNetConfig[] = [
+      { ...tiny, num_heads: 2, num_head_channels: -1 },
+      { ...tiny, num_heads: 4, num_head_channels: -1, attention_resolutions: [2], num_res_blocks: 2, transformer_depth: 2, channel_mult: [1, 2, 4] },
+    ];
+    for (const cfg of configs) {
+      const u = new UNetModel(cfg, { init: zerosInit });
+      const shapes = new Map(u.namedParameters().map(([k, p]) => [k, [...p.torchShape]]));
+      u.dispose();
+      const ldm = new Map([...shapes].map(([k, s]) => [`model.diffusion_model.${k}`, s]));
+      const diffusers = new Map([...shapes].map(([k, s]) => [ldmToDiffusersKey(k, cfg)!, s]));
+      expect(diffusers.has("undefined")).toBe(false);
+      const source = (m: Map<string, number[]>) => ({ keys: () => m.keys(), shapeOf: (k: string) => m.get(k) });
+      expect(inferUNetConfig(source(ldm), { kind: "ldm", prefix: "model.diffusion_model." }, { num_heads: cfg.num_heads })).toEqual(cfg);
+      expect(inferUNetConfig(source(diffusers), { kind: "diffusers", json: { attention_head_dim: cfg.num_heads } })).toEqual(cfg);
+      // without a head count, SD 1.x's 8 heads
+      expect(inferUNetConfig(source(diffusers), { kind: "diffusers" }).num_heads).toBe(8);
+    }
+    expect(() => inferUNetConfig({ keys: () => [], shapeOf: () => undefined }, { kind: "ldm", prefix: "" })).toThrow(/no tensor "input_blocks.0.0.weight"; the file is not an LDM UNet/);
+  });
 });
 
 describe("blocks", () => {
@@ -109,13 +131,25 @@ describe("blocks", () => {
   });
 
   it("Downsample pads one pixel on every side (not tfjs 'same')", async () => {
-    const d = new Downsample(1, { init: (shape) => tf.ones(shape) });
+    const d = new DownsamplePadAllSides(1, { init: (shape) => tf.ones(shape) });
     await expectNoLeak(() => {
       const inp = tf.ones([1, 4, 4, 1]) as tf.Tensor4D;
       const y = d.apply(inp);
       // windows centred on rows/cols 0 and 2: the corner sees 2×2 ones, the edges 2×3, the interior 3×3
       // (tfjs 'same' would centre them on 1 and 3 and give [9, 6, 6, 4])
       expectClose(y.dataSync(), [4, 6, 6, 9]);
+      tf.dispose([inp, y]);
+    });
+    d.dispose();
+  });
+
+  it("the VAE's Downsample pads only the bottom row and right column", async () => {
+    const d = new DownsamplePadBottomRight(1, { init: (shape) => tf.ones(shape) });
+    await expectNoLeak(() => {
+      const inp = tf.ones([1, 4, 4, 1]) as tf.Tensor4D;
+      const y = d.apply(inp);
+      // windows start at rows/cols 0 and 2: the first sees 3×3 ones, the last 2×2 (its third row/col is padding)
+      expectClose(y.dataSync(), [9, 6, 6, 4]);
       tf.dispose([inp, y]);
     });
     d.dispose();

@@ -16,7 +16,7 @@ import { loadHypernetwork } from "../src/hypernet/file";
 import type { Hypernetwork } from "../src/hypernet/network";
 import type { HostTensor } from "../src/io/host-tensor";
 import { readSafetensors } from "../src/io/safetensors";
-import { findPrivateLavapipe, useBackend } from "../src/kernel-helpers/backend";
+import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
 import { zerosInit } from "../src/nn/module";
 import { AdamW } from "../src/train/adamw";
 import { diffusionLoss } from "../src/train/trainer";

@@ -9,7 +9,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { HostTensor } from "../io/host-tensor";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
 import { loadHypernetwork } from "../hypernet/file";
-import { useBackend } from "../kernel-helpers/backend";
+import { useBackend } from "../backend/backend";
 
 /** Apply `file`'s modules to every `x.D` in `input`; returns the names written to `output`. */
 export async function applyToFile(file: string, input: string, output: string, opts: { multiplier?: number; overwrite?: boolean } = {}): Promise<string[]> {

@@ -28,7 +28,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
-import { useBackend, formatBackendReport } from "../kernel-helpers/backend";
+import { useBackend, formatBackendReport } from "../backend/backend";
 import { figureHtml, lossChartPng, lossFigure, plotlyLoaderHtml, type LossPoint } from "../kernel-helpers/charts";
 import { attachHypernetworks } from "../hypernet/attach";
 import { saveHypernetwork } from "../hypernet/file";

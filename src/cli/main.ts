@@ -144,7 +144,7 @@ export async function main(argv: string[]): Promise<number> {
         await cmdApply(args);
         return 0;
       case "doctor": {
-        const { doctorReport } = await import("../kernel-helpers/doctor");
+        const { doctorReport } = await import("../backend/doctor");
         console.log(await doctorReport());
         return 0;
       }

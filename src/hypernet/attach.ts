@@ -1,6 +1,9 @@
 /**
  * Attaching hypernetworks to a UNet — through the one hook every attention layer has, its
- * processor (`src/unet/attention.ts`).
+ * processor (`src/unet/attention.ts`). The processor is what changes the computation; the UNet's
+ * forward hook (`UNetModel.addForwardHook`) only tells the attachment when a pass begins (with its
+ * timesteps) and ends, which a per-layer processor cannot see — the cache and the timestep gate
+ * below need exactly that, and nothing else uses it.
  *
  * In each attention layer (self and cross alike) the processor computes
  *

@@ -13,48 +13,13 @@
  * drops the optimizer state. Here the hash is always that of the `.pt` being paired, so every
  * checkpoint resumes with its own state.
  */
-import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import type { WriteOptions } from "../io/atomic";
+import { shortHash } from "../io/hash";
 import type { HostTensor } from "../io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
 import { readTorchFile, writeTorchFile } from "../io/torch-file";
-
-/** AdamW state for one parameter, in PyTorch layout. */
-export interface ParamMoments {
-  /** Steps this parameter has been updated (PyTorch keeps it per parameter). */
-  step: number;
-  expAvg: HostTensor;
-  expAvgSq: HostTensor;
-}
-
-/** An AdamW optimizer's state, as stored in a `.optim` file. */
-export interface OptimizerState {
-  name: string;
-  lr: number;
-  betas: [number, number];
-  eps: number;
-  weightDecay: number;
-  /** One entry per parameter, in the network's parameter order. */
-  params: ParamMoments[];
-}
-
-/** A1111's `shorthash`: the first 10 hex digits of the file's SHA-256. */
-export function shortHash(file: string): string {
-  const h = createHash("sha256");
-  const fd = fs.openSync(file, "r");
-  try {
-    const buf = Buffer.alloc(1 << 20);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest("hex").slice(0, 10);
-}
+import type { OptimizerState, ParamMoments } from "../train/optimizer-state";
 
 /** Write `<ptFile>.optim` for the `.pt` file that already exists at `ptFile`. */
 export function writeOptimizerFile(ptFile: string, state: OptimizerState, opts: WriteOptions = {}): string {

@@ -59,6 +59,15 @@ export function parsePrompt(prompt: string, defaultMultiplier = 1): ParsedPrompt
   return { prompt: cleaned, hypernets, ignored };
 }
 
+/**
+ * The tags a generation removes without applying them: other extra networks (e.g. `<lora:…>`) in
+ * either prompt, and every hypernetwork tag in the negative prompt (A1111 applies networks from the
+ * prompt only).
+ */
+export function ignoredTags(prompt: ParsedPrompt, negativePrompt: ParsedPrompt): string[] {
+  return [...prompt.ignored, ...negativePrompt.ignored, ...negativePrompt.hypernets.map((h) => `<hypernet:${h.name}:${h.multiplier}>`)];
+}
+
 /** File extensions recognised as hypernetworks in a folder. */
 export const HYPERNET_EXTENSIONS = [".pt", ".safetensors"] as const;
 

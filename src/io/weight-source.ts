@@ -7,7 +7,14 @@ import type { DType, HostTensor } from "./host-tensor";
 import { SafetensorsFile } from "./safetensors";
 import { StorageTensor, openTorchFile } from "./torch-file";
 import { PyDict, type TorchTensor, isTorchTensor } from "./pyvalue";
-import type { TensorSource } from "../nn/module";
+
+/** Source of tensors by key (what `nn/module.loadStateDict` reads from). */
+export interface TensorSource {
+  keys(): Iterable<string>;
+  get(key: string): HostTensor;
+  /** Optional: the stored shape of a key without reading its data. */
+  shapeOf?(key: string): number[] | undefined;
+}
 
 /** A tensor source that may hold an open file (call `close()` when done) and says where it came from. */
 export interface WeightSource extends TensorSource {

@@ -22,7 +22,7 @@ import { loadTinyModel } from "../tiny/model";
 import { createHypernetwork, type CreateOptions, type Hypernetwork } from "../hypernet/network";
 import { attachHypernetworks } from "../hypernet/attach";
 import { loadHypernetwork, saveHypernetwork, type SaveOptions } from "../hypernet/file";
-import { shortHash } from "../hypernet/optim-file";
+import { shortHash } from "../io/hash";
 import { preprocess, type PreprocessOptions, type PreprocessSummary } from "../data/preprocess";
 import { renderGrid, summaryTable, type GridItem } from "../data/view";
 import { train, type TrainOptions, type TrainResult, type TrainingRun } from "../train/trainer";

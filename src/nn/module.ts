@@ -13,6 +13,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensor } from "../io/host-tensor";
 import { numel } from "../io/host-tensor";
+import type { TensorSource } from "../io/weight-source";
 
 /**
  * How a parameter's PyTorch tensor maps onto its tfjs tensor:
@@ -205,14 +206,6 @@ export interface LoadReport {
   unexpected: string[];
   /** `key: file shape vs model shape` for each shape mismatch. */
   mismatched: string[];
-}
-
-/** Source of tensors by key for `loadStateDict`. */
-export interface TensorSource {
-  keys(): Iterable<string>;
-  get(key: string): HostTensor;
-  /** Optional: the stored shape of a key without reading its data. */
-  shapeOf?(key: string): number[] | undefined;
 }
 
 /** Error raised by a strict load; `report` says what went wrong key by key. */

@@ -24,11 +24,12 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { type DType, numel } from "../io/host-tensor";
 import { type WeightSource, openWeights } from "../io/weight-source";
-import { shortHash } from "../hypernet/optim-file";
+import { shortHash } from "../io/hash";
 import { zerosInit } from "../nn/module";
 import { CLIP_IGNORED_KEYS, type LoadedTextEncoder, detectClipTextPrefix, loadTextEncoder } from "../text/load";
 import { ClipTokenizer } from "../text/tokenizer";
 import type { UNetConfig } from "../unet/config";
+import { inferUNetConfig } from "../unet/infer-config";
 import { LDM_UNET_PREFIX, detectFamily, loadUNetWeights, resolveUNetFile } from "../unet/load";
 import { UNetModel } from "../unet/unet";
 import type { AutoencoderKL } from "../vae/autoencoder";
@@ -184,7 +185,7 @@ function loadSingleFile(file: string, opts: LoadBaseModelOptions): LoadedBaseMod
       );
     }
     const tokenizerDir = findTokenizer(file, opts.tokenizer, path.join(path.dirname(file), "tokenizer"));
-    const config = inferUNetConfigLdm(raw, LDM_UNET_PREFIX, opts.unetConfig);
+    const config = inferUNetConfig(raw, { kind: "ldm", prefix: LDM_UNET_PREFIX }, opts.unetConfig);
     checkBackendCapacity(file, raw, keys, hasVae && !opts.vae ? vaeLayout!.prefix : undefined, textPrefix);
 
     // Classify what stays out of the model.
@@ -260,7 +261,7 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
   try {
     const keys = [...unetSrc.keys()];
     refuseOtherFamilies(dir, unetSrc, keys, "");
-    config = inferUNetConfigDiffusers(unetSrc, readJson(path.join(path.dirname(unetFile), "config.json")), opts.unetConfig);
+    config = inferUNetConfig(unetSrc, { kind: "diffusers", json: readJson(path.join(path.dirname(unetFile), "config.json")) }, opts.unetConfig);
     unetDtypes = new Map(keys.map((k) => [k, unetSrc.dtypeOf(k)]));
   } finally {
     unetSrc.close();
@@ -314,116 +315,6 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
     disposeParts(parts);
     throw err;
   }
-}
-
-// ---- UNet config from shapes ------------------------------------------------------------------
-
-/**
- * Read a UNet config from LDM-named shapes under `prefix`:
- * - widths: `input_blocks.0.0` is the stem conv `[model_channels, in_channels, 3, 3]`; each
- *   `input_blocks.N.0` is either a ResBlock (its `in_layers.2` conv gives the level width) or a
- *   Downsample (`op`), which starts the next level;
- * - `num_res_blocks` = ResBlocks before the first Downsample; attention where `input_blocks.N.1`
- *   exists, at that level's downsample factor;
- * - `context_dim` from any `attn2.to_k` `[inner, context_dim]`; Linear vs conv `proj_in` by rank.
- * Heads are not visible in shapes: SD 1.x's 8 heads per layer unless `overrides` say otherwise.
- */
-export function inferUNetConfigLdm(src: { keys(): Iterable<string>; shapeOf(k: string): number[] | undefined }, prefix: string, overrides: Partial<UNetConfig> = {}): UNetConfig {
-  const keys = new Set(src.keys());
-  const shape = (k: string): number[] => {
-    const s = src.shapeOf(prefix + k);
-    if (!s) throw new Error(`UNet weights: no tensor "${prefix}${k}"; the file is not an LDM UNet`);
-    return s;
-  };
-  const [mc, inCh] = shape("input_blocks.0.0.weight") as [number, number];
-  const outCh = shape("out.2.weight")[0]!;
-  const mult: number[] = [];
-  const attn = new Set<number>();
-  const resPerLevel: number[] = [0];
-  let ds = 1;
-  for (let n = 1; ; n++) {
-    const p = `${prefix}input_blocks.${n}.`;
-    if (keys.has(`${p}0.op.weight`)) {
-      ds *= 2;
-      resPerLevel.push(0);
-    } else if (keys.has(`${p}0.in_layers.2.weight`)) {
-      const level = resPerLevel.length - 1;
-      mult[level] = shape(`input_blocks.${n}.0.in_layers.2.weight`)[0]! / mc;
-      resPerLevel[level]!++;
-      if (keys.has(`${p}1.norm.weight`)) attn.add(ds);
-    } else break;
-  }
-  let depth = 0;
-  while (keys.has(`${prefix}middle_block.1.transformer_blocks.${depth}.norm1.weight`)) depth++;
-  const family = detectFamily(src, prefix);
-  return {
-    in_channels: inCh,
-    out_channels: outCh,
-    model_channels: mc,
-    attention_resolutions: [...attn].sort((a, b) => a - b),
-    num_res_blocks: resPerLevel[0]!,
-    channel_mult: mult,
-    num_heads: 8,
-    num_head_channels: -1,
-    transformer_depth: Math.max(depth, 1),
-    context_dim: family.contextDim ?? 768,
-    use_linear_in_transformer: family.linearProj ?? false,
-    legacy: false,
-    use_spatial_transformer: true,
-    ...overrides,
-  };
-}
-
-/**
- * Read a UNet config from diffusers-named shapes (`conv_in`, `down_blocks.i.resnets.j`,
- * `down_blocks.i.attentions.0`, …). `json` is the folder's `unet/config.json` when present; its
- * `attention_head_dim` is (despite the name) the head count for SD 1.x.
- */
-export function inferUNetConfigDiffusers(src: { keys(): Iterable<string>; shapeOf(k: string): number[] | undefined }, json: Record<string, unknown> | undefined, overrides: Partial<UNetConfig> = {}): UNetConfig {
-  const keys = [...src.keys()];
-  const has = new Set(keys);
-  const shape = (k: string): number[] => {
-    const s = src.shapeOf(k);
-    if (!s) throw new Error(`UNet weights: no tensor "${k}"; the file is not a diffusers UNet`);
-    return s;
-  };
-  const [mc, inCh] = shape("conv_in.weight") as [number, number];
-  const outCh = shape("conv_out.weight")[0]!;
-  let levels = 0;
-  let blocks = 0;
-  for (const k of keys) {
-    const m = /^down_blocks\.(\d+)\.resnets\.(\d+)\./.exec(k);
-    if (m) {
-      levels = Math.max(levels, Number(m[1]) + 1);
-      if (m[1] === "0") blocks = Math.max(blocks, Number(m[2]) + 1);
-    }
-  }
-  const mult: number[] = [];
-  const attn: number[] = [];
-  for (let i = 0; i < levels; i++) {
-    mult.push(shape(`down_blocks.${i}.resnets.0.conv1.weight`)[0]! / mc);
-    if (has.has(`down_blocks.${i}.attentions.0.norm.weight`)) attn.push(2 ** i);
-  }
-  let depth = 0;
-  while (has.has(`mid_block.attentions.0.transformer_blocks.${depth}.norm1.weight`)) depth++;
-  const family = detectFamily(src, "");
-  const headDim = json?.attention_head_dim;
-  return {
-    in_channels: inCh,
-    out_channels: outCh,
-    model_channels: mc,
-    attention_resolutions: attn,
-    num_res_blocks: blocks,
-    channel_mult: mult,
-    num_heads: typeof headDim === "number" ? headDim : 8,
-    num_head_channels: -1,
-    transformer_depth: Math.max(depth, 1),
-    context_dim: family.contextDim ?? 768,
-    use_linear_in_transformer: family.linearProj ?? false,
-    legacy: false,
-    use_spatial_transformer: true,
-    ...overrides,
-  };
 }
 
 // ---- helpers ----------------------------------------------------------------------------------

@@ -2,23 +2,22 @@
  * Text-to-image with a base model, the way A1111's txt2img tab does it:
  *
  *   prompt ──parsePrompt──▶ text + [<hypernet:name:m>, …]
- *   hypernetworks loaded from `hypernetworkDir`, attached in tag order for this call only
+ *   hypernetworks: the resolved ones passed in, or the tags' networks loaded from `hypernetworkDir`
+ *   (`hypernet/prompt-networks.ts`, which caches them), attached in order for this call only
  *   cond = encodeText(text), uncond = encodeText(negative prompt)
  *   z_T ~ N(0, I) from the seed ──sampler (CFG: ε = ε_u + s·(ε_c − ε_u))──▶ z_0 ──decode──▶ image
  *
  * and the A1111 infotext ("parameters" text) that lets the image be reproduced.
  */
-import * as fs from "node:fs";
-import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import sharp from "sharp";
 import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
 import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
-import { loadHypernetwork } from "../hypernet/file";
-import type { Hypernetwork } from "../hypernet/network";
-import { shortHash } from "../hypernet/optim-file";
-import { parsePrompt, resolveHypernetwork } from "../hypernet/prompt";
+import { ignoredTags, parsePrompt } from "../hypernet/prompt";
+import { type AppliedHypernetwork, type PromptHypernetwork, resolvePromptHypernetworks } from "../hypernet/prompt-networks";
 import type { BaseModel } from "./base-model";
+
+export type { AppliedHypernetwork, PromptHypernetwork };
 
 /** Options for `txt2img` (A1111's names in camelCase; defaults are A1111's). */
 export interface Txt2ImgOptions {
@@ -41,6 +40,12 @@ export interface Txt2ImgOptions {
   /** Folder searched (recursively) for the hypernetworks named in prompt tags. */
   hypernetworkDir?: string;
   /**
+   * Networks already resolved (e.g. by `resolvePromptHypernetworks`), applied in this order and
+   * recorded in the infotext. When given, the prompt's tags are not looked up again: they are
+   * removed from the text that is encoded and kept, as typed, in the infotext.
+   */
+  hypernetworks?: readonly PromptHypernetwork[];
+  /**
    * Apply the tagged hypernetworks only in sampler steps at timesteps `[min, max)` (0–999; e.g.
    * `[0, 250]`: the last, low-noise steps, which draw colour and texture, leaving the layout to
    * the base model). Default: every step, as A1111. Not an A1111 option; written to the infotext.
@@ -48,15 +53,6 @@ export interface Txt2ImgOptions {
   hypernetworkTimesteps?: [number, number];
   /** Called after every sampler step (e.g. for a live preview). */
   callback?: StepCallback;
-}
-
-/** A hypernetwork applied to a run. */
-export interface AppliedHypernetwork {
-  name: string;
-  multiplier: number;
-  file: string;
-  /** A1111 short hash of the file. */
-  hash: string;
 }
 
 /** What `txt2img` returns. */
@@ -75,44 +71,11 @@ export interface Txt2ImgResult {
   ignoredTags: string[];
 }
 
-interface CacheEntry {
-  mtimeMs: number;
-  size: number;
-  net: Hypernetwork;
-  hash: string;
-}
-
-/** Loaded hypernetworks by absolute path; reloaded when the file's mtime or size changes. */
-const cache = new Map<string, CacheEntry>();
-
-/** A hypernetwork from `file`, loaded once and kept until the file changes. */
-function cachedHypernetwork(file: string): CacheEntry {
-  const abs = path.resolve(file);
-  const st = fs.statSync(abs);
-  const hit = cache.get(abs);
-  if (hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return hit;
-  const net = loadHypernetwork(abs, { trainable: false });
-  hit?.net.dispose();
-  const entry = { mtimeMs: st.mtimeMs, size: st.size, net, hash: shortHash(abs) };
-  cache.set(abs, entry);
-  return entry;
-}
-
-/** Free every hypernetwork `txt2img` has cached (they are otherwise kept for the next call). */
-export function clearHypernetworkCache(): void {
-  for (const e of cache.values()) e.net.dispose();
-  cache.clear();
-}
-
-/** How many hypernetworks are cached (for tests and memory reports). */
-export function hypernetworkCacheSize(): number {
-  return cache.size;
-}
-
 /**
- * Generate images from a prompt (see the module comment). Hypernetworks named in the prompt are
- * attached for this call and detached afterwards, even when sampling fails; the base model is left
- * exactly as it was. All intermediate tensors are freed.
+ * Generate images from a prompt (see the module comment). The networks in `hypernetworks` — or,
+ * when that is absent, the ones the prompt's tags name — are attached for this call and detached
+ * afterwards, even when sampling fails; the base model is left exactly as it was. All intermediate
+ * tensors are freed.
  */
 export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   const steps = opts.steps ?? 20;
@@ -131,20 +94,13 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   }
   const sampler = samplerByName(samplerName, { steps });
 
-  // Hypernetworks from the prompt tags, in tag order.
+  // The networks to apply: given, or the prompt tags' networks (in tag order).
   const parsed = parsePrompt(opts.prompt);
   const negative = parsePrompt(opts.negativePrompt ?? "");
-  const applied: AppliedHypernetwork[] = [];
-  const stack: StackEntry[] = [];
-  if (parsed.hypernets.length && !opts.hypernetworkDir) {
-    throw new Error(`txt2img: the prompt asks for ${parsed.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")} but no hypernetworkDir was given; pass the folder holding the .pt files`);
-  }
-  for (const tag of parsed.hypernets) {
-    const file = resolveHypernetwork(tag.name, opts.hypernetworkDir!);
-    const entry = cachedHypernetwork(file);
-    stack.push({ network: entry.net, multiplier: tag.multiplier, ...(opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {}) });
-    applied.push({ name: tag.name, multiplier: tag.multiplier, file, hash: entry.hash });
-  }
+  const resolved = opts.hypernetworks ?? resolvePromptHypernetworks(opts.prompt, opts.negativePrompt, opts.hypernetworkDir).networks;
+  const applied: AppliedHypernetwork[] = resolved.map(({ name, multiplier, file, hash }) => ({ name, multiplier, file, hash }));
+  const gate = opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {};
+  const stack: StackEntry[] = resolved.map((h) => ({ network: h.network, multiplier: h.multiplier, ...gate }));
 
   const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
   let images: tf.Tensor4D | undefined;
@@ -183,7 +139,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const infotexts = Array.from({ length: batch }, (_, i) =>
     infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, hypernetworkTimesteps: opts.hypernetworkTimesteps, batch, index: i }),
   );
-  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: [...parsed.ignored, ...negative.ignored, ...negative.hypernets.map((h) => `<hypernet:${h.name}:${h.multiplier}>`)] };
+  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: ignoredTags(parsed, negative) };
 }
 
 /** Image `i` of an NHWC [0, 1] float batch → 8-bit RGB PNG. */

@@ -19,7 +19,8 @@ import { ClipTextModel, type ClipTextConfig, tinyClipTextConfig } from "../text/
 import { SimpleTokenizer } from "../text/tokenizer";
 import { type UNetConfig, validateConfig } from "../unet/config";
 import { UNetModel } from "../unet/unet";
-import { loadStateDict, stateDict, zerosInit, type Module, type ModuleOptions, type TensorSource } from "../nn/module";
+import type { TensorSource } from "../io/weight-source";
+import { loadStateDict, stateDict, zerosInit, type Module, type ModuleOptions } from "../nn/module";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
 import type { HostTensor } from "../io/host-tensor";
 import { writeFileAtomic } from "../io/atomic";

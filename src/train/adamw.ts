@@ -14,7 +14,7 @@
  * (`[out, in]` for Linear weights) only when exported for a `.optim` file.
  */
 import * as tf from "@tensorflow/tfjs";
-import type { OptimizerState, ParamMoments } from "../hypernet/optim-file";
+import type { OptimizerState, ParamMoments } from "./optimizer-state";
 import { type Param, fromTorchLayout, toTorchLayout, tfShapeOf } from "../nn/module";
 
 /** AdamW hyper-parameters; defaults are PyTorch's. */

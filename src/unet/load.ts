@@ -14,8 +14,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { openWeights } from "../io/weight-source";
-import { type LoadReport, StateDictError, type TensorSource, loadStateDict } from "../nn/module";
+import { type TensorSource, openWeights } from "../io/weight-source";
+import { type LoadReport, StateDictError, loadStateDict } from "../nn/module";
 import type { UNetConfig } from "./config";
 import { diffusersToLdmKey } from "./diffusers-keys";
 import type { UNetModel } from "./unet";

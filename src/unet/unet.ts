@@ -235,6 +235,14 @@ export class UNetModel extends Module {
    * Register callbacks run just before and just after every `forward` (also when it throws), so a
    * processor can hold per-forward state — e.g. the hypernetwork's once-per-forward cross-attention
    * context — and free it when the pass ends. Returns a function that unregisters the hook.
+   *
+   * Why a second hook beside the attention processor: a processor sees one layer's `(x, context)`
+   * and nothing else — not the timesteps (they reach the ResBlocks, never the attention layers) and
+   * not where one pass ends and the next begins. Those two facts are all this hook carries; passing
+   * them through every block into every processor call instead would widen the one interface that
+   * every layer and every processor shares, for the sake of one user (`hypernet/attach.ts`: its
+   * timestep gate and its per-pass context cache). What a layer computes is still decided only by
+   * its processor.
    */
   addForwardHook(hook: ForwardHook): () => void {
     this.forwardHooks.add(hook);

@@ -13,7 +13,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { Module, type ModuleOptions } from "../nn/module";
 import { Conv2d, GroupNorm, ModuleList, silu } from "../nn/layers";
-import { AttnBlock, Downsample, type NormConfig, ResnetBlock, Upsample } from "./blocks";
+import { DownsamplePadBottomRight, Upsample } from "../nn/resample";
+import { AttnBlock, type NormConfig, ResnetBlock } from "./blocks";
 
 /** Shape of an autoencoder (LDM `ddconfig` names, camel-cased). */
 export interface VaeConfig {
@@ -71,7 +72,7 @@ export class VaeMid extends Module {
 /** One resolution level: `block.N` residual blocks, then an optional `downsample`/`upsample`. */
 export class VaeLevel extends Module {
   readonly block: ModuleList<ResnetBlock>;
-  readonly resample: Downsample | Upsample | undefined;
+  readonly resample: DownsamplePadBottomRight | Upsample | undefined;
   constructor(
     widths: Array<[number, number]>,
     resample: "downsample" | "upsample" | undefined,
@@ -82,7 +83,7 @@ export class VaeLevel extends Module {
     this.block = this.child("block", new ModuleList<ResnetBlock>());
     for (const [cin, cout] of widths) this.block.push(new ResnetBlock(cin, cout, norm, this.childOptions));
     const c = widths[widths.length - 1]![1];
-    if (resample === "downsample") this.resample = this.child("downsample", new Downsample(c, this.childOptions));
+    if (resample === "downsample") this.resample = this.child("downsample", new DownsamplePadBottomRight(c, this.childOptions));
     else if (resample === "upsample") this.resample = this.child("upsample", new Upsample(c, this.childOptions));
   }
 

@@ -111,19 +111,3 @@ export class Conv1x1 extends Module {
     return y.reshape([...x.shape.slice(0, -1), this.outChannels]);
   }
 }
-
-/** Halve H and W: zero-pad one row at the bottom and one column at the right, then a 3×3 stride-2 conv (as LDM). */
-export class Downsample extends Module {
-  readonly conv: Conv2d;
-  constructor(channels: number, opts: ModuleOptions = {}) {
-    super(opts);
-    this.conv = this.child("conv", new Conv2d(channels, channels, 3, 2, 0, this.childOptions));
-  }
-
-  apply(x: tf.Tensor4D): tf.Tensor4D {
-    return this.conv.apply(tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]]));
-  }
-}
-
-/** Double H and W: nearest-neighbour ×2, then a 3×3 conv — the same block (and keys) as the UNet's. */
-export { Upsample } from "../unet/updown";

@@ -13,7 +13,7 @@ export function setupBackend(): Promise<void> {
     const name = process.env.HYPERNET_TEST_BACKEND ?? "wasm";
     if (name !== "cpu" && name !== "wasm") throw new Error(`HYPERNET_TEST_BACKEND=${name}: tests run on cpu or wasm`);
     // The project's own backend switch: on wasm it also installs the kernel overrides.
-    const { useBackend } = await import("../../src/kernel-helpers/backend");
+    const { useBackend } = await import("../../src/backend/backend");
     await useBackend(name, { quiet: true });
   })();
   return ready;

@@ -15,7 +15,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as atomic from "../../src/io/atomic";
-import { useBackend } from "../../src/kernel-helpers/backend";
+import { useBackend } from "../../src/backend/backend";
 import { resumeTraining, train, type TrainOptions } from "../../src/train";
 import { TOY_TEMPLATE, makeToyBase, makeToyNet } from "../helpers/train-setup";
 

@@ -14,7 +14,8 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
 import { pathToFileURL } from "node:url";
-import { registerWasmKernelOverrides } from "../backend/wasm-kernels";
+import { inspect } from "node:util";
+import { registerWasmKernelOverrides } from "./wasm-kernels";
 
 /** A concrete backend this module can select. */
 export type BackendName = "tensorflow-gpu" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -88,12 +89,19 @@ async function setBackendCapturing(name: string): Promise<{ ok: boolean; message
   };
   console.warn = capture;
   console.error = capture;
+  // tfjs reports why an initialisation failed only through its logger, which prod mode silences:
+  // let it speak while we capture, so the skip reason is the real error.
+  const prod = tf.env().getBool("PROD");
+  tf.env().set("PROD", false);
   try {
     const ok = await tf.setBackend(name);
-    return { ok, message: captured.join(" / ").replace(/\s+/g, " ").trim() };
+    // Keep each logged error's first line (its message), not tfjs's preamble or the stack.
+    const lines = captured.map((c) => c.split("\n")[0]!.trim()).filter((c) => c && !/^Initialization of backend \S+ failed$/.test(c));
+    return { ok, message: lines.join(" / ").replace(/\s+/g, " ").trim() };
   } catch (e) {
     return { ok: false, message: firstLine(e) };
   } finally {
+    tf.env().set("PROD", prod);
     console.warn = warn;
     console.error = error;
   }
@@ -422,6 +430,8 @@ async function selectBackend(choiceArg: BackendChoice, opts: UseBackendOptions):
     if (a.ok) {
       await tf.ready();
       const report: BackendReport = { backend: name, tfjsBackend: tf.getBackend(), device: a.device, requested, requestedBy, skipped, notes: a.notes };
+      // The summary is printed above; a notebook or REPL echoing the returned value shows one line.
+      Object.defineProperty(report, inspect.custom, { value: () => `BackendReport { ${name}: ${a.device} }`, enumerable: false });
       lastReport = report;
       if (!opts.quiet) console.log(formatBackendReport(report));
       return report;
@@ -441,9 +451,12 @@ let queue: Promise<unknown> = Promise.resolve();
  * report. The `HYPERNET_BACKEND` environment variable, when set, overrides `choice`. An explicit
  * choice that cannot be used throws with the reason; `auto` falls through to the next backend.
  * Safe to call repeatedly (calls are serialised; probes and registrations happen once).
+ * `useBackend({ quiet: true })` is auto with options.
  */
-export function useBackend(choice: BackendChoice = "auto", opts: UseBackendOptions = {}): Promise<BackendReport> {
-  const run = queue.then(() => selectBackend(choice, opts));
+export function useBackend(choice?: BackendChoice | UseBackendOptions, opts: UseBackendOptions = {}): Promise<BackendReport> {
+  // `useBackend({ quiet: true })` means auto with options.
+  const [c, o] = typeof choice === "object" && choice !== null ? (["auto", { ...choice, ...opts }] as const) : ([choice ?? "auto", opts] as const);
+  const run = queue.then(() => selectBackend(c, o));
   queue = run.catch(() => undefined);
   return run;
 }
