@@ -21,7 +21,8 @@ export function withOpenFile<T>(file: string, build: (fd: number) => T): T {
     fd = fs.openSync(file, "r");
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new Error(`${file}: cannot open (${code ? `${code}${WHY[code] ? `: ${WHY[code]}` : ""}` : String(err)})`);
+    const why = code !== undefined && Object.hasOwn(WHY, code) ? `: ${WHY[code]}` : "";
+    throw new Error(`${file}: cannot open (${code ? `${code}${why}` : String(err)})`);
   }
   try {
     return build(fd);

@@ -17,6 +17,7 @@
  */
 import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./errors";
 import { type DType, type HostTensor, decodeTensor, gatherTensor, numel } from "./host-tensor";
+import { OP } from "./pickle-ops";
 import { PyDict, PyFloat, type PyKey, PyTuple, type PyValue, type TorchTensor, isHostTensor, isTorchTensor } from "./pyvalue";
 import { type ReadBudget, checkViewExpansion } from "./view-budget";
 
@@ -423,104 +424,104 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
     if (pos >= data.length) need(1);
     const op = data[pos++]!;
     switch (op) {
-      case 0x80: {
+      case OP.PROTO: {
         const proto = u8();
         if (proto > 5) throw new UnsupportedFileError(file, `pickle protocol ${proto} is newer than this reader (≤ 5)`);
         break;
       }
-      case 0x95: // FRAME: a length hint only
+      case OP.FRAME: // a length hint only
         u64();
         break;
-      case 0x2e: {
+      case OP.STOP: {
         // STOP
         if (stack.length !== 1 || metastack.length) corrupt("pickle does not end with exactly one value");
         const value = stack[0]!;
         checkValue(file, value);
         return { value: value as PyValue, end: pos };
       }
-      case 0x28: // MARK
+      case OP.MARK:
         if (metastack.length >= MAX_MARKS) corrupt(`more than ${MAX_MARKS} nested MARKs`);
         metastack.push(stack);
         stack = [];
         break;
-      case 0x30: // POP
+      case OP.POP:
         if (stack.length) stack.pop();
         else popMark();
         break;
-      case 0x31: // POP_MARK
+      case OP.POP_MARK:
         popMark();
         break;
-      case 0x32: // DUP
+      case OP.DUP:
         push(top());
         break;
 
       // ---- constants and numbers
-      case 0x4e:
+      case OP.NONE:
         push(null);
         break;
-      case 0x88:
+      case OP.NEWTRUE:
         push(true);
         break;
-      case 0x89:
+      case OP.NEWFALSE:
         push(false);
         break;
-      case 0x49: {
+      case OP.INT: {
         // INT (text); "00"/"01" are protocol-0 booleans
         const s = line();
         push(s === "00" ? false : s === "01" ? true : intFromText(s));
         break;
       }
-      case 0x4a:
+      case OP.BININT:
         need(4);
         push(view.getInt32(pos, true));
         pos += 4;
         break;
-      case 0x4b:
+      case OP.BININT1:
         push(u8());
         break;
-      case 0x4d:
+      case OP.BININT2:
         push(u16());
         break;
-      case 0x4c: // LONG (text)
+      case OP.LONG: // decimal text
         push(intFromText(line()));
         break;
-      case 0x8a: // LONG1
+      case OP.LONG1:
         push(longFromBytes(bytes(u8())));
         break;
-      case 0x8b: {
+      case OP.LONG4: {
         // LONG4
         const n = u32();
         if (n > 4096) throw new UnsupportedFileError(file, `integer of ${n} bytes is too large`);
         push(longFromBytes(bytes(n)));
         break;
       }
-      case 0x46: {
+      case OP.FLOAT: {
         const s = line().trim();
         const v = Number(s);
         if (!/^[-+0-9.eEinfaINFA]+$/.test(s) || (Number.isNaN(v) && !/nan/i.test(s))) corrupt(`bad float literal "${s.slice(0, 40)}"`);
         push(new PyFloat(v));
         break;
       }
-      case 0x47:
+      case OP.BINFLOAT:
         need(8);
         push(new PyFloat(view.getFloat64(pos, false)));
         pos += 8;
         break;
 
       // ---- strings and bytes
-      case 0x58: // BINUNICODE
+      case OP.BINUNICODE:
         push(utf8.decode(bytes(u32())));
         break;
-      case 0x8c: // SHORT_BINUNICODE
+      case OP.SHORT_BINUNICODE:
         push(utf8.decode(bytes(u8())));
         break;
-      case 0x8d: // BINUNICODE8
+      case OP.BINUNICODE8:
         push(utf8.decode(bytes(u64())));
         break;
-      case 0x56: // UNICODE (raw-unicode-escape, one line)
+      case OP.UNICODE: // raw-unicode-escape, one line
         push(rawUnicodeEscape(line()));
         break;
-      case 0x54: {
+      case OP.BINSTRING: {
         // BINSTRING (Python 2 str): signed length
         need(4);
         const n = view.getInt32(pos, true);
@@ -529,124 +530,124 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(utf8.decode(bytes(n)));
         break;
       }
-      case 0x55: // SHORT_BINSTRING
+      case OP.SHORT_BINSTRING:
         push(utf8.decode(bytes(u8())));
         break;
-      case 0x53: // STRING (quoted repr, one line)
+      case OP.STRING: // quoted repr, one line
         push(quotedString(line(), corrupt));
         break;
-      case 0x42: // BINBYTES
+      case OP.BINBYTES:
         push(bytes(u32()).slice());
         break;
-      case 0x43: // SHORT_BINBYTES
+      case OP.SHORT_BINBYTES:
         push(bytes(u8()).slice());
         break;
-      case 0x8e: // BINBYTES8
-      case 0x96: // BYTEARRAY8
+      case OP.BINBYTES8:
+      case OP.BYTEARRAY8:
         push(bytes(u64()).slice());
         break;
 
       // ---- containers
-      case 0x5d: // EMPTY_LIST
+      case OP.EMPTY_LIST:
         push([]);
         break;
-      case 0x6c: // LIST
+      case OP.LIST:
         push(popMark() as PyValue[]);
         break;
-      case 0x61: {
+      case OP.APPEND: {
         // APPEND
         const v = pop();
         appendItems(top(), [v], "APPEND");
         break;
       }
-      case 0x65: {
+      case OP.APPENDS: {
         // APPENDS
         const items = popMark();
         appendItems(top(), items, "APPENDS");
         break;
       }
-      case 0x29:
+      case OP.EMPTY_TUPLE:
         push(new PyTuple([]));
         break;
-      case 0x74:
+      case OP.TUPLE:
         push(new PyTuple(popMark() as PyValue[]));
         break;
-      case 0x85:
+      case OP.TUPLE1:
         push(new PyTuple([pop() as PyValue]));
         break;
-      case 0x86: {
+      case OP.TUPLE2: {
         const b = pop();
         const a = pop();
         push(new PyTuple([a, b] as PyValue[]));
         break;
       }
-      case 0x87: {
+      case OP.TUPLE3: {
         const c = pop();
         const b = pop();
         const a = pop();
         push(new PyTuple([a, b, c] as PyValue[]));
         break;
       }
-      case 0x7d: // EMPTY_DICT
+      case OP.EMPTY_DICT:
         push(new PyDict("dict"));
         break;
-      case 0x64: {
+      case OP.DICT: {
         // DICT
         const d = new PyDict("dict");
         setItems(d, popMark(), "DICT");
         push(d);
         break;
       }
-      case 0x73: {
+      case OP.SETITEM: {
         // SETITEM
         const v = pop();
         const k = pop();
         setItems(top(), [k, v], "SETITEM");
         break;
       }
-      case 0x75: {
+      case OP.SETITEMS: {
         // SETITEMS
         const items = popMark();
         setItems(top(), items, "SETITEMS");
         break;
       }
-      case 0x8f: // EMPTY_SET
-      case 0x90: // ADDITEMS
-      case 0x91: // FROZENSET
+      case OP.EMPTY_SET:
+      case OP.ADDITEMS:
+      case OP.FROZENSET:
         throw new UnsupportedFileError(file, "Python sets are not supported in torch files here");
 
       // ---- memo
-      case 0x67: // GET
+      case OP.GET:
         memoGet(int(intFromText(line()), "memo index"));
         break;
-      case 0x68:
+      case OP.BINGET:
         memoGet(u8());
         break;
-      case 0x6a:
+      case OP.LONG_BINGET:
         memoGet(u32());
         break;
-      case 0x70: // PUT
+      case OP.PUT:
         memoPut(int(intFromText(line()), "memo index"));
         break;
-      case 0x71:
+      case OP.BINPUT:
         memoPut(u8());
         break;
-      case 0x72:
+      case OP.LONG_BINPUT:
         memoPut(u32());
         break;
-      case 0x94: // MEMOIZE
+      case OP.MEMOIZE:
         memoPut(memo.size);
         break;
 
       // ---- globals and calls: the only dangerous instructions, all checked against the whitelist
-      case 0x63: {
+      case OP.GLOBAL: {
         // GLOBAL "module\nname\n"
         const mod = line();
         const name = line();
         push(findGlobal(mod, name));
         break;
       }
-      case 0x93: {
+      case OP.STACK_GLOBAL: {
         // STACK_GLOBAL
         const name = pop();
         const mod = pop();
@@ -654,11 +655,11 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(findGlobal(mod as string, name as string));
         break;
       }
-      case 0x82:
-      case 0x83:
-      case 0x84:
+      case OP.EXT1:
+      case OP.EXT2:
+      case OP.EXT4:
         throw new UnsafePickleError(file, undefined, "refusing extension-registry globals (EXT1/EXT2/EXT4): only tensors and plain containers are allowed");
-      case 0x69: {
+      case OP.INST: {
         // INST "module\nname\n" with MARKed args
         const mod = line();
         const name = line();
@@ -666,14 +667,14 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(call(fn, popMark(), "INST"));
         break;
       }
-      case 0x6f: {
+      case OP.OBJ: {
         // OBJ: MARK cls args… OBJ
         const items = popMark();
         if (items.length === 0) corrupt("OBJ without a class");
         push(call(items[0]!, items.slice(1), "OBJ"));
         break;
       }
-      case 0x52: {
+      case OP.REDUCE: {
         // REDUCE
         const args = pop();
         const fn = pop();
@@ -681,7 +682,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(call(fn, argsOf(args, "REDUCE"), "REDUCE"));
         break;
       }
-      case 0x81: {
+      case OP.NEWOBJ: {
         // NEWOBJ: cls.__new__(cls, *args); only OrderedDict is a class here
         const args = pop();
         const cls = pop();
@@ -693,7 +694,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(new PyDict("OrderedDict"));
         break;
       }
-      case 0x92: {
+      case OP.NEWOBJ_EX: {
         // NEWOBJ_EX
         pop();
         const args = pop();
@@ -706,7 +707,7 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
         push(new PyDict("OrderedDict"));
         break;
       }
-      case 0x62: {
+      case OP.BUILD: {
         // BUILD: only dict state on a dict (torch's `_metadata` on state dicts)
         const state = pop();
         const obj = top();
@@ -721,13 +722,13 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
       }
 
       // ---- persistent ids: storages in the container
-      case 0x51: // BINPERSID
+      case OP.BINPERSID:
         push(persistent(pop()));
         break;
-      case 0x50: // PERSID (text) — torch never writes it
+      case OP.PERSID: // text — torch never writes it
         throw new UnsupportedFileError(file, "text persistent ids (PERSID) are not supported");
-      case 0x97:
-      case 0x98:
+      case OP.NEXT_BUFFER:
+      case OP.READONLY_BUFFER:
         throw new UnsupportedFileError(file, "out-of-band pickle buffers are not supported");
       default:
         corrupt(`unknown opcode 0x${op.toString(16).padStart(2, "0")}`);
@@ -822,33 +823,33 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
   const put = (obj: unknown): void => {
     const i = memo.size;
     memo.set(obj, i);
-    if (i < 256) out.bytes(0x71, i);
-    else out.u8(0x72).u32(i);
+    if (i < 256) out.bytes(OP.BINPUT, i);
+    else out.u8(OP.LONG_BINPUT).u32(i);
   };
   const get = (obj: unknown): boolean => {
     const i = memo.get(obj);
     if (i === undefined) return false;
-    if (i < 256) out.bytes(0x68, i);
-    else out.u8(0x6a).u32(i);
+    if (i < 256) out.bytes(OP.BINGET, i);
+    else out.u8(OP.LONG_BINGET).u32(i);
     return true;
   };
   const global = (mod: string, name: string): void => {
     const id = `global:${mod}.${name}`;
     if (get(id)) return;
-    out.u8(0x63).ascii(`${mod}\n${name}\n`);
+    out.u8(OP.GLOBAL).ascii(`${mod}\n${name}\n`);
     put(id);
   };
   const str = (s: string): void => {
     const id = `str:${s}`;
     if (get(id)) return;
     const b = Buffer.from(s, "utf8");
-    out.u8(0x58).u32(b.length).raw(b);
+    out.u8(OP.BINUNICODE).u32(b.length).raw(b);
     put(id);
   };
   const int = (v: number | bigint): void => {
-    if (typeof v === "number" && v >= 0 && v <= 0xff) out.bytes(0x4b, v);
-    else if (typeof v === "number" && v >= 0 && v <= 0xffff) out.u8(0x4d).u16(v);
-    else if (typeof v === "number" && v >= -0x80000000 && v <= 0x7fffffff) out.u8(0x4a).i32(v);
+    if (typeof v === "number" && v >= 0 && v <= 0xff) out.bytes(OP.BININT1, v);
+    else if (typeof v === "number" && v >= 0 && v <= 0xffff) out.u8(OP.BININT2).u16(v);
+    else if (typeof v === "number" && v >= -0x80000000 && v <= 0x7fffffff) out.u8(OP.BININT).i32(v);
     else {
       // LONG1: minimal little-endian two's complement, as Python's encode_long
       let x = BigInt(v);
@@ -859,35 +860,35 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
         if (x < 0n) x += 1n << BigInt(8 * nbytes);
         for (let i = 0; i < nbytes; i++) b.push(Number((x >> BigInt(8 * i)) & 0xffn));
       }
-      if (b.length < 256) out.bytes(0x8a, b.length, ...b);
-      else out.u8(0x8b).u32(b.length).bytes(...b);
+      if (b.length < 256) out.bytes(OP.LONG1, b.length, ...b);
+      else out.u8(OP.LONG4).u32(b.length).bytes(...b);
     }
   };
   const key = (k: PyKey): void => save(k as PyValue, 0);
   const tupleOf = (items: PyValue[], depth: number): void => {
     if (items.length === 0) {
-      out.u8(0x29);
+      out.u8(OP.EMPTY_TUPLE);
       return;
     }
     if (items.length <= 3) {
       for (const it of items) save(it, depth + 1);
-      out.u8([0x85, 0x86, 0x87][items.length - 1]!);
+      out.u8([OP.TUPLE1, OP.TUPLE2, OP.TUPLE3][items.length - 1]!);
     } else {
-      out.u8(0x28);
+      out.u8(OP.MARK);
       for (const it of items) save(it, depth + 1);
-      out.u8(0x74);
+      out.u8(OP.TUPLE);
     }
   };
   const setItems = (d: PyDict, depth: number): void => {
     const entries = [...d.map.entries()];
     for (let i = 0; i < entries.length; i += 1000) {
       const batch = entries.slice(i, i + 1000);
-      if (batch.length > 1) out.u8(0x28);
+      if (batch.length > 1) out.u8(OP.MARK);
       for (const [k, v] of batch) {
         key(k);
         save(v, depth + 1);
       }
-      out.u8(batch.length > 1 ? 0x75 : 0x73);
+      out.u8(batch.length > 1 ? OP.SETITEMS : OP.SETITEM);
     }
   };
   const tensor = (t: TorchTensor | HostTensor): void => {
@@ -895,18 +896,18 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
     const k = String(storages.length);
     storages.push({ key: k, dtype: t.dtype, tensor: t });
     global("torch._utils", "_rebuild_tensor_v2");
-    out.u8(0x28); // MARK: the 6 arguments
+    out.u8(OP.MARK); // the 6 arguments
     // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
-    out.u8(0x28);
+    out.u8(OP.MARK);
     str("storage");
     global("torch", DTYPE_STORAGES[t.dtype]);
-    out.u8(0x58).u32(k.length).ascii(k);
+    out.u8(OP.BINUNICODE).u32(k.length).ascii(k);
     put({});
     str("cpu");
     int(numel(shape));
-    out.u8(0x74);
+    out.u8(OP.TUPLE);
     put({});
-    out.u8(0x51);
+    out.u8(OP.BINPERSID);
     int(0); // storage offset
     tupleOf(shape, 1);
     if (shape.length) put({});
@@ -918,19 +919,19 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
     }
     tupleOf(stride, 1);
     if (stride.length) put({});
-    out.u8(0x89); // requires_grad False
+    out.u8(OP.NEWFALSE); // requires_grad False
     global("collections", "OrderedDict"); // backward hooks: OrderedDict()
-    out.u8(0x29).u8(0x52);
+    out.u8(OP.EMPTY_TUPLE).u8(OP.REDUCE);
     put({});
-    out.u8(0x74);
+    out.u8(OP.TUPLE);
     put({});
-    out.u8(0x52);
+    out.u8(OP.REDUCE);
     put(t);
   };
   const save = (v: PyValue, depth: number): void => {
     if (depth > MAX_DEPTH) throw new Error(`pickle writer: value nested more than ${MAX_DEPTH} levels deep`);
-    if (v === null) out.u8(0x4e);
-    else if (typeof v === "boolean") out.u8(v ? 0x88 : 0x89);
+    if (v === null) out.u8(OP.NONE);
+    else if (typeof v === "boolean") out.u8(v ? OP.NEWTRUE : OP.NEWFALSE);
     else if (typeof v === "number") {
       if (!Number.isSafeInteger(v)) {
         throw new Error(`pickle writer: ${v} is not an integer; wrap floats as new PyFloat(x) so they are saved as Python floats`);
@@ -939,24 +940,24 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
     } else if (typeof v === "bigint") int(v);
     else if (typeof v === "string") str(v);
     else if (v instanceof PyFloat) {
-      out.u8(0x47).f64be(v.value);
+      out.u8(OP.BINFLOAT).f64be(v.value);
     } else if (v instanceof Uint8Array) {
       // Python 3 bytes (BINBYTES); torch.load accepts it in a protocol-2 stream
       if (get(v)) return;
-      out.u8(0x42).u32(v.length).raw(v);
+      out.u8(OP.BINBYTES).u32(v.length).raw(v);
       put(v);
     } else if (isTorchTensor(v) || isHostTensor(v)) {
       if (get(v)) return;
       tensor(v);
     } else if (Array.isArray(v)) {
       if (get(v)) return;
-      out.u8(0x5d);
+      out.u8(OP.EMPTY_LIST);
       put(v);
       for (let i = 0; i < v.length; i += 1000) {
         const batch = v.slice(i, i + 1000);
-        if (batch.length > 1) out.u8(0x28);
+        if (batch.length > 1) out.u8(OP.MARK);
         for (const it of batch) save(it, depth + 1);
-        out.u8(batch.length > 1 ? 0x65 : 0x61);
+        out.u8(batch.length > 1 ? OP.APPENDS : OP.APPEND);
       }
     } else if (v instanceof PyTuple) {
       if (get(v)) return;
@@ -969,24 +970,24 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
       if (get(v)) return;
       if (v.kind === "OrderedDict") {
         global("collections", "OrderedDict");
-        out.u8(0x29).u8(0x52);
+        out.u8(OP.EMPTY_TUPLE).u8(OP.REDUCE);
       } else {
-        out.u8(0x7d);
+        out.u8(OP.EMPTY_DICT);
       }
       put(v);
       setItems(v, depth);
       if (v.state !== undefined && v.state !== null) {
         save(v.state, depth + 1);
-        out.u8(0x62);
+        out.u8(OP.BUILD);
       }
     } else {
       throw new Error(`pickle writer: cannot save a value of type ${typeof v}`);
     }
   };
 
-  out.bytes(0x80, 2);
+  out.bytes(OP.PROTO, 2);
   save(value, 0);
-  out.u8(0x2e);
+  out.u8(OP.STOP);
   return { pickle: out.finish(), storages };
 }
 
