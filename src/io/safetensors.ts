@@ -10,7 +10,9 @@
 import * as fs from "node:fs";
 import { withOpenFile } from "./open";
 import { writeFileAtomic, type WriteOptions } from "./atomic";
-import { DTYPE_BYTES, type DType, type HostTensor, decodeTensor, encodeTensor, numel } from "./host-tensor";
+import { CorruptFileError, UnsupportedFileError } from "./errors";
+import { DTYPE_BYTES, type DType, type HostTensor, decodeTensor, encodeTensor } from "./host-tensor";
+import { JsonFloat, JsonReader, type StrictJson, StrictJsonError } from "./strict-json";
 
 /** Largest JSON header accepted (the reference implementation uses the same 100 MB cap). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -64,12 +66,7 @@ export class SafetensorsFile {
     if (!e) throw new Error(`${this.file}: no tensor named "${name}"`);
     if (this.fd === undefined) throw new Error(`${this.file}: file already closed`);
     const bytes = Buffer.allocUnsafe(e.end - e.begin);
-    let got = 0;
-    while (got < bytes.byteLength) {
-      const n = fs.readSync(this.fd, bytes, got, bytes.byteLength - got, e.begin + got);
-      if (n === 0) throw new Error(`${this.file}: tensor "${name}" is truncated (file ended early)`);
-      got += n;
-    }
+    if (!readFully(this.fd, bytes, e.begin)) throw new CorruptFileError(this.file, `tensor "${name}" is truncated (file ended early)`);
     return decodeTensor(bytes, e.dtype, e.shape, `${this.file}: tensor "${name}"`);
   }
 
@@ -86,9 +83,30 @@ export class SafetensorsFile {
   }
 }
 
+/** dtypes the format defines that this reader does not decode (refused as unsupported, not corrupt). */
+const OTHER_FORMAT_DTYPES = new Set(["U16", "U32", "U64", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"]);
+
+/**
+ * Header entries (tensors plus metadata keys) allowed without further question. Past this, each
+ * entry must be backed by `MIN_BYTES_PER_ENTRY` data bytes on average: a real checkpoint's tensors
+ * are kilobytes to megabytes each, while a header of a million empty tensors costs hundreds of
+ * bytes of memory per entry and holds nothing.
+ */
+export const FREE_HEADER_ENTRIES = 10_000;
+/** See `FREE_HEADER_ENTRIES`. */
+export const MIN_BYTES_PER_ENTRY = 64;
+
+/**
+ * Read and validate the header, as strictly as the reference reader (the Rust `safetensors`
+ * crate): the JSON must be valid UTF-8 with no duplicate keys; every shape entry and offset a
+ * whole non-negative number written without fraction or exponent; and the tensors' byte ranges,
+ * sorted, must tile the data section exactly — starting at 0, each beginning where the previous
+ * ends, the last ending at the end of the file (no gaps, no overlaps, no trailing bytes).
+ * One pass over the header bytes; stops at the first problem, naming the tensor.
+ */
 function parseHeader(file: string, fd: number): { entries: Map<string, SafetensorsEntry>; metadata: Record<string, string> } {
   const size = fs.fstatSync(fd).size;
-  const bad = (what: string): Error => new Error(`${file}: not a valid safetensors file: ${what}`);
+  const bad = (what: string): Error => new CorruptFileError(file, `not a valid safetensors file: ${what}`);
   if (size < 8) throw bad(`only ${size} bytes long`);
   const lenBuf = Buffer.alloc(8);
   fs.readSync(fd, lenBuf, 0, 8, 0);
@@ -97,49 +115,138 @@ function parseHeader(file: string, fd: number): { entries: Map<string, Safetenso
   const hlen = Number(headerLen);
   if (8 + hlen > size) throw bad(`header length ${hlen} runs past the end of the ${size}-byte file`);
   const hbuf = Buffer.alloc(hlen);
-  fs.readSync(fd, hbuf, 0, hlen, 8);
-  let json: unknown;
-  try {
-    json = JSON.parse(hbuf.toString("utf8"));
-  } catch (err) {
-    throw bad(`header is not JSON (${(err as Error).message})`);
-  }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw bad("header is not a JSON object");
+  if (!readFully(fd, hbuf, 8)) throw bad("the file ended while its header was being read");
   const dataStart = 8 + hlen;
   const dataLen = size - dataStart;
+  const maxEntries = Math.max(FREE_HEADER_ENTRIES, Math.floor(dataLen / MIN_BYTES_PER_ENTRY));
   const entries = new Map<string, SafetensorsEntry>();
-  let metadata: Record<string, string> = {};
+  let metadata: Record<string, string> | undefined;
+  let metaCount = 0;
   const ranges: Array<[number, number, string]> = [];
-  for (const [name, raw] of Object.entries(json as Record<string, unknown>)) {
-    if (name === "__metadata__") {
-      if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw bad("__metadata__ is not an object");
-      for (const [k, v] of Object.entries(raw)) if (typeof v !== "string") throw bad(`__metadata__["${k}"] is not a string`);
-      metadata = raw as Record<string, string>;
-      continue;
+  const r = new JsonReader(hbuf);
+  let key: string | undefined;
+  try {
+    r.expect("{");
+    if (r.peek() === 0x7d) r.pos++;
+    else {
+      do {
+        key = undefined;
+        const at = r.pos;
+        const name = r.string();
+        if (entries.has(name) || (name === "__metadata__" && metadata !== undefined)) {
+          throw bad(`${name === "__metadata__" ? "__metadata__" : `tensor "${name}"`} appears twice in the header (at byte ${8 + at}); the reference reader refuses such files`);
+        }
+        key = name;
+        r.expect(":");
+        const value = r.value(1);
+        if (name === "__metadata__") {
+          metadata = readMetadata(value, bad);
+          metaCount = Object.keys(metadata).length;
+        }
+        else {
+          const e = readEntry(file, name, value, dataStart, dataLen, bad);
+          entries.set(name, e);
+          ranges.push([e.begin - dataStart, e.end - dataStart, name]);
+        }
+        if (entries.size + metaCount > maxEntries) {
+          throw bad(
+            `the header lists more than ${maxEntries} entries for ${dataLen} bytes of data; past ${FREE_HEADER_ENTRIES} entries each needs ${MIN_BYTES_PER_ENTRY} data bytes on average (a file of mostly empty tensors costs memory and holds nothing)`,
+          );
+        }
+      } while (r.more("}"));
     }
-    const r = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof r !== "object" || r === null) throw bad(`entry "${name}" is not an object`);
-    if (typeof r.dtype !== "string" || !KNOWN_DTYPES.has(r.dtype)) throw bad(`tensor "${name}" has unsupported dtype ${JSON.stringify(r.dtype)}`);
-    const dtype = r.dtype as DType;
-    if (!Array.isArray(r.shape) || !r.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`tensor "${name}" has an invalid shape`);
-    const shape = r.shape as number[];
-    if (!Array.isArray(r.data_offsets) || r.data_offsets.length !== 2 || !r.data_offsets.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw bad(`tensor "${name}" has invalid data_offsets`);
+    r.end();
+  } catch (err) {
+    if (err instanceof StrictJsonError) {
+      throw bad(`header is not strict JSON: ${err.reason} at header byte ${err.offset}${key !== undefined ? ` (in the entry for "${key}")` : ""}`);
     }
-    const [b, e] = r.data_offsets as [number, number];
-    if (e < b || e > dataLen) throw bad(`tensor "${name}" data [${b}, ${e}) lies outside the ${dataLen} data bytes`);
-    const n = numel(shape);
-    if (!Number.isSafeInteger(n) || n * DTYPE_BYTES[dtype] !== e - b) {
-      throw bad(`tensor "${name}" is ${dtype} [${shape.join(", ")}] but its data range holds ${e - b} bytes`);
-    }
-    entries.set(name, { dtype, shape, begin: dataStart + b, end: dataStart + e });
-    ranges.push([b, e, name]);
+    throw err;
   }
-  ranges.sort((x, y) => x[0] - y[0]);
-  for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i]![0] < ranges[i - 1]![1]) throw bad(`tensors "${ranges[i - 1]![2]}" and "${ranges[i]![2]}" overlap`);
+  checkTiling(ranges, dataLen, bad);
+  return { entries, metadata: metadata ?? {} };
+}
+
+/** Fill `buf` from `position`; false if the file ends first. */
+function readFully(fd: number, buf: Buffer, position: number): boolean {
+  let got = 0;
+  while (got < buf.byteLength) {
+    const n = fs.readSync(fd, buf, got, buf.byteLength - got, position + got);
+    if (n === 0) return false;
+    got += n;
   }
-  return { entries, metadata };
+  return true;
+}
+
+function readMetadata(v: StrictJson, bad: (what: string) => Error): Record<string, string> {
+  if (v === null) return {}; // the reference reader treats a null __metadata__ as absent
+  if (!(v instanceof Map)) throw bad("__metadata__ is not an object of strings");
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [k, s] of v) {
+    if (typeof s !== "string") throw bad(`__metadata__["${k}"] is not a string`);
+    out[k] = s;
+  }
+  return out;
+}
+
+/** A non-negative integer written as one (no fraction, no exponent), within 2^53 − 1. */
+function wholeNumber(v: StrictJson | undefined): number | undefined {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0 && !Object.is(v, -0) ? v : undefined;
+}
+
+function describeJson(v: StrictJson | undefined): string {
+  if (v === undefined) return "missing";
+  if (v instanceof JsonFloat) return `${v.value} (written as a fraction or exponent)`;
+  if (typeof v === "bigint") return `${v} (larger than 2^53 - 1)`;
+  if (v instanceof Map) return "an object";
+  if (Array.isArray(v)) return `[${v.map((x) => describeJson(x)).join(", ")}]`;
+  return JSON.stringify(v);
+}
+
+function readEntry(file: string, name: string, v: StrictJson, dataStart: number, dataLen: number, bad: (what: string) => Error): SafetensorsEntry {
+  if (!(v instanceof Map)) throw bad(`entry "${name}" is not an object`);
+  const dt = v.get("dtype");
+  if (typeof dt !== "string" || !KNOWN_DTYPES.has(dt)) {
+    if (typeof dt === "string" && OTHER_FORMAT_DTYPES.has(dt)) throw new UnsupportedFileError(file, `tensor "${name}" has dtype ${dt}, which this reader does not decode`);
+    throw bad(`tensor "${name}" has unknown dtype ${describeJson(dt)}`);
+  }
+  const dtype = dt as DType;
+  const rawShape = v.get("shape");
+  const shape = Array.isArray(rawShape) ? rawShape.map(wholeNumber) : undefined;
+  if (!shape || shape.some((d) => d === undefined)) {
+    throw bad(`tensor "${name}" has shape ${describeJson(rawShape)}; a shape is a list of whole numbers >= 0`);
+  }
+  const rawOffsets = v.get("data_offsets");
+  const offsets = Array.isArray(rawOffsets) && rawOffsets.length === 2 ? rawOffsets.map(wholeNumber) : undefined;
+  if (!offsets || offsets.some((d) => d === undefined)) {
+    throw bad(`tensor "${name}" has data_offsets ${describeJson(rawOffsets)}; they are two whole numbers [begin, end]`);
+  }
+  const [b, e] = offsets as [number, number];
+  if (e < b || e > dataLen) throw bad(`tensor "${name}" data [${b}, ${e}) lies outside the ${dataLen} data bytes`);
+  // Element count, stopping as soon as it exceeds what the range could hold (no overflow).
+  const width = DTYPE_BYTES[dtype];
+  let n = shape.includes(0) ? 0 : 1;
+  for (const d of shape as number[]) {
+    if (n === 0 || n * width > e - b) break;
+    n *= d;
+  }
+  if (n * width !== e - b) throw bad(`tensor "${name}" is ${dtype} [${shape.join(", ")}] but its data range [${b}, ${e}) holds ${e - b} bytes`);
+  return { dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e };
+}
+
+/** The byte ranges, sorted, must cover [0, dataLen) exactly, end to end. */
+function checkTiling(ranges: Array<[number, number, string]>, dataLen: number, bad: (what: string) => Error): void {
+  ranges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let at = 0;
+  let prev: string | undefined;
+  for (const [b, e, name] of ranges) {
+    if (b > at) {
+      throw bad(`${b - at} unused bytes before tensor "${name}" (data [${b}, ${e}); ${prev === undefined ? "the data section starts at 0" : `"${prev}" ends at ${at}`}); tensors must be stored end to end`);
+    }
+    if (b < at) throw bad(`tensors "${prev}" and "${name}" overlap (data ending at ${at} and data [${b}, ${e}))`);
+    at = e;
+    prev = name;
+  }
+  if (at !== dataLen) throw bad(`${dataLen - at} bytes after the last tensor's data (the data section is ${dataLen} bytes, the tensors end at ${at})`);
 }
 
 /** Read a whole (small) safetensors file: tensors and metadata. */
