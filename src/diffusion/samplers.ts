@@ -16,7 +16,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Rng, randn } from "./random";
-import { type NoiseSchedule, ancestralStep, ddimTimesteps, discreteSigmas, karrasSigmas, sd15Schedule } from "./schedule";
+import { type NoiseSchedule, ancestralStep, ddimTimesteps, sd15Schedule } from "./schedule";
+import { type SigmaSpacing, sigmasFor as spacedSigmas } from "./sigmas";
 
 /**
  * Predicts the noise ε in `x` (NHWC, x = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε) at timesteps `t` (one per batch
@@ -72,10 +73,8 @@ export interface Sampler {
   sample(opts: SampleOptions): Promise<tf.Tensor4D>;
 }
 
-/** Names accepted by `samplerByName`, as A1111 spells them. */
-export type SamplerName = "DDIM" | "Euler a" | "Euler";
-
-interface Prepared {
+/** A prepared sampling run (shared with the samplers in k-samplers.ts and timestep-samplers.ts). */
+export interface Prepared {
   denoiser: Denoiser;
   shape: [number, number, number, number];
   cond: tf.Tensor;
@@ -86,7 +85,8 @@ interface Prepared {
   callback: StepCallback | undefined;
 }
 
-function prepare(opts: SampleOptions, who: string): Prepared {
+/** Check a run's options and fill in the defaults (guidance 7, rng from the seed, SD 1.x schedule). */
+export function prepare(opts: SampleOptions, who: string): Prepared {
   const { shape, cond, uncond } = opts;
   if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isSafeInteger(d) && d > 0)) {
     throw new Error(`${who}: shape must be [batch, height, width, channels] of positive integers, got ${JSON.stringify(shape)}`);
@@ -118,7 +118,7 @@ function toBatch(c: tf.Tensor, batch: number): tf.Tensor {
 }
 
 /** Call the denoiser once and return the guided ε̂ = ε_u + s·(ε_c − ε_u). Run inside a tidy. */
-function guidedEps(p: Prepared, x: tf.Tensor4D, t: number): tf.Tensor4D {
+export function guidedEps(p: Prepared, x: tf.Tensor4D, t: number): tf.Tensor4D {
   const batch = x.shape[0];
   const cond = toBatch(p.cond, batch);
   const guided = p.uncond !== undefined && p.scale !== 1;
@@ -134,7 +134,7 @@ function guidedEps(p: Prepared, x: tf.Tensor4D, t: number): tf.Tensor4D {
 }
 
 /** Hand one step's result to the callback, then free x̂₀. */
-async function report(p: Prepared, info: StepInfo): Promise<void> {
+export async function report(p: Prepared, info: StepInfo): Promise<void> {
   try {
     if (p.callback) await p.callback(info);
   } finally {
@@ -197,8 +197,8 @@ export function ddim(config: { steps: number; eta?: number }): Sampler {
   };
 }
 
-/** Which σ spacing the Euler samplers use: k-diffusion's discrete default (A1111 "Automatic") or Karras. */
-export type SigmaSpacing = "discrete" | "karras";
+/** Which σ spacing the Euler samplers use: k-diffusion's discrete default (A1111 "Automatic"), Karras or exponential (see sigmas.ts). */
+export type { SigmaSpacing } from "./sigmas";
 
 /**
  * Euler / Euler ancestral in k-diffusion's σ space (`sample_euler`, `sample_euler_ancestral`):
@@ -207,8 +207,8 @@ export type SigmaSpacing = "discrete" | "karras";
  *   x ← x + ε̂·(σ_down − σ_i) + σ_up·z
  * The last σ is 0, so the final x is x̂₀ of the last step.
  */
-function euler(name: SamplerName, eta: number, steps: number, spacing: SigmaSpacing): Sampler {
-  const sigmasFor = (s: NoiseSchedule) => (spacing === "karras" ? karrasSigmas(steps, s) : discreteSigmas(steps, s));
+function euler(name: "Euler a" | "Euler", eta: number, steps: number, spacing: SigmaSpacing): Sampler {
+  const sigmasFor = (s: NoiseSchedule) => spacedSigmas(spacing, steps, s);
   sigmasFor(sd15Schedule()); // validate early
   return {
     name,
@@ -258,18 +258,8 @@ export function eulerSampler(config: { steps: number; sigmas?: SigmaSpacing }): 
   return euler("Euler", 0, config.steps, config.sigmas ?? "discrete");
 }
 
-/** Look a sampler up by its A1111 name ("DDIM", "Euler a", "Euler"; case-insensitive). */
-export function samplerByName(name: SamplerName | string, config: { steps: number; eta?: number; sigmas?: SigmaSpacing }): Sampler {
-  switch (name.trim().toLowerCase()) {
-    case "ddim":
-      return ddim(config);
-    case "euler a":
-    case "euler_a":
-    case "euler ancestral":
-      return eulerAncestral(config);
-    case "euler":
-      return eulerSampler(config);
-    default:
-      throw new Error(`unknown sampler "${name}"; choose one of "DDIM", "Euler a", "Euler"`);
-  }
-}
+/**
+ * `samplerByName` (every A1111 sampler name, legacy "… Karras" names included) lives in
+ * sampler-names.ts; it is re-exported here for the modules that import it from this file.
+ */
+export { samplerByName, type SamplerName } from "./sampler-names";
