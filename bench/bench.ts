@@ -5,8 +5,18 @@
  * them side by side.
  *
  *   npm run bench -- [--config tiny|sd15|FILE.json] [--batch 4] [--size 32] [--steps 5]
- *                    [--backend auto|wasm|cpu|webgpu|tensorflow|tensorflow-gpu] [--context-len 77]
- *                    [--no-micro] [--profile] [--no-cache]
+ *                    [--backend auto|wasm|cpu|webgpu|webgpu-null|tensorflow|tensorflow-gpu]
+ *                    [--context-len 77] [--no-micro] [--profile] [--no-cache]
+ *                    [--sd-shapes] [--no-webgpu-patches]
+ *
+ * On WebGPU (`webgpu`, or `webgpu-null`: Dawn's null device, which runs nothing, so only host
+ * costs are left) a `webgpu_launches` line follows the step times: per training and per sampling
+ * step, the GPU dispatches, submits, uploads (scalars among them), uniform writes, bind groups and
+ * buffers created, and the host queuing and drain times (bench/webgpu-launches.ts). The launch
+ * patches of src/backend/webgpu-launch.ts are on unless `--no-webgpu-patches` (compare the two).
+ * `--sd-shapes` adds micro-benchmarks at SD 1.5's real sizes (the 64×64×320 conv, attention
+ * products at 4,096 tokens, the 4,096×320·320×1,280 linears): seconds on a GPU, minutes on
+ * lavapipe or wasm, so they are off by default.
  *
  * Defaults: the ldm-tiny fixture config at 32×32, batch 4, 77 context tokens, 5 timed steps after
  * one warm-up. Times include reading the result back (`dataSync`), so GPU backends are measured to
@@ -14,8 +24,10 @@
  */
 import * as os from "node:os";
 import * as tf from "@tensorflow/tfjs";
+import { installWebgpuLaunchPatches, removeWebgpuLaunchPatches } from "../src/backend/webgpu-launch";
 import { CrossAttention } from "../src/unet/attention";
-import { type BenchArgs, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, timeAsync, trainStep, trainStepAsync } from "./harness";
+import { type BenchArgs, type BenchModel, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, timeAsync, trainStep, trainStepAsync } from "./harness";
+import { measureLaunches, sampleStepSplit, trainStepSplit, useWebgpuNull } from "./webgpu-launches";
 
 function emit(obj: Record<string, unknown>): void {
   console.log(JSON.stringify(obj));
@@ -35,7 +47,7 @@ async function profileStep(run: () => void): Promise<Array<{ kernel: string; ms:
 }
 
 /** Micro-benchmarks with the shapes of reference/tfjs-on-this-machine.md §3 (same as torch_bench.py). */
-async function micro(args: BenchArgs, base: Record<string, unknown>): Promise<void> {
+async function micro(args: BenchArgs, base: Record<string, unknown>, small: boolean, sd: boolean): Promise<void> {
   const runs = Math.max(3, args.steps);
   // Each run reads every result back with `await data()` (so a GPU backend is timed to completion;
   // WebGPU in Node has no synchronous read).
@@ -48,6 +60,8 @@ async function micro(args: BenchArgs, base: Record<string, unknown>): Promise<vo
     }, runs);
     emit({ ...base, case: name, median_ms: round(r.median), min_ms: round(r.min), gflops: round(gflop / (r.median / 1000)), leaked_tensors: tf.memory().numTensors - before });
   };
+  if (sd) await microSd(report);
+  if (!small) return;
   // (a) 512³ matMul: 0.268 GFLOP
   const a = tf.randomNormal([512, 512]);
   const b = tf.randomNormal([512, 512]);
@@ -75,13 +89,80 @@ async function micro(args: BenchArgs, base: Record<string, unknown>): Promise<vo
   tf.dispose([a, b, x, w, q, c]);
 }
 
+/**
+ * Micro-benchmarks at SD 1.5's own sizes (UNet level 1: 64×64 latents, 320 channels, 8 heads of
+ * 40; 4,096 tokens): the 3×3 conv, the attention score and value products for one head (8 heads
+ * in fp32 would be a 512 MiB score matrix, over WebGPU's default binding limit), and the
+ * feed-forward linears. FLOPs are 2·MACs; `bench/torch_bench.py --sd-shapes` runs the same.
+ */
+async function microSd(report: (name: string, gflop: number, fn: () => tf.Tensor[]) => Promise<void>): Promise<void> {
+  const gf = (macs: number): number => (2 * macs) / 1e9;
+  const x = tf.randomNormal([1, 64, 64, 320]) as tf.Tensor4D;
+  const w = tf.mul(tf.randomNormal([3, 3, 320, 320]), 0.02) as tf.Tensor4D;
+  const conv = gf(64 * 64 * 320 * 320 * 9);
+  await report("sd_conv3x3_64x64x320_fwd", conv, () => [tf.conv2d(x, w, 1, "same")]);
+  await report("sd_conv3x3_64x64x320_fwd_bwd", 3 * conv, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
+  tf.dispose([x, w]);
+  for (const d of [40, 64]) {
+    const q = tf.randomNormal([1, 4096, d]) as tf.Tensor3D;
+    const kT = tf.randomNormal([1, d, 4096]) as tf.Tensor3D;
+    const p = tf.softmax(tf.randomNormal([1, 4096, 4096])) as tf.Tensor3D;
+    const v = tf.randomNormal([1, 4096, d]) as tf.Tensor3D;
+    await report(`sd_attn_qk_4096_d${d}`, gf(4096 * 4096 * d), () => [tf.matMul(q, kT)]);
+    await report(`sd_attn_pv_4096_d${d}`, gf(4096 * 4096 * d), () => [tf.matMul(p, v)]);
+    tf.dispose([q, kT, p, v]);
+  }
+  const h = tf.randomNormal([4096, 320]) as tf.Tensor2D;
+  const up = tf.randomNormal([320, 1280]) as tf.Tensor2D;
+  const g = tf.randomNormal([4096, 1280]) as tf.Tensor2D;
+  const down = tf.randomNormal([1280, 320]) as tf.Tensor2D;
+  await report("sd_linear_4096x320x1280", gf(4096 * 320 * 1280), () => [tf.matMul(h, up)]);
+  await report("sd_linear_4096x1280x320", gf(4096 * 1280 * 320), () => [tf.matMul(g, down)]);
+  tf.dispose([h, up, g, down]);
+}
+
 function round(v: number): number {
   return Math.round(v * 10) / 10;
 }
 
+/** Options of this script beyond the shared {@link BenchArgs}. */
+interface ExtraArgs {
+  sdShapes: boolean;
+  webgpuPatches: boolean;
+}
+
+/** Take this script's own flags out of argv (the rest goes to the shared parser). */
+function takeExtraArgs(argv: string[]): { rest: string[]; extra: ExtraArgs } {
+  const extra: ExtraArgs = { sdShapes: false, webgpuPatches: true };
+  const rest = argv.filter((a) => {
+    if (a === "--sd-shapes") extra.sdShapes = true;
+    else if (a === "--no-webgpu-patches") extra.webgpuPatches = false;
+    else return true;
+    return false;
+  });
+  return { rest, extra };
+}
+
+/** Launch counts and host/drain times per training and sampling step (WebGPU backends only). */
+async function reportLaunches(m: BenchModel, args: BenchArgs, base: Record<string, unknown>, patches: string[]): Promise<void> {
+  const runs = Math.max(3, args.steps);
+  const train = await measureLaunches(() => trainStepSplit(m), runs);
+  const sample = await measureLaunches(() => sampleStepSplit(m), runs);
+  emit({ ...base, case: "webgpu_launches", config: args.config, batch: args.batch, size: args.size, launch_patches: patches, runs, train_step: train, sample_step: sample });
+}
+
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
-  const report = await selectBackend(args.backend);
+  const { rest, extra } = takeExtraArgs(process.argv.slice(2));
+  const args = parseArgs(rest);
+  const nullDevice = String(args.backend) === "webgpu-null";
+  const report = nullDevice ? await useWebgpuNull() : await selectBackend(args.backend);
+  const webgpu = tf.getBackend() === "webgpu";
+  let patches: string[] = [];
+  if (webgpu && extra.webgpuPatches) {
+    const r = installWebgpuLaunchPatches();
+    if (!r.installed) throw new Error(`WebGPU launch patches not installed: ${r.reason}`);
+    patches = r.patches!.applied;
+  } else if (webgpu) removeWebgpuLaunchPatches();
   const { config, contextLen, name } = loadConfig(args.config, args.contextLen);
   const base = {
     backend: report.backend,
@@ -111,7 +192,9 @@ async function main(): Promise<void> {
     tensors_before: modelTensors,
     tensors_after: tf.memory().numTensors,
     peak_rss_mb: Math.round(peakRssMb()),
+    ...(webgpu ? { launch_patches: patches } : {}),
   });
+  if (webgpu) await reportLaunches(m, args, base, patches);
   if (args.profile) {
     const kernels = await profileStep(() => void trainStep(m));
     const total = kernels.reduce((s, k) => s + k.ms, 0);
@@ -119,7 +202,11 @@ async function main(): Promise<void> {
   }
   m.dispose();
   if (tf.memory().numTensors !== tensorsBefore) emit({ ...base, case: "leak", tensors: tf.memory().numTensors - tensorsBefore });
-  if (!args.noMicro) await micro(args, base);
+  if (nullDevice && (!args.noMicro || extra.sdShapes)) {
+    emit({ ...base, case: "micro_skipped", reason: "Dawn's null device runs no shaders: its GFLOP/s would mean nothing" });
+  } else if (!args.noMicro || extra.sdShapes) {
+    await micro(args, base, !args.noMicro, extra.sdShapes);
+  }
 }
 
 main().catch((e: unknown) => {
