@@ -10,6 +10,7 @@
 import * as fs from "node:fs";
 import type { DType } from "../io/host-tensor";
 import { fileParameterCount, readHypernetworkFile, writeHypernetworkFile } from "../hypernet/file";
+import { printable, terminalSafeJson } from "../io/safe-name";
 
 /** Parsed command-line arguments: positionals and `--flag [value]` options. */
 export interface Args {
@@ -94,15 +95,20 @@ export function inspectFile(file: string): Record<string, unknown> {
   };
 }
 
-function formatInspect(r: Record<string, unknown>): string {
+/**
+ * `inspect`'s text output. Every string comes from the file (names, activation, optional info), so
+ * each is passed through `printable`: control characters and terminal escapes are shown escaped,
+ * never sent to the terminal, and a line break in a value cannot fake another line.
+ */
+export function formatInspect(r: Record<string, unknown>): string {
   const fmtBytes = (n: number): string => (n > 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(1)} kB`);
   const lines = Object.entries(r).map(([k, v]) => {
     let s: string;
     if (k === "size_bytes") s = `${fmtBytes(v as number)} (${v as number} bytes)`;
     else if (k === "parameters") s = (v as number).toLocaleString("en-US");
-    else if (Array.isArray(v)) s = v.join(", ");
+    else if (Array.isArray(v)) s = v.map((x) => String(x)).join(", ");
     else s = v === null ? "-" : String(v);
-    return `${k.padEnd(22)}${s}`;
+    return `${printable(k).padEnd(22)}${printable(s)}`;
   });
   return lines.join("\n");
 }
@@ -129,7 +135,8 @@ export async function main(argv: string[]): Promise<number> {
         const [file] = args.positional;
         if (!file) throw new UsageError("inspect needs a FILE");
         const r = inspectFile(file);
-        console.log(args.flags.has("json") ? JSON.stringify(r, null, 2) : formatInspect(r));
+        // JSON escapes C0 controls itself; terminalSafeJson also escapes C1 and bidi characters.
+        console.log(args.flags.has("json") ? terminalSafeJson(JSON.stringify(r, null, 2)) : formatInspect(r));
         return 0;
       }
       case "convert": {
@@ -167,7 +174,8 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`hypernet: ${err.message}\n\n${USAGE}`);
       return 2;
     }
-    console.error(`hypernet: ${(err as Error).message}`);
+    // Messages can quote a file's contents (keys, names): print them terminal-safe.
+    console.error(`hypernet: ${printable((err as Error).message, { keepNewlines: true })}`);
     if (process.env.HYPERNET_DEBUG) console.error((err as Error).stack);
     return 1;
   }

@@ -16,9 +16,11 @@
 import * as fs from "node:fs";
 import type { WriteOptions } from "../io/atomic";
 import { shortHash } from "../io/hash";
-import type { HostTensor } from "../io/host-tensor";
+import { type HostTensor, numel } from "../io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
-import { readTorchFile, writeTorchFile } from "../io/torch-file";
+import { printable } from "../io/safe-name";
+import { openTorchFile, writeTorchFile } from "../io/torch-file";
+import { optimizerStateProblem } from "../train/optimizer-check";
 import type { OptimizerState, ParamMoments } from "../train/optimizer-state";
 
 /** Write `<ptFile>.optim` for the `.pt` file that already exists at `ptFile`. */
@@ -59,25 +61,65 @@ export function writeOptimizerFile(ptFile: string, state: OptimizerState, opts: 
 /** What `readOptimizerFile` found. */
 export type OptimizerFileResult = { state: OptimizerState; file: string } | { state: undefined; reason: string };
 
+/** Why a `.optim` whose hash matched cannot be used; `readOptimizerFile` turns it into a reason. */
+class UnusableState extends Error {}
+
+/** Per-parameter state keys AdamW keeps (PyTorch's; `max_exp_avg_sq` would mean AMSGrad). */
+const ADAMW_STATE_KEYS = new Set(["step", "exp_avg", "exp_avg_sq"]);
+
 /**
- * Read `<ptFile>.optim` if it exists and belongs to `ptFile` (hash match). Otherwise return the
- * reason it is not used — a fresh optimizer is then the right thing, as in A1111 — so the caller
- * can tell the user.
+ * Read `<ptFile>.optim` if it exists, belongs to `ptFile` (hash match) and holds usable AdamW state.
+ * Otherwise return the reason it is not used — a fresh AdamW is then the right thing, as in A1111 —
+ * so the caller can tell the user. The hash is checked right after unpickling, before any tensor of
+ * the file is read or decoded. A file whose hash matches is still not trusted: it must name AdamW
+ * (or no optimizer, which A1111 reads as AdamW), have AdamW's keys, and pass
+ * {@link optimizerStateProblem} (finite values, `exp_avg_sq ≥ 0`, whole-number steps). A file that
+ * cannot be unpickled throws the reader's error, which names it.
  */
 export function readOptimizerFile(ptFile: string): OptimizerFileResult {
   const file = `${ptFile}.optim`;
   if (!fs.existsSync(file)) return { state: undefined, reason: `no optimizer state file ${file}` };
-  const root = readTorchFile(file);
-  const bad = (what: string): Error => new Error(`${file}: not a valid optimizer state file: ${what}`);
-  if (!(root instanceof PyDict)) throw bad("top level is not a dict");
-  const hash = root.get("hash");
-  const expected = shortHash(ptFile);
-  if (hash !== expected) return { state: undefined, reason: `${file} belongs to another file (hash ${String(hash)}, ${ptFile} has ${expected}); starting with a fresh optimizer` };
+  if (!fs.existsSync(ptFile)) return { state: undefined, reason: `${file} has no ${ptFile} beside it to belong to` };
+  const torch = openTorchFile(file); // tensors stay unread until the hash matches
+  try {
+    const root = torch.root;
+    if (!(root instanceof PyDict)) throw new Error(`${file}: not a valid optimizer state file: top level is not a dict`);
+    const hash = root.get("hash");
+    const expected = shortHash(ptFile);
+    if (hash !== expected) {
+      const shown = typeof hash === "string" ? printable(hash.slice(0, 40)) : String(typeof hash);
+      return { state: undefined, reason: `${file} belongs to another file (hash ${shown}, ${ptFile} has ${expected}); starting with a fresh optimizer` };
+    }
+    const name = root.get("optimizer_name");
+    if (name !== undefined && name !== "AdamW") {
+      const shown = typeof name === "string" ? JSON.stringify(printable(name.slice(0, 80))) : `a ${typeof name} as its name`;
+      return { state: undefined, reason: `${file} holds the state of the optimizer ${shown}, not AdamW` };
+    }
+    let state: OptimizerState;
+    try {
+      state = parseAdamWState(root);
+    } catch (err) {
+      if (err instanceof UnusableState) return { state: undefined, reason: `${file}: not usable AdamW state: ${err.message}` };
+      throw err;
+    }
+    const problem = optimizerStateProblem(state);
+    if (problem) return { state: undefined, reason: `${file}: not usable AdamW state: ${problem}` };
+    return { file, state };
+  } finally {
+    torch.close();
+  }
+}
+
+/** The AdamW state in a `.optim` root dict (hash already checked); throws UnusableState for anything else. */
+function parseAdamWState(root: PyDict): OptimizerState {
+  const bad = (what: string): Error => new UnusableState(what);
   const sd = root.get("optimizer_state_dict");
   if (!(sd instanceof PyDict)) throw bad("optimizer_state_dict missing");
   const groups = pySequence(sd.get("param_groups"));
   const g = groups?.[0];
   if (!(g instanceof PyDict)) throw bad("param_groups missing");
+  if (groups!.length !== 1) throw bad(`it has ${groups!.length} parameter groups; a hypernetwork's AdamW has one`);
+  for (const flag of ["amsgrad", "maximize"]) if (g.get(flag) === true) throw bad(`it uses ${flag}, which this AdamW does not`);
   const num = (v: PyValue | undefined, what: string): number => {
     const n = pyNumber(v);
     if (n === undefined) throw bad(`${what} is not a number`);
@@ -85,7 +127,8 @@ export function readOptimizerFile(ptFile: string): OptimizerFileResult {
   };
   const betas = pySequence(g.get("betas"));
   if (!betas || betas.length !== 2) throw bad("betas is not a pair");
-  const ids = pySequence(g.get("params")) ?? [];
+  const ids = pySequence(g.get("params"));
+  if (!ids) throw bad("param_groups[0].params is not a list");
   const st = sd.get("state");
   if (!(st instanceof PyDict)) throw bad("state missing");
   const tensor = (v: PyValue | undefined, what: string): HostTensor => {
@@ -93,24 +136,28 @@ export function readOptimizerFile(ptFile: string): OptimizerFileResult {
     if (isHostTensor(v)) return v;
     throw bad(`${what} is not a tensor`);
   };
+  const seen = new Set<number>();
   const params: ParamMoments[] = ids.map((idv, i) => {
     const id = num(idv, "param id");
+    if (seen.has(id)) throw bad(`parameter id ${id} is listed twice`);
+    seen.add(id);
     const e = st.get(id);
     if (!(e instanceof PyDict)) throw bad(`no state for parameter ${id}`);
-    const stepT = e.get("step");
-    const step = isTorchTensor(stepT) || isHostTensor(stepT) ? tensor(stepT, "step").data[0]! : num(stepT, "step");
+    for (const k of e.map.keys()) if (typeof k !== "string" || !ADAMW_STATE_KEYS.has(k)) throw bad(`parameter ${id} has state ${JSON.stringify(printable(String(k)).slice(0, 80))}, which AdamW does not keep`);
+    const stepV = e.get("step");
+    let step: number;
+    if (isTorchTensor(stepV) || isHostTensor(stepV)) {
+      if (numel(stepV.shape) !== 1) throw bad(`the step of parameter ${i} is a tensor of shape [${stepV.shape.join(", ")}], not one number`);
+      step = tensor(stepV, "step").data[0]!;
+    } else step = num(stepV, `the step of parameter ${i}`);
     return { step, expAvg: tensor(e.get("exp_avg"), `exp_avg of parameter ${i}`), expAvgSq: tensor(e.get("exp_avg_sq"), `exp_avg_sq of parameter ${i}`) };
   });
-  const name = root.get("optimizer_name");
   return {
-    file,
-    state: {
-      name: typeof name === "string" ? name : "AdamW",
-      lr: num(g.get("lr"), "lr"),
-      betas: [num(betas[0], "beta1"), num(betas[1], "beta2")],
-      eps: num(g.get("eps"), "eps"),
-      weightDecay: num(g.get("weight_decay"), "weight_decay"),
-      params,
-    },
+    name: "AdamW",
+    lr: num(g.get("lr"), "lr"),
+    betas: [num(betas[0], "beta1"), num(betas[1], "beta2")],
+    eps: num(g.get("eps"), "eps"),
+    weightDecay: num(g.get("weight_decay"), "weight_decay"),
+    params,
   };
 }

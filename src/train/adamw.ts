@@ -15,6 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { OptimizerState, ParamMoments } from "./optimizer-state";
+import { optimizerStateProblem } from "./optimizer-check";
 import { type Param, fromTorchLayout, toTorchLayout, tfShapeOf } from "../nn/module";
 
 /** AdamW hyper-parameters; defaults are PyTorch's. */
@@ -116,22 +117,25 @@ export class AdamW {
   }
 
   /**
-   * Continue from a saved state (e.g. `readOptimizerFile(pt).state`). Shapes must match the
-   * parameters one for one; the hyper-parameters (betas, ε, λ) stay as constructed.
+   * What keeps `state` from being continued from, in words, or undefined if it can be: the checks of
+   * `optimizerStateProblem` (AdamW only, finite values, `exp_avg_sq ≥ 0`, whole-number steps) plus
+   * one entry per parameter with moments of the parameter's PyTorch shape.
+   */
+  checkState(state: OptimizerState): string | undefined {
+    return optimizerStateProblem(state, this.params.map((p) => p.torchShape));
+  }
+
+  /**
+   * Continue from a saved state (e.g. `readOptimizerFile(pt).state`). The state must pass
+   * {@link checkState} (else this throws, naming `where`); the hyper-parameters (betas, ε, λ) stay
+   * as constructed.
    */
   importState(state: OptimizerState, where = "optimizer state"): void {
-    if (state.params.length !== this.params.length) {
-      throw new Error(`${where}: holds ${state.params.length} parameters but the network has ${this.params.length}; it belongs to a network with another structure — train without it`);
-    }
+    const problem = this.checkState(state);
+    if (problem) throw new Error(`${where}: ${problem} — train without it`);
     const loaded = state.params.map((s, i) => {
       const p = this.params[i]!;
       const want = [...p.torchShape];
-      for (const [name, t] of [
-        ["exp_avg", s.expAvg],
-        ["exp_avg_sq", s.expAvgSq],
-      ] as const) {
-        if (!tf.util.arraysEqual([...t.shape], want)) throw new Error(`${where}: ${name} of parameter ${i} is [${t.shape}] but the parameter is [${want}]`);
-      }
       const conv = (data: ArrayLike<number>): tf.Tensor =>
         tf.tidy(() => {
           const t = fromTorchLayout(tf.tensor(Float32Array.from(data), want, "float32"), p.layout);

@@ -22,7 +22,9 @@
  * reproduces its loss curve step for step. Previews draw from their own fixed seed and cannot
  * shift the training noise.
  *
- * Files, in the run folder `logDir` (A1111: `textual_inversion/<date>/<name>`):
+ * Files, in the run folder `logDir` (A1111: `textual_inversion/<date>/<name>`). `<name>` is the
+ * network's name made a plain file name (`safeFileStem`: a name read from a file never chooses the
+ * folder; a warning says when it was changed), and every path is checked to stay inside `logDir`:
  *   hypernetworks/<name>-<step>.pt                 the network after exactly <step> steps
  *   hypernetworks/<name>-<step>.pt.optim           its AdamW state (keyed to that .pt's hash)
  *   hypernetworks/<name>-<step>.pt.state.json      seed, step, schedule position, loss average
@@ -45,12 +47,14 @@ import { fromNetworkAsync, readHypernetworkFile, saveHypernetworkAsync, toNetwor
 import type { Hypernetwork } from "../hypernet/network";
 import { readOptimizerFile, writeOptimizerFile } from "../hypernet/optim-file";
 import { removeStaleTempFiles, writeFileAtomic } from "../io/atomic";
-import { loadStateDict } from "../nn/module";
+import { insideFolder, printable, safeFileStem } from "../io/safe-name";
+import { type Param, loadStateDict } from "../nn/module";
 import type { BaseModel } from "../pipeline/base-model";
 import type { UNetModel } from "../unet/unet";
 import { globalNorm } from "./grad-norm";
 import { AdamW } from "./adamw";
 import { Schedule } from "./lr-schedule";
+import { checkpointFile, previewFile } from "./run-files";
 
 // ---- options and payloads ------------------------------------------------------------------------
 
@@ -429,9 +433,13 @@ export function assignWeights(net: Hypernetwork, hf: HypernetworkFile, where: st
   }
 }
 
-/** The checkpoint file of `name` at `step` in a run folder. */
+/**
+ * The checkpoint file of `name` at `step` in a run folder: `<logDir>/hypernetworks/<stem>-<step>.pt`
+ * with `stem = safeFileStem(name).stem`, checked to lie inside that folder (a name or step read
+ * from a file cannot move it elsewhere).
+ */
 export function checkpointPath(logDir: string, name: string, step: number): string {
-  return path.join(logDir, "hypernetworks", `${name}-${step}.pt`);
+  return checkpointFile(logDir, name, step);
 }
 
 /** Complete checkpoints (state file present) in a run folder, oldest first. */
@@ -446,13 +454,51 @@ export function listCheckpoints(logDir: string): Array<{ step: number; file: str
   return out.sort((a, b) => a.step - b.step);
 }
 
-/** Read a checkpoint's `.state.json`, or undefined if there is none. */
+/** Largest `.state.json` read (they are about 600 bytes). */
+const STATE_FILE_MAX_BYTES = 1 << 20;
+
+/**
+ * Read a checkpoint's `.state.json`, or undefined if there is none. A state file that cannot be
+ * read, is not JSON, or lacks the fields resuming uses (`step`, `seed`, `lossAverage`,
+ * `stepsInAverage`) throws an error naming it and saying what to do: the state only restores the
+ * seed check and the loss average, so deleting it lets training resume from the `.pt` without them.
+ */
 export function readCheckpointState(ptFile: string): CheckpointState | undefined {
   const f = `${ptFile}.state.json`;
   if (!fs.existsSync(f)) return undefined;
-  const s = JSON.parse(fs.readFileSync(f, "utf8")) as CheckpointState;
-  if (s.format !== "hypernet-lab/train-state") throw new Error(`${f}: not a training state file (format ${JSON.stringify(s.format)})`);
-  return s;
+  const fix = `delete it to resume from ${ptFile} without it (the weights and .optim are unaffected; the seed check and the running loss average start afresh)`;
+  const fail = (what: string): Error => new Error(`${f}: ${what}; ${fix}`);
+  let text: string;
+  try {
+    const st = fs.statSync(f);
+    if (!st.isFile()) throw fail("not a regular file");
+    if (st.size > STATE_FILE_MAX_BYTES) throw fail(`${st.size} bytes, too large for a training state file`);
+    text = fs.readFileSync(f, "utf8");
+  } catch (err) {
+    if ((err as Error).message.startsWith(`${f}: `)) throw err;
+    throw fail(`cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  let s: unknown;
+  try {
+    s = JSON.parse(text);
+  } catch (err) {
+    throw fail(`not valid JSON (${(err as Error).message}) — a damaged training state file`);
+  }
+  const o = (typeof s === "object" && s !== null && !Array.isArray(s) ? s : {}) as Record<string, unknown>;
+  if (o.format !== "hypernet-lab/train-state") throw fail(`not a training state file (format ${JSON.stringify(o.format) ?? "missing"})`);
+  const wholeNumber = (k: string): boolean => Number.isSafeInteger(o[k]) && (o[k] as number) >= 0;
+  for (const k of ["step", "seed", "stepsInAverage"]) if (!wholeNumber(k)) throw fail(`"${k}" is ${JSON.stringify(o[k]) ?? "missing"}, not a whole number ≥ 0`);
+  if (o.lossAverage !== null && !Number.isFinite(o.lossAverage)) throw fail(`"lossAverage" is ${JSON.stringify(o.lossAverage) ?? "missing"}, not a number or null`);
+  return o as unknown as CheckpointState;
+}
+
+/** True when every weight in `params` is finite (one asynchronous read-back, so any backend works). */
+async function weightsFinite(params: readonly Param[]): Promise<boolean> {
+  if (params.length === 0) return true;
+  const ok = tf.tidy(() => params.map((p) => tf.all(tf.isFinite(p.value.flatten()))).reduce((a, b) => tf.logicalAnd(a, b)));
+  const v = (await ok.data())[0];
+  ok.dispose();
+  return v === 1;
 }
 
 /** NHWC [-1, 1] images → RGB bytes. */
@@ -501,6 +547,11 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     log(`warning: ${m}`);
   };
   const name = net.name;
+  // Files are named after a plain-file-name form of the network's name (it comes from a file and
+  // must not choose the folder); messages show the name with control characters escaped.
+  const shownName = printable(name);
+  const safe = safeFileStem(name);
+  const stem = safe.stem;
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`train: seed must be a non-negative integer, got ${seed}`);
   const maxSteps = positiveInt(opts.maxSteps, NaN, "maxSteps");
@@ -511,7 +562,8 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
   const clipMode = opts.gradientClipping ?? "disabled";
   const [tMin, tMax] = checkTimesteps(opts.timesteps, sd15Schedule().numTimesteps);
   if (!["disabled", "value", "norm"].includes(clipMode)) throw new Error(`train: gradientClipping must be "disabled", "value" or "norm", got ${JSON.stringify(clipMode)}`);
-  const logDir = opts.logDir ?? path.join("textual_inversion", today(), name);
+  const logDir = opts.logDir ?? insideFolder("textual_inversion", path.join("textual_inversion", today(), stem), "the run folder");
+  if (safe.changed) warn(`the network's name "${shownName}" is not a plain file name (${safe.problems.join("; ")}); its files are named "${stem}-<step>.pt" instead`);
   const startStep = net.info.step;
   const lrText = String(opts.learningRate ?? "0.00001");
   const clipText = String(opts.clipValue ?? "0.1");
@@ -520,11 +572,11 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
   const frozenLeak = [...base.unet.trainableVariables(), ...base.textEncoder.trainableVariables(), ...(base.vae?.trainableVariables() ?? [])];
   if (frozenLeak.length) throw new Error(`train: the base model has ${frozenLeak.length} trainable variables (e.g. ${frozenLeak[0]!.name}); build it with trainable: false (the default) so only the hypernetwork is trained`);
   const params = net.namedParameters().map(([, p]) => p);
-  if (params.some((p) => !p.value.trainable)) throw new Error(`train: ${name} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
+  if (params.some((p) => !p.value.trainable)) throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
 
   const result = (reason: StopReason, message: string, extra: Partial<TrainResult> = {}): TrainResult => ({ reason, message, startStep, step: net.info.step, losses: [], logDir, warnings, ...extra });
   if (startStep >= maxSteps) {
-    const m = `${name} has already been trained to step ${startStep}, beyond Max steps ${maxSteps}; raise maxSteps to train further`;
+    const m = `${shownName} has already been trained to step ${startStep}, beyond Max steps ${maxSteps}; raise maxSteps to train further`;
     log(m);
     return result("already-trained", m);
   }
@@ -541,8 +593,22 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     if (hf.info.step !== startStep) throw new Error(`train: resumeFrom ${opts.resumeFrom} is at step ${hf.info.step} but the network passed in is at step ${startStep}; load the network from that file (resumeTraining does this)`);
     resumeState = readCheckpointState(opts.resumeFrom);
     if (resumeState && resumeState.seed !== seed) warn(`${opts.resumeFrom} was trained with seed ${resumeState.seed}, this run uses ${seed}: the loss curve will not continue the original one`);
-    optimState = readOptimizerFile(opts.resumeFrom);
-    if ("reason" in optimState) warn(`${optimState.reason}; AdamW starts fresh, which can make a resumed run jump`);
+    try {
+      optimState = readOptimizerFile(opts.resumeFrom);
+    } catch (err) {
+      // An unreadable side file is treated like a missing one: the weights are what matters.
+      optimState = { state: undefined, reason: `${opts.resumeFrom}.optim cannot be used: ${(err as Error).message}` };
+    }
+    if ("reason" in optimState) warn(`${printable(optimState.reason)}; AdamW starts fresh, which can make a resumed run jump`);
+  }
+  // A network that is already non-finite cannot be trained, and must not become the checkpoint a
+  // NaN stop rolls back to.
+  if (!(await weightsFinite(params))) {
+    throw new Error(
+      opts.resumeFrom
+        ? `train: ${opts.resumeFrom} holds NaN or infinite weights, so training cannot continue from it; resume from an earlier checkpoint (listCheckpoints(logDir)) or start afresh`
+        : `train: the network ${shownName} holds NaN or infinite weights; create or load one with finite weights`,
+    );
   }
 
   // Dataset: images → UNet space once; all its randomness from our per-step seeds.
@@ -654,8 +720,13 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
 
   try {
     if (optimState && "file" in optimState) {
-      optimizer.importState(optimState.state, optimState.file);
-      log(`resuming AdamW state from ${optimState.file}`);
+      // The file passed its own checks; these add the network's parameter count and shapes.
+      const problem = optimizer.checkState(optimState.state);
+      if (problem) warn(`${optimState.file}: not usable AdamW state: ${printable(problem)}; AdamW starts fresh, which can make a resumed run jump`);
+      else {
+        optimizer.importState(optimState.state, optimState.file);
+        log(`resuming AdamW state from ${optimState.file}`);
+      }
     }
 
     const encodePrompts = (prompts: string[]): tf.Tensor3D => {
@@ -704,6 +775,9 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     let lastPrompt = "";
     const vars = params.map((p) => p.value);
 
+    // Only called with finite weights (checked by the callers), so `lastCheckpoint` is always a
+    // checkpoint a NaN stop may roll back to. `checkpointPath` keeps the .pt (and so its .optim and
+    // .state.json beside it) inside logDir.
     const saveCheckpoint = async (final: boolean): Promise<string> => {
       const file = checkpointPath(logDir, name, step);
       net.info.sdCheckpoint = base.checkpointHash;
@@ -773,7 +847,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
         const png = await Promise.all(images.map((im) => sharp(Buffer.from(im.data), { raw: { width: im.width, height: im.height, channels: 3 } }).png().toBuffer()));
         let file: string | undefined;
         if (p.save ?? true) {
-          file = path.join(logDir, "images", `${name}-${step}.png`);
+          file = previewFile(logDir, name, step);
           writeFileAtomic(file, [png[0]!], { overwrite: true });
         }
         await opts.onPreview?.({ step, prompts, png, images, file });
@@ -874,7 +948,16 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
           const line = `[Epoch ${e0}: ${es0 + 1}/${stepsPerEpoch}] step ${step}/${end} loss ${loss.toFixed(4)} (avg ${lossAvg.toFixed(4)}) lr ${lr} ${rate.toFixed(2)} step/s ETA ${formatDuration(eta)}`;
           process.stderr.write(process.stderr.isTTY ? `\r${line}\x1b[K` : `${line}\n`);
         }
-        if (saveEvery > 0 && step % saveEvery === 0) await saveCheckpoint(false);
+        if (saveEvery > 0 && step % saveEvery === 0) {
+          // A finite loss can still come with an update that made the weights non-finite; such
+          // weights are never saved (nor rolled back to, nor recommended).
+          if (!(await weightsFinite(params))) {
+            unsafe = `the weights became non-finite in the update of step ${step} (its loss was ${loss.toPrecision(4)})`;
+            reason = "unsafe";
+            break;
+          }
+          await saveCheckpoint(false);
+        }
         if (previewEvery > 0 && step % previewEvery === 0) await makePreview(lastPrompt);
       }
       if (control.stop && reason === "max-steps" && step < maxSteps) reason = "stopped";
@@ -883,6 +966,7 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
       // Save what we have (if it is finite), then report the error.
       if (step > startStep && (!lastCheckpoint || readCheckpointState(lastCheckpoint)?.step !== step)) {
         try {
+          if (!(await weightsFinite(params))) throw new Error("non-finite weights are not saved");
           const file = await saveCheckpoint(true);
           (err as Error).message += ` (training state at step ${step} saved to ${file})`;
         } catch {
@@ -894,8 +978,13 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
       if (showProgress && process.stderr.isTTY) process.stderr.write("\n");
     }
 
+    if (reason !== "unsafe" && step > startStep && !(await weightsFinite(params))) {
+      unsafe = `the weights became non-finite by step ${step}`;
+      reason = "unsafe";
+    }
     if (reason === "unsafe") {
-      // Roll the network back to the last good checkpoint (or the start).
+      // Roll the network back to the last good checkpoint (or the start); every checkpoint this run
+      // wrote, and the one it resumed from, was checked finite.
       let rolledTo: string;
       if (lastCheckpoint) {
         assignWeights(net, readHypernetworkFile(lastCheckpoint), lastCheckpoint);
