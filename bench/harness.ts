@@ -18,7 +18,7 @@ import { type Hypernetwork, createHypernetwork } from "../src/hypernet/network";
 import { type BackendChoice, type BackendReport, useBackend } from "../src/backend/backend";
 import { AdamW } from "../src/train/adamw";
 import { diffusionLoss } from "../src/train/trainer";
-import { type UNetConfig, fromJson, presets } from "../src/unet/config";
+import { type UNetConfig, UNET_PRESETS, fromJson } from "../src/unet/config";
 import { UNetModel } from "../src/unet/unet";
 
 /** Command-line settings shared by the bench and the soak run. */
@@ -73,8 +73,8 @@ export function parseArgs(argv: string[], defaults: Partial<BenchArgs> = {}): Be
 
 /** Resolve `--config`: a preset name or a JSON file; returns the config and the context length. */
 export function loadConfig(spec: string, contextLen: number): { config: UNetConfig; contextLen: number; name: string } {
-  if (spec in presets) return { config: { ...presets[spec as keyof typeof presets] }, contextLen, name: spec };
-  if (!fs.existsSync(spec)) throw new Error(`--config ${spec}: not a preset (${Object.keys(presets).join(", ")}) and no such file`);
+  if (spec in UNET_PRESETS) return { config: { ...UNET_PRESETS[spec as keyof typeof UNET_PRESETS] }, contextLen, name: spec };
+  if (!fs.existsSync(spec)) throw new Error(`--config ${spec}: not a preset (${Object.keys(UNET_PRESETS).join(", ")}) and no such file`);
   const json = JSON.parse(fs.readFileSync(spec, "utf8")) as Record<string, unknown>;
   let len = contextLen;
   if ("context_len" in json) {

@@ -51,13 +51,13 @@ async function child(file: string, tokenizer: string, backend: string): Promise<
 
 async function main(): Promise<void> {
   const { unetParameterShapes } = await import("../src/unet/unet");
-  const { sd15 } = await import("../src/unet/config");
+  const { SD15_UNET } = await import("../src/unet/config");
   const { clipTextParamShapes, CLIP_VIT_L14_TEXT } = await import("../src/text");
   const { vaeParamShapes, SD15_VAE } = await import("../src/vae");
   const dir = process.argv[2] ?? fs.mkdtempSync(path.join(os.tmpdir(), "hn-load-rss-"));
   const file = path.join(dir, "sd15-fp32-zeros.safetensors");
   const shapes: Array<[string, number[]]> = [
-    ...unetParameterShapes(sd15).map(([k, s]): [string, number[]] => [`model.diffusion_model.${k}`, s]),
+    ...unetParameterShapes(SD15_UNET).map(([k, s]): [string, number[]] => [`model.diffusion_model.${k}`, s]),
     ...clipTextParamShapes(CLIP_VIT_L14_TEXT, "cond_stage_model.transformer.text_model."),
     ...vaeParamShapes(SD15_VAE, "first_stage_model."),
   ];

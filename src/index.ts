@@ -1,63 +1,56 @@
 /**
- * hypernet-lab: Stable Diffusion hypernetworks on TensorFlow.js.
+ * hypernet-lab: Stable Diffusion hypernetworks on TensorFlow.js, in two layers.
  *
- * The notebook-facing API. Each export is documented where it is defined.
+ * `hn.*` holds the notebook verbs, one per step of the workflow. Each does the work and shows the
+ * result — inline in a tslab notebook, as files and terminal lines elsewhere — and returns it:
+ *
+ *     await hn.useBackend();                                        // backend, device, why
+ *     const base = await hn.loadBaseModel();                        // the tiny model, or a path to SD 1.x weights
+ *     await hn.preprocess("my-images", "train", { width: 512, height: 512 });
+ *     const net = hn.createHypernetwork({ name: "watery", layerStructure: [1, 2, 1] });
+ *     const result = await hn.train(base, net, { dataDir: "train", maxSteps: 2000 }).done;
+ *     await hn.txt2img(base, { prompt: "a boy on water <hypernet:watery:0.8>", hypernetworkDir: "hypernetworks" });
+ *     await hn.multiplierSweep(base, net, "a boy on water", [0, 0.5, 1]);
+ *     hn.saveHypernetwork(net, "watery.pt");                        // loads in A1111 and ComfyUI
+ *
+ * One level down sits the library the verbs are made of: `hn.core` (hypernetworks and their files,
+ * the UNet, base models, txt2img, training, file formats), `hn.diffusion`, `hn.data`, `hn.text`,
+ * `hn.vae`, and the display adapters and chart builders the verbs draw with (`hn.display`,
+ * `hn.charts`). Each export is documented where it is defined.
  */
-export { useBackend, formatBackendReport, type BackendChoice, type BackendReport } from "./backend/backend";
-export { doctorReport } from "./backend/doctor";
 
-export { createHypernetwork, Hypernetwork, DEFAULT_DIMS, type CreateOptions, type HypernetworkInfo } from "./hypernet/network";
-export { HypernetworkModule, planLayers, WEIGHT_INITS, type WeightInit } from "./hypernet/module";
-export { ACTIVATION_NAMES, COMFYUI_ACTIVATIONS, type ActivationName } from "./hypernet/activations";
-export { attachHypernetworks, Attachment, type StackEntry } from "./hypernet/attach";
-export { loadHypernetwork, saveHypernetwork, readHypernetworkFile, writeHypernetworkFile, type HypernetworkFile } from "./hypernet/file";
-export { readOptimizerFile, writeOptimizerFile } from "./hypernet/optim-file";
-export { shortHash } from "./io/hash";
-export type { OptimizerState } from "./train/optimizer-state";
-export { parsePrompt, listHypernetworks, resolveHypernetwork, type HypernetTag, type ParsedPrompt } from "./hypernet/prompt";
+// The notebook verbs.
+export { useBackend, type BackendChoice, type BackendReport } from "./backend/backend";
+export {
+  enablePlotly,
+  loadBaseModel,
+  preprocess,
+  createHypernetwork,
+  inspectHypernetwork,
+  loadHypernetwork,
+  train,
+  txt2img,
+  multiplierSweep,
+  saveHypernetwork,
+  type TrainLiveOptions,
+  type TrainLiveResult,
+  type Txt2ImgShowOptions,
+} from "./kernel-helpers/steps";
+export { attentionMaps, type AttentionMapOptions, type AttentionMapResult, type LayerAttention } from "./kernel-helpers/attention-maps";
+// The types the verbs take and return (their classes and functions are in `core`).
+export type { BaseModel } from "./pipeline/base-model";
+export type { LoadBaseModelOptions } from "./pipeline/load";
+export type { PreprocessOptions, PreprocessSummary } from "./data/preprocess";
+export type { CreateOptions, Hypernetwork } from "./hypernet/network";
+export type { Txt2ImgResult } from "./pipeline/txt2img";
+// Reproducing an A1111 image starts from its sampler name and its noise, so these stay at the top.
+export { samplerByName, randn } from "./diffusion/index";
 
-export { UNetModel } from "./unet/unet";
-export { loadUNetWeights } from "./unet/load";
-export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } from "./unet/attention";
-export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
-export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
-export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
-export { clearHypernetworkCache, resolvePromptHypernetworks } from "./hypernet/prompt-networks";
-
-export * from "./diffusion/index";
+// The library.
+export * as core from "./core";
+export * as diffusion from "./diffusion/index";
 export * as data from "./data/index";
 export * as text from "./text/index";
 export * as vae from "./vae/index";
-
-export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";
-export { openTorchFile, readTorchFile, writeTorchFile, CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./io/torch-file";
-
-// Notebook steps, display adapters and charts (src/kernel-helpers).
-export {
-  enablePlotly,
-  loadBase,
-  preprocessAndShow,
-  describeHypernetwork,
-  inspectHypernetwork,
-  createAndInspect,
-  trainLive,
-  preview,
-  sample,
-  saveAndReport,
-  loadAndReport,
-  multiplierSweep,
-  type ModuleRow,
-  type TrainLiveOptions,
-  type TrainLiveResult,
-  type PreviewCallOptions,
-} from "./kernel-helpers/steps";
-export { displayMode, setDisplayMode, getOutputDir, setOutputDir, liveDisplay, show, pngImgTag, type DisplayMode, type Content, type LiveDisplay } from "./kernel-helpers/display";
-export { lossFigure, normsFigure, smoothEma, figureHtml, plotlyLoaderHtml, type Figure, type LossPoint, type LossFigureOptions } from "./kernel-helpers/charts";
-export { attentionMaps, attentionCaptureProcessor, tokenLabels, type AttentionMapOptions, type AttentionMapResult, type LayerAttention } from "./kernel-helpers/attention-maps";
-
-export { train, resumeTraining, type TrainOptions, type TrainResult, type TrainingRun, type StopReason } from "./train/trainer";
-export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
-export { AdamW } from "./train/adamw";
-export { loadTinyModel } from "./tiny/model";
-export { PASTEL, pastelStyleSet, renderPastel, styleScore, whiteness } from "./tiny/style";
-export { sampleTiny } from "./tiny/sample";
+export * as display from "./kernel-helpers/display";
+export * as charts from "./kernel-helpers/charts";

@@ -20,7 +20,8 @@ import { createHypernetwork, structureOf, type Hypernetwork } from "../src/hyper
 import { attentionCaptureProcessor, attentionMaps, type LayerAttention } from "../src/kernel-helpers/attention-maps";
 import { type Figure, figureHtml, lossFigure, lrTicks, normsFigure, smoothEma } from "../src/kernel-helpers/charts";
 import { displayMode, getOutputDir, liveDisplay, setOutputDir, show } from "../src/kernel-helpers/display";
-import { createAndInspect, describeHypernetwork, loadAndReport, multiplierSweep, preview, sample, saveAndReport, trainLive } from "../src/kernel-helpers/steps";
+import { describeHypernetwork } from "../src/kernel-helpers/steps";
+import * as verbs from "../src/kernel-helpers/steps";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { clearHypernetworkCache } from "../src/hypernet/prompt-networks";
 import { txt2img } from "../src/pipeline/txt2img";
@@ -279,14 +280,14 @@ function expectedLayers(dim: number, ls: number[], act: string, layerNorm: boole
   return { layers, parameters };
 }
 
-describe("describeHypernetwork / createAndInspect", () => {
+describe("describeHypernetwork / the createHypernetwork verb", () => {
   it("lists, per width and k/v, the layers of A1111's module plan with their parameter counts", async () => {
     const ls = [1, 1.5, 2, 1];
     const dropout = [0, 0.1, 0.2, 0];
     const dims = [16, 24];
     const opts = { name: "tbl", dims, layerStructure: ls, activation: "relu", layerNorm: true, useDropout: true, dropoutStructure: dropout, seed: 4 };
     const before = tf.memory().numTensors;
-    const { value: net, printed } = await captureStdout(() => createAndInspect(opts));
+    const { value: net, printed } = await captureStdout(() => verbs.createHypernetwork(opts));
     try {
       const rows = describeHypernetwork(net);
       expect(rows.map((r) => [r.dim, r.which])).toEqual([[16, "k"], [16, "v"], [24, "k"], [24, "v"]]);
@@ -302,7 +303,7 @@ describe("describeHypernetwork / createAndInspect", () => {
       }
       expect(printed).toContain("tbl:");
       expect(printed).toContain(`${total} parameters`);
-      // createAndInspect = createHypernetwork (same seed → same weights) plus the table.
+      // the createHypernetwork verb = core createHypernetwork (same seed → same weights) plus the table.
       const ref = createHypernetwork(opts);
       try {
         expect(weights(net)).toEqual(weights(ref));
@@ -346,15 +347,15 @@ describe("step functions on the toy model", () => {
     clearHypernetworkCache();
   });
 
-  it("saveAndReport / loadAndReport round-trip the network; the hash is the file's SHA-256 prefix", async () => {
+  it("the saveHypernetwork / loadHypernetwork verbs round-trip the network; the hash is the file's SHA-256 prefix", async () => {
     const file = path.join(tmp, "nets", "toy.pt");
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    const { value: rep, printed } = await captureStdout(() => expectNoLeak(() => saveAndReport(net, file)));
+    const { value: rep, printed } = await captureStdout(() => expectNoLeak(() => verbs.saveHypernetwork(net, file)));
     const bytes = fs.readFileSync(file);
     expect(rep).toEqual({ file: path.resolve(file), bytes: bytes.length, hash: createHash("sha256").update(bytes).digest("hex").slice(0, 10) });
     expect(printed).toContain(rep.hash);
     const before = tf.memory().numTensors;
-    const { value: loaded } = await captureStdout(() => loadAndReport(file));
+    const { value: loaded } = await captureStdout(() => verbs.loadHypernetwork(file));
     try {
       expect(describeHypernetwork(loaded)).toEqual(describeHypernetwork(net));
       expect(weights(loaded)).toEqual(weights(net));
@@ -366,14 +367,14 @@ describe("step functions on the toy model", () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it("preview with an in-memory network = sample with its prompt tag; neither leaks; files are written", async () => {
+  it("the txt2img verb: an in-memory network = its prompt tag; neither leaks; files are written", async () => {
     const common = { steps: 2, seed: 11, cfgScale: 3 };
-    const viaNet = (await captureStdout(() => expectNoLeak(() => preview(base, prompt, { ...common, network: net, multiplier: 0.7 })))).value;
+    const viaNet = (await captureStdout(() => expectNoLeak(() => verbs.txt2img(base, { ...common, prompt, network: net, multiplier: 0.7 })))).value;
     expect(fs.existsSync(path.join(outDir, "sample-11-0.png"))).toBe(true);
     const viaTag = (
       await captureStdout(() =>
         expectNoLeak(async () => {
-          const r = await sample(base, `${prompt} <hypernet:toy:0.7>`, { ...common, hypernetworkDir: path.join(tmp, "nets") });
+          const r = await verbs.txt2img(base, { ...common, prompt: `${prompt} <hypernet:toy:0.7>`, hypernetworkDir: path.join(tmp, "nets") });
           clearHypernetworkCache();
           return r;
         }),
@@ -394,7 +395,7 @@ describe("step functions on the toy model", () => {
     const common = { steps: 2, cfgScale: 3 };
     const multipliers = [0, 1, 2];
     const seeds = [5, 6];
-    const png = (await captureStdout(() => expectNoLeak(() => multiplierSweep(base, net, prompt, multipliers, { ...common, seeds, cell })))).value;
+    const png = (await captureStdout(() => expectNoLeak(() => verbs.multiplierSweep(base, net, prompt, multipliers, { ...common, seeds, cell })))).value;
     const meta = await sharp(png).metadata();
     expect(meta.width).toBe(multipliers.length * cell);
     const cellH = meta.height! / seeds.length;
@@ -410,14 +411,14 @@ describe("step functions on the toy model", () => {
     expect(fs.existsSync(path.join(outDir, "multiplier-sweep.png"))).toBe(true);
   });
 
-  it("trainLive runs outside a kernel: rewrites loss.html and preview.png in place, checkpoints are marked, no tensors are left", async () => {
+  it("the train verb runs outside a kernel: rewrites loss.html and preview.png in place, checkpoints are marked, no tensors are left", async () => {
     const dir = path.join(tmp, "train-out");
     setOutputDir(dir);
     const trained = makeToyNet(9);
     try {
       const before = tf.memory().numTensors;
       const { value: result } = await captureStdout(async () => {
-        const run = trainLive(base, trained, {
+        const run = verbs.train(base, trained, {
           dataDir,
           template: TOY_TEMPLATE,
           maxSteps: 4,
@@ -458,7 +459,7 @@ describe("step functions on the toy model", () => {
     }
   });
 
-  it("trainLive's stop() ends the run early with reason 'stopped'", async () => {
+  it("the train verb's stop() ends the run early with reason 'stopped'", async () => {
     const trained = makeToyNet(9);
     const dir = path.join(tmp, "train-stop");
     setOutputDir(dir);
@@ -466,7 +467,7 @@ describe("step functions on the toy model", () => {
       const before = tf.memory().numTensors;
       const { value: result } = await captureStdout(async () => {
         let stop = (): void => {};
-        const run = trainLive(base, trained, {
+        const run = verbs.train(base, trained, {
           dataDir,
           template: TOY_TEMPLATE,
           maxSteps: 200,

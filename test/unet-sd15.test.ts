@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { zerosInit } from "../src/nn/module";
 import { type AttentionProcessor, defaultProcessor } from "../src/unet/attention";
-import { sd15 } from "../src/unet/config";
+import { SD15_UNET } from "../src/unet/config";
 import { diffusersToLdmKey, ldmToDiffusersKey } from "../src/unet/diffusers-keys";
 import { LDM_UNET_PREFIX } from "../src/unet/load";
 import { UNetModel, unetParameterCount, unetParameterShapes } from "../src/unet/unet";
@@ -39,12 +39,12 @@ describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
 
   it("has 859,520,964 parameters in 686 tensors", async () => {
     expect(rows.length).toBe(686);
-    expect(await expectNoLeak(() => unetParameterCount(sd15))).toBe(859_520_964);
-    expect(unetParameterShapes(sd15).length).toBe(686);
+    expect(await expectNoLeak(() => unetParameterCount(SD15_UNET))).toBe(859_520_964);
+    expect(unetParameterShapes(SD15_UNET).length).toBe(686);
   });
 
   it("module paths are exactly the LDM keys of the table, with the same shapes, both ways", () => {
-    const ours = new Map(unetParameterShapes(sd15).map(([k, s]) => [LDM_UNET_PREFIX + k, s]));
+    const ours = new Map(unetParameterShapes(SD15_UNET).map(([k, s]) => [LDM_UNET_PREFIX + k, s]));
     const table = new Map(rows.map((r) => [r.ldm, r.shape]));
     expect([...ours.keys()].filter((k) => !table.has(k))).toEqual([]);
     expect([...table.keys()].filter((k) => !ours.has(k))).toEqual([]);
@@ -55,8 +55,8 @@ describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
     const bad: string[] = [];
     for (const r of rows) {
       const ldm = r.ldm.slice(LDM_UNET_PREFIX.length);
-      if (diffusersToLdmKey(r.diffusers, sd15) !== ldm) bad.push(`${r.diffusers} → ${diffusersToLdmKey(r.diffusers, sd15)} (want ${ldm})`);
-      if (ldmToDiffusersKey(ldm, sd15) !== r.diffusers) bad.push(`${ldm} → ${ldmToDiffusersKey(ldm, sd15)} (want ${r.diffusers})`);
+      if (diffusersToLdmKey(r.diffusers, SD15_UNET) !== ldm) bad.push(`${r.diffusers} → ${diffusersToLdmKey(r.diffusers, SD15_UNET)} (want ${ldm})`);
+      if (ldmToDiffusersKey(ldm, SD15_UNET) !== r.diffusers) bad.push(`${ldm} → ${ldmToDiffusersKey(ldm, SD15_UNET)} (want ${r.diffusers})`);
       // shapes agree in both layouts for every UNet tensor, so the mapping needs no reshape
       expect(r.diffusersShape, r.ldm).toBe("");
     }
@@ -65,10 +65,10 @@ describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
 
   it("names outside the layout map to nothing", () => {
     for (const k of ["down_blocks.3.attentions.0.norm.weight", "down_blocks.3.downsamplers.0.conv.weight", "up_blocks.3.upsamplers.0.conv.bias", "mid_block.resnets.2.norm1.weight", "up_blocks.0.attentions.0.norm.weight", "add_embedding.linear_1.weight"]) {
-      expect(diffusersToLdmKey(k, sd15), k).toBeUndefined();
+      expect(diffusersToLdmKey(k, SD15_UNET), k).toBeUndefined();
     }
     for (const k of ["input_blocks.10.1.norm.weight", "output_blocks.2.2.conv.weight", "output_blocks.0.1.conv.weight", "middle_block.3.in_layers.0.weight", "label_emb.0.0.weight"]) {
-      expect(ldmToDiffusersKey(k, sd15), k).toBeUndefined();
+      expect(ldmToDiffusersKey(k, SD15_UNET), k).toBeUndefined();
     }
   });
 });
@@ -80,7 +80,7 @@ describe("SD 1.5 UNet forward (full size, zero weights: a shape and flow check)"
     // touched when read.
     const previous = tf.getBackend();
     await tf.setBackend("cpu");
-    const unet = new UNetModel(sd15, { init: zerosInit });
+    const unet = new UNetModel(SD15_UNET, { init: zerosInit });
     try {
       expect(unet.parameterCount()).toBe(859_520_964);
       const layers = unet.attentionLayers();

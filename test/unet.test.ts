@@ -14,7 +14,7 @@ import { writeTorchFile } from "../src/io/torch-file";
 import { GroupNorm } from "../src/nn/layers";
 import { StateDictError, stateDict, zerosInit } from "../src/nn/module";
 import { type AttentionProcessor, CrossAttention, attend, defaultProcessor } from "../src/unet/attention";
-import { type UNetConfig, fromJson, headsFor, tiny, validateConfig } from "../src/unet/config";
+import { type UNetConfig, fromJson, headsFor, TINY_LATENT_UNET, validateConfig } from "../src/unet/config";
 import { ldmToDiffusersKey } from "../src/unet/diffusers-keys";
 import { inferUNetConfig } from "../src/unet/infer-config";
 import { loadUNetWeights } from "../src/unet/load";
@@ -75,9 +75,9 @@ describe("config", () => {
     expect(() => fromJson({ ...(cfgJson as object), model_channels: 48 })).toThrow(/48 is not a multiple of 32/);
     expect(() => fromJson({ ...(cfgJson as object), resblock_updown: true })).toThrow(/resblock_updown = true is not supported/);
     expect(() => fromJson({ channel_mult: [1] })).toThrow(/missing model_channels/);
-    expect(() => validateConfig({ ...tiny, num_heads: -1, num_head_channels: -1 })).toThrow(/set num_heads .* or num_head_channels/);
-    expect(() => validateConfig({ ...tiny, attention_resolutions: [8] })).toThrow(/deepest level is at downsample factor 4/);
-    expect(() => validateConfig({ ...tiny, norm_num_groups: 0 })).toThrow(/norm_num_groups must be a positive integer/);
+    expect(() => validateConfig({ ...TINY_LATENT_UNET, num_heads: -1, num_head_channels: -1 })).toThrow(/set num_heads .* or num_head_channels/);
+    expect(() => validateConfig({ ...TINY_LATENT_UNET, attention_resolutions: [8] })).toThrow(/deepest level is at downsample factor 4/);
+    expect(() => validateConfig({ ...TINY_LATENT_UNET, norm_num_groups: 0 })).toThrow(/norm_num_groups must be a positive integer/);
     expect(() => fromJson({ ...(cfgJson as object), norm_num_groups: 5 })).toThrow(/32 is not a multiple of 5/);
   });
 
@@ -89,7 +89,7 @@ describe("config", () => {
       u.dispose();
       return groups;
     };
-    expect(groupsOf(new UNetModel(tiny, { init: zerosInit }))).toEqual([32]);
+    expect(groupsOf(new UNetModel(TINY_LATENT_UNET, { init: zerosInit }))).toEqual([32]);
     const c = fromJson({ ...(cfgJson as object), norm_num_groups: 8 });
     expect(c.norm_num_groups).toBe(8);
     expect(groupsOf(new UNetModel(c, { init: zerosInit }))).toEqual([8]);
@@ -97,8 +97,8 @@ describe("config", () => {
 
   it("inferUNetConfig reads the same config back from LDM names (with a prefix) and from diffusers names", () => {
     const configs: UNetConfig[] = [
-      { ...tiny, num_heads: 2, num_head_channels: -1 },
-      { ...tiny, num_heads: 4, num_head_channels: -1, attention_resolutions: [2], num_res_blocks: 2, transformer_depth: 2, channel_mult: [1, 2, 4] },
+      { ...TINY_LATENT_UNET, num_heads: 2, num_head_channels: -1 },
+      { ...TINY_LATENT_UNET, num_heads: 4, num_head_channels: -1, attention_resolutions: [2], num_res_blocks: 2, transformer_depth: 2, channel_mult: [1, 2, 4] },
     ];
     for (const cfg of configs) {
       const u = new UNetModel(cfg, { init: zerosInit });
@@ -399,13 +399,13 @@ describe("loading", () => {
       {},
       { overwrite: true },
     );
-    const m = new UNetModel(tiny, { init: () => tf.zeros([1]) });
+    const m = new UNetModel(TINY_LATENT_UNET, { init: () => tf.zeros([1]) });
     expect(() => loadUNetWeights(m, file)).toThrow(/looks like an SD 2\.x UNet: context_dim 1024 \(model: 64\).*num_head_channels 64/);
     m.dispose();
   });
 
   it("explains unusable sources", () => {
-    const m = new UNetModel(tiny, { init: () => tf.zeros([1]) });
+    const m = new UNetModel(TINY_LATENT_UNET, { init: () => tf.zeros([1]) });
     expect(() => loadUNetWeights(m, path.join(tmp, "nope.safetensors"))).toThrow(/no such file or folder/);
     expect(() => loadUNetWeights(m, tmp)).toThrow(/no diffusers UNet found/);
     fs.writeFileSync(path.join(tmp, "w.bin"), "x");
@@ -417,7 +417,7 @@ describe("loading", () => {
 
 describe("tiny preset", () => {
   it("builds, runs and has distinct self/cross attention widths", async () => {
-    const m = new UNetModel(tiny);
+    const m = new UNetModel(TINY_LATENT_UNET);
     const widths = new Set(m.attentionLayers().map(([, l]) => `${l.isSelfAttention ? "self" : "cross"}:${l.contextDim}`));
     expect([...widths].sort()).toEqual(["cross:64", "self:128", "self:32"]);
     const sd = stateDict(m);

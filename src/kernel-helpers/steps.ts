@@ -1,31 +1,32 @@
 /**
- * One function per notebook step. Each does the work with the library functions and then shows the
- * result through the display adapters (`display.ts`): inline HTML/PNG in a tslab notebook, files
- * and terminal lines elsewhere. They return plain values, so a notebook can keep going with them.
+ * The notebook verbs (`hn.*`): one function per workflow step. Each does the work with the library
+ * function of the same name (`hn.core.*`, `hn.data.*`) and then shows the result through the
+ * display adapters (`display.ts`): inline HTML/PNG in a tslab notebook, files and terminal lines
+ * elsewhere. They return plain values, so a notebook can keep going with them.
  *
- *     await useBackend()                       → backend
- *     const base = await loadBase()            → the tiny model, or loadBase("path/to/sd15.safetensors")
- *     await preprocessAndShow(src, dst, opts)  → training folder + contact sheet + summary table
- *     const net = createAndInspect({...})      → a new hypernetwork and its layer table
- *     const result = await trainLive(base, net, {...})   → live loss chart, progress line, previews
- *     await preview(base, prompt, { network: net })      → images with an in-memory network
- *     await sample(base, "… <hypernet:name:0.8>", { hypernetworkDir })  → images from tags
- *     saveAndReport(net, file) / loadAndReport(file)
+ *     await useBackend()                            → backend (src/backend/)
+ *     const base = await loadBaseModel()            → the tiny model, or loadBaseModel("path/to/sd15.safetensors")
+ *     await preprocess(src, dst, opts)              → training folder + contact sheet + summary table
+ *     const net = createHypernetwork({...})         → a new hypernetwork and its layer table
+ *     const result = await train(base, net, {...}).done  → live loss chart, progress line, previews
+ *     await txt2img(base, { prompt, network: net }) → images with an in-memory network
+ *     await txt2img(base, { prompt: "… <hypernet:name:0.8>", hypernetworkDir })  → images from tags
+ *     saveHypernetwork(net, file) / loadHypernetwork(file)
  *     await multiplierSweep(base, net, prompt, [0, 0.5, 1])  → seeds × multipliers grid
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { BaseModel } from "../pipeline/base-model";
-import { loadBaseModel, type LoadBaseModelOptions } from "../pipeline/load";
-import { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "../pipeline/txt2img";
+import { type LoadBaseModelOptions, type LoadedBaseModel, loadBaseModel as loadCheckpoint } from "../pipeline/load";
+import { type Txt2ImgOptions, type Txt2ImgResult, txt2img as generate } from "../pipeline/txt2img";
 import { loadTinyModel } from "../tiny/model";
-import { createHypernetwork, type CreateOptions, type Hypernetwork } from "../hypernet/network";
+import { type CreateOptions, type Hypernetwork, createHypernetwork as newHypernetwork } from "../hypernet/network";
 import { attachHypernetworks } from "../hypernet/attach";
-import { loadHypernetwork, saveHypernetwork, type SaveOptions } from "../hypernet/file";
+import { type SaveOptions, loadHypernetwork as readNetwork, saveHypernetwork as writeNetwork } from "../hypernet/file";
 import { shortHash } from "../io/hash";
-import { preprocess, type PreprocessOptions, type PreprocessSummary } from "../data/preprocess";
+import { type PreprocessOptions, type PreprocessSummary, preprocess as preprocessFolder } from "../data/preprocess";
 import { renderGrid, summaryTable, type GridItem } from "../data/view";
-import { train, type TrainOptions, type TrainResult, type TrainingRun } from "../train/trainer";
+import { type TrainOptions, type TrainResult, type TrainingRun, train as runTraining } from "../train/trainer";
 import { displayMode, escapeHtml, liveDisplay, pngImgTag, show, type LiveDisplay } from "./display";
 import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint } from "./charts";
 
@@ -52,8 +53,10 @@ function paramCount(base: BaseModel): number {
  * `HYPERNET_TINY_MODEL_DIR`), otherwise an SD 1.x checkpoint (`.safetensors`/`.ckpt` file or
  * diffusers folder). Shows one summary line.
  */
-export async function loadBase(source?: string, opts: LoadBaseModelOptions = {}): Promise<BaseModel> {
-  const base = source ? await loadBaseModel(source, opts) : loadTinyModel(process.env.HYPERNET_TINY_MODEL_DIR || undefined);
+export function loadBaseModel(): Promise<BaseModel>;
+export function loadBaseModel(source: string, opts?: LoadBaseModelOptions): Promise<LoadedBaseModel>;
+export async function loadBaseModel(source?: string, opts: LoadBaseModelOptions = {}): Promise<BaseModel> {
+  const base = source ? await loadCheckpoint(source, opts) : loadTinyModel(process.env.HYPERNET_TINY_MODEL_DIR || undefined);
   const size = `${base.imageSize}×${base.imageSize}`;
   show("base-model", {
     text: `base model ${base.name}: ${base.space} space, ${size} images, ${base.channels}-channel ${base.sampleSize}×${base.sampleSize} UNet input, text context ${base.contextDim} wide, ${(paramCount(base) / 1e6).toFixed(2)} M parameters, ${base.unet.attentionLayers().length} attention layers`,
@@ -65,8 +68,8 @@ export async function loadBase(source?: string, opts: LoadBaseModelOptions = {})
  * Preprocess `src` into `dst` (see `data.preprocess`) and show the result: a contact sheet of the
  * training images with their captions, and the per-file summary table (what was made, skipped, why).
  */
-export async function preprocessAndShow(src: string, dst: string, opts: PreprocessOptions & { gridCell?: number; gridMax?: number } = {}): Promise<PreprocessSummary> {
-  const summary = await preprocess(src, dst, opts);
+export async function preprocess(src: string, dst: string, opts: PreprocessOptions & { gridCell?: number; gridMax?: number } = {}): Promise<PreprocessSummary> {
+  const summary = await preprocessFolder(src, dst, opts);
   if (summary.made.length > 0) {
     const png = await renderGrid(dst, { cell: opts.gridCell ?? 96, columns: 6, max: opts.gridMax ?? 24 });
     show("training-set", { png });
@@ -125,14 +128,14 @@ export function inspectHypernetwork(net: Hypernetwork): void {
   }
 }
 
-/** `createHypernetwork` and show its layer table. */
-export function createAndInspect(opts: CreateOptions): Hypernetwork {
-  const net = createHypernetwork(opts);
+/** Create a hypernetwork (`core.createHypernetwork`) and show its layer table. */
+export function createHypernetwork(opts: CreateOptions): Hypernetwork {
+  const net = newHypernetwork(opts);
   inspectHypernetwork(net);
   return net;
 }
 
-/** Options of {@link trainLive}: the trainer's, plus how the live view looks. */
+/** Options of {@link train}: the trainer's, plus how the live view looks. */
 export interface TrainLiveOptions extends TrainOptions {
   /** EMA smoothing of the chart's second curve (default 0.9). */
   smoothing?: number;
@@ -140,7 +143,7 @@ export interface TrainLiveOptions extends TrainOptions {
   chartEveryMs?: number;
 }
 
-/** What {@link trainLive} resolves to: the trainer's result and the points of the chart. */
+/** What {@link train} resolves to: the trainer's result and the points of the chart. */
 export interface TrainLiveResult extends TrainResult {
   points: LossPoint[];
   checkpoints: number[];
@@ -161,7 +164,7 @@ function formatSeconds(s: number): string {
  * and progress goes to the terminal. Returns the run handle right away (`stop()` works); its
  * `done` resolves with the result plus the chart data.
  */
-export function trainLive(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions): TrainingRun & { done: Promise<TrainLiveResult> } {
+export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions): TrainingRun & { done: Promise<TrainLiveResult> } {
   enablePlotly();
   const progress = liveDisplay("progress");
   const chart = liveDisplay("loss");
@@ -185,7 +188,7 @@ export function trainLive(base: BaseModel, net: Hypernetwork, opts: TrainLiveOpt
   const progressLine = (s: { step: number; maxSteps: number; loss: number; lossAverage: number; lr: number; epoch: number; stepsPerSecond: number; etaSeconds: number }): string =>
     `step ${s.step}/${s.maxSteps}  epoch ${s.epoch}  loss ${s.loss.toFixed(4)} (avg ${s.lossAverage.toFixed(4)})  lr ${s.lr.toExponential(2)}  ${s.stepsPerSecond.toFixed(2)} step/s  ETA ${formatSeconds(s.etaSeconds)}`;
 
-  const run = train(base, net, {
+  const run = runTraining(base, net, {
     ...opts,
     progress: false,
     onStep: (e) => {
@@ -236,8 +239,8 @@ export function trainLive(base: BaseModel, net: Hypernetwork, opts: TrainLiveOpt
   return { done, stop: () => run.stop() };
 }
 
-/** Options of {@link preview}: txt2img's, plus an in-memory network to apply. */
-export interface PreviewCallOptions extends Omit<Txt2ImgOptions, "prompt"> {
+/** Options of the {@link txt2img} verb: the library txt2img's, plus an in-memory network to apply and the display width. */
+export interface Txt2ImgShowOptions extends Txt2ImgOptions {
   /** A network (not yet saved) to attach for this call, with its multiplier (default 1). */
   network?: Hypernetwork;
   multiplier?: number;
@@ -251,15 +254,16 @@ function imagesHtml(result: Txt2ImgResult, title: string, width: number): string
 }
 
 /**
- * Generate and show images for `prompt`. Prompt tags `<hypernet:name:m>` are looked up in
+ * Generate and show images (`core.txt2img`). Prompt tags `<hypernet:name:m>` are looked up in
  * `hypernetworkDir`; `network` attaches an in-memory network for this call only.
  */
-export async function preview(base: BaseModel, prompt: string, opts: PreviewCallOptions = {}): Promise<Txt2ImgResult> {
+export async function txt2img(base: BaseModel, opts: Txt2ImgShowOptions): Promise<Txt2ImgResult> {
   const { network, multiplier, displayWidth, ...rest } = opts;
+  const prompt = opts.prompt;
   const attachment = network ? attachHypernetworks(base.unet, [{ network, multiplier: multiplier ?? 1 }]) : undefined;
   let result: Txt2ImgResult;
   try {
-    result = await txt2img(base, { ...rest, prompt });
+    result = await generate(base, rest);
   } finally {
     attachment?.detach();
   }
@@ -269,23 +273,18 @@ export async function preview(base: BaseModel, prompt: string, opts: PreviewCall
   return result;
 }
 
-/** Sample with hypernetwork prompt tags (`<hypernet:name:multiplier>`) from `hypernetworkDir`. */
-export async function sample(base: BaseModel, prompt: string, opts: Omit<PreviewCallOptions, "network" | "multiplier"> & { hypernetworkDir: string }): Promise<Txt2ImgResult> {
-  return preview(base, prompt, opts);
-}
-
 /** Save a network (A1111 `.pt`, or `.safetensors` by extension) and show its size and hash. */
-export function saveAndReport(net: Hypernetwork, file: string, opts: SaveOptions = {}): { file: string; bytes: number; hash: string } {
-  saveHypernetwork(net, file, opts);
+export function saveHypernetwork(net: Hypernetwork, file: string, opts: SaveOptions = {}): { file: string; bytes: number; hash: string } {
+  writeNetwork(net, file, opts);
   const bytes = fs.statSync(file).size;
   const hash = shortHash(file);
   show("saved", { text: `saved ${path.resolve(file)}: ${(bytes / 1024).toFixed(1)} KiB, hash ${hash}` });
   return { file: path.resolve(file), bytes, hash };
 }
 
-/** Load a network file and show its layer table. */
-export function loadAndReport(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
-  const net = loadHypernetwork(file, opts);
+/** Load a network file (`trainable: true` to train it further) and show its layer table. */
+export function loadHypernetwork(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
+  const net = readNetwork(file, opts);
   inspectHypernetwork(net);
   return net;
 }
@@ -308,7 +307,7 @@ export async function multiplierSweep(
     for (const m of multipliers) {
       const attachment = attachHypernetworks(base.unet, [{ network, multiplier: m }]);
       try {
-        const r = await txt2img(base, { ...rest, prompt, seed });
+        const r = await generate(base, { ...rest, prompt, seed });
         items.push({ image: r.png[0]!, caption: `×${m} seed ${seed}` });
       } finally {
         attachment.detach();

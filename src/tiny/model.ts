@@ -33,7 +33,7 @@ import { TINY_SIZE, captionVocabulary } from "./shapes";
  * at width 32, 4 at 64, 6 at 96). The shipped model had attention at 8×8 and 4×4 only for its
  * first 7,962 steps; 16×16 was added then (src/tiny/grow.ts), which lifted shape accuracy.
  */
-export const TINY_UNET_CONFIG: Readonly<UNetConfig> = Object.freeze({
+export const TINY_MODEL_UNET: Readonly<UNetConfig> = Object.freeze({
   in_channels: 3,
   out_channels: 3,
   model_channels: 32,
@@ -82,7 +82,7 @@ export function defaultTinyConfig(): TinyModelConfig {
     version: 1,
     name: "tiny-shapes",
     imageSize: TINY_SIZE,
-    unet: { ...TINY_UNET_CONFIG, channel_mult: [...TINY_UNET_CONFIG.channel_mult], attention_resolutions: [...TINY_UNET_CONFIG.attention_resolutions] },
+    unet: { ...TINY_MODEL_UNET, channel_mult: [...TINY_MODEL_UNET.channel_mult], attention_resolutions: [...TINY_MODEL_UNET.attention_resolutions] },
     text: tinyTextConfig(4 + vocabulary.length),
     vocabulary,
   };

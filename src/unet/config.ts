@@ -49,7 +49,7 @@ export interface UNetConfig {
 }
 
 /** Stable Diffusion 1.x (1.4 / 1.5), from CompVis `configs/stable-diffusion/v1-inference.yaml`. */
-export const sd15: Readonly<UNetConfig> = Object.freeze({
+export const SD15_UNET: Readonly<UNetConfig> = Object.freeze({
   in_channels: 4,
   out_channels: 4,
   model_channels: 320,
@@ -66,7 +66,9 @@ export const sd15: Readonly<UNetConfig> = Object.freeze({
 });
 
 /**
- * The embedded teaching model: the same architecture at CPU size.
+ * A small latent-space UNet (4 channels in and out, as SD): the same architecture at CPU size, for
+ * tests and the bench (`--config tiny`). The embedded tiny model is a different, pixel-space
+ * config (`TINY_MODEL_UNET` in `src/tiny/model.ts`).
  * Three levels of widths 32, 128, 128 (GroupNorm needs multiples of 32) at 1×, ½×, ¼× resolution;
  * attention at the first two levels and in the middle, so the self-attention widths are 32 and 128
  * and the cross-attention context width (the tiny text encoder's width) is 64 — three distinct
@@ -74,7 +76,7 @@ export const sd15: Readonly<UNetConfig> = Object.freeze({
  * touches exactly one kind of layer. Heads are 16 channels wide (2 heads at 32, 8 at 128).
  * One ResBlock per level keeps a training step fast on the cpu/wasm backends.
  */
-export const tiny: Readonly<UNetConfig> = Object.freeze({
+export const TINY_LATENT_UNET: Readonly<UNetConfig> = Object.freeze({
   in_channels: 4,
   out_channels: 4,
   model_channels: 32,
@@ -90,8 +92,8 @@ export const tiny: Readonly<UNetConfig> = Object.freeze({
   use_spatial_transformer: true,
 });
 
-/** Named presets. */
-export const presets = { sd15, tiny } as const;
+/** The presets by the names the bench and scripts take (`--config sd15`). */
+export const UNET_PRESETS = { sd15: SD15_UNET, tiny: TINY_LATENT_UNET } as const;
 
 /** Width of level `level`. */
 export function levelWidth(cfg: UNetConfig, level: number): number {
@@ -193,8 +195,8 @@ export function fromJson(json: unknown, where = "UNet config JSON"): UNetConfig 
   const required = ["model_channels", "channel_mult", "attention_resolutions", "num_res_blocks", "context_dim"];
   const missing = required.filter((k) => !(k in raw));
   if (missing.length) throw new Error(`${where}: missing ${missing.join(", ")} (these define the model's size; copy them from the model's yaml)`);
-  const known = new Set([...Object.keys(sd15), "norm_num_groups"]);
-  const cfg: Record<string, unknown> = { ...sd15, num_heads: -1, num_head_channels: -1 };
+  const known = new Set([...Object.keys(SD15_UNET), "norm_num_groups"]);
+  const cfg: Record<string, unknown> = { ...SD15_UNET, num_heads: -1, num_head_channels: -1 };
   for (const [k, v] of Object.entries(raw)) {
     if (known.has(k)) cfg[k] = v;
     else if (IGNORED_KEYS.has(k)) continue;
@@ -204,7 +206,7 @@ export function fromJson(json: unknown, where = "UNet config JSON"): UNetConfig 
       throw new Error(`${where}: unknown key "${k}" (expected LDM unet_config names such as ${[...known].slice(0, 5).join(", ")}, …)`);
     }
   }
-  if (!("num_heads" in raw) && !("num_head_channels" in raw)) cfg.num_heads = sd15.num_heads;
+  if (!("num_heads" in raw) && !("num_head_channels" in raw)) cfg.num_heads = SD15_UNET.num_heads;
   if (Array.isArray(cfg.transformer_depth)) {
     throw new Error(`${where}: transformer_depth as a per-level list (SDXL) is not supported; give one number`);
   }

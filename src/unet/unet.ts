@@ -48,7 +48,7 @@ export interface ForwardHook {
   end(): void;
 }
 
-/** The UNet. Build with a config (`sd15`, `tiny`, or `fromJson(...)`), then load weights (`loadUNetWeights`). */
+/** The UNet. Build with a config (`SD15_UNET`, `TINY_LATENT_UNET`, or `fromJson(...)`), then load weights (`loadUNetWeights`). */
 export class UNetModel extends Module {
   readonly config: Readonly<UNetConfig>;
   readonly timeEmbed1: Linear;

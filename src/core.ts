@@ -1,0 +1,47 @@
+/**
+ * `hn.core`: the library the notebook verbs are made of — hypernetworks and their files, the UNet,
+ * base models and txt2img, training, file formats, the backend report. Nothing here displays
+ * anything; each function returns its result. Several verbs share a name with the function here
+ * that does their work (`hn.loadBaseModel` shows what `hn.core.loadBaseModel` loaded).
+ *
+ * The other library namespaces sit beside it: `hn.diffusion` (noise, schedule, samplers),
+ * `hn.data` (preprocessing and the training dataset), `hn.text` (tokenizers, CLIP), `hn.vae`.
+ */
+
+// Hypernetworks: the network, its modules, attaching, files, prompt tags.
+export { createHypernetwork, Hypernetwork, DEFAULT_DIMS, type CreateOptions, type HypernetworkInfo } from "./hypernet/network";
+export { HypernetworkModule, planLayers, WEIGHT_INITS, type WeightInit } from "./hypernet/module";
+export { ACTIVATION_NAMES, COMFYUI_ACTIVATIONS, type ActivationName } from "./hypernet/activations";
+export { attachHypernetworks, Attachment, type StackEntry } from "./hypernet/attach";
+export { loadHypernetwork, saveHypernetwork, readHypernetworkFile, writeHypernetworkFile, type HypernetworkFile, type SaveOptions } from "./hypernet/file";
+export { readOptimizerFile, writeOptimizerFile } from "./hypernet/optim-file";
+export { parsePrompt, listHypernetworks, resolveHypernetwork, type HypernetTag, type ParsedPrompt } from "./hypernet/prompt";
+export { resolvePromptHypernetworks, clearHypernetworkCache, type AppliedHypernetwork, type PromptHypernetwork } from "./hypernet/prompt-networks";
+
+// The UNet: model, configs, weights, the attention-processor hook.
+export { UNetModel } from "./unet/unet";
+export { SD15_UNET, TINY_LATENT_UNET, fromJson as unetConfigFromJson, type UNetConfig } from "./unet/config";
+export { loadUNetWeights } from "./unet/load";
+export { inferUNetConfig } from "./unet/infer-config";
+export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } from "./unet/attention";
+
+// Base models and text-to-image.
+export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
+export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
+export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
+export { loadTinyModel } from "./tiny/model";
+
+// Training.
+export { train, resumeTraining, type TrainOptions, type TrainResult, type TrainingRun, type StopReason } from "./train/trainer";
+export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
+export { AdamW } from "./train/adamw";
+export type { OptimizerState } from "./train/optimizer-state";
+
+// Files.
+export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";
+export { openTorchFile, readTorchFile, writeTorchFile, CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./io/torch-file";
+export { shortHash } from "./io/hash";
+
+// The backend report (`hn.useBackend` chooses the backend).
+export { formatBackendReport } from "./backend/backend";
+export { doctorReport } from "./backend/doctor";
