@@ -28,7 +28,7 @@ export interface Txt2ImgOptions {
   cfgScale?: number;
   /** Sampling steps (default 20). */
   steps?: number;
-  /** "Euler a" (default), "Euler" or "DDIM". */
+  /** Any A1111 sampler name ("Euler a", the default; "DPM++ 2M", "DPM++ 2M Karras", "UniPC", …; see `samplerByName`). */
   sampler?: SamplerName;
   /** Noise seed; a random 32-bit seed when absent or −1 (the one used is in the result). */
   seed?: number;

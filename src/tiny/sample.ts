@@ -12,7 +12,7 @@ import { fromModelPixels } from "./shapes";
 export interface TinySampleOptions {
   /** Seed of the noise (the same seed and prompts give the same images). */
   seed: number;
-  /** "Euler a" (default), "Euler" or "DDIM". */
+  /** Any A1111 sampler name ("Euler a", the default; "DPM++ 2M", "DDIM", …; see `samplerByName`). */
   sampler?: SamplerName;
   /** Denoiser evaluations (default 24). */
   steps?: number;
