@@ -37,7 +37,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { randn } from "./random";
 import { type Prepared, type SampleOptions, type Sampler, guidedEps, prepare, report } from "./samplers";
-import { ancestralStep } from "./schedule";
+import { type NoiseSchedule, ancestralStep } from "./schedule";
 import { type NoiseSampler, brownianTreeNoiseSampler, brownianSeedsFor } from "./brownian";
 
 /** Options of a k-diffusion run: `SampleOptions` plus the SDE samplers' noise source. */
@@ -305,7 +305,7 @@ export interface KSamplerConfig {
   /** Number of steps (the σ list has steps + 1 entries). */
   steps: number;
   /** The σ list for a schedule, descending and ending in 0 (see sigmas.ts `a1111Sigmas`). */
-  sigmas: (schedule: import("./schedule").NoiseSchedule) => Float64Array;
+  sigmas: (schedule: NoiseSchedule) => Float64Array;
   /** η of the ancestral / SDE samplers (A1111 default 1); ignored by the others. */
   eta?: number;
 }

@@ -11,6 +11,9 @@
  *   DPM++ 2M SDE                → Exponential
  *   DDIM, PLMS, UniPC           → their own timesteps (a schedule type is ignored, as A1111 does)
  *
+ * "DDIM" is A1111's current DDIM (timestep-samplers.ts: one model call fewer than steps, ending at
+ * t = 1); CompVis's DDIM, which A1111 ran before 1.6, is still `ddim()` in samplers.ts.
+ *
  * Before 1.9 A1111 had no schedule type: "DPM++ 2M" meant the discrete spacing and the Karras
  * variants were separate names ("DPM++ 2M Karras", "LMS Karras", "DPM++ 2M SDE Exponential", …).
  * Such a name is read as A1111 1.10 reads it (`get_sampler_and_scheduler`): a trailing schedule
@@ -24,7 +27,7 @@ import * as tf from "@tensorflow/tfjs";
 import { type KSampleOptions, type KSamplerKind, kSampler } from "./k-samplers";
 import { type Sampler, eulerAncestral, eulerSampler } from "./samplers";
 import { type SigmaSpacing, a1111Sigmas } from "./sigmas";
-import { sd15Schedule } from "./schedule";
+import { type NoiseSchedule, sd15Schedule } from "./schedule";
 import { a1111Ddim, a1111Plms } from "./timestep-samplers";
 import { a1111Unipc } from "./unipc";
 
@@ -107,7 +110,7 @@ export interface A1111Sampler extends Sampler {
   /** Whether the next-to-last σ is dropped (DPM2, DPM2 a). */
   readonly discardPenultimateSigma: boolean;
   /** The σ list it visits for a schedule (default SD 1.x), descending, ending in 0; null for timestep samplers. */
-  sigmas(schedule?: import("./schedule").NoiseSchedule): Float64Array | null;
+  sigmas(schedule?: NoiseSchedule): Float64Array | null;
   /** Accepts `KSampleOptions` (noise sampler / Brownian seeds for the SDE samplers). */
   sample(opts: KSampleOptions): Promise<tf.Tensor4D>;
 }
