@@ -26,10 +26,12 @@ import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "../sr
 import type { HostTensor } from "../src/io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyValue } from "../src/io/pyvalue";
 import { SafetensorsFile } from "../src/io/safetensors";
-import { materialize, openTorchFile, writeTorchFile } from "../src/io/torch-file";
+import { materialize, openTorchFile, readTorchFile, writeTorchFile } from "../src/io/torch-file";
 import { ZipReader, zipChunks } from "../src/io/zip";
-import { readHypernetworkFile } from "../src/hypernet/file";
+import { type HypernetworkFile, readHypernetworkFile, writeHypernetworkFile } from "../src/hypernet/file";
 import { readOptimizerFile, writeOptimizerFile } from "../src/hypernet/optim-file";
+import { runFiles } from "../src/train/run-files";
+import type { OptimizerState } from "../src/train/optimizer-state";
 
 // ---- deterministic randomness -------------------------------------------------------------------
 
@@ -532,9 +534,146 @@ function stField(seed: SeedFile, r: Rand): Buffer {
   return withHeader(JSON.stringify(json), data);
 }
 
+// -- content mutations (issue 18, classes 1 and 4): files that are well-formed but carry hostile
+//    content the readers pass on. Their findings come from `trustProblem` below, which checks what a
+//    loaded value would make the trainer do.
+//
+//    name-escape:  a real hypernetwork re-saved with a hostile stored `name` (traversal, absolute,
+//                  `..`, empty, device names, escape sequences, 300 characters, invalid UTF-16) and
+//                  sometimes a huge step. Finding: a path training would derive from the loaded name
+//                  (`runFiles`: checkpoint, .optim, .state.json, preview) leaves its folder, or has a
+//                  file name with control characters, a leading dot or no room for the temp-file affixes.
+//    optim-poison: the generated `.optim` (hash matching its host) with poisoned AdamW state:
+//                  negative/NaN/Inf moments, NaN/empty/negative/fractional steps, bad lr/betas/eps/
+//                  weight decay, a foreign optimizer_name, foreign state keys, amsgrad, integer moments.
+//                  Finding: the reader returns that state instead of a reason.
+
+const HOSTILE_NAMES = [
+  "../../../x", "/abs/x", "..", ".", "", "con", "NUL.txt", "com1", "a\u001b[31mb", "\u009b2J\u001b]0;t\u0007", "x".repeat(300), "é".repeat(200),
+  "\u{1F600}".repeat(70), "a/b\\c", "C:\\x", "\\\\server\\share\\x", "\u202egnp.exe", "\u0000", "\ud800x", " ", " . ", "..\\..\\x", "~/x", "x\n../y",
+];
+
+/** A hostile stored name: one of the classics, or a random string of path-breaking pieces. */
+function hostileName(r: Rand): string {
+  if (r.chance(0.5)) return r.pick(HOSTILE_NAMES);
+  const parts = ["..", "/", "\\", ".", "\u001b[", "\u0000", "con", ":", "\u{1F600}", "\ud800", " ", "a", "é", "\u202e", "x".repeat(100), "\n"];
+  return Array.from({ length: r.int(12) }, () => r.pick(parts)).join("");
+}
+
+/** Re-save a hypernetwork seed with a hostile stored name (and sometimes a huge step). */
+function nameEscape(seed: SeedFile, r: Rand): Buffer {
+  const base = path.join(os.tmpdir(), `fuzz-name-${process.pid}`);
+  try {
+    fs.writeFileSync(`${base}-in${seed.ext}`, seed.bytes);
+    const hf = readHypernetworkFile(`${base}-in${seed.ext}`);
+    hf.info.name = hostileName(r);
+    if (r.chance(0.2)) hf.info.step = r.pick([0, 2 ** 31, 2 ** 53 - 1]);
+    writeHypernetworkFile(hf, `${base}-out.pt`, { overwrite: true });
+    return fs.readFileSync(`${base}-out.pt`);
+  } finally {
+    fs.rmSync(`${base}-in${seed.ext}`, { force: true });
+    fs.rmSync(`${base}-out.pt`, { force: true });
+  }
+}
+
+/** Poison the AdamW state of the generated `.optim` seed; its hash (of the host .pt) is kept. */
+function optimPoison(seed: SeedFile, r: Rand): Buffer {
+  const tmp = path.join(os.tmpdir(), `fuzz-optim-${process.pid}.optim`);
+  try {
+    fs.writeFileSync(tmp, seed.bytes);
+    const root = readTorchFile(tmp) as PyDict;
+    const sd = root.get("optimizer_state_dict") as PyDict;
+    const st = sd.get("state") as PyDict;
+    const g = (sd.get("param_groups") as PyValue[])[0] as PyDict;
+    const e = st.get(r.pick([...st.map.keys()])) as PyDict;
+    const moment = (k: "exp_avg" | "exp_avg_sq"): HostTensor => e.get(k) as HostTensor;
+    const poisonOne = (): void => {
+      switch (r.int(10)) {
+        case 0: { const t = moment("exp_avg_sq"); t.data[r.int(t.data.length)] = r.pick([-1e-8, -1, -Infinity]); break; }
+        case 1: { const t = moment(r.pick(["exp_avg", "exp_avg_sq"] as const)); t.data[r.int(t.data.length)] = r.pick([NaN, Infinity, -Infinity]); break; }
+        case 2: e.set("step", r.pick<PyValue>([
+          { dtype: "F32", shape: [], data: Float32Array.of(r.pick([NaN, Infinity, -1, 2.5, 1e30])) },
+          { dtype: "F32", shape: [0], data: new Float32Array(0) },
+          { dtype: "F32", shape: [2], data: Float32Array.of(1, 2) },
+          -3, new PyFloat(NaN), "3", null,
+        ])); break;
+        case 3: g.set("lr", r.pick<PyValue>([new PyFloat(NaN), new PyFloat(Infinity), new PyFloat(-1e-3), "1e-3", null])); break;
+        case 4: root.set("optimizer_name", r.pick<PyValue>(["SGD", "Adam", "adamw", "", 3, null, "AdamW\u0000"])); break;
+        case 5: g.set("betas", r.pick<PyValue>([new PyTuple([new PyFloat(NaN), new PyFloat(0.999)]), new PyTuple([new PyFloat(0.9), new PyFloat(1)]), new PyTuple([new PyFloat(-0.1), new PyFloat(0.9)])])); break;
+        case 6: g.set(r.pick(["eps", "weight_decay"]), r.pick([new PyFloat(NaN), new PyFloat(-1), new PyFloat(Infinity)])); break;
+        case 7: e.set(r.pick(["momentum_buffer", "max_exp_avg_sq", "__proto__"]), moment("exp_avg")); break;
+        case 8: g.set(r.pick(["amsgrad", "maximize"]), true); break;
+        default: { const k = r.pick(["exp_avg", "exp_avg_sq"] as const); const t = moment(k); e.set(k, { dtype: "I32", shape: t.shape, data: Int32Array.from(t.data, (v) => Math.round(v)) }); break; }
+      }
+    };
+    poisonOne();
+    if (r.chance(0.25)) poisonOne();
+    writeTorchFile(tmp, root, { overwrite: true });
+    return fs.readFileSync(tmp);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+/**
+ * The content mutations, each only for the seeds it can rewrite. optim-poison is listed 6 times (one
+ * kind in the report): only the one `.optim` seed can carry it, and its other mutations rarely get
+ * past the hash check, so it takes about a fifth of that seed's cases.
+ */
+const CONTENT_MUTATIONS: MutationDef[] = [
+  { name: "name-escape", kinds: ["zip"], seeds: /^(hn-.*|ldm-[ab])\.pt$/, fn: nameEscape },
+  ...Array.from({ length: 6 }, (): MutationDef => ({ name: "optim-poison", kinds: ["zip"], seeds: /\.optim$/, fn: optimPoison })),
+];
+
+/** Where `trustProblem` pretends training runs. */
+const FUZZ_RUN_DIR = path.resolve(os.tmpdir(), "fuzz-run-folder");
+
+/**
+ * What a loaded value would make training do wrong, checked independently of the code under test:
+ * for a hypernetwork, every file `runFiles` derives from its stored name and step must sit directly
+ * in `<run>/hypernetworks` or `<run>/images` with a plain file name; for an optimizer side file,
+ * state that is returned must be AdamW with finite hyper-parameters, whole-number steps ≥ 0, finite
+ * float moments and `exp_avg_sq ≥ 0`. A problem is reported as a `bad-load` finding.
+ */
+export function trustProblem(reader: ReaderName, value: unknown): string | undefined {
+  if (reader === "hypernet") {
+    const { name, step } = (value as HypernetworkFile).info;
+    const shown = JSON.stringify(name.slice(0, 60));
+    let files: string[];
+    try {
+      files = runFiles(FUZZ_RUN_DIR, name, step);
+    } catch (err) {
+      return `training would fail for stored name ${shown}: ${(err as Error).message.slice(0, 200)}`;
+    }
+    for (const [i, f] of files.entries()) {
+      const dir = path.join(FUZZ_RUN_DIR, i === 3 ? "images" : "hypernetworks");
+      const base = path.basename(f);
+      if (path.dirname(path.resolve(f)) !== dir) return `stored name ${shown} makes training write ${f}, outside ${dir}`;
+      if (/[\u0000-\u001f\u007f-\u009f/\\]/.test(base) || base.startsWith(".") || Buffer.byteLength(base) + 40 > 255) return `stored name ${shown} gives the unsafe file name ${JSON.stringify(base.slice(0, 80))}`;
+    }
+    return undefined;
+  }
+  if (reader === "optim") {
+    const st = (value as { state?: OptimizerState }).state;
+    if (!st) return undefined;
+    const bad = (what: string): string => `optimizer state accepted with ${what}`;
+    if (st.name !== "AdamW") return bad(`optimizer_name ${JSON.stringify(st.name)}`);
+    const hyper = [st.lr, st.betas[0], st.betas[1], st.eps, st.weightDecay];
+    if (!hyper.every((v) => Number.isFinite(v) && v >= 0) || st.betas[0] >= 1 || st.betas[1] >= 1) return bad(`hyper-parameters ${hyper.join(", ")}`);
+    for (const [i, p] of st.params.entries()) {
+      if (!Number.isSafeInteger(p.step) || p.step < 0) return bad(`step ${p.step} for parameter ${i}`);
+      if (!p.expAvg.data.every(Number.isFinite) || !(p.expAvg.data instanceof Float32Array)) return bad(`a non-finite or non-float exp_avg for parameter ${i}`);
+      if (!p.expAvgSq.data.every((v) => Number.isFinite(v) && v >= 0) || !(p.expAvgSq.data instanceof Float32Array)) return bad(`a non-finite, negative or non-float exp_avg_sq for parameter ${i}`);
+    }
+  }
+  return undefined;
+}
+
 interface MutationDef {
   name: string;
   kinds: readonly SeedKind[];
+  /** Only for seed files whose name matches (default: every seed of `kinds`). */
+  seeds?: RegExp;
   fn: Mutation;
 }
 
@@ -555,6 +694,7 @@ export const MUTATIONS: readonly MutationDef[] = [
   { name: "st-header-length", kinds: ["safetensors"], fn: stHeaderLen },
   { name: "st-random-json", kinds: ["safetensors"], fn: stRandomJson },
   { name: "st-entry-field", kinds: ["safetensors"], fn: stField },
+  ...CONTENT_MUTATIONS,
 ];
 
 // ---- readers and outcome classification ---------------------------------------------------------
@@ -698,7 +838,7 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
       opts.onCase?.(i, cs);
       const r = new Rand(rng32(cs));
       const seed = r.pick(seeds);
-      const muts = MUTATIONS.filter((m) => m.kinds.includes(seed.kind));
+      const muts = MUTATIONS.filter((m) => m.kinds.includes(seed.kind) && (!m.seeds || m.seeds.test(seed.name)));
       const mut = r.pick(muts);
       let bytes: Buffer;
       try {
@@ -723,7 +863,7 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
         let detail = "";
         try {
           const value = readWith(reader, file, optimHost);
-          const bad = tensorsConsistent(value);
+          const bad = tensorsConsistent(value) ?? trustProblem(reader, value);
           outcome = bad ? "bad-load" : "loaded";
           detail = bad ?? "";
         } catch (err) {

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { isCleanError, runFuzz } from "../scripts/fuzz";
+import { isCleanError, runFuzz, trustProblem } from "../scripts/fuzz";
 import { readHypernetworkFile } from "../src/hypernet/file";
 import { CorruptFileError, UnsafePickleError } from "../src/io/errors";
 import { PyDict, PyTuple } from "../src/io/pyvalue";
@@ -150,3 +150,34 @@ describe("more malicious pickles are refused before anything runs", () => {
     refused(() => unpickle(pid, 0, { file: "p.pkl", persistentLoad: () => { throw new Error("must not be reached"); } }), "os.system", /refusing/);
   });
 });
+
+// ---- issue 18, classes 1 and 4: the content mutations and their classifier ----------------------
+describe("content mutations: hostile stored names and poisoned .optim state", () => {
+  it("run as fuzz kinds with no findings (seeded, 200 cases; other kinds are the test above's)", () => {
+    const report = runFuzz({ seed: 18, cases: 200, seconds: 30 });
+    expect(report.findings.filter((f) => f.mutation === "name-escape" || f.mutation === "optim-poison")).toEqual([]);
+    expect(report.mutations["name-escape"]?.tried).toBeGreaterThan(0);
+    expect(report.mutations["optim-poison"]?.tried).toBeGreaterThan(0);
+    expect(report.mutations["name-escape"]!.loaded).toBeGreaterThan(0); // the hypernetwork reader did load hostile names
+  });
+
+  it("the classifier flags accepted poisoned optimizer state and passes clean state", () => {
+    const t = (v: number[]): { dtype: "F32"; shape: number[]; data: Float32Array } => ({ dtype: "F32", shape: [v.length], data: Float32Array.from(v) });
+    const state = (p: Partial<{ lr: number; step: number; sq: number[]; name: string }>) => ({
+      state: { name: p.name ?? "AdamW", lr: p.lr ?? 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, params: [{ step: p.step ?? 3, expAvg: t([0.1, -0.2]), expAvgSq: t(p.sq ?? [0.01, 0.04]) }] },
+    });
+    expect(trustProblem("optim", state({}))).toBeUndefined();
+    expect(trustProblem("optim", { state: undefined, reason: "x" })).toBeUndefined();
+    expect(trustProblem("optim", state({ sq: [0.01, -0.04] }))).toMatch(/negative/);
+    expect(trustProblem("optim", state({ sq: [NaN, 0] }))).toMatch(/non-finite/);
+    expect(trustProblem("optim", state({ step: NaN }))).toMatch(/step NaN/);
+    expect(trustProblem("optim", state({ lr: NaN }))).toMatch(/hyper-parameters NaN/);
+    expect(trustProblem("optim", state({ name: "SGD" }))).toMatch(/optimizer_name "SGD"/);
+  });
+
+  it("the classifier checks the very paths training derives from a loaded name", () => {
+    const hf = (name: string, step = 5) => ({ info: { name, step } });
+    for (const name of ["toy", "../../../x", "/abs/x", "a\u001b[31mb", "..", "", "con", "n".repeat(300)]) expect(trustProblem("hypernet", hf(name))).toBeUndefined();
+  });
+});
+
