@@ -9,7 +9,7 @@
  */
 import * as fs from "node:fs";
 import type { DType } from "../io/host-tensor";
-import { fileParameterCount, readHypernetworkFile, writeHypernetworkFile } from "../hypernet/file";
+import { fileParameterCount, readHypernetworkFile } from "../hypernet/file";
 import { printable, terminalSafeJson } from "../io/safe-name";
 
 /** Parsed command-line arguments: positionals and `--flag [value]` options. */
@@ -45,7 +45,8 @@ export class UsageError extends Error {}
 const USAGE = `usage:
   hypernet inspect FILE [--json]             what a hypernetwork file holds
   hypernet convert IN OUT [--dtype f16] [--overwrite]
-                                             .pt <-> .safetensors, nothing lost
+                                             .pt <-> .safetensors, nothing lost: extra .pt keys
+                                             go to the "extra" metadata key and come back
   hypernet apply FILE --input IN.safetensors --output OUT.safetensors [--multiplier M]
                                              run each x.D through the k/v modules of dim D
   hypernet doctor                            backend, devices and versions
@@ -142,9 +143,10 @@ export async function main(argv: string[]): Promise<number> {
       case "convert": {
         const [src, dst] = args.positional;
         if (!src || !dst) throw new UsageError("convert needs IN and OUT");
-        const hf = readHypernetworkFile(src);
-        writeHypernetworkFile(hf, dst, { overwrite: args.flags.has("overwrite"), dtype: parseDType(flag(args, "dtype")) });
-        console.log(`${src} (${hf.format}) -> ${dst}`);
+        const { convertFile } = await import("./convert");
+        const r = convertFile(src, dst, { overwrite: args.flags.has("overwrite"), dtype: parseDType(flag(args, "dtype")) });
+        for (const note of r.notes) console.error(`hypernet: ${printable(note)}`);
+        console.log(`${src} (${r.format}) -> ${dst}`);
         return 0;
       }
       case "apply":

@@ -18,9 +18,11 @@ import type { WriteOptions } from "../io/atomic";
 import { type DType, type HostTensor, numel } from "../io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
+import { JsonFloat, type StrictJson, parseStrictJson } from "../io/strict-json";
 import { describeTorchFile, readTorchFile, writeTorchFile } from "../io/torch-file";
 import { loadStateDict } from "../nn/module";
 import { checkActivation } from "./activations";
+import { EXTRA_TENSOR_PREFIX, encodeExtras, extrasFromMetadata, nonFiniteWarning, pyKeyText } from "./file-extras";
 import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
 import { type Hypernetwork, type HypernetworkInfo, effectiveDropoutStructure, emptyHypernetwork, structureOf } from "./network";
 
@@ -75,11 +77,24 @@ function fail(file: string, what: string): Error {
  * tensor values are not read at all (dtype and shape only; their `data` throws): enough for
  * `inspect`, and bounded by the pickle's size even when the file's views describe gigabytes.
  */
-export function readHypernetworkFile(file: string, opts: { describeOnly?: boolean } = {}): HypernetworkFile {
+export function readHypernetworkFile(file: string, opts: ReadHypernetworkOptions = {}): HypernetworkFile {
   if (!fs.existsSync(file)) throw fail(file, "no such file");
   if (fs.statSync(file).isDirectory()) throw fail(file, "is a folder, not a hypernetwork file");
-  if (file.toLowerCase().endsWith(".safetensors")) return readSafetensorsHypernetwork(file);
-  return hypernetworkFromPy(opts.describeOnly ? describeTorchFile(file) : readTorchFile(file), file);
+  const hf = file.toLowerCase().endsWith(".safetensors")
+    ? readSafetensorsHypernetwork(file)
+    : hypernetworkFromPy(opts.describeOnly ? describeTorchFile(file) : readTorchFile(file), file);
+  // NaN/Inf weights load (A1111 loads them too) with one warning naming each tensor.
+  const warning = opts.describeOnly ? undefined : nonFiniteWarning(hf.weights, file);
+  if (warning) (opts.onWarning ?? ((m) => console.warn(m)))(warning);
+  return hf;
+}
+
+/** Options of `readHypernetworkFile`. */
+export interface ReadHypernetworkOptions {
+  /** List tensors (dtype, shape) without reading their values (`.pt`; for `inspect`). */
+  describeOnly?: boolean;
+  /** Where the warning about NaN/Inf weights goes (default console.warn); one message per file. */
+  onWarning?: (message: string) => void;
 }
 
 function str(v: PyValue | undefined, file: string, key: string): string | null {
@@ -134,9 +149,7 @@ function infoFromMeta(get: (key: string) => PyValue | undefined, file: string): 
     throw fail(file, `dropout_structure [${dropoutStructure.join(", ")}] is shorter than layer_structure [${layerStructure.join(", ")}]`);
   }
   const init = str(get("weight_initialization"), file, "weight_initialization") ?? "Normal";
-  const stepRaw = get("step");
-  const step = stepRaw === undefined || stepRaw === null ? 0 : pyNumber(stepRaw);
-  if (step === undefined || !Number.isInteger(step) || step < 0) throw fail(file, `metadata "step" should be a whole number, found ${describe(stepRaw!)}`);
+  const step = stepOf(get("step"), file);
   return {
     name: str(get("name"), file, "name") ?? path.basename(file).replace(/\.[^.]+$/, ""),
     step,
@@ -165,18 +178,23 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
   const extra = new Map<PyKey, PyValue>();
   let legacy = false;
   let sawList = false;
+  const dimKeys = new Map<number, PyKey>();
   for (const [key, value] of root.map) {
     const dim = typeof key === "number" ? key : typeof key === "bigint" ? Number(key) : undefined;
     if (dim === undefined) {
       if (!META_SET.has(key)) extra.set(key, value);
       continue;
     }
+    if (!Number.isSafeInteger(dim) || dim <= 0 || (typeof key === "bigint" && BigInt(dim) !== key)) throw fail(file, `width key ${pyKeyText(key)} is not a positive whole number`);
+    if (dimKeys.has(dim)) throw fail(file, `width ${dim} is listed twice (keys ${pyKeyText(dimKeys.get(dim)!)} and ${pyKeyText(key)}); which weights are meant cannot be known, so the file is refused`);
+    dimKeys.set(dim, key);
     const pair = pySequence(value);
     if (!pair || pair.length !== 2) throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
     if (Array.isArray(value)) sawList = true;
     const dicts = pair.map((sd, j) => {
       if (!(sd instanceof PyDict)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module is ${describe(sd)}, expected a state dict`);
       const m = new Map<string, HostTensor>();
+      const from = new Map<string, string>();
       for (const [k, t] of sd.map) {
         if (typeof k !== "string") throw fail(file, `dim ${dim}: state dict key ${String(k)} is not a string`);
         let name = k;
@@ -184,6 +202,8 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
           name = LEGACY_KEYS[k]!;
           legacy = true;
         }
+        if (from.has(name)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module: "${from.get(name)}" and "${k}" both name the weight "${name}" (NovelAI's and A1111's names for it); the file is ambiguous and is refused`);
+        from.set(name, k);
         if (isTorchTensor(t)) m.set(name, t.read());
         else if (isHostTensor(t)) m.set(name, t);
         else throw fail(file, `dim ${dim}: "${k}" is ${describe(t)}, expected a tensor`);
@@ -247,25 +267,36 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
   try {
     const meta = f.metadata;
     const get = (k: string): PyValue | undefined => {
-      const raw = meta[k];
+      const raw = Object.hasOwn(meta, k) ? meta[k] : undefined;
       if (raw === undefined) return undefined;
       try {
-        return jsonToPy(JSON.parse(raw) as unknown);
-      } catch {
-        throw fail(file, `metadata "${k}" is not valid JSON: ${raw.slice(0, 80)}`);
+        return jsonToPy(parseStrictJson(raw));
+      } catch (err) {
+        throw fail(file, `metadata "${k}" is not valid JSON (${(err as Error).message}): ${raw.slice(0, 80)}`);
       }
     };
     const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
+    const extraTensors = new Map<string, HostTensor>();
     for (const key of f.keys()) {
+      if (key.startsWith(EXTRA_TENSOR_PREFIX)) {
+        extraTensors.set(key, f.read(key));
+        continue;
+      }
       const m = /^(\d+)\.([01])\.(.+)$/.exec(key);
       if (!m) throw fail(file, `tensor "${key}" is not named <dim>.<0|1>.<key> as a hypernetwork safetensors file should be`);
       const dim = Number(m[1]);
+      if (!Number.isSafeInteger(dim) || dim <= 0) throw fail(file, `tensor "${key}": width "${m[1]}" is not a positive whole number`);
+      if (m[1] !== String(dim)) {
+        // "08.0.x" and "8.0.x" would both load as width 8, one silently replacing the other.
+        const alias = `${dim}.${m[2]}.${m[3]}`;
+        throw fail(file, `tensor "${key}" writes width ${dim} as "${m[1]}"${f.entries.has(alias) ? `, and "${alias}" names the same weight` : ""}; widths are written without leading zeros, so the file is ambiguous and is refused`);
+      }
       if (!weights.has(dim)) weights.set(dim, [new Map(), new Map()]);
       weights.get(dim)![Number(m[2])]!.set(m[3]!, f.read(key));
     }
     if (weights.size === 0) throw fail(file, "no hypernetwork tensors found");
     const info = infoFromMeta(get, file);
-    const hf: HypernetworkFile = { info, format: "safetensors", weights, extra: new Map() };
+    const hf: HypernetworkFile = { info, format: "safetensors", weights, extra: extrasFromMetadata(file, meta, extraTensors, META_SET) };
     checkShapes(hf, file);
     return hf;
   } finally {
@@ -273,11 +304,21 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
   }
 }
 
-function jsonToPy(v: unknown): PyValue {
-  if (v === null || typeof v === "string" || typeof v === "boolean") return v as string | boolean | null; // explicit for tslab's TS 5.0
-  if (typeof v === "number") return Number.isInteger(v) ? v : new PyFloat(v);
+/** A metadata value: integers stay int (bigint past 2^53 − 1), numbers written with a fraction are floats. */
+function jsonToPy(v: StrictJson): PyValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "number" || typeof v === "bigint") return v;
+  if (v instanceof JsonFloat) return new PyFloat(v.value);
   if (Array.isArray(v)) return v.map(jsonToPy);
-  throw new Error("unsupported JSON value");
+  throw new Error("an object is not a valid value here");
+}
+
+/** `step`: a whole number from 0 to 2^53 − 1; anything else is refused rather than changed. */
+function stepOf(v: PyValue | undefined, file: string): number {
+  if (v === undefined || v === null) return 0;
+  if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) return v;
+  if (typeof v === "bigint" && v >= 0n && v <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
+  const why = typeof v === "bigint" && v > 0n ? "; a step beyond 2^53 - 1 cannot be kept exactly" : "";
+  throw fail(file, `metadata "step" should be a whole number from 0 to 2^53 - 1, found ${describe(v)}${why}`);
 }
 
 // ---- writing ------------------------------------------------------------------------------
@@ -344,22 +385,34 @@ export interface SaveOptions extends WriteOptions {
   dtype?: DType;
 }
 
+/** What a write could not keep (empty for `.pt`; see file-extras.ts for `.safetensors`). */
+export interface WriteReport {
+  /** One line per extra top-level key that was dropped, naming the key and why. */
+  dropped: string[];
+}
+
 /**
  * Write a hypernetwork file; the format follows the extension (`.safetensors`, else `.pt`).
  * Atomic (temp file + rename); refuses to replace an existing file unless `overwrite`.
+ * Extra top-level keys are kept in both formats (in `.safetensors` as the `extra` metadata key);
+ * the returned report lists any that could not be.
  */
-export function writeHypernetworkFile(hf: HypernetworkFile, file: string, opts: SaveOptions = {}): void {
+export function writeHypernetworkFile(hf: HypernetworkFile, file: string, opts: SaveOptions = {}): WriteReport {
   const cast = (t: HostTensor): HostTensor => (opts.dtype && opts.dtype !== t.dtype ? { ...t, dtype: opts.dtype } : t);
   if (file.toLowerCase().endsWith(".safetensors")) {
     const tensors: Array<[string, HostTensor]> = [];
     for (const [dim, pair] of hf.weights) pair.forEach((sd, j) => sd.forEach((t, k) => tensors.push([`${dim}.${j}.${k}`, cast(t)])));
-    writeSafetensors(file, tensors, metadataStrings(hf.info), opts);
-    return;
+    const extras = encodeExtras(hf.extra);
+    const meta = metadataStrings(hf.info);
+    if (extras.json !== undefined) meta.extra = extras.json;
+    writeSafetensors(file, [...tensors, ...extras.tensors], meta, opts);
+    return { dropped: extras.dropped };
   }
   const castFile: HypernetworkFile = opts.dtype
     ? { ...hf, weights: new Map([...hf.weights].map(([d, pair]) => [d, pair.map((sd) => new Map([...sd].map(([k, t]) => [k, cast(t)]))) as [Map<string, HostTensor>, Map<string, HostTensor>]])) }
     : hf;
   writeTorchFile(file, hypernetworkToPy(castFile), { overwrite: opts.overwrite });
+  return { dropped: [] };
 }
 
 // ---- live networks --------------------------------------------------------------------------
@@ -407,17 +460,17 @@ export async function fromNetworkAsync(net: Hypernetwork): Promise<HypernetworkF
 
 /** `saveHypernetwork` with asynchronous read-back (use it where the backend may be WebGPU). */
 export async function saveHypernetworkAsync(net: Hypernetwork, file: string, opts: SaveOptions = {}): Promise<void> {
-  writeHypernetworkFile(await fromNetworkAsync(net), file, opts);
+  void writeHypernetworkFile(await fromNetworkAsync(net), file, opts);
 }
 
 /** Load a hypernetwork file as a live network (inference: eval mode, not trainable unless asked). */
-export function loadHypernetwork(file: string, opts: { trainable?: boolean } = {}): Hypernetwork {
-  return toNetwork(readHypernetworkFile(file), { trainable: opts.trainable ?? false, where: file });
+export function loadHypernetwork(file: string, opts: { trainable?: boolean; onWarning?: (message: string) => void } = {}): Hypernetwork {
+  return toNetwork(readHypernetworkFile(file, { onWarning: opts.onWarning }), { trainable: opts.trainable ?? false, where: file });
 }
 
 /** Save a live network (`.pt` in A1111's layout, or `.safetensors` by extension). */
 export function saveHypernetwork(net: Hypernetwork, file: string, opts: SaveOptions = {}): void {
-  writeHypernetworkFile(fromNetwork(net), file, opts);
+  void writeHypernetworkFile(fromNetwork(net), file, opts);
 }
 
 /** Number of scalar parameters stored in a file. */

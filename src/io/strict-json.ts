@@ -55,7 +55,11 @@ export function quoteBytes(b: Uint8Array, max = 80): string {
 /** A cursor over JSON bytes. Methods throw `StrictJsonError` on anything that is not strict JSON. */
 export class JsonReader {
   pos = 0;
-  constructor(readonly bytes: Uint8Array) {}
+  /** `maxDepth`: deepest nesting of arrays and objects accepted. */
+  constructor(
+    readonly bytes: Uint8Array,
+    readonly maxDepth = MAX_JSON_DEPTH,
+  ) {}
 
   /** Throw a `StrictJsonError` at the current position (or at `at`). */
   fail(reason: string, at = this.pos): never {
@@ -225,11 +229,11 @@ export class JsonReader {
     return Number.isSafeInteger(n) ? n : BigInt(text);
   }
 
-  /** Read any value (objects as `Map`, duplicate keys refused), nesting at most `MAX_JSON_DEPTH`. */
+  /** Read any value (objects as `Map`, duplicate keys refused), nesting at most `maxDepth`. */
   value(depth = 0): StrictJson {
     const c = this.peek();
     if (c === 0x7b || c === 0x5b) {
-      if (depth >= MAX_JSON_DEPTH) this.fail(`nested more than ${MAX_JSON_DEPTH} levels deep`);
+      if (depth >= this.maxDepth) this.fail(`nested more than ${this.maxDepth} levels deep`);
       this.pos++;
       if (c === 0x5b) {
         const out: StrictJson[] = [];
@@ -276,8 +280,8 @@ function latin1(b: Uint8Array): string {
 }
 
 /** Parse a whole JSON text strictly (see the module comment); throws `StrictJsonError`. */
-export function parseStrictJson(text: string | Uint8Array): StrictJson {
-  const r = new JsonReader(typeof text === "string" ? Buffer.from(text, "utf8") : text);
+export function parseStrictJson(text: string | Uint8Array, maxDepth = MAX_JSON_DEPTH): StrictJson {
+  const r = new JsonReader(typeof text === "string" ? Buffer.from(text, "utf8") : text, maxDepth);
   const v = r.value();
   r.end();
   return v;
