@@ -12,8 +12,8 @@ const root = path.resolve(__dirname, "..");
 /** Run the REPL under a pty, type `lines` once the prompt appears, return everything it printed. */
 function runRepl(lines: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const env = { ...process.env, HYPERNET_BACKEND: "", TERM: "dumb" };
-    delete env.HYPERNET_BACKEND;
+    const { HYPERNET_BACKEND: _ignored, ...rest } = process.env;
+    const env = { ...rest, TERM: "dumb" };
     const child = spawn("script", ["-qfec", "npx ts-node --transpile-only environment/repl.ts", "/dev/null"], { cwd: root, env });
     let out = "";
     let typed = false;
