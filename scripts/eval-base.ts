@@ -18,9 +18,9 @@ import sharp from "sharp";
 import { useBackend, type BackendChoice } from "../src/backend/backend";
 import type { SamplerName } from "../src/diffusion/samplers";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
-import { classifyImage, contentAccuracy } from "../src/tiny/classify";
+import { classifyImage, contentAccuracy } from "../src/tiny/shapes-data/classify";
 import { sampleTiny } from "../src/tiny/sample";
-import { TINY_SIZE, shapeSamples } from "../src/tiny/shapes";
+import { TINY_SIZE, shapeSamples } from "../src/tiny/shapes-data/shapes";
 
 /** Held-out data seed for the eval prompts. */
 const EVAL_DATA_SEED = 2024;

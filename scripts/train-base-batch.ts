@@ -21,7 +21,7 @@ import { useBackend } from "../src/backend/backend";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
-import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes";
+import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes-data/shapes";
 
 /** Everything one (part of a) batch needs; all of it drawn by the main thread. */
 export interface BatchPart {

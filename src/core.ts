@@ -30,6 +30,7 @@ export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
 export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
 export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
 export { loadTinyModel } from "./tiny/model";
+export { writeStripedSet, stripedSet, writeSampleFolder } from "./tiny/shapes-data/image-folder";
 
 // Training.
 export { train, resumeTraining, type TrainOptions, type TrainResult, type TrainingRun, type StopReason } from "./train/trainer";

@@ -9,13 +9,13 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import sharp from "sharp";
 import { beforeAll, describe, expect, it } from "vitest";
-import { demoPrompts, runDemo, type DemoSummary } from "../src/cli/demo";
+import { demoPrompts, runDemo, type DemoSummary } from "../src/demo/run";
 import { main } from "../src/cli/main";
 import { readHypernetworkFile } from "../src/hypernet/file";
 import { lossChartPng, lossChartSvg, niceTicks } from "../src/kernel-helpers/charts";
-import { contentAccuracy } from "../src/tiny/classify";
+import { contentAccuracy } from "../src/tiny/shapes-data/classify";
 import { loadTinyModel } from "../src/tiny/model";
-import { captionVocabulary, COLOR_NAMES, SHAPES, shapeSamples } from "../src/tiny/shapes";
+import { captionVocabulary, COLOR_NAMES, SHAPES, shapeSamples } from "../src/tiny/shapes-data/shapes";
 import { setupBackend } from "./helpers/tf";
 
 describe("demo --quick", () => {

@@ -5,11 +5,13 @@
  * against the eval results in the repo.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
+import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BaseModel } from "../src/pipeline/base-model";
-import { classifyImage, hueChroma } from "../src/tiny/classify";
+import { classifyImage, hueChroma } from "../src/tiny/shapes-data/classify";
 import { TINY_MODEL_DIR, loadTinyModel, readTinyConfig } from "../src/tiny/model";
 import { sampleTiny } from "../src/tiny/sample";
 import {
@@ -24,8 +26,9 @@ import {
   shapeSamples,
   toModelPixels,
   type Scene,
-} from "../src/tiny/shapes";
-import { pastelStyleSet, styleScore, whiteness } from "../src/tiny/style";
+} from "../src/tiny/shapes-data/shapes";
+import { pastelStyleSet, styleScore, whiteness } from "../src/tiny/shapes-data/style";
+import { stripedSet, writeStripedSet } from "../src/tiny/shapes-data/image-folder";
 import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
@@ -221,6 +224,33 @@ describe("pastel style set and styleScore", () => {
     expect(whiteness(new Uint8Array(32 * 32 * 3))).toBeNull();
     expect(styleScore([thin])).toBe(0);
     expect(() => whiteness(new Uint8Array(5))).toThrow(/32×32/);
+  });
+});
+
+describe("the striped toy style set as an image folder (notebooks 01 and 03)", () => {
+  it("darkens exactly the pixels on the diagonal stripes to 35 %, keeps the captions, and writes PNG + .txt pairs that read back unchanged", async () => {
+    const plain = shapeSamples(7, 0, 3);
+    const striped = stripedSet(3);
+    for (const [i, s] of striped.entries()) {
+      expect(s.caption).toBe(plain[i]!.caption);
+      for (const [y, x, c] of [[0, 0, 0], [0, 1, 2], [5, 1, 1], [31, 31, 0], [2, 3, 1], [10, 13, 2]] as const) {
+        const j = (y * 32 + x) * 3 + c;
+        const want = (x + y) % 6 < 2 ? Math.round(plain[i]!.pixels[j]! * 0.35) : plain[i]!.pixels[j]!;
+        expect(s.pixels[j], `image ${i} pixel (${x}, ${y}) channel ${c}`).toBe(want);
+      }
+    }
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "striped-"));
+    const files = await writeStripedSet(dir, 3);
+    expect(fs.readdirSync(dir).sort()).toEqual(["img000.png", "img000.txt", "img001.png", "img001.txt", "img002.png", "img002.txt"]);
+    expect(files).toEqual([0, 1, 2].map((i) => path.join(dir, `img00${i}.png`)));
+    expect(fs.readFileSync(path.join(dir, "img001.txt"), "utf8")).toBe(plain[1]!.caption);
+    const back = await sharp(path.join(dir, "img002.png")).raw().toBuffer({ resolveWithObject: true });
+    expect([back.info.width, back.info.height, back.info.channels]).toEqual([32, 32, 3]);
+    expect(Buffer.compare(back.data, Buffer.from(striped[2]!.pixels))).toBe(0);
+    // A second write does not replace the user's files unless asked.
+    await expect(writeStripedSet(dir, 3)).rejects.toThrow(/img000\.png already exists; pass \{ overwrite: true \}/);
+    await writeStripedSet(dir, 2, { overwrite: true, seed: 8 });
+    expect(fs.readFileSync(path.join(dir, "img000.txt"), "utf8")).toBe(shapeSamples(8, 0, 1)[0]!.caption);
   });
 });
 

@@ -158,7 +158,7 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       case "demo": {
-        const { runDemo } = await import("./demo");
+        const { runDemo } = await import("../demo/run");
         await runDemo({ out: flag(args, "out") ?? "out/demo", quick: args.flags.has("quick") });
         return 0;
       }

@@ -14,8 +14,7 @@
  * layers free to learn. The new layers' other weights keep a fresh random init (all-zero attention
  * weights would leave the gradient of `proj_out` zero as well).
  *
- * The shipped tiny model was grown this way from 8×8/4×4 attention to 16×16/8×8/4×4 at step 7,962
- * (`scripts/tiny-add-attention.ts`, see its model card).
+ * `scripts/tiny-add-attention.ts` runs it from the command line.
  */
 import * as path from "node:path";
 import { SafetensorsFile } from "../io/safetensors";

@@ -24,14 +24,14 @@ import { loadStateDict, stateDict, zerosInit, type Module, type ModuleOptions } 
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
 import type { HostTensor } from "../io/host-tensor";
 import { writeFileAtomic } from "../io/atomic";
-import { TINY_SIZE, captionVocabulary } from "./shapes";
+import { TINY_SIZE, captionVocabulary } from "./shapes-data/shapes";
 
 /**
  * The tiny UNet: widths 32, 32, 64, 96 at 32×32, 16×16, 8×8, 4×4; one ResBlock per level;
  * attention at downsample factors 2, 4 and 8 (16×16, 8×8, 4×4) — not at 32×32, where
  * self-attention over 1,024 tokens would dominate a CPU training step; 16-channel heads (2 heads
- * at width 32, 4 at 64, 6 at 96). The shipped model had attention at 8×8 and 4×4 only for its
- * first 7,962 steps; 16×16 was added then (src/tiny/grow.ts), which lifted shape accuracy.
+ * at width 32, 4 at 64, 6 at 96). (How the shipped weights got their 16×16 level, `grow.ts`, is
+ * in `models/tiny/MODEL_CARD.md`.)
  */
 export const TINY_MODEL_UNET: Readonly<UNetConfig> = Object.freeze({
   in_channels: 3,

@@ -7,21 +7,16 @@
  * the content classifier reads pastel images as well as flat ones (tested), and "did the content
  * survive the style" is a fair question.
  *
- * Why a palette style and not line work. A hypernetwork only rewrites the keys and values of the
- * attention layers, and the tiny UNet has attention at its 16×16, 8×8 and 4×4 levels only (8×8
- * and 4×4 when these styles were tried; SD 1.x has it down to its finest latent grid). What the network can change is therefore what those coarse
- * features decide — colour, brightness, size — not one-pixel detail. The first demo style, "neon
- * sign" (a bright one-pixel tube along each outline around dim glass), could not be learned: in
- * four trials the network made shapes darker, smaller and crisper but never drew the rim, and its
- * rim-contrast score fell with the multiplier (recorded in `src/cli/demo.ts`). A "lit from above"
- * gradient across each shape barely moved at all. Pastel is learned in 150 steps — though on the
- * step-7,962 tiny model the network also rounds the shapes off (see the trials in `src/cli/demo.ts`).
+ * Why a palette style and not line work: a hypernetwork only rewrites the keys and values of the
+ * attention layers, which the tiny UNet has at 16×16 and coarser only, so what it can change is
+ * what those coarse features decide — colour, brightness, size — not one-pixel detail (the styles
+ * tried are in `docs/demo-trials.md`).
  *
  * `styleScore` measures the style with one pixel statistic, "whiteness": over the drawn pixels
  * away from the edges, the mean of min(R, G, B) / max(R, G, B) — 0 for a pure hue, 1 for any gray,
  * white or black. The palette colours score 0.17–0.25, their pastel versions 0.60–0.69.
  */
-import { Rng } from "../diffusion/random";
+import { Rng } from "../../diffusion/random";
 import { foregroundMask, measureBackground } from "./classify";
 import { COLORS, TINY_SIZE, captionOf, randomScene, renderScene, type Scene, type ShapeSample } from "./shapes";
 

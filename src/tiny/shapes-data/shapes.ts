@@ -14,7 +14,7 @@
  * are anti-aliased like a real image; the colour of a pixel is the coverage-weighted mix of the
  * shape colour and the background.
  */
-import { Rng } from "../diffusion/random";
+import { Rng } from "../../diffusion/random";
 
 /** Image side in pixels. */
 export const TINY_SIZE = 32;
