@@ -25,7 +25,7 @@ import * as vm from "node:vm";
 import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "../src/io/errors";
 import type { HostTensor } from "../src/io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyValue } from "../src/io/pyvalue";
-import { SafetensorsFile } from "../src/io/safetensors";
+import { FREE_HEADER_ENTRIES, MIN_BYTES_PER_ENTRY, SafetensorsFile } from "../src/io/safetensors";
 import { materialize, openTorchFile, readTorchFile, writeTorchFile } from "../src/io/torch-file";
 import { ZipReader, zipChunks } from "../src/io/zip";
 import { type HypernetworkFile, readHypernetworkFile, writeHypernetworkFile } from "../src/hypernet/file";
@@ -56,7 +56,7 @@ export function caseSeed(seed: number, i: number): number {
   return h >>> 0;
 }
 
-class Rand {
+export class Rand {
   constructor(readonly next: () => number) {}
   int(n: number): number {
     return Math.floor(this.next() * n);
@@ -134,6 +134,10 @@ export function seedCorpus(workDir: string, host: string): SeedFile[] {
   }, { overwrite: true });
   seeds.push({ name: "generated.pt.optim", kind: "zip", ext: ".optim", bytes: fs.readFileSync(optFile) });
   fs.rmSync(optFile);
+  // A hypernetwork `.safetensors` (this project's layout), for the width-alias mutation.
+  const hnSt = path.join(workDir, "generated-hn.safetensors");
+  writeHypernetworkFile(readHypernetworkFile(path.join(FIXTURES, "hn-plain121.pt")), hnSt, { overwrite: true });
+  seeds.push({ name: "generated-hn.safetensors", kind: "safetensors", ext: ".safetensors", bytes: fs.readFileSync(hnSt) });
   return seeds;
 }
 
@@ -675,10 +679,206 @@ interface MutationDef {
   /** Only for seed files whose name matches (default: every seed of `kinds`). */
   seeds?: RegExp;
   fn: Mutation;
+  /** Readers that must refuse every file this mutation makes (a load is a bad-load finding). */
+  refuse?: readonly ReaderName[];
 }
 
 const ALL: SeedKind[] = ["zip", "legacy", "safetensors"];
 const PICKLED: SeedKind[] = ["zip", "legacy"];
+
+// -- strict-safetensors and hypernetwork-alias mutations (issue 18: "as strict as the reference
+//    readers"). Each makes a file the Rust `safetensors` crate refuses (or, hn-alias-width, a
+//    hypernetwork file whose meaning is ambiguous); `refuse` lists the readers that must refuse
+//    it, and a load by one of them is a bad-load finding. The old reader loaded all of them.
+//
+//    st-duplicate-key: a tensor listed twice (its copy's bytes appended, so the data still tile),
+//                      the same entry twice (two names, one blob), `__metadata__` twice, or a field
+//                      twice inside one entry. JSON.parse keeps the last silently.
+//    st-gap:           unused bytes before a tensor, at the start of the data, after the last tensor,
+//                      or left behind by a removed entry.
+//    st-bad-utf8:      invalid UTF-8 (0xff, overlong, encoded surrogate, truncated, 5-byte) in a
+//                      tensor name or a metadata key or value, or a lone \ud800 escape.
+//    st-float-shape:   a shape dimension or a data offset written as 4.0, 4e0, 0.4E1.
+//    st-many-entries:  thousands of empty tensors (or metadata keys) past the entry cap for the
+//                      data the file holds; must be refused within the per-read budget.
+//    hn-alias-width:   on a hypernetwork .safetensors: width D's tensors renamed 0D.* (alone, or
+//                      beside D.* with other values appended).
+
+/** The seed's header as [key, value] pairs in file order. */
+function headerPairs(seed: SeedFile): { pairs: Array<[string, unknown]>; data: Buffer } {
+  const { json, data } = header(seed);
+  return { pairs: Object.entries(json), data: Buffer.from(data) };
+}
+
+/** Header text from pairs, duplicates allowed (`raw` values are inserted as they are). */
+function pairsText(pairs: ReadonlyArray<[string, unknown]>, raw = new Map<number, string>()): string {
+  return `{${pairs.map(([k, v], i) => `${JSON.stringify(k)}:${raw.get(i) ?? JSON.stringify(v)}`).join(",")}}`;
+}
+
+interface StEntry {
+  dtype: string;
+  shape: number[];
+  data_offsets: [number, number];
+}
+
+/** Tensor pairs (not `__metadata__`) in data order, with their index in `pairs`. */
+function tensorOrder(pairs: ReadonlyArray<[string, unknown]>): Array<{ i: number; name: string; e: StEntry }> {
+  return pairs
+    .map(([name, e], i) => ({ i, name, e: e as StEntry }))
+    .filter((x) => x.name !== "__metadata__")
+    .sort((a, b) => a.e.data_offsets[0] - b.e.data_offsets[0] || a.e.data_offsets[1] - b.e.data_offsets[1]);
+}
+
+const shifted = (e: StEntry, by: number): StEntry => ({ ...e, data_offsets: [e.data_offsets[0] + by, e.data_offsets[1] + by] });
+
+function stDuplicateKey(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const ts = tensorOrder(pairs);
+  const t = r.pick(ts);
+  switch (r.int(4)) {
+    case 0: {
+      const [b, e] = t.e.data_offsets;
+      pairs.splice(r.int(pairs.length + 1), 0, [t.name, { ...t.e, data_offsets: [data.length, data.length + e - b] }]);
+      return withHeader(pairsText(pairs), Buffer.concat([data, data.subarray(b, e)]));
+    }
+    case 1:
+      pairs.push([t.name, t.e]);
+      return withHeader(pairsText(pairs), data);
+    case 2:
+      pairs.unshift(["__metadata__", { a: "1" }]);
+      pairs.push(["__metadata__", { b: "2" }]);
+      return withHeader(pairsText(pairs), data);
+    default: {
+      const e = t.e;
+      const field = r.pick(["dtype", "shape", "data_offsets"] as const);
+      const text = `{"dtype":${JSON.stringify(e.dtype)},"shape":${JSON.stringify(e.shape)},"data_offsets":${JSON.stringify(e.data_offsets)},"${field}":${JSON.stringify(e[field])}}`;
+      return withHeader(pairsText(pairs, new Map([[t.i, text]])), data);
+    }
+  }
+}
+
+function stGap(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const ts = tensorOrder(pairs);
+  const g = r.pick([1, 2, 4, 8, 64]);
+  const junk = Buffer.alloc(g, 0xab);
+  switch (r.int(4)) {
+    case 0: {
+      // Unused bytes before one tensor: insert them at its start and move it and every later one.
+      const k = r.int(ts.length);
+      const at = ts[k]!.e.data_offsets[0];
+      for (const x of ts.slice(k)) pairs[x.i]![1] = shifted(x.e, g);
+      return withHeader(pairsText(pairs), Buffer.concat([data.subarray(0, at), junk, data.subarray(at)]));
+    }
+    case 1:
+      for (const x of ts) pairs[x.i]![1] = shifted(x.e, g);
+      return withHeader(pairsText(pairs), Buffer.concat([junk, data]));
+    case 2:
+      return withHeader(pairsText(pairs), Buffer.concat([data, junk]));
+    default: {
+      const nonEmpty = ts.filter((x) => x.e.data_offsets[1] > x.e.data_offsets[0]);
+      const gone = r.pick(nonEmpty);
+      return withHeader(pairsText(pairs.filter((_, i) => i !== gone.i)), data);
+    }
+  }
+}
+
+const BAD_UTF8 = [[0xff], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xe2, 0x82], [0xf8, 0x88, 0x80, 0x80, 0x80], [0x80], [0xf4, 0x90, 0x80, 0x80]];
+
+function stBadUtf8(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const mark = "\u0001MARK\u0001";
+  const ts = tensorOrder(pairs);
+  const where = r.int(3);
+  if (where === 0) {
+    const t = r.pick(ts);
+    pairs[t.i]![0] = t.name.slice(0, r.int(t.name.length + 1)) + mark + t.name.slice(r.int(t.name.length + 1));
+  } else {
+    const meta = pairs.find(([k]) => k === "__metadata__");
+    const m = (meta?.[1] as Record<string, string> | undefined) ?? {};
+    if (where === 1) m[`k${mark}`] = "v";
+    else m.note = `v${mark}`;
+    if (!meta) pairs.unshift(["__metadata__", m]);
+  }
+  const text = pairsText(pairs);
+  const marker = JSON.stringify(mark).slice(1, -1); // as JSON.stringify escaped it
+  const [before, after] = [text.slice(0, text.indexOf(marker)), text.slice(text.indexOf(marker) + marker.length)];
+  const bad = r.chance(0.15) ? Buffer.from("\\ud800") : Buffer.from(r.pick(BAD_UTF8));
+  const h = Buffer.concat([Buffer.from(before, "utf8"), bad, Buffer.from(after, "utf8")]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  return Buffer.concat([len, h, data]);
+}
+
+function stFloatShape(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const t = r.pick(tensorOrder(pairs));
+  const e = t.e;
+  const asFloat = (n: number): string => r.pick([`${n}.0`, `${n}e0`, `${n}E+0`, `${n * 10}e-1`, `${n}.00`]);
+  let shape = JSON.stringify(e.shape);
+  let offsets = JSON.stringify(e.data_offsets);
+  if (e.shape.length > 0 && r.chance(0.7)) {
+    const k = r.int(e.shape.length);
+    shape = `[${e.shape.map((d, i) => (i === k ? asFloat(d) : String(d))).join(",")}]`;
+  } else {
+    const k = r.int(2);
+    offsets = `[${e.data_offsets.map((d, i) => (i === k ? asFloat(d) : String(d))).join(",")}]`;
+  }
+  const text = `{"dtype":${JSON.stringify(e.dtype)},"shape":${shape},"data_offsets":${offsets}}`;
+  return withHeader(pairsText(pairs, new Map([[t.i, text]])), data);
+}
+
+function stManyEntries(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const cap = Math.max(FREE_HEADER_ENTRIES, Math.floor(data.length / MIN_BYTES_PER_ENTRY));
+  const n = cap + 1 + r.int(20_000);
+  if (r.chance(0.3)) {
+    const meta: Record<string, string> = {};
+    for (let k = 0; k < n; k++) meta[`m${k}`] = "";
+    return withHeader(pairsText([["__metadata__", meta], ...pairs.filter(([k]) => k !== "__metadata__")]), data);
+  }
+  const empties: string[] = [];
+  for (let k = 0; k < n; k++) empties.push(`"z${k}":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}`);
+  const text = pairsText(pairs);
+  return withHeader(`${text.slice(0, -1)}${pairs.length ? "," : ""}${empties.join(",")}}`, data);
+}
+
+function hnAliasWidth(seed: SeedFile, r: Rand): Buffer {
+  const { pairs, data } = headerPairs(seed);
+  const ts = tensorOrder(pairs);
+  const dims = [...new Set(ts.map((t) => /^(\d+)\./.exec(t.name)?.[1]).filter((d): d is string => d !== undefined))];
+  const d = r.pick(dims);
+  const alias = r.pick([`0${d}`, `00${d}`]);
+  const mine = ts.filter((t) => t.name.startsWith(`${d}.`));
+  if (r.chance(0.5)) {
+    // Renamed: 0D.* only (all of them, or just one, leaving the width split across two spellings).
+    for (const t of r.chance(0.5) ? mine : [r.pick(mine)]) pairs[t.i]![0] = alias + t.name.slice(d.length);
+    return withHeader(pairsText(pairs), data);
+  }
+  // Beside D.*: copies under 0D.* with other values, appended (the data still tile).
+  const extra: Buffer[] = [];
+  let end = data.length;
+  for (const t of mine) {
+    const [b, e] = t.e.data_offsets;
+    const copy = Buffer.from(data.subarray(b, e));
+    for (let i = 0; i < copy.length; i++) copy[i]! ^= 0x55;
+    pairs.push([alias + t.name.slice(d.length), { ...t.e, data_offsets: [end, end + copy.length] }]);
+    extra.push(copy);
+    end += copy.length;
+  }
+  return withHeader(pairsText(pairs), Buffer.concat([data, ...extra]));
+}
+
+const ALL_READERS: readonly ReaderName[] = ["safetensors", "torch", "hypernet", "optim"];
+const STRICT_ST_MUTATIONS: MutationDef[] = [
+  { name: "st-duplicate-key", kinds: ["safetensors"], fn: stDuplicateKey, refuse: ALL_READERS },
+  { name: "st-gap", kinds: ["safetensors"], fn: stGap, refuse: ALL_READERS },
+  { name: "st-bad-utf8", kinds: ["safetensors"], fn: stBadUtf8, refuse: ALL_READERS },
+  { name: "st-float-shape", kinds: ["safetensors"], fn: stFloatShape, refuse: ALL_READERS },
+  { name: "st-many-entries", kinds: ["safetensors"], fn: stManyEntries, refuse: ALL_READERS },
+  // Listed 4 times (one kind in the report): only one seed can carry it.
+  ...Array.from({ length: 4 }, (): MutationDef => ({ name: "hn-alias-width", kinds: ["safetensors"], seeds: /^generated-hn\.safetensors$/, fn: hnAliasWidth, refuse: ["hypernet"] })),
+];
 
 export const MUTATIONS: readonly MutationDef[] = [
   { name: "bitflip", kinds: ALL, fn: (s, r) => bitflip(s.bytes, r) },
@@ -695,6 +895,7 @@ export const MUTATIONS: readonly MutationDef[] = [
   { name: "st-random-json", kinds: ["safetensors"], fn: stRandomJson },
   { name: "st-entry-field", kinds: ["safetensors"], fn: stField },
   ...CONTENT_MUTATIONS,
+  ...STRICT_ST_MUTATIONS,
 ];
 
 // ---- readers and outcome classification ---------------------------------------------------------
@@ -757,7 +958,7 @@ function readWith(reader: ReaderName, file: string, optimHost: string): unknown 
       }
     }
     case "hypernet":
-      return readHypernetworkFile(file);
+      return readHypernetworkFile(file, { onWarning: () => undefined }); // NaN weights from bit flips load with a warning
     case "optim":
       return readOptimizerFile(optimHost);
   }
@@ -863,7 +1064,7 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
         let detail = "";
         try {
           const value = readWith(reader, file, optimHost);
-          const bad = tensorsConsistent(value) ?? trustProblem(reader, value);
+          const bad = tensorsConsistent(value) ?? trustProblem(reader, value) ?? (mut.refuse?.includes(reader) ? `loaded a file it must refuse (${mut.name})` : undefined);
           outcome = bad ? "bad-load" : "loaded";
           detail = bad ?? "";
         } catch (err) {

@@ -13,6 +13,8 @@ import { describe, expect, it } from "vitest";
 import { CorruptFileError, UnsupportedFileError } from "../src/io/errors";
 import { FREE_HEADER_ENTRIES, SafetensorsFile, readSafetensors } from "../src/io/safetensors";
 import { JsonFloat, type StrictJson, parseStrictJson } from "../src/io/strict-json";
+import { readHypernetworkFile } from "../src/hypernet/file";
+import { MUTATIONS, Rand, rng32, seedCorpus } from "../scripts/fuzz";
 import { fixture } from "./helpers/tf";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "hostile-st-"));
@@ -153,6 +155,33 @@ describe("safetensors: as strict as the reference reader", () => {
       sf.close();
     }
     SafetensorsFile.open(path.join(__dirname, "..", "models", "tiny", "model.safetensors")).close();
+  });
+});
+
+describe("the fuzz kinds for these classes", () => {
+  it("every file st-duplicate-key, st-gap, st-bad-utf8, st-float-shape, st-many-entries and hn-alias-width make is refused cleanly", () => {
+    const work = fs.mkdtempSync(path.join(dir, "seeds-"));
+    fs.writeFileSync(path.join(work, "host.pt"), "the .pt the corpus's .optim belongs to");
+    const seeds = seedCorpus(work, path.join(work, "host.pt")).filter((x) => x.kind === "safetensors");
+    expect(seeds.map((x) => x.name)).toContain("generated-hn.safetensors");
+    const kinds = ["st-duplicate-key", "st-gap", "st-bad-utf8", "st-float-shape", "st-many-entries", "hn-alias-width"];
+    for (const kind of kinds) {
+      const def = MUTATIONS.find((m) => m.name === kind)!;
+      const usable = seeds.filter((x) => !def.seeds || def.seeds.test(x.name));
+      for (let i = 0; i < 12; i++) {
+        const r = new Rand(rng32(1000 * kinds.indexOf(kind) + i));
+        const seed = r.pick(usable);
+        const file = path.join(work, `${kind}-${i}.safetensors`);
+        fs.writeFileSync(file, def.fn(seed, r));
+        const where = `${kind} #${i} on ${seed.name}`;
+        if (kind !== "hn-alias-width") {
+          expect(() => SafetensorsFile.open(file).close(), where).toThrow(CorruptFileError);
+        } else {
+          SafetensorsFile.open(file).close(); // a valid safetensors file …
+        }
+        expect(() => readHypernetworkFile(file, { onWarning: () => undefined }), where).toThrow(file); // … but never a hypernetwork to load
+      }
+    }
   });
 });
 
