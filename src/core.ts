@@ -29,6 +29,7 @@ export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } fro
 export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
 export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
 export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
+export { sampleImages, type SampleImagesOptions, type SampledImages } from "./pipeline/sample";
 export { loadTinyModel } from "./tiny/model";
 export { writeStripedSet, stripedSet, writeSampleFolder } from "./tiny/shapes-data/image-folder";
 

@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp, { type OverlayOptions } from "sharp";
+import { encodePngFrom } from "../io/png";
 import type { PreprocessSummary } from "./preprocess";
 
 /** One cell of the grid: an image (file path or encoded bytes) and the text under it. */
@@ -95,7 +96,7 @@ export async function renderGrid(items: string | GridItem[], opts: GridOptions =
   for (const [i, item] of list.entries()) {
     const x0 = (i % columns) * cell;
     const y0 = Math.floor(i / columns) * cellH;
-    const thumb = await sharp(item.image).autoOrient().resize(cell, cell, { fit: "contain", background: "#202020" }).png().toBuffer();
+    const thumb = await encodePngFrom(sharp(item.image).autoOrient().resize(cell, cell, { fit: "contain", background: "#202020" }));
     layers.push({ input: thumb, left: x0, top: y0 });
     wrap(item.caption ?? "", charsPerLine, lines).forEach((t, j) => {
       svgText += `<text x="${x0 + 3}" y="${y0 + cell + 2 + (j + 1) * lineH - 3}">${escapeXml(t)}</text>`;
@@ -105,7 +106,7 @@ export async function renderGrid(items: string | GridItem[], opts: GridOptions =
   const H = rows * cellH;
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><style>text{font-family:sans-serif;font-size:${fontSize}px;fill:#e8e8e8}</style>${svgText}</svg>`;
   layers.push({ input: Buffer.from(svg), left: 0, top: 0 });
-  return sharp({ create: { width: W, height: H, channels: 3, background: "#101010" } }).composite(layers).png().toBuffer();
+  return encodePngFrom(sharp({ create: { width: W, height: H, channels: 3, background: "#101010" } }).composite(layers));
 }
 
 /** The preprocessing summary as an HTML fragment: counts, then the made and the skipped files. */

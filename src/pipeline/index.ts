@@ -2,3 +2,4 @@
 export * from "./base-model";
 export * from "./load";
 export * from "./txt2img";
+export * from "./sample";

@@ -6,16 +6,17 @@
  *   (`hypernet/prompt-networks.ts`, which caches them), attached in order for this call only
  *   cond = encodeText(text), uncond = encodeText(negative prompt)
  *   z_T ~ N(0, I) from the seed ──sampler (CFG: ε = ε_u + s·(ε_c − ε_u))──▶ z_0 ──decode──▶ image
+ *   (the last two lines are `sampleImages` in sample.ts, the sampling path previews share)
  *
  * and the A1111 infotext ("parameters" text) that lets the image be reproduced.
  */
-import * as tf from "@tensorflow/tfjs";
-import sharp from "sharp";
 import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
 import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
 import { ignoredTags, parsePrompt } from "../hypernet/prompt";
+import { encodePng, unitToBytes } from "../io/png";
 import { type AppliedHypernetwork, type PromptHypernetwork, resolvePromptHypernetworks } from "../hypernet/prompt-networks";
 import type { BaseModel } from "./base-model";
+import { type SampledImages, sampleImages, toUnitRange } from "./sample";
 
 export type { AppliedHypernetwork, PromptHypernetwork };
 
@@ -92,7 +93,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   for (const [name, v] of [["width", width], ["height", height]] as const) {
     if (!Number.isInteger(v) || v <= 0 || v % step !== 0) throw new Error(`txt2img: ${name} ${v} must be a positive multiple of ${step} for this model (e.g. ${Math.max(step, Math.round(v / step) * step)})`);
   }
-  const sampler = samplerByName(samplerName, { steps });
+  samplerByName(samplerName, { steps }); // a wrong sampler name fails before any network is loaded
 
   // The networks to apply: given, or the prompt tags' networks (in tag order).
   const parsed = parsePrompt(opts.prompt);
@@ -103,51 +104,20 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const stack: StackEntry[] = resolved.map((h) => ({ network: h.network, multiplier: h.multiplier, ...gate }));
 
   const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
-  let images: tf.Tensor4D | undefined;
+  let sampled: SampledImages;
   try {
-    // One encoder call for both prompts, so long prompts give both the same number of 77-token windows.
-    const both = base.encodeText([parsed.prompt, negative.prompt]);
-    const [cond, uncond] = tf.split(both, 2, 0) as [tf.Tensor3D, tf.Tensor3D];
-    both.dispose();
-    let latents: tf.Tensor4D | undefined;
-    try {
-      latents = await sampler.sample({
-        denoiser: (x, t, c) => base.unet.forward(x, [...t], c as tf.Tensor3D),
-        shape: [batch, height / base.downscale, width / base.downscale, base.channels],
-        cond,
-        uncond,
-        guidanceScale: cfgScale,
-        seed,
-        callback: opts.callback,
-      });
-      const decoded = base.decode(latents);
-      images = tf.tidy(() => tf.clipByValue(tf.div(tf.add(decoded, 1), 2), 0, 1) as tf.Tensor4D);
-      decoded.dispose();
-    } finally {
-      cond.dispose();
-      uncond.dispose();
-      latents?.dispose();
-    }
+    sampled = await sampleImages(base, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, seed, width, height, callback: opts.callback });
   } finally {
     attachment?.detach();
   }
 
-  const pixels = (await images.data()) as Float32Array;
-  const shape = images.shape as [number, number, number, number];
-  images.dispose();
-  const png = await Promise.all(Array.from({ length: batch }, (_, i) => toPng(pixels, i, width, height)));
+  const pixels = toUnitRange(sampled.pixels);
+  const shape = sampled.shape;
+  const png = await Promise.all(Array.from({ length: batch }, (_, i) => encodePng({ data: unitToBytes(pixels, i, width, height), width, height, channels: 3 })));
   const infotexts = Array.from({ length: batch }, (_, i) =>
     infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, hypernetworkTimesteps: opts.hypernetworkTimesteps, batch, index: i }),
   );
   return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: ignoredTags(parsed, negative) };
-}
-
-/** Image `i` of an NHWC [0, 1] float batch → 8-bit RGB PNG. */
-async function toPng(pixels: Float32Array, i: number, width: number, height: number): Promise<Buffer> {
-  const n = width * height * 3;
-  const bytes = new Uint8Array(n);
-  for (let j = 0; j < n; j++) bytes[j] = Math.round(pixels[i * n + j]! * 255);
-  return sharp(bytes, { raw: { width, height, channels: 3 } }).png().toBuffer();
 }
 
 /** An infotext value, quoted as A1111 does when it holds a comma, colon or quote. */
