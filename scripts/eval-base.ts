@@ -16,6 +16,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
 import { useBackend, type BackendChoice } from "../src/backend/backend";
+import { encodePngFrom } from "../src/io/png";
 import type { SamplerName } from "../src/diffusion/samplers";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
 import { classifyImage, contentAccuracy } from "../src/tiny/shapes-data/classify";
@@ -68,10 +69,7 @@ async function writeGrid(file: string, images: Uint8Array[]): Promise<void> {
     for (let y = 0; y < s; y++) buf.set(img.subarray(y * s * 3, (y + 1) * s * 3), ((gy * s + y) * cols * s + gx * s) * 3);
   });
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  await sharp(buf, { raw: { width: cols * s, height: rows * s, channels: 3 } })
-    .resize(cols * s * 3, rows * s * 3, { kernel: "nearest" })
-    .png()
-    .toFile(file);
+  fs.writeFileSync(file, await encodePngFrom(sharp(buf, { raw: { width: cols * s, height: rows * s, channels: 3 } }).resize(cols * s * 3, rows * s * 3, { kernel: "nearest" })));
 }
 
 async function main(): Promise<void> {

@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import sharp from "sharp";
 import { renderGrid, type GridItem } from "../data/view";
+import { encodePngFrom } from "../io/png";
 import { figureHtml, lossChartPng, lossFigure, plotlyLoaderHtml, type LossPoint } from "../kernel-helpers/charts";
 import { contentAccuracy, type ExpectedContent } from "../tiny/shapes-data/classify";
 import { TINY_SIZE } from "../tiny/shapes-data/shapes";
@@ -101,10 +102,7 @@ export function summaryLines(s: DemoSummary, trainingMessage: string, out: strin
 
 /** RGB bytes of one tiny image → PNG, upscaled `scale`× with nearest-neighbour so pixels stay crisp. */
 async function tinyPng(rgb: Uint8Array, scale: number): Promise<Buffer> {
-  return sharp(Buffer.from(rgb), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } })
-    .resize(TINY_SIZE * scale, TINY_SIZE * scale, { kernel: "nearest" })
-    .png()
-    .toBuffer();
+  return encodePngFrom(sharp(Buffer.from(rgb), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } }).resize(TINY_SIZE * scale, TINY_SIZE * scale, { kernel: "nearest" }));
 }
 
 /** A grid with one row per prompt and one column per multiplier, as PNG bytes. */

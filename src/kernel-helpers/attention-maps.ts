@@ -14,7 +14,7 @@
  * default (or hypernetwork) processor would, so capturing changes nothing downstream.
  */
 import * as tf from "@tensorflow/tfjs";
-import sharp from "sharp";
+import { encodePng } from "../io/png";
 import type { BaseModel } from "../pipeline/base-model";
 import { applyStack, type StackEntry } from "../hypernet/attach";
 import type { Hypernetwork } from "../hypernet/network";
@@ -125,7 +125,7 @@ async function heatmapPng(map: Float32Array, size: number): Promise<Buffer> {
     rgb[3 * i + 1] = Math.round(255 * v * v);
     rgb[3 * i + 2] = Math.round(255 * (0.45 * (1 - v)));
   }
-  return sharp(rgb, { raw: { width: size, height: size, channels: 3 } }).png().toBuffer();
+  return encodePng({ data: rgb, width: size, height: size, channels: 3 });
 }
 
 /**

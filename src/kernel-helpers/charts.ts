@@ -11,6 +11,7 @@ import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
 import type { Data, Layout } from "plotly.js-dist";
 import sharp from "sharp";
+import { encodePngFrom } from "../io/png";
 
 /** A Plotly figure: traces plus layout. */
 export interface Figure {
@@ -332,5 +333,5 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
 
 /** {@link lossChartSvg} rasterised to PNG bytes with sharp (no browser needed). */
 export async function lossChartPng(points: readonly LossPoint[], opts: LossChartImageOptions = {}): Promise<Buffer> {
-  return sharp(Buffer.from(lossChartSvg(points, opts))).png().toBuffer();
+  return encodePngFrom(sharp(Buffer.from(lossChartSvg(points, opts))));
 }

@@ -8,7 +8,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import sharp from "sharp";
+import { encodePng } from "../../io/png";
 import { TINY_SIZE, type ShapeSample, shapeSamples } from "./shapes";
 
 /** Options of {@link writeSampleFolder}. */
@@ -32,7 +32,7 @@ export async function writeSampleFolder(dir: string, samples: readonly ShapeSamp
   }
   fs.mkdirSync(dir, { recursive: true });
   for (const [i, s] of samples.entries()) {
-    await sharp(Buffer.from(s.pixels), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } }).png().toFile(`${stems[i]}.png`);
+    fs.writeFileSync(`${stems[i]}.png`, await encodePng({ data: s.pixels, width: TINY_SIZE, height: TINY_SIZE, channels: 3 }));
     fs.writeFileSync(`${stems[i]}.txt`, s.caption);
   }
   return stems.map((s) => `${s}.png`);
