@@ -12,7 +12,8 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { inspectFile, main } from "../src/cli/main";
 import { readHypernetworkFile } from "../src/hypernet/file";
-import { UnsupportedFileError } from "../src/io/errors";
+import { MUTATIONS, isCleanError, rng32 } from "../scripts/fuzz";
+import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "../src/io/errors";
 import { allocValues, gatherTensor, type HostTensor } from "../src/io/host-tensor";
 import { PyDict, type PyValue } from "../src/io/pyvalue";
 import { describeTorchFile, openTorchFile, readTorchFile } from "../src/io/torch-file";
@@ -181,5 +182,61 @@ describe("legitimate views load exactly as torch reads them", () => {
     expect(t.data.length).toBe(rows * 4);
     expect(Array.from(t.data.subarray(0, 8))).toEqual([0.5, -1, 2, 8, 0.5, -1, 2, 8]);
     expect(Array.from(t.data.subarray(t.data.length - 4))).toEqual([0.5, -1, 2, 8]);
+  });
+});
+
+describe("the fuzzer's mutation kinds for these classes make the cases they name", () => {
+  type Def = (typeof MUTATIONS)[number];
+  const def = (name: string): Def => MUTATIONS.find((m) => m.name === name)!;
+  /** The fuzzer's Rand interface over its seeded generator. */
+  const rand = (seed: number) => {
+    const next = rng32(seed);
+    const int = (n: number): number => Math.floor(next() * n);
+    return { next, int, range: (lo: number, hi: number) => lo + int(hi - lo + 1), pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!, chance: (p: number) => next() < p };
+  };
+  const seed = (name: string, kind: string) => ({ name, kind, ext: ".pt", bytes: fs.readFileSync(fx(name)) });
+  // Small storages (views-legit*: ≤ 77 elements) and large ones (hypernetwork weights, 24-element legacy).
+  const seeds = [seed("views-legit.pt", "zip"), seed("views-legit-legacy.pt", "legacy"), seed("hn-half.pt", "zip"), seed("legacy-format.pt", "legacy")];
+  /** Apply mutation `name` with case seeds 1…n to each seed; return [file, error or undefined]. */
+  const cases = (name: string, n: number, kinds = ["zip", "legacy"]): Array<[string, Error | undefined]> => {
+    const out: Array<[string, Error | undefined]> = [];
+    for (const seed of seeds.filter((s) => kinds.includes(s.kind))) {
+      for (let cs = 1; cs <= n; cs++) {
+        const file = path.join(tmp, `${name}-${seed.name}-${cs}.pt`);
+        const m = def(name);
+        fs.writeFileSync(file, m.fn(seed as Parameters<Def["fn"]>[0], rand(cs) as unknown as Parameters<Def["fn"]>[1]));
+        let err: Error | undefined;
+        try {
+          readTorchFile(file);
+        } catch (e) {
+          err = e as Error;
+        }
+        out.push([file, err]);
+      }
+    }
+    return out;
+  };
+
+  it("pkl-stride0-view and pkl-overlap-view: every case loads or is refused cleanly, many by the view budget", () => {
+    for (const name of ["pkl-stride0-view", "pkl-overlap-view"]) {
+      const results = cases(name, 8);
+      for (const [file, err] of results) if (err) expect(isCleanError(err, file), `${file}: ${err.message}`).toBe(true);
+      const refused = results.filter(([, e]) => e instanceof UnsupportedFileError && /is a view of/.test(e.message)).length;
+      expect(refused, name).toBeGreaterThanOrEqual(4); // of 32 (the rest load, or reach past their storage)
+    }
+  });
+
+  it("pkl-proto-global: every case is refused as unsafe, naming an Object.prototype member", () => {
+    for (const [file, err] of cases("pkl-proto-global", 10)) {
+      expect(err, file).toBeInstanceOf(UnsafePickleError);
+      expect((err as UnsafePickleError).global).toMatch(/constructor|__proto__|toString|valueOf|hasOwnProperty|isPrototypeOf|__defineGetter__|propertyIsEnumerable/);
+    }
+  });
+
+  it("zip-name-mismatch: every case is refused because the local header names another entry", () => {
+    for (const [file, err] of cases("zip-name-mismatch", 10, ["zip"])) {
+      expect(err, file).toBeInstanceOf(CorruptFileError);
+      expect(err!.message).toMatch(/in its local header .*the directory and the header must agree|has no local header|outside the data area|runs past the data area|overlap/);
+    }
   });
 });
