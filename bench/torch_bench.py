@@ -2,6 +2,7 @@
 
 Run with Debian's torch 1.13:  /usr/bin/python3 bench/torch_bench.py [--config FILE.json|tiny|sd15]
     [--batch 4] [--size 32] [--steps 5] [--context-len 77] [--threads 2] [--no-micro] [--device cuda]
+    [--sd-shapes]
 (`--device cuda` needs torch >= 2.0, e.g. on a GPU machine: every tensor is created there, and each
 timed call ends with `.item()`, which waits for the GPU.)
 
@@ -281,6 +282,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (needs torch >= 2.0: every tensor is made there)")
+    ap.add_argument("--sd-shapes", action="store_true", help="also the micro-benchmarks at SD 1.5's sizes (as bench.ts --sd-shapes)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.device != "cpu":
@@ -326,7 +328,7 @@ def main():
                           sample_step_ms=round(sm, 1), sample_step_min_ms=round(smin, 1),
                           peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))))
     CrossAttention.hypernet = None
-    if a.no_micro:
+    if a.no_micro and not a.sd_shapes:
         return
 
     runs = max(3, a.steps)
@@ -334,6 +336,11 @@ def main():
     def report(name, gflop, fn):
         m, mn = timed(fn, runs)
         print(json.dumps(dict(base, case=name, median_ms=round(m, 1), min_ms=round(mn, 1), gflops=round(gflop / (m / 1000), 1))))
+
+    if a.sd_shapes:
+        micro_sd(report)
+    if a.no_micro:
+        return
 
     A, B = torch.randn(512, 512), torch.randn(512, 512)
     with torch.no_grad():
@@ -362,6 +369,34 @@ def main():
         attn(qr, c).square().mean().backward()
         qr.grad.sum().item()
     report("attention_fwd_bwd", 0.444, attn_bwd)
+
+
+def micro_sd(report):
+    """SD 1.5's own sizes, as bench.ts --sd-shapes: the 64x64x320 3x3 conv, one head's attention
+    products at 4,096 tokens (head width 40 and 64), the feed-forward linears. FLOPs are 2*MACs."""
+    gf = lambda macs: 2 * macs / 1e9
+    x = torch.randn(1, 320, 64, 64)
+    conv = nn.Conv2d(320, 320, 3, padding=1, bias=False)
+    cf = gf(64 * 64 * 320 * 320 * 9)
+    with torch.no_grad():
+        report("sd_conv3x3_64x64x320_fwd", cf, lambda: conv(x).sum().item())
+    xr = x.clone().requires_grad_(True)
+
+    def conv_bwd():
+        conv.zero_grad(set_to_none=True)
+        xr.grad = None
+        conv(xr).square().mean().backward()
+        xr.grad.sum().item()
+    report("sd_conv3x3_64x64x320_fwd_bwd", 3 * cf, conv_bwd)
+    with torch.no_grad():
+        for d in (40, 64):
+            q, kt, v = torch.randn(1, 4096, d), torch.randn(1, d, 4096), torch.randn(1, 4096, d)
+            p = torch.softmax(torch.randn(1, 4096, 4096), -1)
+            report(f"sd_attn_qk_4096_d{d}", gf(4096 * 4096 * d), lambda: (q @ kt).sum().item())
+            report(f"sd_attn_pv_4096_d{d}", gf(4096 * 4096 * d), lambda: (p @ v).sum().item())
+        h, up, g, down = torch.randn(4096, 320), torch.randn(320, 1280), torch.randn(4096, 1280), torch.randn(1280, 320)
+        report("sd_linear_4096x320x1280", gf(4096 * 320 * 1280), lambda: (h @ up).sum().item())
+        report("sd_linear_4096x1280x320", gf(4096 * 1280 * 320), lambda: (g @ down).sum().item())
 
 
 if __name__ == "__main__":

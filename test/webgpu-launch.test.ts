@@ -207,6 +207,14 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     expect(Object.prototype.hasOwnProperty.call(backend(), "makeUniforms")).toBe(false);
   });
 
+  it("useBackend(\"webgpu\") applies the patches and says so in its report", async () => {
+    removeWebgpuLaunchPatches();
+    const report = await useBackend("webgpu", { quiet: true });
+    expect(report.notes.join("\n")).toMatch(/WebGPU launch patches: writeBuffer uploads, shared constant buffers, cached uniform buffers, cached bind groups and layouts/);
+    expect(backend().uploadToGPU).not.toBe(stockProto().uploadToGPU);
+    removeWebgpuLaunchPatches();
+  }, 60_000);
+
   it("uploads through writeBuffer, shares equal-valued tensors, and leaks nothing", async () => {
     installWebgpuLaunchPatches();
     const big = tf.tensor1d(Float32Array.from({ length: 1000 }, (_, i) => Math.cos(i)));

@@ -16,6 +16,7 @@ import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { inspect } from "node:util";
 import { registerWasmKernelOverrides } from "./wasm-kernels";
+import { installWebgpuLaunchPatches } from "./webgpu-launch";
 
 /** A concrete backend this module can select. */
 export type BackendName = "tensorflow-gpu" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -345,6 +346,8 @@ async function tryWebGpu(auto: boolean): Promise<Attempt> {
   const notes = software ? ["software WebGPU adapter: correct, but expect it to be 7–10× slower than wasm"] : [];
   if (privateDriverNote) notes.push(privateDriverNote);
   if (explainSyncReadback()) notes.push(SYNC_READ_NOTE);
+  const launch = installWebgpuLaunchPatches(); // cheaper launches: src/backend/webgpu-launch.ts
+  notes.push(launch.installed ? `WebGPU launch patches: ${launch.patches!.applied.join(", ")}` : `WebGPU launch patches not applied: ${launch.reason}`);
   return { ok: true, device: `${adapterName(probe.adapter)} (WebGPU via Dawn)`, notes };
 }
 
