@@ -52,3 +52,31 @@ export function splitTags(caption: string): string[] {
     .map((t) => t.trim())
     .filter((t) => t.length > 0);
 }
+
+/**
+ * Default longest caption used for training, in characters (UTF-16 code units): 4,096. The text
+ * encoder takes any length (75-token windows, as A1111's), so without a bound a 1 MB caption
+ * would become a conditioning of ~4,000 windows and ~1 GB per prompt. Real captions — even long
+ * booru tag lists — stay well under 2,000 characters; 4,096 is about 1,000 CLIP tokens (14
+ * windows) of English text.
+ */
+export const DEFAULT_MAX_CAPTION_CHARS = 4096;
+
+/**
+ * Cut `caption` to at most `maxChars` characters: at the limit when that falls on a tag boundary
+ * (the next character is a comma or a space), else at the last comma when one lies in the last fifth
+ * of the allowed length, else at the limit (never inside a surrogate pair); the result is trimmed.
+ * `dropped` is how many characters of the original were left out (0: unchanged).
+ */
+export function limitCaption(caption: string, maxChars: number): { text: string; dropped: number } {
+  if (caption.length <= maxChars) return { text: caption, dropped: 0 };
+  let end = maxChars;
+  const code = caption.charCodeAt(end - 1);
+  if (code >= 0xd800 && code <= 0xdbff) end--; // a high surrogate whose pair would be cut off
+  if (!/[\s,]/.test(caption[end]!)) {
+    const comma = caption.lastIndexOf(",", end - 1);
+    if (comma >= 0 && comma >= end - Math.floor(maxChars / 5)) end = comma;
+  }
+  const text = caption.slice(0, end).trim();
+  return { text, dropped: caption.length - end };
+}

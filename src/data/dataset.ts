@@ -12,9 +12,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
-import { captionFromFilename } from "./captions";
-import { readCaptionFile, statEntry } from "./entries";
-import { decodeImage, ImageDecodeError, sniffFormat, type RawImage } from "./images";
+import { captionFromFilename, DEFAULT_MAX_CAPTION_CHARS, limitCaption } from "./captions";
+import { MAX_IMAGE_FILE_BYTES, readCaptionFile, readRegularFile } from "./entries";
+import { decodeImage, DEFAULT_LIMIT_INPUT_PIXELS, ImageDecodeError, sniffFormat, type RawImage } from "./images";
 import { loadTemplate, makePrompt, type Rng, type TagOptions } from "./templates";
 
 export type { Rng } from "./templates";
@@ -65,6 +65,18 @@ export interface DatasetOptions extends TagOptions {
   alphaWeights?: boolean;
   /** Pixel-to-latent downscale used for weight maps when there is no encoder (default 8). */
   latentDownscale?: number;
+  /**
+   * Most pixels (width × height) an image may claim; larger ones are skipped before decoding, with
+   * a reason saying how to raise this (default `DEFAULT_LIMIT_INPUT_PIXELS`, 2^27 ≈ 134 M; `false`:
+   * no limit).
+   */
+  limitInputPixels?: number | false;
+  /**
+   * Longest caption used, in characters (default `DEFAULT_MAX_CAPTION_CHARS`, 4,096); a longer one
+   * is cut at a tag boundary with a note naming its file, so a runaway `.txt` cannot become a
+   * conditioning of thousands of 75-token windows.
+   */
+  maxCaptionChars?: number;
 }
 
 /** One fetched training example (host arrays, HWC). */
@@ -157,25 +169,29 @@ export class TrainingDataset {
     const W = opts.width ?? 512;
     const H = opts.height ?? 512;
     const down = opts.latentDownscale ?? 8;
+    const pixelLimit = opts.limitInputPixels ?? DEFAULT_LIMIT_INPUT_PIXELS;
+    const maxChars = opts.maxCaptionChars ?? DEFAULT_MAX_CAPTION_CHARS;
+    if (!Number.isInteger(maxChars) || maxChars < 1) throw new Error(`dataset: maxCaptionChars must be a positive integer, got ${maxChars}`);
     const entries: Entry[] = [];
     const skipped: { file: string; reason: string }[] = [];
     const notes: string[] = [];
     for (const name of fs.readdirSync(dir).sort()) {
+      // Captions are read, and any problem with one reported, with their image.
+      if (path.extname(name).toLowerCase() === ".txt") continue;
       const full = path.join(dir, name);
-      const st = statEntry(full);
-      if ("problem" in st) {
-        skipped.push({ file: name, reason: st.problem });
+      const read = readRegularFile(full, MAX_IMAGE_FILE_BYTES, "image");
+      if (!("bytes" in read)) {
+        skipped.push({ file: name, reason: read.problem });
         continue;
       }
-      if (!st.stat.isFile() || path.extname(name).toLowerCase() === ".txt") continue;
-      const bytes = fs.readFileSync(full);
+      const bytes = read.bytes;
       if (!sniffFormat(bytes)) {
         skipped.push({ file: name, reason: "not an image" });
         continue;
       }
       let img: RawImage;
       try {
-        img = await decodeImage(name, bytes, opts.alphaWeights ?? false);
+        img = await decodeImage(name, bytes, opts.alphaWeights ?? false, pixelLimit);
       } catch (err) {
         if (err instanceof ImageDecodeError) {
           skipped.push({ file: name, reason: err.message });
@@ -192,14 +208,22 @@ export class TrainingDataset {
       }
       const stem = path.parse(name).name;
       const txt = path.join(dir, stem + ".txt");
-      let caption: string;
-      if (fs.existsSync(txt)) {
-        const read = readCaptionFile(txt);
-        caption = read.text.trim();
-        if (read.note) notes.push(read.note);
-      } else {
-        caption = captionFromFilename(stem, { wordRegex: opts.filenameWordRegex, joinString: opts.filenameJoin });
+      let caption: string | undefined;
+      if (fs.lstatSync(txt, { throwIfNoEntry: false })) {
+        const text = readCaptionFile(txt);
+        if ("problem" in text) {
+          skipped.push({ file: stem + ".txt", reason: `${text.problem}; ${name} is captioned from its file name instead` });
+        } else {
+          caption = text.text.trim();
+          if (text.note) notes.push(text.note);
+          const limited = limitCaption(caption, maxChars);
+          if (limited.dropped > 0) {
+            notes.push(`${txt}: caption is ${caption.length.toLocaleString("en-US")} characters; only the first ${limited.text.length.toLocaleString("en-US")} are used (limit ${maxChars.toLocaleString("en-US")}: raise maxCaptionChars to keep more)`);
+            caption = limited.text;
+          }
+        }
       }
+      caption ??= captionFromFilename(stem, { wordRegex: opts.filenameWordRegex, joinString: opts.filenameJoin });
 
       // Pixels x/127.5 − 1, HWC RGB.
       const n = img.width * img.height;

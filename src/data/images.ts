@@ -5,13 +5,24 @@
  * focal-point search in `autocrop.ts` stay independent of the image library.
  */
 import sharp, { type Sharp } from "sharp";
+import { encodePngFrom } from "../io/png";
 import type { RawImage } from "./autocrop";
 import type { Box } from "./crops";
 
 export type { RawImage } from "./autocrop";
 
 /** Why a file could not be used as an image. */
-export type ImageProblem = "empty" | "not-an-image" | "unsupported-format" | "corrupt";
+export type ImageProblem = "empty" | "not-an-image" | "unsupported-format" | "corrupt" | "too-many-pixels";
+
+/**
+ * Default most pixels (width × height) an image may claim before it is decoded: 2^27 = 134,217,728,
+ * e.g. 11,585 × 11,585 or 16,384 × 8,192 — more than any camera's photo, and about 400 MB once
+ * decoded to 8-bit RGB. A file claiming more is refused before decoding, so a small crafted file
+ * cannot make the decoder take gigabytes. sharp's own default (16,383² ≈ 268 M) would let a
+ * 15,000 × 15,000 PNG decode to over 800 MB. Raise it with the `limitInputPixels` option of
+ * `preprocess`, of `TrainingDataset.load` and of `train` (`false` removes the limit).
+ */
+export const DEFAULT_LIMIT_INPUT_PIXELS = 2 ** 27;
 
 /** Error carrying the reason a file is not a usable image. */
 export class ImageDecodeError extends Error {
@@ -50,9 +61,14 @@ export function sniffFormat(bytes: Uint8Array): { format: string; decodable: boo
 /**
  * Decode an image file's bytes to upright 8-bit sRGB: EXIF orientation applied, grey and CMYK
  * converted, alpha kept only if `keepAlpha` (then always 4 channels; a missing alpha becomes opaque).
+ * An image claiming more than `limitInputPixels` pixels (default `DEFAULT_LIMIT_INPUT_PIXELS`;
+ * `false`: no limit) is refused before it is decoded, with a message saying how to raise the limit.
  * Throws `ImageDecodeError` naming the file and the problem.
  */
-export async function decodeImage(file: string, bytes: Uint8Array, keepAlpha = false): Promise<RawImage> {
+export async function decodeImage(file: string, bytes: Uint8Array, keepAlpha = false, limitInputPixels: number | false = DEFAULT_LIMIT_INPUT_PIXELS): Promise<RawImage> {
+  if (limitInputPixels !== false && !(Number.isInteger(limitInputPixels) && limitInputPixels >= 1)) {
+    throw new Error(`limitInputPixels must be a positive integer (or false for no limit), got ${limitInputPixels}`);
+  }
   if (bytes.length === 0) throw new ImageDecodeError(file, "empty", "empty file (0 bytes); nothing to read");
   const kind = sniffFormat(bytes);
   if (!kind) throw new ImageDecodeError(file, "not-an-image", "not an image (contents are not PNG, JPEG, WebP, GIF, TIFF or AVIF)");
@@ -61,13 +77,38 @@ export async function decodeImage(file: string, bytes: Uint8Array, keepAlpha = f
     throw new ImageDecodeError(file, "unsupported-format", `unsupported format (${kind.format.toUpperCase()}); ${hint}`);
   }
   try {
-    let pipe = sharp(bytes, { failOn: "warning" }).autoOrient().toColourspace("srgb");
+    let pipe = sharp(bytes, { failOn: "warning", limitInputPixels }).autoOrient().toColourspace("srgb");
     pipe = keepAlpha ? pipe.ensureAlpha() : pipe.removeAlpha();
     const { data, info } = await pipe.raw({ depth: "uchar" }).toBuffer({ resolveWithObject: true });
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height, channels: info.channels };
   } catch (err) {
-    throw new ImageDecodeError(file, "corrupt", `corrupt ${kind.format.toUpperCase()} file (${(err as Error).message.split("\n")[0]}); re-export or remove it`);
+    const message = (err as Error).message.split("\n")[0] ?? "";
+    if (limitInputPixels !== false && /pixel limit/i.test(message)) throw await tooManyPixels(file, bytes, kind.format, limitInputPixels, keepAlpha);
+    throw new ImageDecodeError(file, "corrupt", `corrupt ${kind.format.toUpperCase()} file (${message}); re-export or remove it`);
   }
+}
+
+/** The "too many pixels" error, with the image's claimed size and the option value that would admit it. */
+async function tooManyPixels(file: string, bytes: Uint8Array, format: string, limit: number, keepAlpha: boolean): Promise<ImageDecodeError> {
+  let size = "";
+  let need: number | undefined;
+  try {
+    const meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+    if (meta.width && meta.height) {
+      need = meta.width * meta.height;
+      const bytes = need * (keepAlpha ? 4 : 3);
+      const decoded = bytes < 2 ** 20 ? `${Math.ceil(bytes / 1024)} KiB` : `${Math.ceil(bytes / 2 ** 20).toLocaleString("en-US")} MiB`;
+      size = ` (${meta.width} × ${meta.height} = ${need.toLocaleString("en-US")} pixels, about ${decoded} decoded)`;
+    }
+  } catch {
+    /* the header could not be read again; say what we know */
+  }
+  const raise = need !== undefined ? `limitInputPixels: ${need}` : "a larger limitInputPixels";
+  return new ImageDecodeError(
+    file,
+    "too-many-pixels",
+    `${format.toUpperCase()} image too large${size}: over the limit of ${limit.toLocaleString("en-US")} pixels. Downscale it, or if you have the memory, raise the limit with the option ${raise} (preprocess, TrainingDataset.load or train; false removes the limit)`,
+  );
 }
 
 function pipeOf(img: RawImage): Sharp {
@@ -110,12 +151,12 @@ export function flipRaw(img: RawImage, kind: FlipKind): Promise<RawImage> {
 
 /** Encode as PNG (RGB, or RGBA when the image has alpha). */
 export async function encodePng(img: RawImage): Promise<Buffer> {
-  return pipeOf(img).png().toBuffer();
+  return encodePngFrom(pipeOf(img));
 }
 
 /** Draw the focal crop's debug overlay (crop rectangle in green, points as dots) onto a copy. */
 export async function drawFocalDebug(img: RawImage, box: Box, points: { x: number; y: number; color: string }[]): Promise<Buffer> {
   const dots = points.map((p) => `<circle cx="${p.x}" cy="${p.y}" r="2" fill="${p.color}"/>`).join("");
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${img.width}" height="${img.height}"><rect x="${box.left + 0.5}" y="${box.top + 0.5}" width="${box.width - 1}" height="${box.height - 1}" fill="none" stroke="#0f0"/>${dots}</svg>`;
-  return pipeOf(img).composite([{ input: Buffer.from(svg), top: 0, left: 0 }]).png().toBuffer();
+  return encodePngFrom(pipeOf(img).composite([{ input: Buffer.from(svg), top: 0, left: 0 }]));
 }

@@ -21,8 +21,8 @@ import { writeFileAtomic, FileExistsError } from "../io/atomic";
 import { DEFAULT_FOCAL_WEIGHTS, findFocalCrop, focalScaleSize, type FaceDetector, type FocalWeights, type RawImage } from "./autocrop";
 import { captionFromFilename, combineCaptions, type ExistingCaptionAction, type FilenameCaptionOptions } from "./captions";
 import { autoSizePlan, coverCropPlan, oversizeRatio, splitPlan, type AutoSizeOptions, type Box } from "./crops";
-import { readCaptionFile, statEntry } from "./entries";
-import { cropRaw, decodeImage, drawFocalDebug, encodePng, flipRaw, ImageDecodeError, resizeRaw, type FlipKind } from "./images";
+import { MAX_IMAGE_FILE_BYTES, readCaptionFile, readRegularFile, statEntry } from "./entries";
+import { cropRaw, decodeImage, DEFAULT_LIMIT_INPUT_PIXELS, drawFocalDebug, encodePng, flipRaw, ImageDecodeError, resizeRaw, type FlipKind } from "./images";
 
 /** Options of `preprocess`. Sizes in pixels; every option has A1111's default. */
 export interface PreprocessOptions {
@@ -54,6 +54,12 @@ export interface PreprocessOptions {
   filenameCaption?: boolean | FilenameCaptionOptions;
   /** Sources whose shorter side is below this are skipped as too small (default 16). */
   minSourceSide?: number;
+  /**
+   * Most pixels (width × height) a source image may claim; larger ones are skipped with reason
+   * `too-many-pixels` before they are decoded (default `DEFAULT_LIMIT_INPUT_PIXELS`, 2^27 ≈ 134 M;
+   * `false`: no limit). Raise it for very large scans if you have the memory (3 bytes per pixel).
+   */
+  limitInputPixels?: number | false;
   /** Called after each source file with a one-line message. */
   log?: (message: string) => void;
 }
@@ -81,9 +87,12 @@ export interface MadeImage {
 }
 
 /** Why a source file produced nothing. */
-export type SkipReason = "not-a-file" | "empty" | "not-an-image" | "unsupported-format" | "corrupt" | "too-small" | "no-auto-size";
+export type SkipReason = "not-a-file" | "too-large" | "empty" | "not-an-image" | "unsupported-format" | "corrupt" | "too-many-pixels" | "too-small" | "no-auto-size";
 
-/** A source file that produced no image, with the reason in words. */
+/**
+ * A source file that produced no image, with the reason in words. A caption that could not be read
+ * (not a regular file, too large) is listed too, under its own name; its image is still made.
+ */
 export interface SkippedFile {
   source: string;
   reason: SkipReason;
@@ -105,6 +114,50 @@ export interface PreprocessSummary {
 const CAPTION_EXT = ".txt";
 
 /**
+ * Longest output file name, in UTF-8 bytes. File systems allow 255; the atomic writer's temporary
+ * twin (`.<name>.<pid>.<ms>.tmp`) needs about 30 more, so longer source names are shortened.
+ */
+export const MAX_OUTPUT_NAME_BYTES = 200;
+
+/** `<prefix><stem>.png`, with the stem cut (never inside a character) so the name fits `MAX_OUTPUT_NAME_BYTES`. */
+function outputName(prefix: string, stem: string): string {
+  const room = MAX_OUTPUT_NAME_BYTES - Buffer.byteLength(prefix + ".png");
+  if (Buffer.byteLength(stem) <= room) return `${prefix}${stem}.png`;
+  let cut = "";
+  let used = 0;
+  for (const ch of stem) {
+    const n = Buffer.byteLength(ch);
+    if (used + n > room) break;
+    cut += ch;
+    used += n;
+  }
+  return `${prefix}${cut.trimEnd()}.png`;
+}
+
+/** What a system error code means for a file preprocess writes, and what to do. */
+function explainWriteError(code: string): string {
+  if (code === "ENAMETOOLONG") return "the path is too long for this file system; choose a destination with a shorter path";
+  if (code === "ENOTDIR") return "part of the destination path is a file, not a folder; choose another destination";
+  if (code === "EEXIST") return "something that is not a folder is in the way; choose another destination";
+  return `the system refused (${code}); check the destination folder`;
+}
+
+/**
+ * Write one output file atomically; a system error becomes an error naming the output file (not the
+ * writer's temporary file) and the source it was made from. Errors that already name the file
+ * (disk full, read-only, file exists) pass through unchanged.
+ */
+function writeOutput(file: string, data: Buffer, overwrite: boolean | undefined, source: string): void {
+  try {
+    writeFileAtomic(file, [data], { overwrite });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (err instanceof FileExistsError || typeof code !== "string") throw err;
+    throw new Error(`preprocess: cannot write ${file} (made from ${source}): ${explainWriteError(code)}`, { cause: err });
+  }
+}
+
+/**
  * Preprocess every image in `src` (non-recursive) into `dst`. See the module comment for the steps.
  * Throws before writing anything if `dst` is `src` or inside it, and `FileExistsError` if an output
  * exists and `overwrite` is not set.
@@ -117,7 +170,12 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
   const dstAbs = path.resolve(dst);
   if (!fs.existsSync(srcAbs) || !fs.statSync(srcAbs).isDirectory()) throw new Error(`preprocess: source folder ${srcAbs} does not exist or is not a folder`);
   const srcReal = fs.realpathSync(srcAbs);
-  const dstReal = fs.existsSync(dstAbs) ? fs.realpathSync(dstAbs) : dstAbs;
+  let dstReal: string;
+  try {
+    dstReal = fs.existsSync(dstAbs) ? fs.realpathSync(dstAbs) : dstAbs;
+  } catch (err) {
+    throw new Error(`preprocess: destination ${dstAbs} cannot be used: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`, { cause: err });
+  }
   if (dstReal === srcReal || dstReal.startsWith(srcReal + path.sep)) {
     throw new Error(`preprocess: destination ${dstAbs} is the source folder or inside it; choose a separate folder so the originals stay untouched`);
   }
@@ -131,38 +189,43 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
   const action = opts.existingCaption ?? "ignore";
   const nameCaption = opts.filenameCaption === false ? undefined : typeof opts.filenameCaption === "object" ? opts.filenameCaption : {};
   const minSide = opts.minSourceSide ?? 16;
+  const pixelLimit = opts.limitInputPixels ?? DEFAULT_LIMIT_INPUT_PIXELS;
 
   const entries = fs.readdirSync(srcAbs).sort();
   const stems = new Set(entries.filter((e) => path.extname(e).toLowerCase() !== CAPTION_EXT).map((e) => path.parse(e).name));
   const summary: PreprocessSummary = { source: srcAbs, destination: dstAbs, width: W, height: H, made: [], skipped: [], captionsFound: 0 };
-  fs.mkdirSync(dstAbs, { recursive: true });
+  try {
+    fs.mkdirSync(dstAbs, { recursive: true });
+  } catch (err) {
+    throw new Error(`preprocess: cannot create the destination folder ${dstAbs}: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`, { cause: err });
+  }
+  const report = (source: string, reason: SkipReason, detail: string): void => {
+    summary.skipped.push({ source, reason, detail });
+    opts.log?.(`skipped ${source}: ${detail}`);
+  };
 
   for (let index = 0; index < entries.length; index++) {
     const name = entries[index]!;
     const full = path.join(srcAbs, name);
     const stem = path.parse(name).name;
-    const skip = (reason: SkipReason, detail: string): void => {
-      summary.skipped.push({ source: name, reason, detail });
-      opts.log?.(`skipped ${name}: ${detail}`);
-    };
-    const entry = statEntry(full);
-    if ("problem" in entry) {
-      skip("not-a-file", entry.problem);
-      continue;
-    }
-    const stat = entry.stat;
-    if (!stat.isFile()) {
-      skip("not-a-file", stat.isDirectory() ? "a folder, not a file (sub-folders are not searched)" : "not a regular file");
-      continue;
-    }
+    const skip = (reason: SkipReason, detail: string): void => report(name, reason, detail);
     if (path.extname(name).toLowerCase() === CAPTION_EXT) {
-      if (!stems.has(stem)) skip("not-an-image", "a text file with no image of the same name");
+      // A caption is read, and any problem with it reported, at its image's turn.
+      if (stems.has(stem)) continue;
+      const entry = statEntry(full);
+      if ("problem" in entry) skip("not-a-file", entry.problem);
+      else skip(entry.stat.isFile() ? "not-an-image" : "not-a-file", entry.stat.isFile() ? "a text file with no image of the same name" : "not a regular file, and no image of the same name");
       continue;
     }
 
+    const source = readRegularFile(full, MAX_IMAGE_FILE_BYTES, "image");
+    if (!("bytes" in source)) {
+      skip(source.kind === "too-large" ? "too-large" : "not-a-file", source.problem);
+      continue;
+    }
     let img: RawImage;
     try {
-      img = await decodeImage(name, fs.readFileSync(full), opts.keepAlpha ?? false);
+      img = await decodeImage(name, source.bytes, opts.keepAlpha ?? false, pixelLimit);
     } catch (err) {
       if (err instanceof ImageDecodeError) {
         skip(err.problem, err.message.slice(name.length + 2));
@@ -176,12 +239,15 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
     }
 
     const captionFile = path.join(srcAbs, stem + CAPTION_EXT);
-    const captionEntry = statEntry(captionFile);
     let existing: string | undefined;
-    if ("stat" in captionEntry && captionEntry.stat.isFile()) {
+    if (fs.lstatSync(captionFile, { throwIfNoEntry: false })) {
       const read = readCaptionFile(captionFile);
-      existing = read.text;
-      if (read.note) opts.log?.(read.note);
+      if ("problem" in read) {
+        report(stem + CAPTION_EXT, read.kind === "too-large" ? "too-large" : "not-a-file", `${read.problem}; ${name} is made without this caption`);
+      } else {
+        existing = read.text;
+        if (read.note) opts.log?.(read.note);
+      }
     }
     if (existing !== undefined) summary.captionsFound++;
 
@@ -214,7 +280,7 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
             ...found.faces.map((p) => ({ ...p, color: "#f00" })),
             { ...found.focus, color: "#0f0" },
           ];
-          debugImages.push({ file: path.join("focal-debug", `${String(index).padStart(5, "0")}-${stem}.png`), png: await drawFocalDebug(scaled, found.box, pts) });
+          debugImages.push({ file: path.join("focal-debug", outputName(`${String(index).padStart(5, "0")}-`, stem)), png: await drawFocalDebug(scaled, found.box, pts) });
         }
         defaultResize = false;
       }
@@ -249,7 +315,7 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
       const variants: [RawImage, FlipKind | undefined][] = [[piece.img, undefined]];
       for (const f of flips) variants.push([await flipRaw(piece.img, f), f]);
       for (const [im, flip] of variants) {
-        const file = `${String(index).padStart(5, "0")}-${sub++}-${stem}.png`;
+        const file = outputName(`${String(index).padStart(5, "0")}-${sub++}-`, stem);
         const made: MadeImage = { file, source: name, kind: piece.kind, width: im.width, height: im.height, caption };
         if (flip) made.flip = flip;
         if (piece.resizeTo) made.resizeTo = piece.resizeTo;
@@ -265,11 +331,11 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
       }
     }
     for (const o of outputs) {
-      writeFileAtomic(path.join(dstAbs, o.file), [o.png], { overwrite: opts.overwrite });
-      if (o.caption) writeFileAtomic(path.join(dstAbs, o.file.replace(/\.png$/, CAPTION_EXT)), [Buffer.from(o.caption, "utf8")], { overwrite: opts.overwrite });
+      writeOutput(path.join(dstAbs, o.file), o.png, opts.overwrite, name);
+      if (o.caption) writeOutput(path.join(dstAbs, o.file.replace(/\.png$/, CAPTION_EXT)), Buffer.from(o.caption, "utf8"), opts.overwrite, name);
       summary.made.push(o.made);
     }
-    for (const d of debugImages) writeFileAtomic(path.join(dstAbs, d.file), [d.png], { overwrite: opts.overwrite });
+    for (const d of debugImages) writeOutput(path.join(dstAbs, d.file), d.png, opts.overwrite, name);
     if (outputs.length) opts.log?.(`${name}: ${outputs.length} image(s)`);
   }
   return summary;

@@ -101,6 +101,10 @@ export interface TrainOptions {
   latentSampling?: LatentSampling;
   /** Use the PNG alpha channel as a loss weight (default false). */
   alphaWeights?: boolean;
+  /** Most pixels a dataset image may claim before decoding (default 2^27; `false`: no limit). See `DatasetOptions`. */
+  limitInputPixels?: number | false;
+  /** Longest caption used, in characters (default 4,096); longer ones are cut with a note. See `DatasetOptions`. */
+  maxCaptionChars?: number;
 
   // -- the run (spec §4.2–§4.4, §4.7) --
   /** Max steps: the absolute number of optimizer steps to reach (a network at step 500 trained to 2000 does 1500 more). */
@@ -645,6 +649,8 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
     latentSampling: opts.latentSampling,
     alphaWeights: opts.alphaWeights,
     latentDownscale: base.downscale,
+    limitInputPixels: opts.limitInputPixels,
+    maxCaptionChars: opts.maxCaptionChars,
   });
   for (const s of ds.skipped) log(`dataset: skipped ${s.file}: ${s.reason}`);
   for (const n of ds.notes) log(`dataset: ${n}`);
