@@ -33,6 +33,12 @@ import { type HypernetworkFile, readHypernetworkFile, writeHypernetworkFile } fr
 import { readOptimizerFile, writeOptimizerFile } from "../src/hypernet/optim-file";
 import { runFiles } from "../src/train/run-files";
 import type { OptimizerState } from "../src/train/optimizer-state";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import * as zlib from "node:zlib";
+import sharp from "sharp";
+import { DEFAULT_MAX_CAPTION_CHARS } from "../src/data/captions";
+import { TrainingDataset } from "../src/data/dataset";
+import { preprocess } from "../src/data/preprocess";
 
 // ---- deterministic randomness -------------------------------------------------------------------
 
@@ -1247,6 +1253,246 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
   return report;
 }
 
+// ---- folder cases: hostile entries in an image folder (issue 18, classes 5 and 6) -------------------
+//
+// A "folder" case builds a small training folder — one or two good images plus one to four hostile
+// entries picked by the case seed — and runs the two folder readers on it: `TrainingDataset.load`
+// and `preprocess`. Hostile entries: captions that are a named pipe, a link to /dev/zero (or
+// /dev/urandom, /dev/null), a folder, a broken link, a 16 MiB+ sparse file or a 1 MB text; images that
+// are a folder, a named pipe, a device link, a 2 GiB+ sparse file or a PNG whose header claims
+// 15,000 × 15,000 pixels. Each reader must finish within `hangMs`, allocate less than `allocBytes`,
+// and either list every hostile entry it met with a reason (a 1 MB caption: cut, with a note naming
+// it) or refuse the folder with a plain `Error` naming it; otherwise the case is a finding
+// ("unreported" when a hostile entry was neither listed nor cut with a note). Each pipe has a writer
+// process that closes it after hangMs + 2 s, so a reader that wrongly opens one is released and
+// shows up as a hang rather than blocking the run. Rerun one case: `npm run fuzz -- --folder-replay <caseSeed>`.
+
+export type FolderReader = "dataset" | "preprocess";
+
+export interface FolderFinding {
+  kind: "crash" | "hang" | "alloc" | "unreported";
+  reader: FolderReader;
+  /** the hostile entries of the case, by kind */
+  hostile: string[];
+  caseSeed: number;
+  detail: string;
+  ms: number;
+}
+
+export interface FolderFuzzReport {
+  cases: number;
+  seconds: number;
+  readers: Record<FolderReader, { ok: number; "clean-error": number; finding: number }>;
+  /** cases per hostile-entry kind */
+  kinds: Record<string, number>;
+  findings: FolderFinding[];
+}
+
+/** What a hostile entry expects: names each reader must list as skipped, captions it must cut. */
+interface Planted {
+  kind: string;
+  report: Partial<Record<FolderReader, string[]>>;
+  cut?: string;
+}
+
+const crcTable = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function pngChunk(type: string, data: Buffer): Buffer {
+  const td = Buffer.concat([Buffer.from(type, "latin1"), data]);
+  let crc = 0xffffffff;
+  for (const b of td) crc = crcTable[(crc ^ b) & 0xff]! ^ (crc >>> 8);
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  td.copy(out, 4);
+  out.writeUInt32BE((crc ^ 0xffffffff) >>> 0, 8 + data.length);
+  return out;
+}
+/** A valid-looking PNG whose header claims `w × h` RGB pixels, with a few bytes of image data. */
+export function pngClaiming(w: number, h: number): Buffer {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([sig, pngChunk("IHDR", ihdr), pngChunk("IDAT", zlib.deflateSync(Buffer.alloc(64))), pngChunk("IEND", Buffer.alloc(0))]);
+}
+
+/**
+ * A named pipe at `file` with a writer process that opens it and closes it after `seconds`: a reader
+ * that wrongly opens the pipe is released then (and shows up as a hang) instead of blocking the run.
+ */
+function mkfifo(file: string, seconds: number, writers: ChildProcess[]): void {
+  execFileSync("mkfifo", [file]);
+  const w = spawn("sh", ["-c", `exec sleep ${seconds} > "$1"`, "sh", file], { stdio: "ignore" });
+  w.unref();
+  writers.push(w);
+}
+const sparse = (file: string, size: number): void => {
+  fs.writeFileSync(file, "");
+  fs.truncateSync(file, size);
+};
+
+/** What a builder gets: a good PNG, and a way to make a named pipe (with its writer). */
+interface PlantKit {
+  png: Buffer;
+  fifo: (file: string) => void;
+}
+
+/** Hostile-entry builders: each plants its entries in `dir` (names made unique by `n`). */
+const HOSTILE: Record<string, (dir: string, n: number, r: Rand, kit: PlantKit) => Planted> = {
+  "fifo-caption": (dir, n, _r, { png, fifo }) => {
+    fs.writeFileSync(path.join(dir, `fifo${n}.png`), png);
+    fifo(path.join(dir, `fifo${n}.txt`));
+    return { kind: "fifo-caption", report: { dataset: [`fifo${n}.txt`], preprocess: [`fifo${n}.txt`] } };
+  },
+  "device-caption": (dir, n, r, { png }) => {
+    fs.writeFileSync(path.join(dir, `dev${n}.png`), png);
+    fs.symlinkSync(r.pick(["/dev/zero", "/dev/urandom", "/dev/null"]), path.join(dir, `dev${n}.txt`));
+    return { kind: "device-caption", report: { dataset: [`dev${n}.txt`], preprocess: [`dev${n}.txt`] } };
+  },
+  "folder-caption": (dir, n, _r, { png }) => {
+    fs.writeFileSync(path.join(dir, `dir${n}.png`), png);
+    fs.mkdirSync(path.join(dir, `dir${n}.txt`));
+    return { kind: "folder-caption", report: { dataset: [`dir${n}.txt`], preprocess: [`dir${n}.txt`] } };
+  },
+  "broken-link-caption": (dir, n, _r, { png }) => {
+    fs.writeFileSync(path.join(dir, `bl${n}.png`), png);
+    fs.symlinkSync(`missing${n}.txt`, path.join(dir, `bl${n}.txt`));
+    return { kind: "broken-link-caption", report: { dataset: [`bl${n}.txt`], preprocess: [`bl${n}.txt`] } };
+  },
+  "huge-caption": (dir, n, r, { png }) => {
+    fs.writeFileSync(path.join(dir, `big${n}.png`), png);
+    sparse(path.join(dir, `big${n}.txt`), r.pick([16 * 2 ** 20 + 1, 2 ** 31 + 7, 5 * 2 ** 30]));
+    return { kind: "huge-caption", report: { dataset: [`big${n}.txt`], preprocess: [`big${n}.txt`] } };
+  },
+  "long-caption": (dir, n, r, { png }) => {
+    fs.writeFileSync(path.join(dir, `long${n}.png`), png);
+    fs.writeFileSync(path.join(dir, `long${n}.txt`), "tag, ".repeat(r.range(1_000, 220_000)));
+    return { kind: "long-caption", report: {}, cut: `long${n}.txt` };
+  },
+  "folder-image": (dir, n) => {
+    fs.mkdirSync(path.join(dir, `folder${n}.png`));
+    return { kind: "folder-image", report: { dataset: [`folder${n}.png`], preprocess: [`folder${n}.png`] } };
+  },
+  "fifo-image": (dir, n, _r, { fifo }) => {
+    fifo(path.join(dir, `pipe${n}.png`));
+    return { kind: "fifo-image", report: { dataset: [`pipe${n}.png`], preprocess: [`pipe${n}.png`] } };
+  },
+  "device-image": (dir, n, r) => {
+    fs.symlinkSync(r.pick(["/dev/zero", "/dev/urandom", "/dev/null"]), path.join(dir, `zero${n}.png`));
+    return { kind: "device-image", report: { dataset: [`zero${n}.png`], preprocess: [`zero${n}.png`] } };
+  },
+  "sparse-image": (dir, n, r) => {
+    sparse(path.join(dir, `sparse${n}.png`), 2 ** 31 + r.int(2 ** 20));
+    return { kind: "sparse-image", report: { dataset: [`sparse${n}.png`], preprocess: [`sparse${n}.png`] } };
+  },
+  "huge-pixels": (dir, n, r) => {
+    const side = r.pick([15_000, 16_384, 65_535, 100_000]);
+    fs.writeFileSync(path.join(dir, `pixels${n}.png`), pngClaiming(side, side));
+    return { kind: "huge-pixels", report: { dataset: [`pixels${n}.png`], preprocess: [`pixels${n}.png`] } };
+  },
+};
+
+/** Run one folder case through both readers; findings are appended to `report`. */
+async function runFolderCase(cs: number, work: string, png: Buffer, report: FolderFuzzReport, hangMs: number, allocBytes: number): Promise<void> {
+  const r = new Rand(rng32(cs));
+  const dir = path.join(work, "folder");
+  const dst = path.join(work, "out");
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.rmSync(dst, { recursive: true, force: true });
+  fs.mkdirSync(dir);
+  for (let g = r.int(3); g > 0; g--) fs.writeFileSync(path.join(dir, `good${g}.png`), png);
+  const planted: Planted[] = [];
+  const kinds = Object.keys(HOSTILE);
+  const writers: ChildProcess[] = [];
+  const kit: PlantKit = { png, fifo: (file) => mkfifo(file, Math.ceil(hangMs / 1000) + 2, writers) };
+  try {
+    for (let n = r.range(1, 4); n > 0; n--) planted.push(HOSTILE[r.pick(kinds)]!(dir, n, r, kit));
+    await readFolderCase(cs, dir, dst, planted, r, report, hangMs, allocBytes);
+  } finally {
+    for (const w of writers) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
+  }
+}
+
+/** Run both folder readers on a planted folder and classify what they did. */
+async function readFolderCase(cs: number, dir: string, dst: string, planted: Planted[], r: Rand, report: FolderFuzzReport, hangMs: number, allocBytes: number): Promise<void> {
+  for (const p of planted) report.kinds[p.kind] = (report.kinds[p.kind] ?? 0) + 1;
+  const hostile = planted.map((p) => p.kind);
+  const finding = (reader: FolderReader, kind: FolderFinding["kind"], detail: string, ms: number): void => {
+    report.findings.push({ kind, reader, hostile, caseSeed: cs, detail, ms });
+    report.readers[reader].finding++;
+  };
+  for (const reader of ["dataset", "preprocess"] as const) {
+    const mem0 = process.memoryUsage();
+    largestAlloc = 0;
+    const t0 = performance.now();
+    let listed: string[] | undefined;
+    let notes: string[] = [];
+    let error: unknown;
+    try {
+      if (reader === "dataset") {
+        const ds = await TrainingDataset.load(dir, { name: "fuzz", rng: { next: r.next }, width: 16, height: 16, template: ["[filewords]"] });
+        listed = ds.skipped.map((s) => s.file);
+        notes = ds.notes;
+        for (let i = 0; i < ds.imageCount; i++) if (ds.caption(i).length > DEFAULT_MAX_CAPTION_CHARS) notes.push(`UNCUT caption of ${ds.caption(i).length} characters`);
+      } else {
+        listed = (await preprocess(dir, dst, { width: 16, height: 16, overwrite: true })).skipped.map((s) => s.source);
+      }
+    } catch (err) {
+      error = err;
+    }
+    const ms = performance.now() - t0;
+    const mem1 = process.memoryUsage();
+    const grown = Math.max(mem1.heapUsed - mem0.heapUsed + mem1.arrayBuffers - mem0.arrayBuffers, largestAlloc);
+    if (ms > hangMs) finding(reader, "hang", `took ${ms.toFixed(0)} ms`, ms);
+    else if (grown > allocBytes) finding(reader, "alloc", `allocated ${(grown / 2 ** 20).toFixed(0)} MiB`, ms);
+    else if (error !== undefined) {
+      if (error instanceof Error && error.constructor === Error && error.message.includes(dir)) report.readers[reader]["clean-error"]++;
+      else finding(reader, "crash", error instanceof Error ? `${error.constructor.name}: ${error.message.slice(0, 300)}` : String(error), ms);
+    } else {
+      const missing = planted.flatMap((p) => p.report[reader] ?? []).filter((name) => !listed!.includes(name));
+      const uncut = reader === "dataset" ? planted.filter((p) => p.cut && !notes.some((n) => n.includes(p.cut!))).map((p) => p.cut!) : [];
+      if (notes.some((n) => n.startsWith("UNCUT"))) uncut.push("a caption longer than the limit");
+      if (missing.length || uncut.length) finding(reader, "unreported", [missing.length ? `not listed as skipped: ${missing.join(", ")}` : "", uncut.length ? `not cut with a note: ${uncut.join(", ")}` : ""].filter(Boolean).join("; "), ms);
+      else report.readers[reader].ok++;
+    }
+  }
+}
+
+/**
+ * Run `cases` folder cases (or the one case `replay`) and return their report. Folder cases are
+ * seeded like file cases, from `seed` and the case index, with their own hash so the two streams differ.
+ */
+export async function runFolderFuzz(opts: { seed: number; cases: number; seconds: number; replay?: number; hangMs?: number; allocBytes?: number; onCase?: (i: number, caseSeed: number) => void }): Promise<FolderFuzzReport> {
+  const hangMs = opts.hangMs ?? 5000;
+  const allocBytes = opts.allocBytes ?? 64 * 1024 * 1024;
+  const shm = fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir();
+  const work = fs.mkdtempSync(path.join(shm, "hn-fuzz-folder-"));
+  const report: FolderFuzzReport = { cases: 0, seconds: 0, readers: { dataset: { ok: 0, "clean-error": 0, finding: 0 }, preprocess: { ok: 0, "clean-error": 0, finding: 0 } }, kinds: {}, findings: [] };
+  const png = await sharp({ create: { width: 24, height: 24, channels: 3, background: { r: 200, g: 60, b: 30 } } }).png().toBuffer();
+  const untrack = trackAllocations();
+  const t0 = performance.now();
+  try {
+    const total = opts.replay !== undefined ? 1 : opts.cases;
+    for (let i = 0; i < total; i++) {
+      if (opts.replay === undefined && performance.now() - t0 > opts.seconds * 1000) break;
+      const cs = opts.replay ?? caseSeed(opts.seed ^ 0x5f0d, i);
+      opts.onCase?.(i, cs);
+      await runFolderCase(cs, work, png, report, hangMs, allocBytes);
+      report.cases++;
+    }
+  } finally {
+    untrack();
+    report.seconds = Math.round((performance.now() - t0) / 100) / 10;
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  return report;
+}
+
 // ---- command line -------------------------------------------------------------------------------
 
 /**
@@ -1276,7 +1522,7 @@ function startWatchdog(ms: number): (caseSeed: number) => void {
   };
 }
 
-function main(argv: string[]): void {
+async function main(argv: string[]): Promise<void> {
   const arg = (name: string, dflt: number): number => {
     const i = argv.indexOf(`--${name}`);
     if (i < 0) return dflt;
@@ -1296,11 +1542,22 @@ function main(argv: string[]): void {
   };
   const beat = startWatchdog(30_000);
   opts.onCase = (_i, cs) => beat(cs);
+  // Folder cases (hostile entries in an image folder): --folder-cases N (default cases/100, at least
+  // 20; none with --replay), --folder-replay <caseSeed> to rerun one (then no file cases run).
+  const folderReplay = argv.includes("--folder-replay") ? arg("folder-replay", 0) : undefined;
+  if (folderReplay !== undefined) opts.cases = 0;
+  const folderCases = opts.replay !== undefined ? 0 : arg("folder-cases", Math.max(20, Math.round(opts.cases / 100)));
   const report = runFuzz(opts);
-  const json = JSON.stringify({ command: `npm run fuzz -- ${argv.join(" ")}`.trim(), ...report }, null, 2);
+  const folders = await runFolderFuzz({ seed: opts.seed, cases: folderCases, seconds: opts.seconds, replay: folderReplay, onCase: (_i, cs) => beat(cs) });
+  const json = JSON.stringify({ command: `npm run fuzz -- ${argv.join(" ")}`.trim(), ...report, folders }, null, 2);
   if (out) fs.writeFileSync(out, json + "\n");
   process.stdout.write(json + "\n");
-  process.exitCode = report.findings.length ? 1 : 0;
+  process.exitCode = report.findings.length || folders.findings.length ? 1 : 0;
 }
 
-if (require.main === module) main(process.argv.slice(2));
+if (require.main === module) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 2;
+  });
+}
