@@ -458,7 +458,8 @@ let queue: Promise<unknown> = Promise.resolve();
  */
 export function useBackend(choice?: BackendChoice | UseBackendOptions, opts: UseBackendOptions = {}): Promise<BackendReport> {
   // `useBackend({ quiet: true })` means auto with options.
-  const [c, o] = typeof choice === "object" && choice !== null ? (["auto", { ...choice, ...opts }] as const) : ([choice ?? "auto", opts] as const);
+  const c: BackendChoice = typeof choice === "string" ? choice : "auto";
+  const o: UseBackendOptions = typeof choice === "object" ? { ...choice, ...opts } : opts;
   const run = queue.then(() => selectBackend(c, o));
   queue = run.catch(() => undefined);
   return run;
