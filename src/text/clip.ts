@@ -79,11 +79,14 @@ export class ClipTextEmbeddings extends Module {
   /**
    * h₀ = E_tok[ids] + E_pos[0..T−1]. Positions are always 0..T−1: the `position_ids` buffer some
    * checkpoints carry is never read (merged models can hold corrupted float copies of it).
+   * `vectors` (textual inversion) replace rows of E_tok[ids] before the positions are added.
    */
-  apply(ids: tf.Tensor2D): tf.Tensor3D {
-    const t = ids.shape[1];
+  apply(ids: tf.Tensor2D, vectors: readonly TokenVectors[] = []): tf.Tensor3D {
+    const [n, t] = ids.shape;
     const pos = tf.slice(this.position_embedding.weight.value, [0, 0], [t, -1]);
-    return tf.add(this.token_embedding.apply(ids), pos) as tf.Tensor3D;
+    let tok = this.token_embedding.apply(ids);
+    if (vectors.length > 0) tok = replaceTokenVectors(tok, vectors, n, t, this.token_embedding.dim);
+    return tf.add(tok, pos) as tf.Tensor3D;
   }
 }
 
@@ -185,6 +188,46 @@ export interface ClipEncodeOptions {
    * 1 is the normal output; 2 is the popular setting for NovelAI-derived models.
    */
   clipSkip?: number;
+  /**
+   * Textual-inversion hook: vectors written over the token embeddings (`E_tok[ids]`) before the
+   * position embeddings are added and the transformer runs — what A1111's `EmbeddingsWithFixes`
+   * does. Each entry fills positions `start, start+1, …` of row `row` (positions count across the
+   * row's 77-id windows); vectors that would run past the end of their window are dropped, as in
+   * A1111. See `text/embeddings.ts` for where the entries come from.
+   */
+  embeddings?: readonly TokenVectors[];
+}
+
+/** Vectors that replace token embeddings at some positions of one row (see `ClipEncodeOptions.embeddings`). */
+export interface TokenVectors {
+  /** Batch row. */
+  row: number;
+  /** First position replaced (0 is the window's BOS; A1111 places embeddings from 1 on). */
+  start: number;
+  /** `count × width` values, row-major (one vector per position). */
+  values: Float32Array;
+}
+
+/**
+ * `tok` `[n, t, width]` with the given positions replaced. Entries address rows and positions of
+ * the `[n, t]` id grid; values past the end of a row are dropped. Inside the caller's tidy.
+ */
+function replaceTokenVectors(tok: tf.Tensor, vectors: readonly TokenVectors[], n: number, t: number, width: number): tf.Tensor {
+  const mask = new Uint8Array(n * t);
+  const values = new Float32Array(n * t * width);
+  for (const v of vectors) {
+    if (!Number.isSafeInteger(v.row) || v.row < 0 || v.row >= n || !Number.isSafeInteger(v.start) || v.start < 0 || v.start >= t) {
+      throw new Error(`ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${n}, ${t}] token grid`);
+    }
+    if (v.values.length === 0 || v.values.length % width !== 0) {
+      throw new Error(`ClipTextModel.encode: embedding vectors must be whole vectors of width ${width}, got ${v.values.length} values`);
+    }
+    const count = Math.min(v.values.length / width, t - v.start);
+    mask.fill(1, v.row * t + v.start, v.row * t + v.start + count);
+    values.set(v.values.subarray(0, count * width), (v.row * t + v.start) * width);
+  }
+  const where = tf.tensor3d(mask, [n, t, 1], "bool");
+  return tf.where(where, tf.tensor3d(values, [n, t, width]), tok);
 }
 
 /** CLIP's text transformer; its module paths are the checkpoint keys after `text_model.`. */
@@ -234,7 +277,14 @@ export class ClipTextModel extends Module {
       }
       const t = windows.shape[1];
       const mask = causalMask(t);
-      let h = this.embeddings.apply(windows);
+      // Window j of row r is row r·k + j of the window grid; positions restart at 0 in each window.
+      const vectors = (opts.embeddings ?? []).map((v) => {
+        if (!Number.isSafeInteger(v.row) || v.row < 0 || v.row >= b || !Number.isSafeInteger(v.start) || v.start < 0 || v.start >= len) {
+          throw new Error(`ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${b}, ${len}] ids`);
+        }
+        return { row: v.row * k + Math.floor(v.start / t), start: v.start % t, values: v.values };
+      });
+      let h = this.embeddings.apply(windows, vectors);
       for (let i = 0; i <= nLayers - skip; i++) h = this.encoder.layers.at(i).apply(h, mask);
       const out = this.final_layer_norm.apply(h);
       return out.reshape([b, k * t, this.config.width]) as tf.Tensor3D;
