@@ -55,11 +55,15 @@ export function quoteBytes(b: Uint8Array, max = 80): string {
 /** A cursor over JSON bytes. Methods throw `StrictJsonError` on anything that is not strict JSON. */
 export class JsonReader {
   pos = 0;
+  /** The same bytes as a Buffer, for slicing strings out without copying. */
+  private readonly buf: Buffer;
   /** `maxDepth`: deepest nesting of arrays and objects accepted. */
   constructor(
     readonly bytes: Uint8Array,
     readonly maxDepth = MAX_JSON_DEPTH,
-  ) {}
+  ) {
+    this.buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
 
   /** Throw a `StrictJsonError` at the current position (or at `at`). */
   fail(reason: string, at = this.pos): never {
@@ -136,16 +140,17 @@ export class JsonReader {
       p++;
     }
     this.pos = p + 1;
+    if (ascii && !escapes) return this.buf.toString("latin1", start + 1, p); // the common case: no copy
     const raw = b.subarray(start + 1, p);
+    let text = "";
     if (!ascii) {
       try {
-        utf8.decode(raw);
+        text = utf8.decode(raw);
       } catch {
         this.fail(`string ${quoteBytes(raw)} is not valid UTF-8`, start);
       }
     }
-    if (!escapes) return ascii ? latin1(raw) : utf8.decode(raw);
-    return this.unescape(raw, start);
+    return escapes ? this.unescape(raw, start) : text;
   }
 
   private unescape(raw: Uint8Array, start: number): string {
@@ -223,7 +228,13 @@ export class JsonReader {
       if (p === d) this.fail("expected digits in the exponent", p);
     }
     this.pos = p;
-    const text = latin1(b.subarray(start, p));
+    if (integer && p - start <= 15) {
+      // Up to 15 digits: exact in a double, so add them up directly (offsets and shapes are these).
+      let n = 0;
+      for (let q = b[start] === 0x2d ? start + 1 : start; q < p; q++) n = n * 10 + (b[q]! - 0x30);
+      return b[start] === 0x2d ? -n : n;
+    }
+    const text = this.buf.toString("latin1", start, p);
     if (!integer) return new JsonFloat(Number(text));
     const n = Number(text);
     return Number.isSafeInteger(n) ? n : BigInt(text);
