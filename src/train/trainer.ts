@@ -37,10 +37,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
-import sharp from "sharp";
 import { TrainingDataset, type DatasetItem, type EncodeFn, type LatentSampling } from "../data/dataset";
 import { Rng, randint, randn } from "../diffusion/random";
-import { samplerByName } from "../diffusion/samplers";
 import { type NoiseSchedule, qSample, sd15Schedule, vTarget } from "../diffusion/schedule";
 import { type Attachment, attachHypernetworks } from "../hypernet/attach";
 import { fromNetworkAsync, readHypernetworkFile, saveHypernetworkAsync, toNetwork, type HypernetworkFile } from "../hypernet/file";
@@ -54,6 +52,7 @@ import type { UNetModel } from "../unet/unet";
 import { globalNorm } from "./grad-norm";
 import { AdamW } from "./adamw";
 import { Schedule } from "./lr-schedule";
+import { previewImages } from "./preview";
 import { checkpointFile, previewFile } from "./run-files";
 
 // ---- options and payloads ------------------------------------------------------------------------
@@ -505,21 +504,6 @@ async function weightsFinite(params: readonly Param[]): Promise<boolean> {
   return v === 1;
 }
 
-/** NHWC [-1, 1] images → RGB bytes. */
-async function toRgb(x: tf.Tensor4D): Promise<RgbImage[]> {
-  const [b, h, w, c] = x.shape;
-  const bytes = tf.tidy(() => tf.clipByValue(tf.round(tf.mul(tf.add(x, 1), 127.5)), 0, 255));
-  const data = await bytes.data();
-  bytes.dispose();
-  const out: RgbImage[] = [];
-  for (let i = 0; i < b; i++) {
-    const rgb = new Uint8Array(h * w * 3);
-    for (let p = 0; p < h * w; p++) for (let k = 0; k < 3; k++) rgb[p * 3 + k] = data[(i * h * w + p) * c + Math.min(k, c - 1)]!;
-    out.push({ width: w, height: h, data: rgb });
-  }
-  return out;
-}
-
 // ---- the trainer -----------------------------------------------------------------------------------
 
 /**
@@ -820,46 +804,13 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
 
     const makePreview = async (prompt: string): Promise<void> => {
       const p = opts.preview ?? {};
-      attachment.training = false;
-      try {
-        const prompts = [p.prompt ?? prompt];
-        const [cond, uncond] = (() => {
-          const c = base.encodeText(prompts);
-          const u = base.encodeText([p.negativePrompt ?? ""]);
-          const both = stackConds([c, u]);
-          c.dispose();
-          u.dispose();
-          const parts = tf.split(both, 2, 0) as tf.Tensor3D[];
-          both.dispose();
-          return parts as [tf.Tensor3D, tf.Tensor3D];
-        })();
-        const pw = (p.width ?? width) / base.downscale;
-        const ph = (p.height ?? height) / base.downscale;
-        const sampler = samplerByName(p.sampler ?? "Euler a", { steps: p.steps ?? 20 });
-        const x = await sampler.sample({
-          denoiser: (xt, t, c) => base.unet.forward(xt, [...t], c as tf.Tensor3D),
-          shape: [1, ph, pw, base.channels],
-          cond,
-          uncond,
-          guidanceScale: p.cfgScale ?? 7,
-          seed: p.seed ?? 0,
-        });
-        cond.dispose();
-        uncond.dispose();
-        const img = base.decode(x);
-        x.dispose();
-        const images = await toRgb(img);
-        img.dispose();
-        const png = await Promise.all(images.map((im) => sharp(Buffer.from(im.data), { raw: { width: im.width, height: im.height, channels: 3 } }).png().toBuffer()));
-        let file: string | undefined;
-        if (p.save ?? true) {
-          file = previewFile(logDir, name, step);
-          writeFileAtomic(file, [png[0]!], { overwrite: true });
-        }
-        await opts.onPreview?.({ step, prompts, png, images, file });
-      } finally {
-        attachment.training = true;
+      const { prompts, images, png } = await previewImages(base, attachment, p, prompt, { width, height });
+      let file: string | undefined;
+      if (p.save ?? true) {
+        file = previewFile(logDir, name, step);
+        writeFileAtomic(file, [png[0]!], { overwrite: true });
       }
+      await opts.onPreview?.({ step, prompts, png, images, file });
     };
 
     try {
