@@ -22,7 +22,7 @@ import { JsonFloat, type StrictJson, parseStrictJson } from "../io/strict-json";
 import { describeTorchFile, readTorchFile, writeTorchFile } from "../io/torch-file";
 import { loadStateDict } from "../nn/module";
 import { checkActivation } from "./activations";
-import { EXTRA_TENSOR_PREFIX, encodeExtras, extrasFromMetadata, nonFiniteWarning, pyKeyText } from "./file-extras";
+import { EXTRA_TENSOR_PREFIX, encodeExtras, extrasFromMetadata, isPyScalar, nonFiniteWarning, pyKeyText } from "./file-extras";
 import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
 import { type Hypernetwork, type HypernetworkInfo, effectiveDropoutStructure, emptyHypernetwork, structureOf } from "./network";
 
@@ -306,7 +306,7 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
 
 /** A metadata value: integers stay int (bigint past 2^53 − 1), numbers written with a fraction are floats. */
 function jsonToPy(v: StrictJson): PyValue {
-  if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "number" || typeof v === "bigint") return v;
+  if (isPyScalar(v)) return v;
   if (v instanceof JsonFloat) return new PyFloat(v.value);
   if (Array.isArray(v)) return v.map(jsonToPy);
   throw new Error("an object is not a valid value here");
