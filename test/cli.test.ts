@@ -88,6 +88,12 @@ describe("hypernet CLI", () => {
     const r = await run(["inspect", "/nonexistent/x.pt"]);
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/\/nonexistent\/x\.pt: no such file/);
+    // A dtype named like an Object.prototype member is a usage error, not a function used as a dtype.
+    for (const bad of ["constructor", "toString", "__proto__"]) {
+      const c = await run(["convert", fixture("hn-half.pt"), path.join(os.tmpdir(), `never-${bad}.safetensors`), "--dtype", bad]);
+      expect(c.code).toBe(2);
+      expect(c.err).toMatch(new RegExp(`--dtype ${bad}: use f32, f16 or bf16`));
+    }
   });
 
   it("the installed bin runs (npx hypernet)", () => {
