@@ -2,9 +2,12 @@
  * Plotly figures for training, and the HTML that draws them with no network access.
  *
  * A figure is plain data (`{data, layout}`), built here and drawn by plotly.js in the page. The
- * plotly.js bundle from the `plotly.js-dist` package is embedded once per notebook (or referenced
+ * plotly.js bundle from the `plotly.js-dist` package is embedded once per kernel (or referenced
  * from node_modules in a standalone HTML file); every chart after that is a small `<div>` plus a
- * `Plotly.react` call, so a live chart can be re-sent on every update cheaply.
+ * `Plotly.react` call, so a live chart can be re-sent on every update cheaply. A chart's final
+ * output also carries a PNG of itself (inside the div and as `image/png`), so it still shows where
+ * the bundle is missing: a re-run cell replaced the output that held it, or the viewer runs no
+ * scripts (GitHub, untrusted notebooks).
  */
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
@@ -170,20 +173,38 @@ export function plotlyFileScriptTag(): string {
   return `<script src="${pathToFileURL(plotlyBundlePath()).href}"></script>`;
 }
 
+/** Options of {@link figureHtml}. */
+export interface FigureHtmlOptions {
+  /**
+   * A picture of the same chart (e.g. {@link lossChartPng}), put inside the div as an `<img>`: it
+   * is what shows wherever plotly.js is absent (a saved notebook whose bundle output was replaced
+   * by a re-run, GitHub, an untrusted notebook) and is removed when Plotly draws.
+   */
+  fallbackPng?: Uint8Array;
+}
+
 /**
  * HTML that draws `fig` into a div with this id: a `<div>` and a script that waits for
  * `window.Plotly` (loaded by an earlier output) and calls `Plotly.react`, which redraws in place
- * when the same div is updated.
+ * when the same div is updated. The div's content before Plotly draws is the fallback picture if
+ * one is given, else a line saying the chart is waiting for plotly.js; if plotly.js never comes
+ * (10 s), that line says how to load it. Without scripts the fallback simply stays.
  */
-export function figureHtml(fig: Figure, divId: string): string {
+export function figureHtml(fig: Figure, divId: string, opts: FigureHtmlOptions = {}): string {
   const id = divId.replace(/[^A-Za-z0-9_-]/g, "_");
   const json = JSON.stringify(fig).replace(/</g, "\\u003c");
+  const height = (fig.layout.height as number | undefined) ?? 360;
+  const inner = opts.fallbackPng
+    ? `<img class="hn-plot-fallback" src="data:image/png;base64,${Buffer.from(opts.fallbackPng).toString("base64")}" alt="chart (static picture; plotly.js not loaded)" style="max-width:100%">`
+    : `<span class="hn-plot-wait" style="color:#888;font:12px sans-serif">chart: waiting for plotly.js…</span>`;
   return (
-    `<div id="${id}" class="hn-plot" style="width:100%;min-height:${(fig.layout.height as number | undefined) ?? 360}px"></div>` +
+    `<div id="${id}" class="hn-plot" style="width:100%;min-height:${height}px">${inner}</div>` +
     `<script type="text/javascript">(function () { var fig = ${json}; var n = 0;` +
     ` function draw() { var el = document.getElementById("${id}");` +
-    ` if (window.Plotly && el) { window.Plotly.react(el, fig.data, fig.layout, {responsive: true, displaylogo: false}); }` +
-    ` else if (n++ < 200) { setTimeout(draw, 50); } } draw(); })();</script>`
+    ` if (window.Plotly && el) { var w = el.querySelector(".hn-plot-fallback, .hn-plot-wait"); if (w) { el.removeChild(w); }` +
+    ` window.Plotly.react(el, fig.data, fig.layout, {responsive: true, displaylogo: false}); }` +
+    ` else if (n++ < 200) { setTimeout(draw, 50); }` +
+    ` else if (el) { var s = el.querySelector(".hn-plot-wait"); if (s) { s.textContent = "chart: plotly.js is not loaded in this page (run hn.enablePlotly({ force: true }) and rerun the cell)"; } } } draw(); })();</script>`
   );
 }
 

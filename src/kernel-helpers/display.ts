@@ -79,8 +79,44 @@ export function setOutputDir(dir: string): void {
   outputDir = path.resolve(dir);
 }
 
-/** Something that can be shown: HTML, a PNG image, or plain text. */
-export type Content = { html: string } | { png: Uint8Array } | { text: string };
+/**
+ * Something that can be shown: HTML, a PNG image, or plain text. HTML may carry a `png` of the
+ * same picture: a notebook output then holds both MIME types, so a viewer that does not run the
+ * HTML's scripts (GitHub, an untrusted notebook, nbconvert's PDF) still shows the picture.
+ */
+export type Content = { html: string; png?: Uint8Array } | { png: Uint8Array } | { text: string };
+
+/**
+ * The Jupyter MIME bundle of one output: `text/html` and/or `image/png` (base64) and always a short
+ * `text/plain`, so a viewer that renders neither shows one line instead of nothing.
+ */
+export function mimeBundle(content: Content, name = "output"): Record<string, string> {
+  if ("text" in content) return { "text/plain": content.text };
+  const data: Record<string, string> = {};
+  if ("html" in content) data["text/html"] = content.html;
+  if (content.png) data["image/png"] = Buffer.from(content.png).toString("base64");
+  data["text/plain"] = `[${name}: ${"html" in content ? "HTML" : ""}${"html" in content && content.png ? " + " : ""}${content.png ? `PNG ${content.png.length} bytes` : ""}]`;
+  return data;
+}
+
+type WriteDisplayData = (msg: { data: Record<string, string>; metadata: object; transient: { display_id?: string } }, update: boolean) => void;
+
+/**
+ * tslab's writer for the cell running now (`jupyter.lastWriteDisplayData`). tslab's own `Display`
+ * sends one MIME type per output; an output with HTML and its PNG fallback needs both in one
+ * message, so those go through this writer directly.
+ */
+function kernelWriter(): WriteDisplayData | undefined {
+  try {
+    const jupyterFile = path.join(path.dirname(nodeRequire.resolve("tslab")), "jupyter.js");
+    const jupyter = nodeRequire(jupyterFile) as { lastWriteDisplayData?: WriteDisplayData | null };
+    return jupyter.lastWriteDisplayData ?? undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+let displayIds = 0;
 
 /**
  * A display that is replaced in place on each `update`. In a notebook it is one output with one
@@ -105,10 +141,11 @@ function writeOut(name: string, content: Content): string | undefined {
   if ("text" in content) return undefined;
   const dir = getOutputDir();
   fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, stem(name) + ("png" in content ? ".png" : ".html"));
+  // HTML with a PNG fallback is written as the HTML page (the page holds the fallback itself).
+  const file = path.join(dir, stem(name) + ("html" in content ? ".html" : ".png"));
   // Write then rename, so a browser or image viewer never reads a half-written file.
   const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, "png" in content ? content.png : wrapHtmlPage(name, content.html));
+  fs.writeFileSync(tmp, "html" in content ? wrapHtmlPage(name, content.html) : content.png);
   fs.renameSync(tmp, file);
   return file;
 }
@@ -120,15 +157,17 @@ function wrapHtmlPage(title: string, body: string): string {
 class NotebookLiveDisplay implements LiveDisplay {
   updates = 0;
   readonly file = undefined;
-  private readonly d: TslabDisplay;
-  constructor(tslab: TslabModule) {
-    this.d = tslab.newDisplay();
-  }
+  private readonly id = `hn-${process.pid}-${Date.now().toString(36)}-${++displayIds}`;
+  constructor(private readonly fallback: TslabDisplay) {}
   update(content: Content): void {
-    this.updates++;
-    if ("html" in content) this.d.html(content.html);
-    else if ("png" in content) this.d.png(content.png);
-    else this.d.text(content.text);
+    // One output under this display's own id: the first write creates it, later ones replace it,
+    // each with every MIME type the content has (HTML and its PNG fallback together).
+    const write = kernelWriter();
+    const first = this.updates++ === 0;
+    if (write) write({ data: mimeBundle(content), metadata: {}, transient: { display_id: this.id } }, !first);
+    else if ("html" in content) this.fallback.html(content.html);
+    else if ("png" in content) this.fallback.png(content.png);
+    else this.fallback.text(content.text);
   }
 }
 
@@ -165,7 +204,7 @@ class FileLiveDisplay implements LiveDisplay {
  */
 export function liveDisplay(name: string): LiveDisplay & { finish(): void } {
   const tslab = displayMode() === "notebook" ? kernelTslab() : undefined;
-  if (tslab) return Object.assign(new NotebookLiveDisplay(tslab), { finish: () => undefined });
+  if (tslab) return Object.assign(new NotebookLiveDisplay(tslab.newDisplay()), { finish: () => undefined });
   return new FileLiveDisplay(name, process.stdout);
 }
 
@@ -176,7 +215,9 @@ export function liveDisplay(name: string): LiveDisplay & { finish(): void } {
 export function show(name: string, content: Content): string | undefined {
   const tslab = displayMode() === "notebook" ? kernelTslab() : undefined;
   if (tslab) {
-    if ("html" in content) tslab.display.html(content.html);
+    const write = "html" in content && content.png ? kernelWriter() : undefined;
+    if (write) write({ data: mimeBundle(content, name), metadata: {}, transient: {} }, false);
+    else if ("html" in content) tslab.display.html(content.html);
     else if ("png" in content) tslab.display.png(content.png);
     else tslab.display.text(content.text);
     return undefined;

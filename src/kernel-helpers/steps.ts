@@ -29,6 +29,7 @@ import { renderGrid, summaryTable, type GridItem } from "../data/view";
 import { type TrainOptions, type TrainResult, type TrainingRun, train as runTraining } from "../train/trainer";
 import { displayMode, escapeHtml, liveDisplay, pngImgTag, show, type LiveDisplay } from "./display";
 import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint } from "./charts";
+import { compactInspect, defaultRunDir, finalLossChart, readLossCsv, resumedLossCsv } from "./results";
 
 let plotlyShown = false;
 
@@ -169,7 +170,10 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
   const progress = liveDisplay("progress");
   const chart = liveDisplay("loss");
   const previewDisplay = liveDisplay("preview");
-  const points: LossPoint[] = [];
+  // Notebook runs go under the git-ignored out/ unless the notebook names a folder.
+  const logDir = opts.logDir ?? defaultRunDir(net.name);
+  // A resumed run's chart continues the earlier curve: the points its CSV holds up to the network's step.
+  const points: LossPoint[] = opts.resumeFrom ? readLossCsv(resumedLossCsv(opts.resumeFrom, opts.logDir), net.info.step) : [];
   const checkpoints: number[] = [];
   const previews: number[] = [];
   const messages: string[] = [];
@@ -190,6 +194,7 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
 
   const run = runTraining(base, net, {
     ...opts,
+    logDir,
     progress: false,
     onStep: (e) => {
       totalSteps = e.maxSteps;
@@ -224,13 +229,20 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
       else if (displayMode() !== "notebook") console.log(m);
     },
   });
-  const done = run.done.then((result) => {
-    draw();
+  const done = run.done.then(async (result) => {
+    // The last chart carries a PNG of itself, for viewers without plotly.js (and saved notebooks).
+    const title = `${net.name}: training loss`;
+    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title });
+    const final = await finalLossChart(fig, chartId, points, title);
+    chart.update(displayMode() === "notebook" ? final : { html: plotlyFileScriptTag() + "\n" + final.html });
     progress.finish();
     const last = points[points.length - 1];
     const summary = `${result.message}${last ? ` — final loss ${last.loss.toFixed(4)}` : ""}`;
     if (displayMode() === "notebook") {
-      progress.update({ text: `${last ? progressLine({ ...last, lr: last.lr ?? 0, maxSteps: totalSteps, lossAverage: NaN, epoch: NaN, stepsPerSecond: NaN, etaSeconds: NaN }).replace(/ +epoch NaN| +\(avg NaN\)| +NaN step\/s| +ETA \?/g, "") + "\n" : ""}${summary}${messages.length ? "\n" + messages.join("\n") : ""}` });
+      progress.update({ text: `${last ? progressLine({ ...last, lr: last.lr ?? 0, maxSteps: totalSteps, lossAverage: NaN, epoch: NaN, stepsPerSecond: NaN, etaSeconds: NaN }).replace(/ +epoch NaN| +\(avg NaN\)| +NaN step\/s| +ETA \?/g, "") + "\n" : ""}${summary}${messages.some((m) => m !== result.message) ? "\n" + messages.filter((m) => m !== result.message).join("\n") : ""}` });
+    } else if (messages.includes(result.message) && !opts.onLog) {
+      // The trainer's own log line already printed the message: add only the final loss.
+      if (last) console.log(`final loss ${last.loss.toFixed(4)}`);
     } else {
       console.log(summary);
     }
@@ -270,7 +282,8 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgShowOptions): Promis
   const width = displayWidth ?? Math.max(128, 4 * base.imageSize > 512 ? base.imageSize : 4 * base.imageSize);
   if (displayMode() === "notebook") show("preview", { html: imagesHtml(result, prompt + (network ? `  [+ ${network.name} × ${multiplier ?? 1}]` : ""), width) });
   else result.png.forEach((p, i) => show(`sample-${result.seed}-${i}`, { png: p }));
-  return result;
+  // Shown above already: echo the value as one line, not its pixel arrays and PNG bytes.
+  return compactInspect(result, (r) => `Txt2ImgResult { ${r.png.length} image(s) ${r.shape[2]}×${r.shape[1]}, seed ${r.seed}${r.hypernetworks.length ? `, hypernetworks ${r.hypernetworks.map((h) => h.name).join(", ")}` : ""} }`);
 }
 
 /** Save a network (A1111 `.pt`, or `.safetensors` by extension) and show its size and hash. */
@@ -316,7 +329,7 @@ export async function multiplierSweep(
   }
   const png = await renderGrid(items, { cell: cell ?? 96, columns: multipliers.length, captionLines: 1, max: items.length });
   show("multiplier-sweep", { png });
-  return png;
+  return compactInspect(png, (b) => `[multiplier sweep PNG, ${b.length} bytes: ${seeds.length} seed(s) × multipliers ${multipliers.join(", ")}]`);
 }
 
 export type { LiveDisplay };
