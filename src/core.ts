@@ -29,6 +29,11 @@ export { type AttentionProcessor, defaultProcessor, attend, CrossAttention } fro
 export { BaseModel, type BaseModelParts } from "./pipeline/base-model";
 export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseModelLoadReport } from "./pipeline/load";
 export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
+// A1111 infotexts (the PNG "parameters" text) both ways, and textual-inversion embeddings.
+export { formatInfotext, parseGenerationParameters, quoteInfotext, type InfotextParams, type InfotextValue } from "./pipeline/infotext";
+export { readInfotext, settingsFromParameters, type InfotextSettings, type ReadInfotext, type ReadInfotextOptions } from "./pipeline/infotext-read";
+export { loadEmbeddings, readEmbeddingFile, EmbeddingDatabase, type TextualInversionEmbedding, type EmbeddingProblem } from "./text/embeddings";
+export { encodePrompts, type EncodePromptsOptions, type EncodedPrompts } from "./text/encode-prompts";
 export { sampleImages, type SampleImagesOptions, type SampledImages } from "./pipeline/sample";
 export { loadTinyModel } from "./tiny/model";
 export { writeStripedSet, stripedSet, writeSampleFolder } from "./tiny/shapes-data/image-folder";
@@ -43,6 +48,7 @@ export type { OptimizerState } from "./train/optimizer-state";
 export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";
 export { openTorchFile, readTorchFile, writeTorchFile, CorruptFileError, UnsafePickleError, UnsupportedFileError } from "./io/torch-file";
 export { shortHash } from "./io/hash";
+export { addPngText, readPngText } from "./io/png-text";
 
 // The backend report (`hn.useBackend` chooses the backend).
 export { formatBackendReport } from "./backend/backend";

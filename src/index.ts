@@ -43,8 +43,9 @@ export type { LoadBaseModelOptions } from "./pipeline/load";
 export type { PreprocessOptions, PreprocessSummary } from "./data/preprocess";
 export type { CreateOptions, Hypernetwork } from "./hypernet/network";
 export type { Txt2ImgResult } from "./pipeline/txt2img";
-// Reproducing an A1111 image starts from its sampler name and its noise, so these stay at the top.
+// Reproducing an A1111 image starts from its infotext, sampler name and noise, so these stay at the top.
 export { samplerByName, randn } from "./diffusion/index";
+export { readInfotext, type ReadInfotext } from "./pipeline/infotext-read";
 
 // The library.
 export * as core from "./core";

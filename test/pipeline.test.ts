@@ -187,7 +187,7 @@ describe("loadBaseModel: single-file checkpoint", () => {
     const { data, info } = await sharp(got.png[0]!).raw().toBuffer({ resolveWithObject: true });
     expect([info.width, info.height, info.channels]).toEqual([16, 16, 3]);
     expect([...data]).toEqual([...px].map((v) => Math.round(v * 255)));
-    expect(got.infotexts[0]).toBe(`a photo of a cat\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, CFG scale: 5, Seed: 42, Size: 16x16, Model hash: ${base.report.hash}, Model: tiny-sd`);
+    expect(got.infotexts[0]).toBe(`a photo of a cat\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5, Seed: 42, Size: 16x16, Model hash: ${base.report.hash}, Model: tiny-sd, RNG: NV`);
   });
 
   it("a .ckpt (torch zip with state_dict) of the same weights loads to the same model", async () => {
@@ -291,7 +291,9 @@ describe("txt2img with hypernetwork prompt tags", () => {
     expect(diff).toBeGreaterThan(1e-3);
     expectClose(zero.pixels, plain.pixels, 1e-6);
     expect(tagged.hypernetworks.map((h) => [h.name, h.multiplier])).toEqual([["tinyhn", 1]]);
-    expect(tagged.infotexts[0]).toMatch(/\nSteps: 2, .*Hypernet: tinyhn, Hypernet hash: [0-9a-f]{10}, Hypernet strength: 1$/);
+    // As A1111 1.10 writes it: the tag stays in the prompt and no Hypernet field repeats it (A1111's paste would apply it twice).
+    expect(tagged.infotexts[0]).toMatch(/\nSteps: 2, [^\n]*Model: tiny-sd, RNG: NV$/);
+    expect(tagged.infotexts[0]).not.toMatch(/Hypernet/);
     expect(tagged.infotexts[0]!.startsWith(`${GEN.prompt} <hypernet:tinyhn:1>\n`)).toBe(true);
     // Detached afterwards: a plain call reproduces the untagged image.
     expectClose((await txt2img(base, GEN)).pixels, plain.pixels, 0);
@@ -306,7 +308,7 @@ describe("txt2img with hypernetwork prompt tags", () => {
     const always = await txt2img(base, { ...tag, hypernetworkTimesteps: [0, 1000] });
     expectClose(never.pixels, plain.pixels, 0);
     expectClose(always.pixels, tagged.pixels, 0);
-    expect(always.infotexts[0]).toMatch(/Hypernet strength: 1, Hypernet timesteps: 0-1000$/);
+    expect(always.infotexts[0]).toMatch(/, RNG: NV, Hypernet timesteps: 0-1000$/);
   });
 
   it("resolved networks passed in give the tagged image, and the tags they came from are not looked up again", async () => {

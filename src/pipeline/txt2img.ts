@@ -4,16 +4,27 @@
  *   prompt ──parsePrompt──▶ text + [<hypernet:name:m>, …]
  *   hypernetworks: the resolved ones passed in, or the tags' networks loaded from `hypernetworkDir`
  *   (`hypernet/prompt-networks.ts`, which caches them), attached in order for this call only
- *   cond = encodeText(text), uncond = encodeText(negative prompt)
+ *   cond = encodeText(text), uncond = encodeText(negative prompt)     A1111's front end (encodePrompts):
+ *                                       emphasis, BREAK, 75-token chunks, textual-inversion embeddings
  *   z_T ~ N(0, I) from the seed ──sampler (CFG: ε = ε_u + s·(ε_c − ε_u))──▶ z_0 ──decode──▶ image
- *   (the last two lines are `sampleImages` in sample.ts, the sampling path previews share)
+ *   (the last two lines are `sampleImages` in sample.ts, the sampling path previews share; the noise
+ *   is A1111's, image i from seed + i, with variation seeds and ENSD: a1111-image-noise.ts)
  *
- * and the A1111 infotext ("parameters" text) that lets the image be reproduced.
+ * and the A1111 infotext (infotext.ts), returned and written into each PNG's "parameters" text, so
+ * that A1111's PNG Info and `readInfotext` read the run back.
  */
 import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
+import { resolveSamplerName } from "../diffusion/sampler-names";
+import { a1111BatchSeeds, a1111ImageNoise } from "../diffusion/a1111-image-noise";
+import type { Rng } from "../diffusion/random";
 import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
 import { ignoredTags, parsePrompt } from "../hypernet/prompt";
 import { encodePng, unitToBytes } from "../io/png";
+import { addPngText } from "../io/png-text";
+import { type EmbeddingDatabase, type TextualInversionEmbedding, loadEmbeddings } from "../text/embeddings";
+import { encodePrompts } from "../text/encode-prompts";
+import type { EmphasisMode } from "../text/prompt-chunks";
+import { type InfotextFieldValue, formatInfotext, samplerUsesEnsd } from "./infotext";
 import { type AppliedHypernetwork, type PromptHypernetwork, resolvePromptHypernetworks } from "../hypernet/prompt-networks";
 import type { BaseModel } from "./base-model";
 import { type SampledImages, sampleImages, toUnitRange } from "./sample";
@@ -30,7 +41,7 @@ export interface Txt2ImgOptions {
   /** Sampling steps (default 20). */
   steps?: number;
   /** Any A1111 sampler name ("Euler a", the default; "DPM++ 2M", "DPM++ 2M Karras", "UniPC", …; see `samplerByName`). */
-  sampler?: SamplerName;
+  sampler?: SamplerName | string;
   /** Noise seed; a random 32-bit seed when absent or −1 (the one used is in the result). */
   seed?: number;
   /** Image size in pixels (default: the model's native size); a multiple of the model's size step. */
@@ -54,6 +65,27 @@ export interface Txt2ImgOptions {
   hypernetworkTimesteps?: [number, number];
   /** Called after every sampler step (e.g. for a live preview). */
   callback?: StepCallback;
+  /** Folder of textual-inversion embeddings (`.pt`, `.bin`, `.safetensors`): a prompt word equal to a file's name is replaced by its vectors. */
+  embeddingDir?: string;
+  /** Embeddings already loaded (`loadEmbeddings`); used instead of `embeddingDir`. */
+  embeddings?: EmbeddingDatabase;
+  /** A1111's "Emphasis mode": "Original" (default) reads `(word:1.2)` and `[word]`; "None" reads brackets as text. */
+  emphasis?: EmphasisMode;
+  /** A1111's "Clip skip" for this call (default: the base model's). */
+  clipSkip?: number;
+  /**
+   * Where the noise comes from, as A1111's "Random number generator source": "NV" (default; what
+   * A1111 draws on an NVIDIA GPU, its default "GPU" setting) or "CPU" (torch's CPU generator).
+   * Image i of a batch uses seed + i, as in A1111.
+   */
+  noiseSource?: "CPU" | "NV";
+  /** A1111's variation seed and its strength in [0, 1] (0, the default, turns it off). */
+  subseed?: number;
+  subseedStrength?: number;
+  /** A1111's "Resize seed from width/height", in pixels. */
+  seedResizeFrom?: { width: number; height: number };
+  /** A1111's "Eta noise seed delta" (ENSD, e.g. 31337): re-seeds the per-step noise of ancestral samplers. */
+  etaNoiseSeedDelta?: number;
 }
 
 /** What `txt2img` returns. */
@@ -63,11 +95,13 @@ export interface Txt2ImgResult {
   shape: [number, number, number, number];
   /** One PNG per image (8-bit RGB). */
   png: Buffer[];
-  /** A1111 infotext per image ("prompt\nNegative prompt: …\nSteps: …"). */
+  /** A1111 infotext per image ("prompt\nNegative prompt: …\nSteps: …"), also in each PNG's "parameters" text. */
   infotexts: string[];
   /** The seed used. */
   seed: number;
   hypernetworks: AppliedHypernetwork[];
+  /** Textual-inversion embeddings the prompt and the negative prompt used. */
+  embeddings: TextualInversionEmbedding[];
   /** Tags removed without being applied: other networks (e.g. `<lora:…>`) and any tag in the negative prompt (A1111 applies networks from the prompt only). */
   ignoredTags: string[];
 }
@@ -103,70 +137,102 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const gate = opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {};
   const stack: StackEntry[] = resolved.map((h) => ({ network: h.network, multiplier: h.multiplier, ...gate }));
 
+  const embeddings = opts.embeddings ?? (opts.embeddingDir ? loadEmbeddings(opts.embeddingDir, base.tokenizer, { width: base.textEncoder.config.width }) : undefined);
+  const emphasis = opts.emphasis ?? "Original";
+  const clipSkip = opts.clipSkip ?? base.clipSkip;
+  const noiseSource = opts.noiseSource ?? "NV";
+  const h = height / base.downscale;
+  const w = width / base.downscale;
+  const noise = a1111ImageNoise({
+    shape: [batch, h, w, base.channels],
+    seed,
+    ...(opts.subseed !== undefined ? { subseed: opts.subseed } : {}),
+    subseedStrength: opts.subseedStrength ?? 0,
+    ...(opts.seedResizeFrom ? { seedResizeFrom: opts.seedResizeFrom } : {}),
+    etaNoiseSeedDelta: opts.etaNoiseSeedDelta ?? 0,
+    source: noiseSource,
+  });
+  // The prompts go through A1111's front end (emphasis, BREAK, chunks, embedding names): a view of
+  // the base model whose encodeText is `encodePrompts`, so the shared sampling path uses it.
+  let used: TextualInversionEmbedding[][] = [];
+  const encodeText = (prompts: string[]): ReturnType<BaseModel["encodeText"]> => {
+    const r = encodePrompts(base.textEncoder, base.tokenizer, prompts, { embeddings, emphasis, clipSkip });
+    used = r.used;
+    return r.context;
+  };
+  const view = Object.create(base, { encodeText: { value: encodeText } }) as BaseModel;
+
   const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
   let sampled: SampledImages;
   try {
-    sampled = await sampleImages(base, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, seed, width, height, callback: opts.callback });
+    // The samplers only call `normal(n)`, which A1111's per-image noise answers (see a1111-image-noise.ts).
+    const rng = noise as unknown as Rng;
+    sampled = await sampleImages(view, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, rng, width, height, callback: opts.callback });
   } finally {
     attachment?.detach();
   }
 
   const pixels = toUnitRange(sampled.pixels);
   const shape = sampled.shape;
-  const png = await Promise.all(Array.from({ length: batch }, (_, i) => encodePng({ data: unitToBytes(pixels, i, width, height), width, height, channels: 3 })));
-  const infotexts = Array.from({ length: batch }, (_, i) =>
-    infotext({ prompt: opts.prompt, negativePrompt: opts.negativePrompt ?? "", steps, sampler: samplerName, cfgScale, seed, width, height, base, hypernetworks: applied, hypernetworkTimesteps: opts.hypernetworkTimesteps, batch, index: i }),
+  const seeds = a1111BatchSeeds(seed, batch, { subseed: opts.subseed ?? 0, subseedStrength: opts.subseedStrength ?? 0 });
+  // Networks passed in without a tag in the prompt get one in the infotext, as A1111 adds its default network's.
+  const tagged = new Set(parsed.hypernets.map((t) => t.name));
+  const promptText = opts.prompt + resolved.filter((n) => !tagged.has(n.name)).map((n) => `<hypernet:${n.name}:${n.multiplier}>`).join("");
+  const extra = infotextExtras({ emphasis, prompts: [parsed.prompt, negative.prompt], used, hypernetworkTimesteps: opts.hypernetworkTimesteps });
+  const infotexts = Array.from({ length: batch }, (_, i) => {
+    const sampler = resolveSamplerName(samplerName);
+    return formatInfotext({
+      prompt: promptText,
+      negativePrompt: opts.negativePrompt ?? "",
+      steps,
+      sampler: sampler.name,
+      scheduleType: scheduleLabel(samplerName),
+      cfgScale,
+      seed: seeds.seeds[i]!,
+      width,
+      height,
+      modelHash: base.checkpointHash,
+      model: base.name,
+      subseed: seeds.subseeds[i]!,
+      subseedStrength: opts.subseedStrength ?? 0,
+      ...(opts.seedResizeFrom ? { seedResizeFrom: opts.seedResizeFrom } : {}),
+      clipSkip,
+      etaNoiseSeedDelta: samplerUsesEnsd(sampler.name) ? opts.etaNoiseSeedDelta : undefined,
+      rng: noiseSource,
+      extra,
+    });
+  });
+  const png = await Promise.all(
+    Array.from({ length: batch }, async (_, i) => addPngText(await encodePng({ data: unitToBytes(pixels, i, width, height), width, height, channels: 3 }), [["parameters", infotexts[i]!]])),
   );
-  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, ignoredTags: ignoredTags(parsed, negative) };
+  const usedAll = [...new Map(used.flat().map((e) => [e.name, e])).values()];
+  return { pixels, shape, png, infotexts, seed, hypernetworks: applied, embeddings: usedAll, ignoredTags: ignoredTags(parsed, negative) };
 }
 
-/** An infotext value, quoted as A1111 does when it holds a comma, colon or quote. */
-function quote(v: string): string {
-  return /[,:\n"]/.test(v) ? JSON.stringify(v) : v;
+/** A1111's schedule-type label for a sampler name: the label it ends with ("DPM++ 2M Karras"), else "Automatic". */
+function scheduleLabel(name: string): string {
+  const key = name.trim().replace(/\s+/g, " ").toLowerCase();
+  if (/^k_\w+_ka$/.test(key)) return "Karras";
+  const m = / (karras|exponential|uniform|automatic)$/.exec(key);
+  return m ? m[1]![0]!.toUpperCase() + m[1]!.slice(1) : "Automatic";
 }
 
 /**
- * A1111's generation-parameters text: the prompt (tags included, as typed), the negative prompt,
- * then `key: value` pairs. With a batch, every image shares the seed (the batch is sampled as one
- * tensor), so `Batch size`/`Batch pos` say where in the batch it was.
+ * The infotext fields A1111 adds as it goes (`p.extra_generation_params`), in its order: TI hashes
+ * (the prompt's embeddings, then the negative prompt's, names without `:` and `,`), Emphasis (when
+ * not "Original" and a prompt has brackets), then this project's Hypernet timesteps.
  */
-export function infotext(p: {
-  prompt: string;
-  negativePrompt: string;
-  steps: number;
-  sampler: string;
-  cfgScale: number;
-  seed: number;
-  width: number;
-  height: number;
-  base: BaseModel;
-  hypernetworks: AppliedHypernetwork[];
+function infotextExtras(p: {
+  emphasis: EmphasisMode;
+  prompts: string[];
+  used: TextualInversionEmbedding[][];
   hypernetworkTimesteps?: [number, number];
-  batch?: number;
-  index?: number;
-}): string {
-  const fields: Array<[string, string | number]> = [
-    ["Steps", p.steps],
-    ["Sampler", p.sampler],
-    ["CFG scale", p.cfgScale],
-    ["Seed", p.seed],
-    ["Size", `${p.width}x${p.height}`],
-  ];
-  if (p.base.checkpointHash) fields.push(["Model hash", p.base.checkpointHash]);
-  fields.push(["Model", p.base.name]);
-  if (p.base.clipSkip > 1) fields.push(["Clip skip", p.base.clipSkip]);
-  if (p.hypernetworks.length) {
-    fields.push(["Hypernet", p.hypernetworks.map((h) => h.name).join(", ")]);
-    fields.push(["Hypernet hash", p.hypernetworks.map((h) => h.hash).join(", ")]);
-    fields.push(["Hypernet strength", p.hypernetworks.map((h) => h.multiplier).join(", ")]);
-    if (p.hypernetworkTimesteps) fields.push(["Hypernet timesteps", `${p.hypernetworkTimesteps[0]}-${p.hypernetworkTimesteps[1]}`]);
-  }
-  if ((p.batch ?? 1) > 1) {
-    fields.push(["Batch size", p.batch!]);
-    fields.push(["Batch pos", p.index ?? 0]);
-  }
-  const lines = [p.prompt];
-  if (p.negativePrompt) lines.push(`Negative prompt: ${p.negativePrompt}`);
-  lines.push(fields.map(([k, v]) => `${k}: ${typeof v === "number" ? v : quote(v)}`).join(", "));
-  return lines.join("\n");
+}): Array<[string, InfotextFieldValue]> {
+  const extra: Array<[string, InfotextFieldValue]> = [];
+  const hashes = (list: TextualInversionEmbedding[] = []): string => list.map((e) => `${e.name.replace(/[:,]/g, "")}: ${e.hash}`).join(", ");
+  const ti = [hashes(p.used[0]), hashes(p.used[1])].filter((x) => x).join(", ");
+  if (ti) extra.push(["TI hashes", ti]);
+  if (p.emphasis !== "Original" && p.prompts.some((x) => x.includes("(") || x.includes("["))) extra.push(["Emphasis", p.emphasis]);
+  if (p.hypernetworkTimesteps) extra.push(["Hypernet timesteps", `${p.hypernetworkTimesteps[0]}-${p.hypernetworkTimesteps[1]}`]);
+  return extra;
 }

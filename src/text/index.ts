@@ -2,3 +2,5 @@
 export * from "./tokenizer";
 export * from "./clip";
 export * from "./load";
+export * from "./embeddings";
+export * from "./encode-prompts";

@@ -1,0 +1,232 @@
+/**
+ * A1111 infotexts both ways: the parser gives exactly what A1111 1.10's `parse_generation_parameters`
+ * gives (fixtures made by A1111's own function, test/scripts/a1111_infotext_ref.py; run live too
+ * when python3 with `packaging` is installed); A1111's parser reads this project's writer back to
+ * the same txt2img settings; the PNG `parameters` text survives the trip; and a PNG made by txt2img
+ * on the tiny model, read back with `readInfotext`, regenerates the same pixels.
+ */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as zlib from "node:zlib";
+import sharp from "sharp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { addPngText, crc32, readPngText, textChunk } from "../src/io/png-text";
+import type { BaseModel } from "../src/pipeline/base-model";
+import { formatInfotext, parseGenerationParameters, pyNumberText, quoteInfotext, type InfotextValue } from "../src/pipeline/infotext";
+import { readInfotext, settingsFromParameters } from "../src/pipeline/infotext-read";
+import { txt2img } from "../src/pipeline/txt2img";
+import { loadTinyModel } from "../src/tiny/model";
+import { createHypernetwork } from "../src/hypernet/network";
+import { saveHypernetwork } from "../src/hypernet/file";
+import { clearHypernetworkCache } from "../src/hypernet/prompt-networks";
+import { CORPUS, ROUND_TRIP } from "./scripts/infotext-cases";
+import { expectNoLeak, fixture, setupBackend } from "./helpers/tf";
+
+type Entries = Array<[string, InfotextValue]>;
+const FIXTURE = JSON.parse(fs.readFileSync(fixture("a1111-infotext.json"), "utf8")) as {
+  corpus: Array<{ text: string; parsed: Entries }>;
+  roundTrip: Array<{ text: string; parsed: Entries }>;
+};
+
+/** A1111's parser, run live when python3 and packaging are installed; undefined otherwise. */
+function liveA1111(texts: string[]): Entries[] | undefined {
+  try {
+    execFileSync("/usr/bin/python3", ["-c", "import packaging.version"], { stdio: "ignore" });
+  } catch {
+    return undefined;
+  }
+  const out = execFileSync("/usr/bin/python3", [path.join(__dirname, "scripts", "a1111_infotext_ref.py")], { input: JSON.stringify(texts), encoding: "utf8", stdio: ["pipe", "pipe", "ignore"] });
+  return (JSON.parse(out) as { parsed: Entries[] }).parsed;
+}
+
+describe("parseGenerationParameters = A1111 1.10's parse_generation_parameters", () => {
+  it("the fixture's corpus is the current one", () => {
+    expect(FIXTURE.corpus.map((c) => c.text)).toEqual(CORPUS);
+  });
+
+  it.each(FIXTURE.corpus.map((c, i) => [i, c] as const))("corpus text %i: same keys, values, types and order", (_i, c) => {
+    expect([...parseGenerationParameters(c.text)]).toEqual(c.parsed);
+  });
+
+  it("A1111's parser run now agrees with the fixture (when python3 + packaging are installed)", (ctx) => {
+    const live = liveA1111(CORPUS);
+    if (!live) return ctx.skip("python3 with packaging is not installed: the fixture stands in for A1111's parser");
+    expect(live).toEqual(FIXTURE.corpus.map((c) => c.parsed));
+  });
+});
+
+describe("formatInfotext = A1111's create_infotext, read back by A1111's parser", () => {
+  it("writes what the fixture holds", () => {
+    expect(ROUND_TRIP.map((c) => formatInfotext(c.params))).toEqual(FIXTURE.roundTrip.map((r) => r.text));
+    expect(FIXTURE.roundTrip[0]!.text).toBe(
+      "a lighthouse at dusk <hypernet:watery:0.8> <hypernet:sunset-glow:0.5>\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, RNG: NV",
+    );
+  });
+
+  it("A1111's parser gives back the settings the text was written from (and ours gives the same fields)", () => {
+    const texts = ROUND_TRIP.map((c) => formatInfotext(c.params));
+    const a1111 = liveA1111(texts) ?? FIXTURE.roundTrip.map((r) => r.parsed);
+    ROUND_TRIP.forEach((c, i) => {
+      expect([...parseGenerationParameters(texts[i]!)]).toEqual(a1111[i]);
+      const { cannotHonour, notes: _notes, ...settings } = settingsFromParameters(new Map(a1111[i]));
+      expect(settings).toEqual(c.settings);
+      expect(cannotHonour).toEqual([]);
+    });
+  });
+
+  it("quotes as A1111 does and prints numbers as Python does", () => {
+    expect(quoteInfotext("a, b")).toBe('"a, b"');
+    expect(quoteInfotext('say "hi"')).toBe('say "hi"'); // A1111 does not quote for a quote mark alone
+    expect(quoteInfotext("x:y\nz")).toBe('"x:y\\nz"');
+    const cases: Array<[number, string]> = [
+      [0.5, "0.5"],
+      [0.0001, "0.0001"],
+      [0.00001, "1e-05"],
+      [1.5e-7, "1.5e-07"],
+      [0.1 + 0.2, "0.30000000000000004"],
+      [123.25, "123.25"],
+      [1.5e16, "1.5e+16"],
+      [-2.5, "-2.5"],
+    ];
+    for (const [n, py] of cases) expect(pyNumberText(n, true)).toBe(py);
+    expect(pyNumberText(7)).toBe("7");
+    expect(pyNumberText(7, true)).toBe("7.0");
+  });
+});
+
+describe("PNG parameters text", () => {
+  const tiny = async (): Promise<Buffer> => sharp(Buffer.alloc(4 * 4 * 3, 128), { raw: { width: 4, height: 4, channels: 3 } }).png().toBuffer();
+
+  it("Latin-1 text goes in tEXt, other text in iTXt, and both read back; the pixels are untouched", async () => {
+    const png = await tiny();
+    const out = addPngText(png, [
+      ["parameters", "a cat, (red:1.2)\nSteps: 20, Sampler: Euler a, CFG scale: 7"],
+      ["comment", "猫の絵"],
+    ]);
+    expect(out.includes(Buffer.from("tEXtparameters"))).toBe(true);
+    expect(out.includes(Buffer.from("iTXtcomment"))).toBe(true);
+    const text = readPngText(out);
+    expect(text.get("parameters")).toBe("a cat, (red:1.2)\nSteps: 20, Sampler: Euler a, CFG scale: 7");
+    expect(text.get("comment")).toBe("猫の絵");
+    expect(await sharp(out).raw().toBuffer()).toEqual(await sharp(png).raw().toBuffer());
+  });
+
+  it("reads compressed zTXt and iTXt chunks (as other tools write them) and refuses damaged ones", async () => {
+    const png = await tiny();
+    const chunkOf = (type: string, data: Buffer): Buffer => {
+      const head = Buffer.alloc(8);
+      head.writeUInt32BE(data.length, 0);
+      head.write(type, 4, "latin1");
+      const crc = Buffer.alloc(4);
+      crc.writeUInt32BE(crc32(head.subarray(4), data), 0);
+      return Buffer.concat([head, data, crc]);
+    };
+    const z = chunkOf("zTXt", Buffer.concat([Buffer.from("parameters\0\0", "latin1"), zlib.deflateSync(Buffer.from("café", "latin1"))]));
+    const it8 = chunkOf("iTXt", Buffer.concat([Buffer.from("other\0\x01\0en\0\0", "latin1"), zlib.deflateSync(Buffer.from("ねこ", "utf8"))]));
+    const withChunks = Buffer.concat([png.subarray(0, 33), z, it8, png.subarray(33)]);
+    expect([...readPngText(withChunks)]).toEqual([
+      ["parameters", "café"],
+      ["other", "ねこ"],
+    ]);
+    const broken = Buffer.from(addPngText(png, [["parameters", "x"]]));
+    broken[33 + 8 + 12] ^= 1; // a byte of the tEXt payload
+    expect(() => readPngText(broken, "img.png")).toThrow(/img\.png: damaged PNG \(chunk tEXt at byte 33 fails its CRC check\)/);
+    expect(() => readPngText(Buffer.from("GIF89a"), "x.gif")).toThrow(/x\.gif: not a PNG image/);
+    const bomb = chunkOf("zTXt", Buffer.concat([Buffer.from("parameters\0\0", "latin1"), zlib.deflateSync(Buffer.alloc(20 << 20))]));
+    expect(() => readPngText(Buffer.concat([png.subarray(0, 33), bomb, png.subarray(33)]), "bomb.png")).toThrow(/bomb\.png: a compressed zTXt chunk expands past/);
+    expect(() => textChunk("", "x")).toThrow(/PNG text key/);
+  });
+});
+
+describe("readInfotext", () => {
+  let base: BaseModel;
+  let dir: string;
+  beforeAll(async () => {
+    await setupBackend();
+    base = loadTinyModel();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "infotext-"));
+  });
+  afterAll(() => {
+    clearHypernetworkCache();
+    base?.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("names what cannot be honoured: unknown sampler and schedule, hires fix, other versions' behaviour, a different model, missing networks", () => {
+    const r = readInfotext(CORPUS[20]!);
+    expect(r.sampler).toBe("DPM++ 2M");
+    expect(r.cannotHonour.join("\n")).toMatch(/Sampler: Restart is an A1111 sampler this project does not implement/);
+    expect(r.cannotHonour.join("\n")).toMatch(/Schedule type: SGM Uniform is not implemented/);
+    expect(r.cannotHonour.join("\n")).toMatch(/Face restoration: CodeFormer/);
+    expect(r.cannotHonour.join("\n")).toMatch(/FP8 weight: Enable for SDXL/);
+    expect(r.emphasis).toBe("No norm");
+    const hires = readInfotext(CORPUS[4]!);
+    expect(hires.cannotHonour).toEqual([expect.stringMatching(/^hires fix \(Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0\.7\): only the first pass is made here, at 512x512$/)]);
+    expect(readInfotext(CORPUS[11]!).cannotHonour.join("\n")).toMatch(/Old prompt editing timelines[\s\S]*Pad conds v0[\s\S]*Downcast alphas_cumprod/);
+    const withHash = (h: string): BaseModel => Object.assign(Object.create(base) as BaseModel, { checkpointHash: h });
+    const old = readInfotext(CORPUS[21]!, { base: withHash("0123456789") });
+    expect(old.sampler).toBe("DPM++ 2M");
+    expect(old.cannotHonour).toEqual([expect.stringMatching(/unknown sampler "k_euler_ancestral" \(A1111 itself falls back to DPM\+\+ 2M/)]);
+    expect(old.notes.join("\n")).toMatch(/Model hash 45dee52b is A1111's old 8-digit hash/);
+    const other = readInfotext(CORPUS[1]!, { base: withHash("aaaaaaaaaa") });
+    expect(readInfotext(CORPUS[1]!, { base: withHash("6ce0161689") }).cannotHonour).toEqual([]);
+    expect(readInfotext(CORPUS[1]!, { base }).notes.join("\n")).toMatch(/the loaded model "tiny-shapes" has no file hash to compare/);
+    expect(other.cannotHonour).toEqual([expect.stringMatching(/Model hash 6ce0161689 \(v1-5-pruned-emaonly\) differs from the loaded model's aaaaaaaaaa/)]);
+    const tagged = readInfotext(CORPUS[0]!, { hypernetworkDir: dir });
+    expect(tagged.cannotHonour).toEqual([`hypernetwork "watery" is not in ${dir}`]);
+    expect(tagged.prompt).toBe("masterpiece, (best quality:1.2) <hypernet:watery:0.8>");
+    expect(tagged.sampler).toBe("DPM++ 2M Karras");
+    const ti = readInfotext(CORPUS[2]!, { base, embeddingDir: fixture("embeddings") });
+    expect(ti.cannotHonour).toEqual([
+      "Lora hashes: add_detail: 7c6bad76eb54 — LoRA networks is not reproduced here",
+      expect.stringMatching(/embedding "easynegative" is not in/),
+      expect.stringMatching(/embedding "badhandv4" is not in/),
+    ]);
+  });
+
+  it("bad sources: clear errors naming the file", () => {
+    expect(() => readInfotext(path.join(dir, "missing.png"))).toThrow(/missing\.png: no such file/);
+    const plain = path.join(dir, "plain.png");
+    fs.writeFileSync(plain, Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0]));
+    expect(() => readInfotext(plain)).toThrow(/plain\.png: the PNG is truncated/);
+  });
+
+  it("a txt2img PNG (hypernetwork tag, embedding, variation seed, CPU noise, 2 images) read back regenerates the same pixels; change one setting and it changes", async () => {
+    const hnDir = path.join(dir, "hypernetworks");
+    fs.mkdirSync(hnDir);
+    const net = createHypernetwork({ name: "tinyhn", dims: base.contextDims, layerStructure: [1, 2, 1], weightInit: "Normal", seed: 3 });
+    saveHypernetwork(net, path.join(hnDir, "tinyhn.pt"));
+    net.dispose();
+    const settings = {
+      prompt: "a cyan circle on the left <hypernet:tinyhn:0.7>",
+      negativePrompt: "a red square",
+      steps: 3,
+      sampler: "Euler a",
+      cfgScale: 5,
+      seed: 77,
+      subseed: 5,
+      subseedStrength: 0.3,
+      etaNoiseSeedDelta: 31337,
+      noiseSource: "CPU" as const,
+      batch: 2,
+      hypernetworkDir: hnDir,
+      embeddingDir: fixture("embeddings"),
+    };
+    const first = await txt2img(base, settings);
+    expect(first.embeddings.map((e) => e.name)).toEqual(["cyan", "red"]);
+    expect(first.infotexts[1]).toMatch(/Seed: 77, Size: 32x32, Model: tiny-shapes, Variation seed: 6, Variation seed strength: 0\.3, ENSD: 31337, RNG: CPU, TI hashes: "cyan: [0-9a-f]{12}, red: [0-9a-f]{12}"$/);
+    expect(readPngText(first.png[1]!).get("parameters")).toBe(first.infotexts[1]);
+    const file = path.join(dir, "second.png");
+    fs.writeFileSync(file, first.png[1]!);
+    const read = readInfotext(file, { base, hypernetworkDir: hnDir, embeddingDir: fixture("embeddings") });
+    expect(read.cannotHonour).toEqual([]);
+    const again = await expectNoLeak(() => txt2img(base, { ...read, hypernetworkDir: hnDir, embeddingDir: fixture("embeddings") }));
+    const n = 32 * 32 * 3;
+    expect(again.pixels).toEqual(first.pixels.subarray(n, 2 * n));
+    expect(again.infotexts[0]).toBe(first.infotexts[1]);
+    const changed = await txt2img(base, { ...read, cfgScale: 9, hypernetworkDir: hnDir, embeddingDir: fixture("embeddings") });
+    expect(changed.pixels).not.toEqual(again.pixels);
+  }, 120_000);
+});
