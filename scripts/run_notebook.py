@@ -1,6 +1,10 @@
 """Execute one notebook with nbclient (Debian's Jupyter) and the tslab kernel.
 
-Usage: /usr/bin/python3 scripts/run_notebook.py IN.ipynb OUT.ipynb
+Usage: /usr/bin/python3 scripts/run_notebook.py IN.ipynb OUT.ipynb [--runs N]
+
+With --runs N (default 1) every cell is executed N times in order in one kernel, as a user's
+"Run All" pressed N times: OUT then holds the last run's outputs, which must stand on their own
+(a chart whose plotly.js bundle went out with the first run's outputs must still show).
 
 Writes the executed notebook to OUT (also when a cell fails, so its outputs can be read) and exits
 1 on the first failing cell, printing that cell's source and its stderr/error outputs: tslab sends
@@ -13,11 +17,25 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 
-def main(src: str, dst: str) -> int:
+def run_all(client: NotebookClient, nb, runs: int) -> None:
+    """Execute the notebook `runs` times in one kernel (once: nbclient's own execute())."""
+    if runs <= 1:
+        client.execute()
+        return
+    with client.setup_kernel():
+        for _ in range(runs):
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                cell.outputs = []  # a re-run replaces the cell's outputs, as in Jupyter
+                client.execute_cell(cell, index)
+
+
+def main(src: str, dst: str, runs: int = 1) -> int:
     nb = nbformat.read(src, as_version=4)
     client = NotebookClient(nb, kernel_name="tslab", timeout=900, allow_errors=False)
     try:
-        client.execute()
+        run_all(client, nb, runs)
     except CellExecutionError:
         failed = None
         for i, cell in enumerate(nb.cells):
@@ -47,4 +65,13 @@ def main(src: str, dst: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    argv = sys.argv[1:]
+    runs = 1
+    if "--runs" in argv:
+        i = argv.index("--runs")
+        runs = int(argv[i + 1])
+        del argv[i : i + 2]
+    if len(argv) != 2 or runs < 1:
+        print("usage: run_notebook.py IN.ipynb OUT.ipynb [--runs N]", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(argv[0], argv[1], runs))
