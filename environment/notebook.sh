@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 environment/setup-jupyter.sh
 export JUPYTER_PATH="$(pwd)/.jupyter/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
-exec /usr/bin/python3 -m notebook --notebook-dir="$(pwd)/notebooks" "$@"
+# As root (containers, CI) Jupyter refuses to start without --allow-root; pass it for the user.
+extra=()
+[ "$(id -u)" = 0 ] && extra+=(--allow-root)
+exec /usr/bin/python3 -m notebook --notebook-dir="$(pwd)/notebooks" "${extra[@]}" "$@"

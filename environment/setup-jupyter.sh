@@ -58,4 +58,12 @@ else
 fi
 JUPYTER_PATH="$REPO/.jupyter/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}" "$PY" -m jupyter kernelspec list 2>/dev/null | grep "tslab" >/dev/null \
   || { echo "setup-jupyter: the tslab kernelspec is not visible to $PY -m jupyter" >&2; exit 1; }
+if [ "$user_install" != 1 ]; then
+  case ":${JUPYTER_PATH:-}:" in
+    *":$REPO/.jupyter/share/jupyter:"*) ;;
+    *) echo "setup-jupyter: the kernel is registered in $REPO/.jupyter; for a plain \`jupyter notebook\`/\`jupyter nbconvert\` to find it, run"
+       echo "    export JUPYTER_PATH=\"$REPO/.jupyter/share/jupyter\${JUPYTER_PATH:+:\$JUPYTER_PATH}\""
+       echo "  or register it for your user once: environment/setup-jupyter.sh --user (npm run notebook needs neither)" ;;
+  esac
+fi
 echo "setup-jupyter: ok (python $($PY -c 'import nbconvert, nbclient; print("nbconvert", nbconvert.__version__, "nbclient", nbclient.__version__)'), $("$TSLAB" --version))"
