@@ -3,3 +3,4 @@ export * from "./lr-schedule";
 export * from "./adamw";
 export * from "./grad-norm";
 export * from "./trainer";
+export { formatDuration, progressLine, progressPrinter, type ProgressPrinter } from "./progress";

@@ -7,8 +7,8 @@ import type { Attachment } from "../hypernet/attach";
 import { encodePng, unitToBytes } from "../io/png";
 import type { BaseModel } from "../pipeline/base-model";
 import { sampleImages, toUnitRange } from "../pipeline/sample";
-import type { PreviewOptions, RgbImage } from "./trainer";
-
+import type { RgbImage } from "./events";
+import type { PreviewOptions } from "./options";
 
 /** A preview's images, as RGB bytes and as PNG files' bytes. */
 export interface PreviewImages {

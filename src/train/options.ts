@@ -1,0 +1,271 @@
+/**
+ * The trainer's options (A1111's Train tab, plus this project's), checked and resolved into one
+ * run configuration before anything is read or written: every mistake in the options is an error
+ * naming the option and what it accepts, raised before the dataset is loaded.
+ */
+import * as path from "node:path";
+import { sd15Schedule } from "../diffusion/schedule";
+import type { LatentSampling } from "../data/dataset";
+import type { Hypernetwork } from "../hypernet/network";
+import { insideFolder, printable, safeFileStem } from "../io/safe-name";
+import type { Param } from "../nn/module";
+import type { BaseModel } from "../pipeline/base-model";
+import type { CheckpointEvent, PreviewEvent, StepEvent } from "./events";
+import type { Prediction } from "./loss";
+import { Schedule } from "./lr-schedule";
+
+/** Gradient clipping mode (A1111's "Gradient Clipping" dropdown). */
+export type ClipMode = "disabled" | "value" | "norm";
+
+/** Options of `train`. Names follow A1111's Train tab; defaults are A1111's unless noted. */
+export interface TrainOptions {
+  // -- data (spec §4.5) --
+  /** Folder of training images with optional `<stem>.txt` captions. */
+  dataDir: string;
+  /** Prompt template: stock name, file path or lines (default "style_filewords"). */
+  template?: string | readonly string[];
+  /** Resize target (default: the base model's image size). */
+  width?: number;
+  height?: number;
+  /** Keep native sizes, batching within equal-size buckets (default false). */
+  doNotResize?: boolean;
+  /** Shuffle caption tags on every fetch (default false). */
+  shuffleTags?: boolean;
+  /** Leading tags never shuffled or dropped (default 0). */
+  keepTokens?: number;
+  /** Probability of dropping each tag on every fetch (default 0). */
+  tagDropout?: number;
+  /** Times each image appears per epoch (default 1). */
+  repeats?: number;
+  /** VAE latent sampling: "once" (default), "deterministic" or "random". */
+  latentSampling?: LatentSampling;
+  /** Use the PNG alpha channel as a loss weight (default false). */
+  alphaWeights?: boolean;
+  /** Most pixels a dataset image may claim before decoding (default 2^27; `false`: no limit). See `DatasetOptions`. */
+  limitInputPixels?: number | false;
+  /** Longest caption used, in characters (default 4,096); longer ones are cut with a note. See `DatasetOptions`. */
+  maxCaptionChars?: number;
+
+  // -- the run (spec §4.2–§4.4, §4.7) --
+  /** Max steps: the absolute number of optimizer steps to reach (a network at step 500 trained to 2000 does 1500 more). */
+  maxSteps: number;
+  /** Learning-rate schedule string or number (default "0.00001", see lr-schedule.ts). */
+  learningRate?: string | number;
+  /** Images per micro-batch (default 1; clamped to the dataset size). */
+  batchSize?: number;
+  /** Micro-batches per optimizer step (default 1; clamped to ⌊dataset / batch⌋). */
+  gradientAccumulation?: number;
+  /** Gradient clipping (default "disabled"). */
+  gradientClipping?: ClipMode;
+  /** Clip value or max norm, a schedule string like the learning rate (default "0.1"). */
+  clipValue?: string | number;
+  /** Prediction target (default "epsilon"). */
+  prediction?: Prediction;
+  /** Seed of all training randomness (default 0). The same seed gives the same run. */
+  seed?: number;
+  /** AdamW weight decay (default 0.01, PyTorch's). */
+  weightDecay?: number;
+  /**
+   * Timesteps the loss is sampled from, `[min, max)` out of the schedule's 1000 (default `[0, 1000]`,
+   * uniform over all of them, as A1111 does). Not an A1111 option; kohya's trainers call it
+   * `--min_timestep`/`--max_timestep`. A narrower low range trains the network only on the
+   * low-noise steps that draw colour and texture, and keeps it from learning changes at high noise,
+   * where the layout of the picture is decided.
+   */
+  timesteps?: readonly [number, number];
+
+  // -- files (spec §4.8–§4.9) --
+  /** Run folder (default `textual_inversion/<YYYY-MM-DD>/<name>`, as A1111). */
+  logDir?: string;
+  /** Checkpoint every N steps (default 500; 0 = only the final save). */
+  saveEvery?: number;
+  /** Write `.optim` beside each checkpoint (default true; A1111's default is off). */
+  saveOptimizer?: boolean;
+  /** Append a CSV row every N steps (default 1; A1111: 500; 0 = no CSV). */
+  csvEvery?: number;
+  /** Write the settings JSON at start (default true). */
+  saveSettings?: boolean;
+  /** Also save the final network here (e.g. `models/hypernetworks/<name>.pt`). */
+  finalFile?: string;
+  /** Allow `finalFile` to replace an existing file (default false: the user's files are never replaced unasked). */
+  overwrite?: boolean;
+  /**
+   * Resume from this checkpoint `.pt` (one written by this trainer, or an A1111 file): the network
+   * passed in must have been loaded from it (`loadHypernetwork(file, { trainable: true })`, or use
+   * `resumeTraining`). Its `.optim` restores AdamW; its `.state.json` restores the seed check and
+   * the loss average. Step counting and the schedule continue from the file's step.
+   */
+  resumeFrom?: string;
+
+  // -- previews (spec §4.10) --
+  /** Make a preview every N steps (default 0 = never). */
+  previewEvery?: number;
+  /** How previews are made. */
+  preview?: PreviewOptions;
+
+  // -- safety --
+  /**
+   * Stop when a step's loss exceeds this many times the running average (default 20; 0 = off).
+   * Non-finite losses or gradients always stop training.
+   */
+  blowUpFactor?: number;
+  /** Steps before the blow-up check starts (default 20), so the average means something. */
+  blowUpWarmup?: number;
+
+  // -- reporting --
+  /** Called after every optimizer step. */
+  onStep?: (e: StepEvent) => void;
+  /** Called after every checkpoint (and the final save). */
+  onCheckpoint?: (e: CheckpointEvent) => void;
+  /** Called with every preview. */
+  onPreview?: (e: PreviewEvent) => void | Promise<void>;
+  /** Messages (schedule changes, warnings, the stop reason). Default: console.log. */
+  onLog?: (message: string) => void;
+  /** Print a progress line with step/s and ETA (default: when stderr is a terminal). */
+  progress?: boolean;
+  /** Stop after the current step on Ctrl-C (SIGINT) and save (default true). */
+  handleSigint?: boolean;
+  /** For tests: replace the loss of this step (1-based) by NaN, to exercise the safety stop. */
+  debugPoisonStep?: number;
+}
+
+/** Preview settings (A1111 defaults without "read parameters from txt2img"). */
+export interface PreviewOptions {
+  /** Prompt (default: the first prompt of the current batch). */
+  prompt?: string;
+  negativePrompt?: string;
+  /** Sampler name: "Euler a" (default), "Euler", "DDIM". */
+  sampler?: string;
+  /** Sampling steps (default 20). */
+  steps?: number;
+  /** CFG scale (default 7). */
+  cfgScale?: number;
+  /** Fixed seed (default 0), so previews of successive steps are comparable. */
+  seed?: number;
+  /** Size in pixels (default: the training width/height). */
+  width?: number;
+  height?: number;
+  /** Write `images/<name>-<step>.png` (default true). */
+  save?: boolean;
+}
+
+
+/** Everything a run uses, checked and with the defaults filled in. */
+export interface RunConfig {
+  /** The network's name as stored; `shownName` with control characters escaped, for messages. */
+  name: string;
+  shownName: string;
+  /** The plain file-name stem checkpoints and previews are named after. */
+  stem: string;
+  seed: number;
+  /** Step the network is at (its file's step), and the step to reach. */
+  startStep: number;
+  maxSteps: number;
+  saveEvery: number;
+  csvEvery: number;
+  previewEvery: number;
+  prediction: Prediction;
+  clipMode: ClipMode;
+  /** Timesteps the loss is drawn from, `[min, max)`. */
+  timesteps: [number, number];
+  logDir: string;
+  /** The schedules as the user wrote them (for the state file). */
+  lrText: string;
+  clipText: string;
+  /** Training image size (the dataset's resize target and the previews' default). */
+  width: number;
+  height: number;
+  saveOptimizer: boolean;
+  blowUpFactor: number;
+  blowUpWarmup: number;
+  /** The network's parameters, in `.optim` order. */
+  params: Param[];
+}
+
+/** Validate a `timesteps` range against a schedule of `n` steps; the default is all of them. */
+function checkTimesteps(range: readonly [number, number] | undefined, n: number): [number, number] {
+  if (range === undefined) return [0, n];
+  const [lo, hi] = range;
+  if (!Number.isSafeInteger(lo) || !Number.isSafeInteger(hi) || lo < 0 || hi > n || lo >= hi) {
+    throw new Error(`train: timesteps must be integers [min, max) with 0 ≤ min < max ≤ ${n}, got ${JSON.stringify(range)}`);
+  }
+  return [lo, hi];
+}
+
+/** An integer option ≥ `min` (default `fallback`), or an error naming it. */
+export function positiveInt(v: number | undefined, fallback: number, what: string, min = 1): number {
+  const x = v ?? fallback;
+  if (!Number.isSafeInteger(x) || x < min) throw new Error(`train: ${what} must be an integer ≥ ${min}, got ${x}`);
+  return x;
+}
+
+/** `YYYY-MM-DD` of a date (A1111's run folders are named by day). */
+export function today(d = new Date()): string {
+  const p = (n: number): string => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+}
+
+/**
+ * Check the options and fill in the defaults. Also refuses a base model with trainable weights
+ * (only the hypernetwork may change) and a network loaded for inference. `warn` hears about a
+ * network name that could not be used as a file name.
+ */
+export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: TrainOptions, warn: (m: string) => void): RunConfig {
+  const name = net.name;
+  // Files are named after a plain-file-name form of the network's name (it comes from a file and
+  // must not choose the folder); messages show the name with control characters escaped.
+  const shownName = printable(name);
+  const safe = safeFileStem(name);
+  const stem = safe.stem;
+  const seed = opts.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`train: seed must be a non-negative integer, got ${seed}`);
+  const maxSteps = positiveInt(opts.maxSteps, NaN, "maxSteps");
+  const saveEvery = positiveInt(opts.saveEvery, 500, "saveEvery", 0);
+  const csvEvery = positiveInt(opts.csvEvery, 1, "csvEvery", 0);
+  const previewEvery = positiveInt(opts.previewEvery, 0, "previewEvery", 0);
+  const prediction = opts.prediction ?? "epsilon";
+  const clipMode = opts.gradientClipping ?? "disabled";
+  const timesteps = checkTimesteps(opts.timesteps, sd15Schedule().numTimesteps);
+  if (!["disabled", "value", "norm"].includes(clipMode)) throw new Error(`train: gradientClipping must be "disabled", "value" or "norm", got ${JSON.stringify(clipMode)}`);
+  const logDir = opts.logDir ?? insideFolder("textual_inversion", path.join("textual_inversion", today(), stem), "the run folder");
+  if (safe.changed) warn(`the network's name "${shownName}" is not a plain file name (${safe.problems.join("; ")}); its files are named "${stem}-<step>.pt" instead`);
+
+  // Frozen base model: only the hypernetwork may be trained.
+  const frozenLeak = [...base.unet.trainableVariables(), ...base.textEncoder.trainableVariables(), ...(base.vae?.trainableVariables() ?? [])];
+  if (frozenLeak.length) throw new Error(`train: the base model has ${frozenLeak.length} trainable variables (e.g. ${frozenLeak[0]!.name}); build it with trainable: false (the default) so only the hypernetwork is trained`);
+  const params = net.namedParameters().map(([, p]) => p);
+  if (params.some((p) => !p.value.trainable)) throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
+
+  return {
+    name,
+    shownName,
+    stem,
+    seed,
+    startStep: net.info.step,
+    maxSteps,
+    saveEvery,
+    csvEvery,
+    previewEvery,
+    prediction,
+    clipMode,
+    timesteps,
+    logDir,
+    lrText: String(opts.learningRate ?? "0.00001"),
+    clipText: String(opts.clipValue ?? "0.1"),
+    width: opts.width ?? base.imageSize,
+    height: opts.height ?? base.imageSize,
+    saveOptimizer: opts.saveOptimizer ?? true,
+    blowUpFactor: opts.blowUpFactor ?? 20,
+    blowUpWarmup: opts.blowUpWarmup ?? 20,
+    params,
+  };
+}
+
+/** The learning-rate schedule and (when clipping) the clip-value schedule, from the start step on; `warn` hears their warnings. */
+export function resolveSchedules(cfg: RunConfig, warn: (m: string) => void): { lr: Schedule; clip: Schedule | undefined } {
+  const lr = new Schedule(cfg.lrText, cfg.maxSteps, cfg.startStep, "learning rate");
+  lr.warnings.forEach(warn);
+  const clip = cfg.clipMode === "disabled" ? undefined : new Schedule(cfg.clipText, cfg.maxSteps, cfg.startStep, "gradient clipping");
+  clip?.warnings.forEach(warn);
+  return { lr, clip };
+}
