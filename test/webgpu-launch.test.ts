@@ -154,9 +154,16 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     expect(version, "the patches were written and checked against 4.22.0; re-check them before moving").toBe("4.22.0");
     expect(missingWebgpuInternals(backend())).toBeNull();
     const p = stockProto();
-    expect([p.uploadToGPU.length, p.makeUniforms.length, p.runWebGPUProgram.length]).toEqual([1, 1, 5]);
-    // The stock upload still stages through a mapped buffer (what the patch replaces).
+    const rec = (p as unknown as { recordAndSubmit: (...a: unknown[]) => void }).recordAndSubmit;
+    expect([p.uploadToGPU.length, p.makeUniforms.length, p.runWebGPUProgram.length, rec.length]).toEqual([1, 1, 5, 4]);
+    // The stock upload still stages through a mapped buffer (what the patch replaces), and the
+    // stock recording still builds NaN, Infinity, shapes and strides, then submits in batches
+    // (what the lean recorder reproduces).
     expect(String(p.uploadToGPU)).toMatch(/MAP_WRITE/);
+    const recSource = String(rec);
+    for (const part of ["NaN", "Infinity", "computeStrides", "makeUniforms", "createBindGroup", "getBindGroupLayout(0)", "dispatchWorkgroups", "WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", "submitQueue", "commandQueueOwnedIds"]) {
+      expect(recSource, `stock recordAndSubmit no longer mentions ${part}`).toContain(part);
+    }
     // The pool's free lists are keyed `${size}_${usage}` (the bind-group patch keeps them sorted).
     const bm = backend().bufferManager;
     const b = bm.acquireBuffer(1236, 0x80 | 0x4 | 0x8);
@@ -199,7 +206,7 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     }
     const r = installWebgpuLaunchPatches();
     expect(r.installed).toBe(true);
-    expect(r.patches!.applied).toEqual(["writeBuffer uploads", "shared constant buffers", "cached uniform buffers", "cached bind groups and layouts"]);
+    expect(r.patches!.applied).toEqual(["writeBuffer uploads", "shared constant buffers", "cached uniform buffers", "cached bind groups and layouts", "lean launch recording"]);
     expect(installWebgpuLaunchPatches().patches).toBe(r.patches); // idempotent
     expect(backend().uploadToGPU).not.toBe(stockProto().uploadToGPU);
     removeWebgpuLaunchPatches();
@@ -210,7 +217,7 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
   it("useBackend(\"webgpu\") applies the patches and says so in its report", async () => {
     removeWebgpuLaunchPatches();
     const report = await useBackend("webgpu", { quiet: true });
-    expect(report.notes.join("\n")).toMatch(/WebGPU launch patches: writeBuffer uploads, shared constant buffers, cached uniform buffers, cached bind groups and layouts/);
+    expect(report.notes.join("\n")).toMatch(/WebGPU launch patches: writeBuffer uploads, shared constant buffers, cached uniform buffers, cached bind groups and layouts, lean launch recording/);
     expect(backend().uploadToGPU).not.toBe(stockProto().uploadToGPU);
     removeWebgpuLaunchPatches();
   }, 60_000);
@@ -302,6 +309,7 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
       const p = patched.counts;
       console.log(`training step counts, stock → patched: dispatches ${s.dispatches} → ${p.dispatches}, uploads ${s.uploads} (${s.scalarUploads} scalars) → ${p.uploads} (${p.scalarUploads}), uniform writes ${s.uniformWrites} → ${p.uniformWrites}, bind groups ${s.createBindGroup} → ${p.createBindGroup}, buffers created ${s.createBuffer} → ${p.createBuffer}`);
       expect(p.dispatches).toBe(s.dispatches); // no fusion here: the same launches, made cheaper
+      expect(p.submits).toBe(s.submits); // the lean recorder submits in the same batches
       expect(s.createBufferMapped).toBeGreaterThan(100); // the stock path stages each upload
       expect(p.createBufferMapped).toBe(0);
       expect(p.uploads).toBeLessThanOrEqual(20);

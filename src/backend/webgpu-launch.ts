@@ -3,7 +3,7 @@
  * project to the live backend instance — no fork, no edited files in node_modules.
  *
  * Why: a hypernetwork training step of the bench model is ~4,800 GPU dispatches, and on the stock
- * backend each one costs far more host time than GPU time. Four per-launch costs are removed:
+ * backend each one costs far more host time than GPU time. Five per-launch costs are removed:
  *
  * 1. **Uploads** (`uploadToGPU`): stock tfjs creates a fresh mapped staging buffer per upload (one
  *    device-memory allocation, map, unmap and destroy each — a driver call apiece on real GPUs)
@@ -20,48 +20,28 @@
  * 4. **Bind groups**: with stable uniform buffers and tfjs's buffer pool handing out the same
  *    buffers each step, the same (pipeline layout, buffers) combinations recur; they are cached
  *    (at most 16,384), and `getBindGroupLayout(0)` is asked once per pipeline.
+ * 5. **Recording** (`recordAndSubmit`): a lean version finds the uniform buffer by the shapes it is
+ *    made of and the bind group by the buffers it binds, so a repeated launch allocates nothing;
+ *    `device.limits`, read per launch, is read once. The commands recorded are tfjs's own.
  *
+ * The caching code is in webgpu-launch-cache.ts.
  * Everything is checked by test/webgpu-launch.test.ts: the patched methods still exist with the
  * shape this code expects, the results are bit-identical to the stock path on lavapipe, and the
  * counts drop. `HYPERNET_WEBGPU_PATCHES=0` turns the patches off (for before/after comparisons).
  */
 import * as tf from "@tensorflow/tfjs";
+import {
+  type GpuBuffer, type GpuDevice, type GpuQueue, type LaunchCaches, type RecorderInternals, type UniformField, type BufferPool,
+  makeRecorder, makeUniformCache, patchBindGroups, patchBufferPool,
+} from "./webgpu-launch-cache";
+
+export { type UniformField, uniformBytes } from "./webgpu-launch-cache";
 
 // GPUBufferUsage bits (WebGPU spec values).
 const COPY_SRC = 0x4;
 const COPY_DST = 0x8;
-const UNIFORM = 0x40;
 const STORAGE = 0x80;
 const STORAGE_USAGE = STORAGE | COPY_SRC | COPY_DST;
-
-/** The few Dawn objects used here, typed structurally (the `webgpu` package is optional). */
-interface GpuBuffer {
-  readonly size: number;
-  readonly usage: number;
-}
-interface GpuQueue {
-  writeBuffer(buffer: GpuBuffer, offset: number, data: ArrayBuffer | ArrayBufferView, dataOffset?: number, size?: number): void;
-}
-interface GpuPipeline {
-  getBindGroupLayout(index: number): object;
-}
-interface GpuDevice {
-  queue: GpuQueue;
-  createBuffer(d: { size: number; usage: number; mappedAtCreation?: boolean }): GpuBuffer;
-  createBindGroup(d: BindGroupDescriptor): object;
-  createComputePipeline(d: object): GpuPipeline;
-  createComputePipelineAsync(d: object): Promise<GpuPipeline>;
-}
-interface BindGroupDescriptor {
-  layout: object;
-  entries: Array<{ binding: number; resource: unknown }>;
-}
-
-/** One uniform field as tfjs passes it to `makeUniforms`. */
-export interface UniformField {
-  type: string;
-  data: number[];
-}
 
 /** What tfjs keeps per tensor on the WebGPU backend (the fields read or written here). */
 interface TensorData {
@@ -84,6 +64,7 @@ interface BackendInternals {
   uploadToGPU(dataId: object): void;
   makeUniforms(fields: UniformField[]): { offset: number; size: number; buffer: GpuBuffer };
   runWebGPUProgram(program: unknown, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: UniformField[], output?: tf.TensorInfo): tf.TensorInfo;
+  recordAndSubmit: RecorderInternals["recordAndSubmit"];
   /** Compiled pipelines by shader key (a Promise while compiling in parallel mode). */
   pipelineCache?: Record<string, unknown>;
   __launchPatches?: LaunchPatches;
@@ -95,6 +76,8 @@ export interface LaunchPatchOptions {
   constants?: boolean;
   uniforms?: boolean;
   bindGroups?: boolean;
+  /** The lean `recordAndSubmit` (needs `uniforms` and `bindGroups`). */
+  record?: boolean;
 }
 
 /** Cache statistics since install. */
@@ -127,7 +110,7 @@ export interface LaunchPatchResult {
   patches?: LaunchPatches;
 }
 
-const METHODS = ["uploadToGPU", "makeUniforms", "runWebGPUProgram", "ensureCommandEncoderReady", "endComputePassEncoder"] as const;
+const METHODS = ["uploadToGPU", "makeUniforms", "runWebGPUProgram", "recordAndSubmit", "submitQueue", "ensureCommandEncoderReady", "endComputePassEncoder"] as const;
 
 /**
  * The tfjs internals this module needs, or the first one missing. A non-null answer means the
@@ -136,7 +119,8 @@ const METHODS = ["uploadToGPU", "makeUniforms", "runWebGPUProgram", "ensureComma
 export function missingWebgpuInternals(backend: unknown): string | null {
   const b = backend as Partial<Record<string, unknown>>;
   for (const m of METHODS) if (typeof b[m] !== "function") return `method ${m}`;
-  for (const f of ["device", "queue", "tensorMap", "bufferManager"]) if (b[f] == null) return `field ${f}`;
+  for (const f of ["device", "queue", "tensorMap", "bufferManager", "commandQueueOwnedIds", "pipelineCache"]) if (b[f] == null) return `field ${f}`;
+  if (typeof b.dispatchCountInPass !== "number") return "field dispatchCountInPass";
   const bm = b.bufferManager as { acquireBuffer?: unknown };
   if (typeof bm.acquireBuffer !== "function") return "method bufferManager.acquireBuffer";
   return null;
@@ -155,7 +139,7 @@ export function installWebgpuLaunchPatches(opts: LaunchPatchOptions = {}): Launc
   if (backend.__launchPatches) return { installed: true, patches: backend.__launchPatches };
   const missing = missingWebgpuInternals(backend);
   if (missing) return { installed: false, reason: `tfjs-backend-webgpu ${tf.version_core} lacks the ${missing} these patches were written for (4.22)` };
-  const patches = applyPatches(backend, { uploads: true, constants: true, uniforms: true, bindGroups: true, ...opts });
+  const patches = applyPatches(backend, { uploads: true, constants: true, uniforms: true, bindGroups: true, record: true, ...opts });
   backend.__launchPatches = patches;
   return { installed: true, patches };
 }
@@ -173,14 +157,14 @@ function applyPatches(backend: BackendInternals, opts: Required<LaunchPatchOptio
   };
   const restores: Array<() => void> = [];
   const applied: string[] = [];
-  const own = (obj: object, name: string, fn: unknown): void => {
-    const target = obj as Record<string, unknown>;
-    const had = Object.prototype.hasOwnProperty.call(target, name);
-    const before = target[name];
-    target[name] = fn;
+  // An own property shadows the prototype's method or getter until remove() (defineProperty,
+  // since plain assignment cannot shadow a getter such as device.limits).
+  const own = (obj: object, name: string, value: unknown): void => {
+    const before = Object.getOwnPropertyDescriptor(obj, name);
+    Object.defineProperty(obj, name, { value, configurable: true, writable: true, enumerable: false });
     restores.push(() => {
-      if (had) target[name] = before;
-      else delete target[name];
+      if (before) Object.defineProperty(obj, name, before);
+      else delete (obj as Record<string, unknown>)[name];
     });
   };
   const constants = new ConstantBuffers(backend.device, 4096, 64 << 20, stats);
@@ -189,14 +173,21 @@ function applyPatches(backend: BackendInternals, opts: Required<LaunchPatchOptio
     own(backend, "runWebGPUProgram", makeRun(backend, constants, stats));
     applied.push(...(opts.uploads ? ["writeBuffer uploads"] : []), ...(opts.constants ? ["shared constant buffers"] : []));
   }
+  const caches: LaunchCaches = { uniforms: new Map(), bindGroups: new Map(), maxEntries: 16384 };
   if (opts.uniforms) {
-    own(backend, "makeUniforms", makeUniformCache(backend, 16384, stats));
+    own(backend, "makeUniforms", makeUniformCache(backend.device, caches, stats));
     applied.push("cached uniform buffers");
   }
   if (opts.bindGroups) {
-    patchBindGroups(backend, 16384, stats, own);
+    patchBindGroups(backend.device, backend.pipelineCache, caches, stats, own);
     patchBufferPool(backend.bufferManager as unknown as BufferPool, own);
     applied.push("cached bind groups and layouts");
+  }
+  if (opts.record && opts.uniforms && opts.bindGroups) {
+    own(backend, "recordAndSubmit", makeRecorder(backend as unknown as RecorderInternals, caches, stats));
+    // tfjs reads device.limits (a fresh native object each time) on every launch; limits never change.
+    own(backend.device, "limits", (backend.device as unknown as { limits: object }).limits);
+    applied.push("lean launch recording");
   }
   return {
     applied,
@@ -205,6 +196,8 @@ function applyPatches(backend: BackendInternals, opts: Required<LaunchPatchOptio
       for (const r of restores.reverse()) r();
       restores.length = 0;
       constants.clear();
+      caches.uniforms.clear();
+      caches.bindGroups.clear();
       delete backend.__launchPatches;
     },
   };
@@ -328,167 +321,4 @@ function makeRun(backend: BackendInternals, constants: ConstantBuffers, stats: L
     }
     return stock.call(this, program, inputs, dtype, uniforms, output);
   };
-}
-
-/**
- * The bytes tfjs 4.22's `makeUniforms` writes for `fields` (WGSL struct layout: 4-byte scalars,
- * vec2 aligned to 8, vec3–vec6 to 16, a field after a vec5/vec6 to 16, the struct rounded to its
- * largest alignment). Exported for the test that compares it with tfjs's own.
- */
-export function uniformBytes(fields: UniformField[]): ArrayBuffer {
-  let offset = 0;
-  let preLength = 0;
-  let maxAlign = 1;
-  const offsets: number[] = [];
-  for (const f of fields) {
-    const len = f.data.length === 0 ? 1 : f.data.length;
-    if (len > 6) throw new Error(`Unsupported ${len}D shape`);
-    let align = len === 1 ? 4 : len === 2 ? 8 : 16;
-    if (preLength === 5 || preLength === 6) align = 16;
-    maxAlign = Math.max(maxAlign, align);
-    offset = Math.ceil(offset / align) * align;
-    preLength = len;
-    offsets.push(offset);
-    offset += len * 4;
-  }
-  offset = Math.ceil(offset / maxAlign) * maxAlign;
-  const out = new ArrayBuffer(offset);
-  fields.forEach((f, i) => {
-    const data = f.data.length === 0 ? [1] : f.data;
-    const at = offsets[i]!;
-    if (f.type === "int32") new Int32Array(out, at, data.length).set(data);
-    else if (f.type === "uint32") new Uint32Array(out, at, data.length).set(data);
-    else new Float32Array(out, at, data.length).set(data);
-  });
-  return out;
-}
-
-/**
- * A cache key naming the types and values of `fields` (and so their bytes: equal keys give equal
- * bytes; values that round to the same float32 may give two keys, which only costs a duplicate).
- */
-function uniformKey(fields: UniformField[]): string {
-  let k = "";
-  for (const f of fields) {
-    k += f.type === "int32" ? "i" : f.type === "uint32" ? "u" : "f";
-    const d = f.data;
-    for (let i = 0; i < d.length; i++) {
-      const v = d[i]!;
-      k += v === 0 && 1 / v < 0 ? "-0," : `${v},`;
-    }
-    k += ";";
-  }
-  return k;
-}
-
-/** `makeUniforms` that writes each distinct uniform content once and reuses its buffer. */
-function makeUniformCache(backend: BackendInternals, maxEntries: number, stats: LaunchPatchStats): BackendInternals["makeUniforms"] {
-  const cache = new Map<string, { offset: number; size: number; buffer: GpuBuffer }>();
-  const device = backend.device;
-  return function makeUniforms(fields: UniformField[]) {
-    const key = uniformKey(fields);
-    const hit = cache.get(key);
-    if (hit) {
-      stats.uniformHits++;
-      return hit;
-    }
-    stats.uniformMisses++;
-    const bytes = uniformBytes(fields);
-    const buffer = device.createBuffer({ size: bytes.byteLength, usage: UNIFORM | COPY_DST });
-    device.queue.writeBuffer(buffer, 0, bytes, 0, bytes.byteLength);
-    const binding = { offset: 0, size: bytes.byteLength, buffer };
-    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string); // oldest first
-    cache.set(key, binding);
-    return binding;
-  };
-}
-
-/**
- * Cache `getBindGroupLayout(0)` per pipeline and `createBindGroup` per (layout, bound buffers,
- * offsets, sizes). Bind groups are immutable and may be reused across submits; a cached one is
- * only found again when exactly the same buffer objects are bound.
- */
-function patchBindGroups(backend: BackendInternals, maxEntries: number, stats: LaunchPatchStats, own: (obj: object, name: string, fn: unknown) => void): void {
-  const device = backend.device;
-  const memoLayout = (p: GpuPipeline): GpuPipeline => {
-    if (Object.prototype.hasOwnProperty.call(p, "getBindGroupLayout")) return p; // already memoised
-    const layouts = new Map<number, object>();
-    const get = p.getBindGroupLayout.bind(p);
-    (p as { getBindGroupLayout(i: number): object }).getBindGroupLayout = (i: number): object => {
-      let l = layouts.get(i);
-      if (!l) layouts.set(i, (l = get(i)));
-      return l;
-    };
-    return p;
-  };
-  // Pipelines compiled before the patches (tfjs caches them by shader key) get the memo too.
-  for (const p of Object.values(backend.pipelineCache ?? {})) {
-    if (p && typeof (p as GpuPipeline).getBindGroupLayout === "function") memoLayout(p as GpuPipeline);
-  }
-  // The originals are looked up on the prototype at each call (not captured now), so wrappers
-  // installed there later (webgpu-counters.ts) still see every native call.
-  const proto = Object.getPrototypeOf(device) as GpuDevice;
-  own(device, "createComputePipeline", (d: object) => memoLayout(proto.createComputePipeline.call(device, d)));
-  own(device, "createComputePipelineAsync", async (d: object) => memoLayout(await proto.createComputePipelineAsync.call(device, d)));
-  const createBindGroup = (d: BindGroupDescriptor): object => proto.createBindGroup.call(device, d);
-  const cache = new Map<string, object>();
-  own(device, "createBindGroup", (d: BindGroupDescriptor): object => {
-    let key = String(idOf(d.layout));
-    for (const e of d.entries) {
-      const r = e.resource as { buffer?: object; offset?: number; size?: number } | null;
-      if (!r || typeof r !== "object" || !r.buffer) return createBindGroup(d); // textures: not cached
-      key += `|${e.binding}:${idOf(r.buffer)}:${r.offset ?? 0}:${r.size ?? -1}`;
-    }
-    const hit = cache.get(key);
-    if (hit) {
-      stats.bindGroupHits++;
-      return hit;
-    }
-    stats.bindGroupMisses++;
-    const group = createBindGroup(d);
-    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string);
-    cache.set(key, group);
-    return group;
-  });
-}
-
-/** A stable small number per GPU object (kept on the object: cheaper than a WeakMap lookup). */
-const ID = Symbol("hypernet.gpuObjectId");
-let nextId = 1;
-function idOf(o: object): number {
-  const tagged = o as { [ID]?: number };
-  return (tagged[ID] ??= nextId++);
-}
-
-/** tfjs's BufferManager free lists: `${size}_${usage}` → buffers, the next one handed out last. */
-interface BufferPool {
-  freeBuffers: Map<string, GpuBuffer[]>;
-  releaseBuffer(buffer: GpuBuffer, reuse?: boolean): void;
-}
-
-/**
- * Make tfjs's buffer pool hand out the free buffer with the lowest id (each free list kept sorted,
- * lowest id last, where `acquireBuffer` pops). The stock pool pops the most recently released
- * buffer, so which buffer a launch gets drifts from step to step and bind groups never repeat;
- * with a fixed preference the same step gets the same buffers, and its bind groups are reused.
- */
-function patchBufferPool(pool: BufferPool, own: (obj: object, name: string, fn: unknown) => void): void {
-  const sortList = (list: GpuBuffer[]): void => {
-    list.sort((p, q) => idOf(q) - idOf(p));
-  };
-  for (const list of pool.freeBuffers.values()) sortList(list);
-  const stock = pool.releaseBuffer;
-  own(pool, "releaseBuffer", function releaseBuffer(this: BufferPool, buffer: GpuBuffer, reuse = true): void {
-    stock.call(this, buffer, reuse);
-    const list = this.freeBuffers.get(`${buffer.size}_${buffer.usage}`);
-    if (!reuse || !list || list[list.length - 1] !== buffer) return;
-    // Insertion step: move the released buffer left past every buffer with a lower id.
-    const id = idOf(buffer);
-    let i = list.length - 1;
-    while (i > 0 && idOf(list[i - 1]!) < id) {
-      list[i] = list[i - 1]!;
-      i--;
-    }
-    list[i] = buffer;
-  });
 }
