@@ -45,6 +45,8 @@ export type { CreateOptions, Hypernetwork } from "./hypernet/network";
 export type { Txt2ImgResult } from "./pipeline/txt2img";
 // Reproducing an A1111 image starts from its infotext, sampler name and noise, so these stay at the top.
 export { samplerByName, randn } from "./diffusion/index";
+export { a1111Rng, a1111ImageNoise } from "./diffusion/index";
+export { parsePromptAttention, promptSchedules, multicondPromptList } from "./text/index";
 export { readInfotext, type ReadInfotext } from "./pipeline/infotext-read";
 
 // The library.

@@ -168,7 +168,7 @@ function checkCount(n: number, what: string): void {
 }
 
 /** A float32 tensor of standard normals with the given shape, drawn from `rng` (backend-independent). */
-export function randn(shape: readonly number[], rng: Rng): tf.Tensor {
+export function randn(shape: readonly number[], rng: Pick<Rng, "normal">): tf.Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
   if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new Error(`randn: bad shape [${shape.join(", ")}]`);
   return tf.tensor(rng.normal(size), [...shape], "float32");

@@ -15,6 +15,7 @@
  * callback runs). The caller owns the returned latents and the cond tensors passed in.
  */
 import * as tf from "@tensorflow/tfjs";
+import type { NoiseRng } from "./a1111-rng";
 import { Rng, randn } from "./random";
 import { type NoiseSchedule, ancestralStep, ddimTimesteps, sd15Schedule } from "./schedule";
 import { type SigmaSpacing, sigmasFor as spacedSigmas } from "./sigmas";
@@ -58,8 +59,11 @@ export interface SampleOptions {
   guidanceScale?: number;
   /** Seed for the initial and per-step noise; ignored when `rng` is given. */
   seed?: number;
-  /** Draw noise from this generator instead (it is advanced; save/restore its state around a preview). */
-  rng?: Rng;
+  /**
+   * Draw noise from this generator instead (it is advanced; save/restore its state around a
+   * preview): the project's `Rng`, an `a1111Rng`, or `a1111ImageNoise` for A1111's per-image noise.
+   */
+  rng?: NoiseRng;
   /** Noise schedule (default SD 1.x). */
   schedule?: NoiseSchedule;
   /** Called after every step (e.g. to show a preview); awaited when it returns a promise. */
@@ -80,7 +84,7 @@ export interface Prepared {
   cond: tf.Tensor;
   uncond: tf.Tensor | undefined;
   scale: number;
-  rng: Rng;
+  rng: NoiseRng;
   schedule: NoiseSchedule;
   callback: StepCallback | undefined;
 }

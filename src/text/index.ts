@@ -4,3 +4,19 @@ export * from "./clip";
 export * from "./load";
 export * from "./embeddings";
 export * from "./encode-prompts";
+// AUTOMATIC1111's prompt syntax: emphasis, prompt editing and alternation, AND, 75-token chunks.
+export { parsePromptAttention, isBreak, type WeightedText } from "./prompt-attention";
+export { promptSchedules, scheduleIndexAt, multicondPromptList, type ScheduleEntry, type ScheduleOptions, type MulticondPrompts } from "./prompt-schedule";
+export {
+  tokenizeLine,
+  chunkBatch,
+  emptyChunk,
+  applyEmphasis,
+  applyEmphasisTensor,
+  encodeA1111Prompts,
+  type EmphasisMode,
+  type ChunkOptions,
+  type PromptChunk,
+  type EmbeddingMatch,
+  type EncodeA1111Options,
+} from "./prompt-chunks";
