@@ -12,6 +12,7 @@
  * VAE encoder (times the latent scale, 0.18215 for SD) and decoder.
  */
 import * as tf from "@tensorflow/tfjs";
+import type { LatentDistribution } from "../data/dataset";
 import type { ClipTextModel } from "../text/clip";
 import type { Tokenizer } from "../text/tokenizer";
 import type { UNetModel } from "../unet/unet";
@@ -106,6 +107,28 @@ export class BaseModel {
   encodeImages(images: tf.Tensor4D, opts: { sample?: boolean; seed?: number } = {}): tf.Tensor4D {
     if (!this.vae) return images.clone();
     return this.vae.encodeToLatents(images, opts);
+  }
+
+  /**
+   * One training image → its VAE posterior in UNet units, as the training dataset caches it:
+   * pixels HWC in [-1, 1] → the mean and standard deviation of `scaleFactor · z` (shape
+   * `[H/f, W/f, zChannels]`). Read back with `await data()`, which every backend has (WebGPU in
+   * Node cannot read synchronously). Pixel-space models have no posterior and refuse.
+   */
+  async encodePosterior(pixels: Float32Array, shape: [number, number, number]): Promise<LatentDistribution> {
+    const vae = this.vae;
+    if (!vae) throw new Error(`${this.name}: a pixel-space model has no VAE; its training images are used as they are`);
+    const s = vae.config.scaleFactor;
+    const [mean, std] = tf.tidy(() => {
+      const dist = vae.encode(tf.tensor4d(pixels, [1, ...shape]));
+      return [tf.mul(dist.mean, s).squeeze([0]), tf.mul(tf.exp(tf.mul(dist.logvar, 0.5)), s).squeeze([0])];
+    });
+    try {
+      const [m, sd] = await Promise.all([mean.data(), std.data()]);
+      return { shape: mean.shape as [number, number, number], mean: m as Float32Array, std: sd as Float32Array };
+    } finally {
+      tf.dispose([mean, std]);
+    }
   }
 
   /** UNet-space tensors → images NHWC in [-1, 1]. */

@@ -7,7 +7,7 @@
  *   seeded order, k = s mod stepsPerEpoch; an epoch is ⌊images / batch⌋ batches.
  */
 import * as tf from "@tensorflow/tfjs";
-import { TrainingDataset, type DatasetItem, type EncodeFn } from "../data/dataset";
+import { TrainingDataset, type DatasetItem } from "../data/dataset";
 import { Rng, randint, randn } from "../diffusion/random";
 import type { BaseModel } from "../pipeline/base-model";
 import { type LossBatch, PromptContexts } from "./loss";
@@ -24,23 +24,6 @@ export interface FeedReporter {
 export interface MicroBatch {
   batch: LossBatch;
   prompt: string;
-}
-
-/** The VAE encoder the dataset calls for each image (latent-space models only). */
-function vaeEncoder(base: BaseModel): EncodeFn | undefined {
-  const vae = base.vae;
-  if (!vae) return undefined;
-  return (pixels, shape) => {
-    const img = tf.tensor4d(pixels, [1, ...shape]);
-    const dist = vae.encode(img);
-    img.dispose();
-    const s = vae.config.scaleFactor;
-    const mean = tf.tidy(() => tf.mul(dist.mean, s).squeeze([0]));
-    const std = tf.tidy(() => tf.mul(tf.exp(tf.mul(dist.logvar, 0.5)), s).squeeze([0]));
-    const out = { shape: mean.shape as [number, number, number], mean: mean.dataSync() as Float32Array, std: std.dataSync() as Float32Array };
-    for (const t of [dist.mean, dist.logvar, mean, std]) t.dispose();
-    return out;
-  };
 }
 
 /** Micro-batch items → x₀ `[B, H, W, C]` (latents or pixels) and, with alpha weights, w `[B, H, W, 1]`. */
@@ -89,7 +72,8 @@ export class TrainingFeed {
       keepTokens: opts.keepTokens,
       dropout: opts.tagDropout,
       repeats: opts.repeats,
-      encode: vaeEncoder(base),
+      // Latent-space models: each image's VAE posterior, encoded once (read back asynchronously).
+      encode: base.vae ? (pixels, shape) => base.encodePosterior(pixels, shape) : undefined,
       latentSampling: opts.latentSampling,
       alphaWeights: opts.alphaWeights,
       latentDownscale: base.downscale,
