@@ -309,12 +309,19 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
       const p = patched.counts;
       console.log(`training step counts, stock → patched: dispatches ${s.dispatches} → ${p.dispatches}, uploads ${s.uploads} (${s.scalarUploads} scalars) → ${p.uploads} (${p.scalarUploads}), uniform writes ${s.uniformWrites} → ${p.uniformWrites}, bind groups ${s.createBindGroup} → ${p.createBindGroup}, buffers created ${s.createBuffer} → ${p.createBuffer}`);
       expect(p.dispatches).toBe(s.dispatches); // no fusion here: the same launches, made cheaper
-      expect(p.submits).toBe(s.submits); // the lean recorder submits in the same batches
+      expect(Math.abs(p.submits - s.submits)).toBeLessThanOrEqual(Math.ceil(s.submits / 100));
       expect(s.createBufferMapped).toBeGreaterThan(100); // the stock path stages each upload
       expect(p.createBufferMapped).toBe(0);
       expect(p.uploads).toBeLessThanOrEqual(20);
       expect(p.uniformWrites).toBeLessThan(s.uniformWrites / 10);
       expect(p.createBindGroup).toBeLessThan(s.createBindGroup / 4);
+      // The lean recorder against tfjs's own recordAndSubmit (every other patch on in both): the
+      // same dispatches in the same submit batches, and the same numbers.
+      removeWebgpuLaunchPatches();
+      installWebgpuLaunchPatches({ record: false });
+      const tfjsRecorder = await counted(() => trainingStep(rig));
+      expect([tfjsRecorder.counts.dispatches, tfjsRecorder.counts.submits, tfjsRecorder.counts.computePasses]).toEqual([p.dispatches, p.submits, p.computePasses]);
+      tfjsRecorder.result.grads.forEach((g, i) => expectSameBits(patched.result.grads[i]!, g, `gradient ${i}, lean vs tfjs recorder`));
     } finally {
       rig.dispose();
     }
