@@ -5,6 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Module, type ModuleOptions, type Param, zerosInit } from "./module";
+import { fusedGroupNorm, fusedKernelsActive } from "../backend/webgpu-fused";
 
 /** `y = x W + b` over the last axis; PyTorch weight `[out, in]`, stored here as `[in, out]`. */
 export class Linear extends Module {
@@ -90,10 +91,18 @@ export class GroupNorm extends Module {
     const b = shape[0]!;
     const c = shape[shape.length - 1]!;
     const g = this.numGroups;
+    if (fusedKernelsActive()) return fusedGroupNorm(x.reshape([b, -1, c]), this.weight.value, this.bias.value, g, this.eps, false).reshape(shape);
     const grouped = x.reshape([b, -1, g, c / g]);
     const { mean, variance } = tf.moments(grouped, [1, 3], true);
     const normed = tf.div(tf.sub(grouped, mean), tf.sqrt(tf.add(variance, this.eps))).reshape(shape);
     return tf.add(tf.mul(normed, this.weight.value), this.bias.value);
+  }
+
+  /** `silu(apply(x))`, in one fused kernel on webgpu (the UNet's and the VAE's norm → SiLU pairs). */
+  applySilu(x: tf.Tensor): tf.Tensor {
+    if (!fusedKernelsActive()) return silu(this.apply(x));
+    const c = x.shape[x.shape.length - 1]!;
+    return fusedGroupNorm(x.reshape([x.shape[0]!, -1, c]), this.weight.value, this.bias.value, this.numGroups, this.eps, true).reshape(x.shape);
   }
 }
 
@@ -118,6 +127,7 @@ export class LayerNorm extends Module {
 
 /** `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
+  if (fusedKernelsActive()) return fusedGroupNorm(x.reshape([-1, 1, x.shape[x.shape.length - 1]!]), weight, bias, 1, eps, false).reshape(x.shape);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, eps))), weight), bias);
 }

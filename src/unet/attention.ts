@@ -23,6 +23,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { GroupNorm, IndexedModules, LayerNorm, Linear, ModuleList, gelu } from "../nn/layers";
 import { Module, type ModuleOptions, type Param, zerosInit } from "../nn/module";
+import { fusedGeglu, fusedKernelsActive } from "../backend/webgpu-fused";
 
 /**
  * Computes one attention layer's output `[B, N, C]` from its input `x` `[B, N, C]` and `context`
@@ -168,6 +169,7 @@ export class GEGLU extends Module {
   apply(x: tf.Tensor): tf.Tensor {
     const n = this.dimOut;
     const lead = x.shape.slice(0, -1);
+    if (fusedKernelsActive()) return fusedGeglu(this.proj.apply(x).reshape([-1, 2 * n]) as tf.Tensor2D).reshape([...lead, n]);
     // [tokens, 2·inner] → [2, tokens, inner]: the two halves become contiguous blocks, which every
     // backend splits cheaply (a last-axis split is a slow strided copy on the cpu backend).
     const halves = this.proj.apply(x).reshape([-1, 2, n]).transpose([1, 0, 2]);
