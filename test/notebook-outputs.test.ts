@@ -118,3 +118,40 @@ describe("run folders and resumed charts", () => {
     fs.rmSync(dir, { recursive: true });
   });
 });
+
+describe("the train verb's chart after a resume", () => {
+  it("starts with the first run's points from its CSV, then the resumed steps", async () => {
+    const { setupBackend } = await import("./helpers/tf");
+    const { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } = await import("./helpers/train-setup");
+    const { setOutputDir } = await import("../src/kernel-helpers/display");
+    const { loadHypernetwork } = await import("../src/hypernet/file");
+    const verbs = await import("../src/kernel-helpers/steps");
+    const tf = await import("@tensorflow/tfjs");
+    await setupBackend();
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-resume-chart-"));
+    try {
+      setOutputDir(path.join(tmp, "display"));
+      const base = makeToyBase();
+      const dataDir = path.join(tmp, "data");
+      await makeToyDataset(dataDir);
+      const logDir = path.join(tmp, "run");
+      const quiet = { ...toyTrainOptions(dataDir, logDir), maxSteps: 4, saveEvery: 2, chartEveryMs: 0, preview: undefined, previewEvery: 0 };
+      const first = await verbs.train(base, makeToyNet(4), quiet).done;
+      expect(first.points.map((p) => p.step)).toEqual([1, 2, 3, 4]);
+      // Resume from the step-2 checkpoint: the chart holds steps 1–2 from the CSV, then 3–6 trained again.
+      const ckpt = path.join(logDir, "hypernetworks", "toy-2.pt");
+      const net = loadHypernetwork(ckpt, { trainable: true });
+      const before = tf.memory().numTensors;
+      const resumed = await verbs.train(base, net, { ...quiet, maxSteps: 6, resumeFrom: ckpt }).done;
+      expect(tf.memory().numTensors).toBe(before);
+      expect(resumed.points.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6]);
+      // The seeded points are the first run's, read back from its CSV (rounded as the CSV writes them).
+      for (const i of [0, 1]) expect(resumed.points[i]!.loss).toBeCloseTo(first.points[i]!.loss, 5);
+      expect(resumed.losses.length).toBe(4);
+      net.dispose();
+    } finally {
+      setOutputDir(os.tmpdir());
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 240_000);
+});
