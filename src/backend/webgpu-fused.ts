@@ -309,10 +309,12 @@ let installed = false;
 /**
  * Register the fused kernels and their gradients for the `webgpu` backend (idempotent). Call it
  * where the backend is selected; the nn functions then route to the kernels while
- * `tf.getBackend() === "webgpu"`.
+ * `tf.getBackend() === "webgpu"`. `HYPERNET_WEBGPU_FUSED=0` keeps the composite path.
  */
 export function useFusedKernels(): void {
   if (installed) return;
+  const env = process.env.HYPERNET_WEBGPU_FUSED?.trim().toLowerCase();
+  if (env === "0" || env === "off" || env === "false") return; // the composite path, for comparisons
   const kernels: [string, tf.KernelFunc][] = [
     [NORM, ({ inputs, backend, attrs }) => {
       const a = normAttrs(attrs);

@@ -34,6 +34,7 @@ import {
   type GpuBuffer, type GpuDevice, type GpuQueue, type LaunchCaches, type RecorderInternals, type UniformField, type BufferPool,
   makeRecorder, makeUniformCache, patchBindGroups, patchBufferPool,
 } from "./webgpu-launch-cache";
+import { useFusedKernels } from "./webgpu-fused";
 
 export { type UniformField, uniformBytes } from "./webgpu-launch-cache";
 
@@ -132,6 +133,7 @@ export function missingWebgpuInternals(backend: unknown): string | null {
  * first kernel runs, so every pipeline gets a cached bind-group layout.
  */
 export function installWebgpuLaunchPatches(opts: LaunchPatchOptions = {}): LaunchPatchResult {
+  useFusedKernels(); // fused GroupNorm(+SiLU)/LayerNorm/GEGLU kernels: src/backend/webgpu-fused.ts
   const env = process.env.HYPERNET_WEBGPU_PATCHES?.trim().toLowerCase();
   if (env === "0" || env === "off" || env === "false") return { installed: false, reason: "turned off by HYPERNET_WEBGPU_PATCHES" };
   const backend = tf.findBackend("webgpu") as unknown as BackendInternals | null;
