@@ -17,7 +17,7 @@ import * as path from "node:path";
 import sharp from "sharp";
 import { useBackend, type BackendChoice } from "../src/backend/backend";
 import { encodePngFrom } from "../src/io/png";
-import type { SamplerName } from "../src/diffusion/samplers";
+import type { SamplerName } from "../src/diffusion/sampler-names";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
 import { classifyImage, contentAccuracy } from "../src/tiny/shapes-data/classify";
 import { sampleTiny } from "../src/tiny/sample";

@@ -261,9 +261,3 @@ export function eulerAncestral(config: { steps: number; eta?: number; sigmas?: S
 export function eulerSampler(config: { steps: number; sigmas?: SigmaSpacing }): Sampler {
   return euler("Euler", 0, config.steps, config.sigmas ?? "discrete");
 }
-
-/**
- * `samplerByName` (every A1111 sampler name, legacy "… Karras" names included) lives in
- * sampler-names.ts; it is re-exported here for the modules that import it from this file.
- */
-export { samplerByName, type SamplerName } from "./sampler-names";

@@ -14,8 +14,10 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Rng } from "../diffusion/random";
-import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
+import type { StepCallback } from "../diffusion/samplers";
+import { type SamplerName, samplerByName } from "../diffusion/sampler-names";
 import type { BaseModel } from "./base-model";
+import { type EncodeTexts, PromptConditioning, a1111ScheduleSteps, combineMulticond } from "./prompt-conditioning";
 
 /** Options of {@link sampleImages}. Defaults are A1111's txt2img defaults. */
 export interface SampleImagesOptions {
@@ -42,6 +44,14 @@ export interface SampleImagesOptions {
   batchSize?: number;
   /** Called after every sampler step of every batch. */
   callback?: StepCallback;
+  /**
+   * A1111's prompt editing (`[a:b:when]`), alternation (`[a|b]`) and `AND` (with weights), read
+   * from the prompts and the negative prompt: when any is used, each batch's conditioning comes
+   * from a `PromptConditioning` built with this encoder batch call (A1111's per-model-call
+   * schedule and composable CFG); otherwise the plain path below runs unchanged. Absent: the
+   * prompts are encoded literally, as always.
+   */
+  promptSyntax?: { encode: EncodeTexts };
 }
 
 /** What {@link sampleImages} returns: the decoded images as host floats. */
@@ -86,6 +96,12 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
   let done = 0;
   for (const chunk of batchesOf(prompts, count, batchSize)) {
     const n = Math.min(batchSize, count - done);
+    if (opts.promptSyntax && PromptConditioning.needed(chunk, negative, a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20))) {
+      const images = await sampleScheduled(base, opts, sampler, rng, chunk.length === 1 ? new Array<string>(n).fill(chunk[0]!) : chunk, [n, h, w, base.channels], opts.promptSyntax.encode);
+      pixels.set(images, done * height * width * 3);
+      done += n;
+      continue;
+    }
     const both = base.encodeText([...chunk, negative]);
     const [cond, uncond] = tf.split(both, [chunk.length, 1], 0) as [tf.Tensor3D, tf.Tensor3D];
     both.dispose();
@@ -111,6 +127,54 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
     done += n;
   }
   return { pixels, shape: [count, height, width, 3] };
+}
+
+/**
+ * One UNet batch with A1111's per-call conditioning (see prompt-conditioning.ts): the sampler runs
+ * without its own guidance and the denoiser is A1111's `CFGDenoiser.forward` — conditioning for
+ * model call k (counted per evaluation, as A1111's `step`), every image's sub-prompts and the
+ * uncond in one UNet call, then `u + cfg·Σ w_i·(c_i − u)`. Returns the decoded pixels.
+ */
+async function sampleScheduled(
+  base: BaseModel,
+  opts: SampleImagesOptions,
+  sampler: ReturnType<typeof samplerByName>,
+  rng: Rng,
+  prompts: string[],
+  shape: [number, number, number, number],
+  encode: EncodeTexts,
+): Promise<Float32Array> {
+  const scale = opts.cfgScale ?? 7;
+  const steps = a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20);
+  const cond = PromptConditioning.build({ prompts, negativePrompt: opts.negativePrompt ?? "", steps, encode });
+  let call = 0;
+  let latents: tf.Tensor4D | undefined;
+  let images: tf.Tensor4D | undefined;
+  try {
+    latents = await sampler.sample({
+      denoiser: (x, t) => {
+        const at = cond.at(call++);
+        return tf.tidy(() => {
+          const rep = at.weights.flatMap((list, j) => list.map(() => j));
+          const xIn = tf.concat([tf.gather(x, rep), x], 0);
+          const cIn = tf.concat([at.conds, tf.tile(at.uncond, [x.shape[0], 1, 1])], 0);
+          const out = base.unet.forward(xIn, new Array<number>(xIn.shape[0]).fill(t[0]!), cIn);
+          return combineMulticond(out, at.weights, scale);
+        });
+      },
+      shape,
+      cond: cond.at(0).uncond, // a placeholder of the right shape: the denoiser above picks the real one per call
+      guidanceScale: 1,
+      rng,
+      callback: opts.callback,
+    });
+    images = base.decode(latents);
+    return (await images.data()) as Float32Array;
+  } finally {
+    cond.dispose();
+    latents?.dispose();
+    images?.dispose();
+  }
 }
 
 /**

@@ -7,14 +7,17 @@
  *   cond = encodeText(text), uncond = encodeText(negative prompt)     A1111's front end (encodePrompts):
  *                                       emphasis, BREAK, 75-token chunks, textual-inversion embeddings
  *   z_T ~ N(0, I) from the seed ──sampler (CFG: ε = ε_u + s·(ε_c − ε_u))──▶ z_0 ──decode──▶ image
+ *   prompt editing [a:b:when], alternation [a|b] and `a AND b:0.5`: the conditioning changes per
+ *   model call and CFG is u + s·Σ w_i·(c_i − u), as A1111 (sample.ts `promptSyntax`,
+ *   prompt-conditioning.ts); a prompt without them takes the plain path
  *   (the last two lines are `sampleImages` in sample.ts, the sampling path previews share; the noise
  *   is A1111's, image i from seed + i, with variation seeds and ENSD: a1111-image-noise.ts)
  *
  * and the A1111 infotext (infotext.ts), returned and written into each PNG's "parameters" text, so
  * that A1111's PNG Info and `readInfotext` read the run back.
  */
-import { type SamplerName, type StepCallback, samplerByName } from "../diffusion/samplers";
-import { resolveSamplerName } from "../diffusion/sampler-names";
+import type { StepCallback } from "../diffusion/samplers";
+import { type SamplerName, resolveSamplerName, samplerByName } from "../diffusion/sampler-names";
 import { a1111BatchSeeds, a1111ImageNoise } from "../diffusion/a1111-image-noise";
 import type { Rng } from "../diffusion/random";
 import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
@@ -161,13 +164,22 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
     return r.context;
   };
   const view = Object.create(base, { encodeText: { value: encodeText } }) as BaseModel;
+  // Prompt editing, alternation and AND: each schedule's texts are one A1111 encoder batch (its
+  // emphasis mean taken over the batch); the embeddings any of them used are recorded.
+  const scheduledUsed = new Map<string, TextualInversionEmbedding>();
+  const encodeBatch = (texts: string[]): ReturnType<BaseModel["encodeText"]> => {
+    const r = encodePrompts(base.textEncoder, base.tokenizer, texts, { embeddings, emphasis, clipSkip, emphasisScope: "batch" });
+    for (const e of r.used.flat()) if (!scheduledUsed.has(e.name)) scheduledUsed.set(e.name, e);
+    return r.context;
+  };
 
   const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
   let sampled: SampledImages;
   try {
     // The samplers only call `normal(n)`, which A1111's per-image noise answers (see a1111-image-noise.ts).
     const rng = noise as unknown as Rng;
-    sampled = await sampleImages(view, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, rng, width, height, callback: opts.callback });
+    sampled = await sampleImages(view, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, rng, width, height, callback: opts.callback, promptSyntax: { encode: encodeBatch } });
+    if (scheduledUsed.size > 0) used = [[...scheduledUsed.values()]];
   } finally {
     attachment?.detach();
   }

@@ -4,7 +4,7 @@
  */
 import type { BaseModel } from "../pipeline/base-model";
 import { sampleImages } from "../pipeline/sample";
-import type { SamplerName } from "../diffusion/samplers";
+import type { SamplerName } from "../diffusion/sampler-names";
 import { fromModelPixels } from "./shapes-data/shapes";
 
 /** Options for `sampleTiny`. */
