@@ -13,50 +13,28 @@
  * (0 = k, 1 = v) and every A1111 metadata key JSON-encoded in `__metadata__`.
  */
 import * as fs from "node:fs";
-import * as path from "node:path";
 import type { WriteOptions } from "../io/atomic";
 import { type DType, type HostTensor, numel } from "../io/host-tensor";
-import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
+import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pySequence } from "../io/pyvalue";
 import { SafetensorsFile, writeSafetensors } from "../io/safetensors";
 import { JsonFloat, type StrictJson, parseStrictJson } from "../io/strict-json";
 import { describeTorchFile, readTorchFile, writeTorchFile } from "../io/torch-file";
 import { loadStateDict } from "../nn/module";
-import { checkActivation } from "./activations";
 import { EXTRA_TENSOR_PREFIX, encodeExtras, extrasFromMetadata, isPyScalar, nonFiniteWarning, pyKeyText } from "./file-extras";
-import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
-import { type Hypernetwork, type HypernetworkInfo, effectiveDropoutStructure, emptyHypernetwork, structureOf } from "./network";
+import {
+  type HypernetworkFile,
+  type HypernetworkFormat,
+  META_KEYS,
+  META_SET,
+  checkShapes,
+  describe,
+  fail,
+  infoFromMeta,
+} from "./file-meta";
+import { planLayers } from "./module";
+import { type Hypernetwork, type HypernetworkInfo, emptyHypernetwork, structureOf } from "./network";
 
-/** Which on-disk layout a file had. */
-export type HypernetworkFormat = "a1111" | "novelai-legacy" | "kohya-nai" | "safetensors";
-
-/** A hypernetwork as stored: metadata and host tensors, no tfjs. */
-export interface HypernetworkFile {
-  info: HypernetworkInfo;
-  format: HypernetworkFormat;
-  /** Per dim, the k and v state dicts (`linear.<i>.weight` → tensor in PyTorch layout). */
-  weights: Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>;
-  /** Top-level keys this project does not interpret (kept on rewrite to `.pt`). */
-  extra: Map<PyKey, PyValue>;
-}
-
-/** The A1111 metadata keys, in the order `Hypernetwork.save` writes them. */
-const META_KEYS = [
-  "step",
-  "name",
-  "layer_structure",
-  "activation_func",
-  "is_layer_norm",
-  "weight_initialization",
-  "sd_checkpoint",
-  "sd_checkpoint_name",
-  "activate_output",
-  "use_dropout",
-  "dropout_structure",
-  "last_layer_dropout",
-  "optional_info",
-] as const;
-
-const META_SET: ReadonlySet<PyKey> = new Set<PyKey>(META_KEYS);
+export type { HypernetworkFile, HypernetworkFormat } from "./file-meta";
 
 /** The NovelAI → A1111 key renames (A1111's `fix_old_state_dict`). */
 const LEGACY_KEYS: Record<string, string> = {
@@ -65,10 +43,6 @@ const LEGACY_KEYS: Record<string, string> = {
   "linear2.weight": "linear.1.weight",
   "linear2.bias": "linear.1.bias",
 };
-
-function fail(file: string, what: string): Error {
-  return new Error(`${file}: ${what}`);
-}
 
 // ---- reading ------------------------------------------------------------------------------
 
@@ -97,82 +71,18 @@ export interface ReadHypernetworkOptions {
   onWarning?: (message: string) => void;
 }
 
-function str(v: PyValue | undefined, file: string, key: string): string | null {
-  if (v === undefined || v === null) return null;
-  if (typeof v !== "string") throw fail(file, `metadata "${key}" should be a string, found ${describe(v)}`);
-  return v;
-}
-
-function bool(v: PyValue | undefined, dflt: boolean, file: string, key: string): boolean {
-  if (v === undefined || v === null) return dflt;
-  if (typeof v === "boolean") return v;
-  if (typeof v === "number") return v !== 0;
-  throw fail(file, `metadata "${key}" should be true/false, found ${describe(v)}`);
-}
-
-function numberList(v: PyValue | undefined, file: string, key: string): number[] | null {
-  if (v === undefined || v === null) return null;
-  const seq = pySequence(v);
-  if (!seq) throw fail(file, `metadata "${key}" should be a list of numbers, found ${describe(v)}`);
-  return seq.map((x) => {
-    const n = pyNumber(x);
-    if (n === undefined || !Number.isFinite(n)) throw fail(file, `metadata "${key}" holds a non-number ${describe(x)}`);
-    return n;
-  });
-}
-
-function describe(v: PyValue): string {
-  if (v === null) return "None";
-  if (Array.isArray(v)) return "a list";
-  if (v instanceof PyTuple) return "a tuple";
-  if (v instanceof PyDict) return "a dict";
-  if (v instanceof PyFloat) return `float ${v.value}`;
-  if (isTorchTensor(v) || isHostTensor(v)) return "a tensor";
-  return `${typeof v} ${JSON.stringify(typeof v === "bigint" ? v.toString() : v)}`;
-}
-
-/** Metadata with A1111's loader defaults (spec §2.1); `get` returns the stored value or undefined. */
-function infoFromMeta(get: (key: string) => PyValue | undefined, file: string): HypernetworkInfo {
-  const layerStructure = numberList(get("layer_structure"), file, "layer_structure") ?? [1, 2, 1];
-  const activationRaw = str(get("activation_func"), file, "activation_func");
-  let activation;
-  try {
-    activation = checkActivation(activationRaw ?? "linear");
-  } catch (err) {
-    throw fail(file, (err as Error).message);
-  }
-  const storedUseDropout = bool(get("use_dropout"), false, file, "use_dropout");
-  const lastLayerDropout = bool(get("last_layer_dropout"), false, file, "last_layer_dropout");
-  const storedDropout = numberList(get("dropout_structure"), file, "dropout_structure");
-  const dropoutStructure = effectiveDropoutStructure(layerStructure, storedUseDropout, lastLayerDropout, storedDropout);
-  if (dropoutStructure.length < layerStructure.length) {
-    throw fail(file, `dropout_structure [${dropoutStructure.join(", ")}] is shorter than layer_structure [${layerStructure.join(", ")}]`);
-  }
-  const init = str(get("weight_initialization"), file, "weight_initialization") ?? "Normal";
-  const step = stepOf(get("step"), file);
-  return {
-    name: str(get("name"), file, "name") ?? path.basename(file).replace(/\.[^.]+$/, ""),
-    step,
-    layerStructure,
-    activation,
-    layerNorm: bool(get("is_layer_norm"), false, file, "is_layer_norm"),
-    weightInit: (WEIGHT_INITS as readonly string[]).includes(init) ? (init as WeightInit) : "Normal",
-    useDropout: dropoutStructure.some((p) => p !== 0) || storedUseDropout,
-    dropoutStructure,
-    lastLayerDropout,
-    // Missing key → true: files from before A1111 PR #3698 activated the output layer.
-    activateOutput: bool(get("activate_output"), true, file, "activate_output"),
-    sdCheckpoint: str(get("sd_checkpoint"), file, "sd_checkpoint"),
-    sdCheckpointName: str(get("sd_checkpoint_name"), file, "sd_checkpoint_name"),
-    optionalInfo: str(get("optional_info"), file, "optional_info"),
-  };
-}
-
 /** Interpret an unpickled `.pt` root object as a hypernetwork. */
 export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFile {
-  if (!(root instanceof PyDict)) throw fail(file, `not a hypernetwork: the file holds ${describe(root)}, expected a dict of {dim: (k, v)} (is this a model checkpoint or an embedding?)`);
+  if (!(root instanceof PyDict))
+    throw fail(
+      file,
+      `not a hypernetwork: the file holds ${describe(root)}, expected a dict of {dim: (k, v)} (is this a model checkpoint or an embedding?)`,
+    );
   if (root.get("skip_connection") === true) {
-    throw fail(file, "this is a Hypernetwork-MonkeyPatch-Extension network with skip_connection=true (residual blocks); neither A1111 nor hypernet-lab can load that layout");
+    throw fail(
+      file,
+      "this is a Hypernetwork-MonkeyPatch-Extension network with skip_connection=true (residual blocks); neither A1111 nor hypernet-lab can load that layout",
+    );
   }
   const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
   const extra = new Map<PyKey, PyValue>();
@@ -185,11 +95,17 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
       if (!META_SET.has(key)) extra.set(key, value);
       continue;
     }
-    if (!Number.isSafeInteger(dim) || dim <= 0 || (typeof key === "bigint" && BigInt(dim) !== key)) throw fail(file, `width key ${pyKeyText(key)} is not a positive whole number`);
-    if (dimKeys.has(dim)) throw fail(file, `width ${dim} is listed twice (keys ${pyKeyText(dimKeys.get(dim)!)} and ${pyKeyText(key)}); which weights are meant cannot be known, so the file is refused`);
+    if (!Number.isSafeInteger(dim) || dim <= 0 || (typeof key === "bigint" && BigInt(dim) !== key))
+      throw fail(file, `width key ${pyKeyText(key)} is not a positive whole number`);
+    if (dimKeys.has(dim))
+      throw fail(
+        file,
+        `width ${dim} is listed twice (keys ${pyKeyText(dimKeys.get(dim)!)} and ${pyKeyText(key)}); which weights are meant cannot be known, so the file is refused`,
+      );
     dimKeys.set(dim, key);
     const pair = pySequence(value);
-    if (!pair || pair.length !== 2) throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
+    if (!pair || pair.length !== 2)
+      throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
     if (Array.isArray(value)) sawList = true;
     const dicts = pair.map((sd, j) => {
       if (!(sd instanceof PyDict)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module is ${describe(sd)}, expected a state dict`);
@@ -202,7 +118,11 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
           name = LEGACY_KEYS[k]!;
           legacy = true;
         }
-        if (from.has(name)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module: "${from.get(name)}" and "${k}" both name the weight "${name}" (NovelAI's and A1111's names for it); the file is ambiguous and is refused`);
+        if (from.has(name))
+          throw fail(
+            file,
+            `dim ${dim} ${j === 0 ? "k" : "v"} module: "${from.get(name)}" and "${k}" both name the weight "${name}" (NovelAI's and A1111's names for it); the file is ambiguous and is refused`,
+          );
         from.set(name, k);
         if (isTorchTensor(t)) m.set(name, t.read());
         else if (isHostTensor(t)) m.set(name, t);
@@ -212,54 +132,14 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
     }) as [Map<string, HostTensor>, Map<string, HostTensor>];
     weights.set(dim, dicts);
   }
-  if (weights.size === 0) throw fail(file, "no hypernetwork modules found (no integer dim keys); this does not look like a hypernetwork file");
+  if (weights.size === 0)
+    throw fail(file, "no hypernetwork modules found (no integer dim keys); this does not look like a hypernetwork file");
   const hasMeta = META_KEYS.some((k) => root.has(k));
   const info = infoFromMeta((k) => root.get(k), file);
   const format: HypernetworkFormat = legacy ? "novelai-legacy" : !hasMeta && sawList ? "kohya-nai" : "a1111";
   const hf: HypernetworkFile = { info, format, weights, extra };
   checkShapes(hf, file);
   return hf;
-}
-
-/** Check every state dict against the layout the metadata implies, naming the first problem. */
-function checkShapes(hf: HypernetworkFile, file: string): void {
-  const s = structureOf(hf.info);
-  for (const [dim, pair] of hf.weights) {
-    let plan;
-    try {
-      plan = planLayers(dim, s);
-    } catch (err) {
-      throw fail(file, `dim ${dim}: ${(err as Error).message}`);
-    }
-    const expected = new Map<string, number[]>();
-    for (const p of plan) {
-      if (p.kind === "linear") {
-        expected.set(`linear.${p.index}.weight`, [p.outFeatures, p.inFeatures]);
-        expected.set(`linear.${p.index}.bias`, [p.outFeatures]);
-      } else if (p.kind === "layernorm") {
-        expected.set(`linear.${p.index}.weight`, [p.features]);
-        expected.set(`linear.${p.index}.bias`, [p.features]);
-      } else if (p.kind === "activation" && p.name === "prelu") {
-        expected.set(`linear.${p.index}.weight`, [1]);
-      }
-    }
-    pair.forEach((sd, j) => {
-      const which = `dim ${dim} ${j === 0 ? "k" : "v"} module`;
-      for (const [k, shape] of expected) {
-        const t = sd.get(k);
-        if (!t) {
-          throw fail(
-            file,
-            `${which} is missing "${k}" (the metadata — layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm}, activate_output ${s.activateOutput} — implies keys ${[...expected.keys()].join(", ")}; the file has ${[...sd.keys()].join(", ")})`,
-          );
-        }
-        if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-          throw fail(file, `${which}: "${k}" has shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`);
-        }
-      }
-      for (const k of sd.keys()) if (!expected.has(k)) throw fail(file, `${which} has an unexpected key "${k}" for its metadata (layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm})`);
-    });
-  }
 }
 
 function readSafetensorsHypernetwork(file: string): HypernetworkFile {
@@ -289,7 +169,10 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
       if (m[1] !== String(dim)) {
         // "08.0.x" and "8.0.x" would both load as width 8, one silently replacing the other.
         const alias = `${dim}.${m[2]}.${m[3]}`;
-        throw fail(file, `tensor "${key}" writes width ${dim} as "${m[1]}"${f.entries.has(alias) ? `, and "${alias}" names the same weight` : ""}; widths are written without leading zeros, so the file is ambiguous and is refused`);
+        throw fail(
+          file,
+          `tensor "${key}" writes width ${dim} as "${m[1]}"${f.entries.has(alias) ? `, and "${alias}" names the same weight` : ""}; widths are written without leading zeros, so the file is ambiguous and is refused`,
+        );
       }
       if (!weights.has(dim)) weights.set(dim, [new Map(), new Map()]);
       weights.get(dim)![Number(m[2])]!.set(m[3]!, f.read(key));
@@ -310,15 +193,6 @@ function jsonToPy(v: StrictJson): PyValue {
   if (v instanceof JsonFloat) return new PyFloat(v.value);
   if (Array.isArray(v)) return v.map(jsonToPy);
   throw new Error("an object is not a valid value here");
-}
-
-/** `step`: a whole number from 0 to 2^53 − 1; anything else is refused rather than changed. */
-function stepOf(v: PyValue | undefined, file: string): number {
-  if (v === undefined || v === null) return 0;
-  if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) return v;
-  if (typeof v === "bigint" && v >= 0n && v <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
-  const why = typeof v === "bigint" && v > 0n ? "; a step beyond 2^53 - 1 cannot be kept exactly" : "";
-  throw fail(file, `metadata "step" should be a whole number from 0 to 2^53 - 1, found ${describe(v)}${why}`);
 }
 
 // ---- writing ------------------------------------------------------------------------------
@@ -409,7 +283,15 @@ export function writeHypernetworkFile(hf: HypernetworkFile, file: string, opts: 
     return { dropped: extras.dropped };
   }
   const castFile: HypernetworkFile = opts.dtype
-    ? { ...hf, weights: new Map([...hf.weights].map(([d, pair]) => [d, pair.map((sd) => new Map([...sd].map(([k, t]) => [k, cast(t)]))) as [Map<string, HostTensor>, Map<string, HostTensor>]])) }
+    ? {
+        ...hf,
+        weights: new Map(
+          [...hf.weights].map(([d, pair]) => [
+            d,
+            pair.map((sd) => new Map([...sd].map(([k, t]) => [k, cast(t)]))) as [Map<string, HostTensor>, Map<string, HostTensor>],
+          ]),
+        ),
+      }
     : hf;
   writeTorchFile(file, hypernetworkToPy(castFile), { overwrite: opts.overwrite });
   return { dropped: [] };
@@ -424,7 +306,11 @@ export function toNetwork(hf: HypernetworkFile, opts: { trainable?: boolean; whe
     for (const [dim, pair] of hf.weights) {
       const mods = net.pair(dim)!;
       pair.forEach((sd, j) => {
-        loadStateDict(mods[j]!, { keys: () => sd.keys(), get: (k) => sd.get(k)!, shapeOf: (k) => sd.get(k)?.shape }, { where: `${opts.where ?? hf.info.name}: dim ${dim} ${j === 0 ? "k" : "v"}` });
+        loadStateDict(
+          mods[j]!,
+          { keys: () => sd.keys(), get: (k) => sd.get(k)!, shapeOf: (k) => sd.get(k)?.shape },
+          { where: `${opts.where ?? hf.info.name}: dim ${dim} ${j === 0 ? "k" : "v"}` },
+        );
       });
     }
   } catch (err) {
@@ -438,9 +324,20 @@ export function toNetwork(hf: HypernetworkFile, opts: { trainable?: boolean; whe
 export function fromNetwork(net: Hypernetwork): HypernetworkFile {
   const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
   for (const [dim, pair] of net.modules) {
-    weights.set(dim, pair.map((m) => new Map(m.namedParameters().map(([k, p]) => [k, p.toTorchSync()]))) as [Map<string, HostTensor>, Map<string, HostTensor>]);
+    weights.set(
+      dim,
+      pair.map((m) => new Map(m.namedParameters().map(([k, p]) => [k, p.toTorchSync()]))) as [
+        Map<string, HostTensor>,
+        Map<string, HostTensor>,
+      ],
+    );
   }
-  return { info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] }, format: "a1111", weights, extra: new Map() };
+  return {
+    info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] },
+    format: "a1111",
+    weights,
+    extra: new Map(),
+  };
 }
 
 /** `fromNetwork` with asynchronous read-back: works on every backend, WebGPU in Node included. */
@@ -455,7 +352,12 @@ export async function fromNetworkAsync(net: Hypernetwork): Promise<HypernetworkF
     }
     weights.set(dim, sds as [Map<string, HostTensor>, Map<string, HostTensor>]);
   }
-  return { info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] }, format: "a1111", weights, extra: new Map() };
+  return {
+    info: { ...net.info, layerStructure: [...net.info.layerStructure], dropoutStructure: [...net.info.dropoutStructure] },
+    format: "a1111",
+    weights,
+    extra: new Map(),
+  };
 }
 
 /** `saveHypernetwork` with asynchronous read-back (use it where the backend may be WebGPU). */
