@@ -10,7 +10,7 @@ import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
 import { fusedGeglu, fusedGroupNorm, fusedKernelsActive, useFusedKernels } from "../src/backend/webgpu-fused";
-import { GroupNorm, LayerNorm, gelu, silu } from "../src/nn/layers";
+import { Conv2d, GroupNorm, LayerNorm, Linear, gelu, silu } from "../src/nn/layers";
 import { GEGLU } from "../src/unet/attention";
 import { expectClose, expectNoLeak } from "./helpers/tf";
 
@@ -69,6 +69,8 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
     ["GroupNorm, 4 groups", [2, 12, 8], 4, 1e-5, false],
     ["GroupNorm + SiLU, 2 groups", [2, 9, 6], 2, 1e-6, true],
     ["LayerNorm (one group, S = 1)", [7, 1, 20], 1, 1e-5, false],
+    ["GroupNorm as in the UNet (32 groups of 2 channels, 256 positions)", [1, 256, 64], 32, 1e-5, true],
+    ["GroupNorm with groups larger than a workgroup (3 groups of 4 × 100)", [2, 100, 12], 3, 1e-6, false],
   ];
   for (const [name, shape, groups, eps, act] of normCases) {
     it(`${name}: forward and ∂x, ∂γ, ∂β match the composite to 1e-4`, async () => {
@@ -123,6 +125,33 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
     gn.dispose();
     ln.dispose();
     geglu.dispose();
+  }, 60_000);
+
+  it("Linear and Conv2d fold their bias into the matmul/conv outside a gradient tape, with the same result", async () => {
+    const lin = new Linear(8, 5);
+    const conv = new Conv2d(3, 4, 3, 1, 1);
+    tf.tidy(() => {
+      lin.bias!.value.assign(values([5], 11) as tf.Tensor1D);
+      conv.bias!.value.assign(values([4], 12) as tf.Tensor1D);
+    });
+    const seq = values([6, 8], 13);
+    const img = values([1, 5, 5, 3], 14);
+    const fusedOut = await read(tf.tidy(() => [lin.apply(seq), conv.apply(img as tf.Tensor4D)]));
+    const ref = await read(tf.tidy(() => [
+      tf.add(tf.matMul(seq, lin.weight.value as tf.Tensor2D), lin.bias!.value),
+      tf.add(tf.conv2d(img as tf.Tensor4D, conv.weight.value as tf.Tensor4D, 1, "same"), conv.bias!.value),
+    ]));
+    fusedOut.forEach((v, i) => expectClose(v, ref[i]!, 1e-4));
+    const prof = await tf.profile(() => lin.apply(seq));
+    expect(prof.kernelNames).toContain("_FusedMatMul");
+    expect(prof.kernelNames).not.toContain("Add");
+    // Under a tape the plain ops run (tfjs's fused ops would also differentiate the frozen weights).
+    const gx = tf.grad((a: tf.Tensor) => tf.sum(lin.apply(a)))(seq);
+    const gRef = tf.tidy(() => tf.matMul(tf.ones([6, 5]), lin.weight.value as tf.Tensor2D, false, true));
+    expectClose(await gx.data(), await gRef.data(), 1e-4);
+    tf.dispose([seq, img, prof.result as tf.Tensor, gx, gRef]);
+    lin.dispose();
+    conv.dispose();
   }, 60_000);
 
   it("off webgpu the layers keep the composite path", async () => {

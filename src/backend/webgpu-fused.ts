@@ -111,7 +111,7 @@ function statsCode(silu: boolean): string {
   `;
 }
 
-const normUniforms = "S : i32, C : i32, G : i32, eps : f32,";
+const normUniforms = "S : i32, C : i32, G : i32, eps : f32, B : i32,";
 
 function normUniformData(shape: number[], a: NormAttrs): { type: string; data: number[] }[] {
   return [
@@ -119,6 +119,7 @@ function normUniformData(shape: number[], a: NormAttrs): { type: string; data: n
     { type: "int32", data: [shape[2]!] },
     { type: "int32", data: [a.groups] },
     { type: "float32", data: [a.eps] },
+    { type: "int32", data: [shape[0]!] },
   ];
 }
 
@@ -137,7 +138,7 @@ function normProgram(shape: number[], a: NormAttrs): Program {
       statsCode(a.silu) +
       `
   fn main(index : i32) {
-    let row = min(index / ${WG}, ${rows - 1}); // spare workgroups of the grid redo the last row
+    let row = min(index / ${WG}, uniforms.B * uniforms.G - 1); // spare workgroups of the grid redo the last row
     let b = row / uniforms.G;
     let g = row % uniforms.G;
     let st = groupStats(b, g);
@@ -170,7 +171,7 @@ function normGradXProgram(shape: number[], a: NormAttrs): Program {
       statsCode(a.silu) +
       `
   fn main(index : i32) {
-    let row = min(index / ${WG}, ${rows - 1}); // spare workgroups of the grid redo the last row
+    let row = min(index / ${WG}, uniforms.B * uniforms.G - 1); // spare workgroups of the grid redo the last row
     let b = row / uniforms.G;
     let g = row % uniforms.G;
     let st = groupStats(b, g);
@@ -206,7 +207,7 @@ function normGradAffineProgram(shape: number[], a: NormAttrs): Program {
   return {
     variableNames: ["x", "gamma", "beta", "dy"],
     outputShape: [2, channels],
-    uniforms: `${normUniforms} B : i32,`,
+    uniforms: normUniforms,
     workgroupSize: [WG, 1, 1],
     dispatchLayout: { x: [0, 1] },
     dispatch: grid(channels),
@@ -329,8 +330,7 @@ export function useFusedKernels(): void {
     [NORM_GRAD_AFFINE, ({ inputs, backend, attrs }) => {
       const a = normAttrs(attrs);
       const x = inputs.x!;
-      const u = [...normUniformData(x.shape, a), { type: "int32", data: [x.shape[0]!] }];
-      return run(backend, normGradAffineProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], u);
+      return run(backend, normGradAffineProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], normUniformData(x.shape, a));
     }],
     [GEGLU, ({ inputs, backend }) => {
       const h = inputs.h!;
@@ -348,8 +348,8 @@ export function useFusedKernels(): void {
     gradFunc: (dy, saved, attrs) => {
       const [x, gamma, beta] = saved as tf.Tensor[];
       const ins = { x: x!, gamma: gamma!, beta: beta!, dy: dy as tf.Tensor };
-      let affine: tf.Tensor | null = null;
-      const aff = (): tf.Tensor => (affine ??= tf.engine().runKernel(NORM_GRAD_AFFINE, ins, attrs as unknown as tf.NamedAttrMap) as tf.Tensor);
+      // Each input's gradient runs in its own tidy, so γ and β each run the [2, C] kernel.
+      const aff = (): tf.Tensor => tf.engine().runKernel(NORM_GRAD_AFFINE, ins, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
       return {
         x: () => tf.engine().runKernel(NORM_GRAD_X, ins, attrs as unknown as tf.NamedAttrMap) as tf.Tensor,
         gamma: () => tf.slice(aff(), [0, 0], [1, -1]).reshape([-1]),
@@ -368,6 +368,16 @@ export function useFusedKernels(): void {
 /** Whether the nn functions should take the fused path now (kernels registered, webgpu active). */
 export function fusedKernelsActive(): boolean {
   return installed && tf.getBackend() === "webgpu";
+}
+
+/**
+ * Whether tfjs is recording a gradient tape now (inside `tf.grads`/`variableGrads`). tfjs's fused
+ * matMul/conv2d compute the gradients of all their inputs (frozen weights included), so the
+ * layers use them only outside a tape. Reads engine state that tfjs 4.22 keeps internal.
+ */
+export function recordingGradients(): boolean {
+  const state = (tf.engine() as unknown as { state?: { gradientDepth?: number } }).state;
+  return (state?.gradientDepth ?? 1) > 0;
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Module, type ModuleOptions, type Param, zerosInit } from "./module";
-import { fusedGroupNorm, fusedKernelsActive } from "../backend/webgpu-fused";
+import { fusedGroupNorm, fusedKernelsActive, recordingGradients } from "../backend/webgpu-fused";
 
 /** `y = x W + b` over the last axis; PyTorch weight `[out, in]`, stored here as `[in, out]`. */
 export class Linear extends Module {
@@ -24,8 +24,14 @@ export class Linear extends Module {
   apply(x: tf.Tensor): tf.Tensor {
     const shape = x.shape;
     const flat = shape.length === 2 ? (x as tf.Tensor2D) : x.reshape([-1, this.inFeatures]);
-    let y: tf.Tensor = tf.matMul(flat as tf.Tensor2D, this.weight.value as tf.Tensor2D);
-    if (this.bias) y = tf.add(y, this.bias.value);
+    let y: tf.Tensor;
+    // On webgpu the bias add rides in the matmul's epilogue (one dispatch instead of two) when no
+    // gradient is recorded: tfjs's fused ops always compute every gradient, frozen weights' too.
+    if (this.bias && fusedKernelsActive() && !recordingGradients()) y = tf.fused.matMul({ a: flat as tf.Tensor2D, b: this.weight.value as tf.Tensor2D, bias: this.bias.value });
+    else {
+      y = tf.matMul(flat as tf.Tensor2D, this.weight.value as tf.Tensor2D);
+      if (this.bias) y = tf.add(y, this.bias.value);
+    }
     return shape.length === 2 ? y : y.reshape([...shape.slice(0, -1), this.outFeatures]);
   }
 }
@@ -60,6 +66,7 @@ export class Conv2d extends Module {
       if (this.stride === 1 && 2 * p === this.kernelSize - 1) pad = "same";
       else inp = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]]);
     }
+    if (this.bias && fusedKernelsActive() && !recordingGradients()) return tf.fused.conv2d({ x: inp, filter: this.weight.value as tf.Tensor4D, strides: this.stride, pad, bias: this.bias.value });
     let y = tf.conv2d(inp, this.weight.value as tf.Tensor4D, this.stride, pad);
     if (this.bias) y = tf.add(y, this.bias.value);
     return y;

@@ -46,10 +46,10 @@ export class ResBlock extends Module {
   /** `x`: `[B, H, W, inChannels]`; `emb`: `[B, embChannels]` → `[B, H, W, outChannels]`. */
   apply(x: tf.Tensor4D, emb: tf.Tensor2D): tf.Tensor4D {
     return tf.tidy(() => {
-      let h = this.conv1.apply(silu(this.norm1.apply(x)) as tf.Tensor4D);
+      let h = this.conv1.apply(this.norm1.applySilu(x) as tf.Tensor4D);
       const shift = this.embProj.apply(silu(emb)).reshape([-1, 1, 1, this.outChannels]);
       h = tf.add(h, shift);
-      h = this.conv2.apply(silu(this.norm2.apply(h)) as tf.Tensor4D);
+      h = this.conv2.apply(this.norm2.applySilu(h) as tf.Tensor4D);
       const residual = this.skip ? this.skip.apply(x) : x;
       return tf.add(residual, h);
     });

@@ -173,7 +173,7 @@ export class UNetModel extends Module {
         h = tf.concat([h, skips.pop()!], 3); // [h, skip] on channels, h first
         h = block.apply(h, emb, context);
       }
-      return this.outConv.apply(silu(this.outNorm.apply(h)) as tf.Tensor4D);
+      return this.outConv.apply(this.outNorm.applySilu(h) as tf.Tensor4D);
     });
   }
 
