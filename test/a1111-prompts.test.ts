@@ -8,7 +8,8 @@ import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ClipTextModel, tinyClipTextConfig } from "../src/text/clip";
 import { parsePromptAttention } from "../src/text/prompt-attention";
-import { applyEmphasis, applyEmphasisTensor, chunkBatch, emptyChunk, encodeA1111Prompts, tokenizeLine, type ChunkOptions } from "../src/text/prompt-chunks";
+import { encodePrompts } from "../src/text/encode-prompts";
+import { applyEmphasis, applyEmphasisTensor, chunkBatch, emptyChunk, tokenizeLine, type ChunkOptions } from "../src/text/prompt-chunks";
 import { multicondPromptList, promptSchedules, scheduleIndexAt, type ScheduleEntry } from "../src/text/prompt-schedule";
 import { SimpleTokenizer } from "../src/text/tokenizer";
 import { expectNoLeak, fixture, setupBackend } from "./helpers/tf";
@@ -190,23 +191,23 @@ describe("emphasis = A1111 EmphasisOriginal", () => {
   });
 });
 
-describe("encodeA1111Prompts (the whole A1111 text path on this project's CLIP)", () => {
+describe("encodePrompts (the whole A1111 text path on this project's CLIP)", () => {
   const words = ["a", "cat", "dog", "red", ","];
   it("equals the plain encoder without emphasis syntax, and weights change only what they should", async () => {
     const tok = new SimpleTokenizer(words, { maxLength: 8 });
     const model = new ClipTextModel(tinyClipTextConfig({ maxPositions: 8, vocabSize: tok.vocabSize }));
     await expectNoLeak(() => {
-      const plain = encodeA1111Prompts(model, tok, ["a red cat"]);
+      const plain = encodePrompts(model, tok, ["a red cat"]);
       const ref = model.encode(tok.encode(["a red cat"]).ids);
       expect(Array.from(plain.context.dataSync())).toEqual(Array.from(ref.dataSync()));
       // (cat:1.5): same tokens, so the same ids; the output differs and keeps its mean.
-      const weighted = encodeA1111Prompts(model, tok, ["a red (cat:1.5)"]);
+      const weighted = encodePrompts(model, tok, ["a red (cat:1.5)"]);
       expect(weighted.chunks[0]![0]!.multipliers.slice(0, 5)).toEqual([1, 1, 1, 1.5, 1]);
       expect(Array.from(weighted.context.dataSync())).not.toEqual(Array.from(ref.dataSync()));
       const mean = (t: tf.Tensor): number => tf.tidy(() => tf.mean(t).dataSync()[0]!);
       expect(mean(weighted.context)).toBeCloseTo(mean(ref), 5);
       // BREAK and more than 6 tokens (this toy window is 8) give two windows.
-      const two = encodeA1111Prompts(model, tok, ["a cat BREAK dog", "a"]);
+      const two = encodePrompts(model, tok, ["a cat BREAK dog", "a"], { emphasisScope: "batch" });
       expect(two.context.shape).toEqual([2, 16, 32]);
       expect(two.chunks[0]!.map((c) => c.tokens)).toEqual([
         [1, 4, 5, 2, 2, 2, 2, 2],

@@ -19,7 +19,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { ClipTextModel, TokenVectors } from "./clip";
 import type { EmbeddingDatabase, TextualInversionEmbedding } from "./embeddings";
-import { type EmphasisMode, applyEmphasisTensor, chunkBatch } from "./prompt-chunks";
+import { type EmphasisMode, type PromptChunk, applyEmphasisTensor, chunkBatch } from "./prompt-chunks";
 import type { Tokenizer } from "./tokenizer";
 
 /** Options of `encodePrompts`. */
@@ -32,6 +32,12 @@ export interface EncodePromptsOptions {
   clipSkip?: number;
   /** A1111's comma padding backtrack (default 20). */
   commaBacktrack?: number;
+  /**
+   * Over what "Original" emphasis restores the mean: "prompt" (default), each prompt on its own,
+   * as A1111's separate calls for the prompt and the negative prompt; "batch", all prompts of this
+   * call together, as one A1111 encoder batch (e.g. the texts of one prompt-editing schedule).
+   */
+  emphasisScope?: "prompt" | "batch";
 }
 
 /** What `encodePrompts` returns. */
@@ -42,6 +48,8 @@ export interface EncodedPrompts {
   used: TextualInversionEmbedding[][];
   /** Tokens of the longest prompt, as A1111 counts them ("n/75"). */
   tokenCount: number;
+  /** Per prompt, the 77-token windows encoded (ids, emphasis weights, embedding slots). */
+  chunks: PromptChunk<TextualInversionEmbedding>[][];
 }
 
 /** The id of `,` in this tokenizer (CLIP's `,</w>`), for the comma backtrack. */
@@ -94,8 +102,9 @@ export function encodePrompts(textModel: ClipTextModel, tokenizer: Tokenizer, pr
   }
   const context = tf.tidy(() => {
     const z = textModel.encode(ids, { clipSkip: opts.clipSkip, embeddings: vectors });
+    if (opts.emphasisScope === "batch") return applyEmphasisTensor(z, multipliers, emphasis, win);
     const rows = tf.split(z, prompts.length, 0) as tf.Tensor3D[];
     return tf.concat(rows.map((zr, r) => applyEmphasisTensor(zr, [multipliers[r]!], emphasis, win)), 0) as tf.Tensor3D;
   });
-  return { context, used: used.map((m) => [...m.values()]), tokenCount };
+  return { context, used: used.map((m) => [...m.values()]), tokenCount, chunks };
 }

@@ -13,10 +13,8 @@ export {
   emptyChunk,
   applyEmphasis,
   applyEmphasisTensor,
-  encodeA1111Prompts,
   type EmphasisMode,
   type ChunkOptions,
   type PromptChunk,
   type EmbeddingMatch,
-  type EncodeA1111Options,
 } from "./prompt-chunks";

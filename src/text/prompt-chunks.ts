@@ -13,12 +13,11 @@
  * - `applyEmphasis` = `EmphasisOriginal.after_transformers`, per chunk position: multiply each
  *   token's output vector by its weight, then rescale the whole chunk batch so its mean is what it
  *   was before ("No norm" skips the rescale; "Ignore" and "None" leave the output alone).
- * - `encodeA1111Prompts` runs the whole path with this project's tokenizer and CLIP text model.
+ * The whole path on this project's tokenizer and CLIP text model, textual-inversion embeddings
+ * included, is `encodePrompts` (encode-prompts.ts).
  */
 import * as tf from "@tensorflow/tfjs";
-import type { ClipEncodeOptions, ClipTextModel } from "./clip";
 import { type WeightedText, isBreak, parsePromptAttention } from "./prompt-attention";
-import type { Tokenizer } from "./tokenizer";
 
 /** A1111's "Emphasis mode" setting (`opts.emphasis`). */
 export type EmphasisMode = "Original" | "No norm" | "Ignore" | "None";
@@ -212,47 +211,4 @@ export function applyEmphasisTensor(z: tf.Tensor3D, multipliers: readonly (reado
     const after = tf.mean(weighted, [0, 2, 3], true);
     return tf.mul(weighted, tf.div(before, after)).reshape([b, len, c]) as tf.Tensor3D;
   });
-}
-
-/** Options of `encodeA1111Prompts`. */
-export interface EncodeA1111Options extends ClipEncodeOptions {
-  emphasis?: EmphasisMode;
-  commaBacktrack?: number;
-}
-
-/**
- * Prompts → CLIP context the A1111 way: emphasis syntax parsed, BREAK and 75-token chunks, every
- * prompt padded to the same number of chunks, CLIP on each 77-token window, emphasis applied per
- * chunk. Returns `[B, k·77, width]` (the caller owns it) and the chunks used (weights included).
- * Textual-inversion embeddings are not looked up here (no `findEmbedding`).
- */
-export function encodeA1111Prompts(
-  textModel: ClipTextModel,
-  tokenizer: Tokenizer,
-  prompts: readonly string[],
-  opts: EncodeA1111Options = {},
-): { context: tf.Tensor3D; chunks: PromptChunk[][]; tokenCount: number } {
-  if (prompts.length === 0) throw new Error("encodeA1111Prompts: give at least one prompt");
-  const { chunks, tokenCount } = chunkBatch(prompts, {
-    tokenize: (t) => tokenizer.tokenize(t),
-    bosId: tokenizer.bosId,
-    eosId: tokenizer.eosId,
-    commaId: (tokenizer as { commaId?: number }).commaId,
-    chunkLength: tokenizer.maxLength - 2,
-    commaBacktrack: opts.commaBacktrack,
-    emphasis: opts.emphasis,
-  });
-  // SD 2 pads after the first EOS with a different id (A1111's process_tokens).
-  const padRow = (tokens: number[]): number[] => {
-    if (tokenizer.padId === tokenizer.eosId) return tokens;
-    const end = tokens.indexOf(tokenizer.eosId);
-    return tokens.map((id, i) => (i > end ? tokenizer.padId : id));
-  };
-  const ids = chunks.map((row) => row.flatMap((ch) => padRow(ch.tokens)));
-  const multipliers = chunks.map((row) => row.flatMap((ch) => ch.multipliers));
-  const context = tf.tidy(() => {
-    const z = textModel.encode(ids, { clipSkip: opts.clipSkip });
-    return applyEmphasisTensor(z, multipliers, opts.emphasis ?? "Original", tokenizer.maxLength);
-  });
-  return { context, chunks, tokenCount };
 }
