@@ -22,7 +22,17 @@ import { DEFAULT_FOCAL_WEIGHTS, findFocalCrop, focalScaleSize, type FaceDetector
 import { captionFromFilename, combineCaptions, type ExistingCaptionAction, type FilenameCaptionOptions } from "./captions";
 import { autoSizePlan, coverCropPlan, oversizeRatio, splitPlan, type AutoSizeOptions, type Box } from "./crops";
 import { MAX_IMAGE_FILE_BYTES, readCaptionFile, readRegularFile, statEntry } from "./entries";
-import { cropRaw, decodeImage, DEFAULT_LIMIT_INPUT_PIXELS, drawFocalDebug, encodePng, flipRaw, ImageDecodeError, resizeRaw, type FlipKind } from "./images";
+import {
+  cropRaw,
+  decodeImage,
+  DEFAULT_LIMIT_INPUT_PIXELS,
+  drawFocalDebug,
+  encodePng,
+  flipRaw,
+  ImageDecodeError,
+  resizeRaw,
+  type FlipKind,
+} from "./images";
 
 /** Options of `preprocess`. Sizes in pixels; every option has A1111's default. */
 export interface PreprocessOptions {
@@ -87,7 +97,16 @@ export interface MadeImage {
 }
 
 /** Why a source file produced nothing. */
-export type SkipReason = "not-a-file" | "too-large" | "empty" | "not-an-image" | "unsupported-format" | "corrupt" | "too-many-pixels" | "too-small" | "no-auto-size";
+export type SkipReason =
+  | "not-a-file"
+  | "too-large"
+  | "empty"
+  | "not-an-image"
+  | "unsupported-format"
+  | "corrupt"
+  | "too-many-pixels"
+  | "too-small"
+  | "no-auto-size";
 
 /**
  * A source file that produced no image, with the reason in words. A caption that could not be read
@@ -157,49 +176,296 @@ function writeOutput(file: string, data: Buffer, overwrite: boolean | undefined,
   }
 }
 
+/** The options of one run with A1111's defaults filled in, resolved once before any file is read. */
+interface RunSettings {
+  W: number;
+  H: number;
+  split?: { threshold: number; overlap: number };
+  focal?: Exclude<PreprocessOptions["focalCrop"], boolean | undefined>;
+  focalWeights: FocalWeights;
+  autoSized?: AutoSizeOptions;
+  flips: FlipKind[];
+  action: ExistingCaptionAction;
+  nameCaption?: FilenameCaptionOptions;
+  minSide: number;
+  pixelLimit: number | false;
+}
+
+/** Check the target size and fill in defaults, so the per-image steps read plain values. */
+function resolveSettings(opts: PreprocessOptions): RunSettings {
+  const W = opts.width ?? 512;
+  const H = opts.height ?? 512;
+  if (!Number.isInteger(W) || !Number.isInteger(H) || W < 1 || H < 1)
+    throw new Error(`preprocess: width and height must be positive integers, got ${W}×${H}`);
+  const split = opts.split ? { threshold: 0.5, overlap: 0.2, ...(typeof opts.split === "object" ? opts.split : {}) } : undefined;
+  if (split) split.threshold = Math.max(0, Math.min(1, split.threshold));
+  const focal = opts.focalCrop ? (typeof opts.focalCrop === "object" ? opts.focalCrop : {}) : undefined;
+  return {
+    W,
+    H,
+    split,
+    focal,
+    focalWeights: { ...DEFAULT_FOCAL_WEIGHTS, ...(focal?.weights ?? {}) },
+    autoSized: opts.autoSized ? (typeof opts.autoSized === "object" ? opts.autoSized : {}) : undefined,
+    flips: opts.flips === true ? ["horizontal"] : Array.isArray(opts.flips) ? opts.flips : [],
+    action: opts.existingCaption ?? "ignore",
+    nameCaption: opts.filenameCaption === false ? undefined : typeof opts.filenameCaption === "object" ? opts.filenameCaption : {},
+    minSide: opts.minSourceSide ?? 16,
+    pixelLimit: opts.limitInputPixels ?? DEFAULT_LIMIT_INPUT_PIXELS,
+  };
+}
+
+/** Resolve both folders and refuse a destination inside the source, so the originals are never touched. */
+function checkFolders(src: string, dst: string): { srcAbs: string; dstAbs: string } {
+  const srcAbs = path.resolve(src);
+  const dstAbs = path.resolve(dst);
+  if (!fs.existsSync(srcAbs) || !fs.statSync(srcAbs).isDirectory())
+    throw new Error(`preprocess: source folder ${srcAbs} does not exist or is not a folder`);
+  const srcReal = fs.realpathSync(srcAbs);
+  let dstReal: string;
+  try {
+    dstReal = fs.existsSync(dstAbs) ? fs.realpathSync(dstAbs) : dstAbs;
+  } catch (err) {
+    throw new Error(`preprocess: destination ${dstAbs} cannot be used: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`, {
+      cause: err,
+    });
+  }
+  if (dstReal === srcReal || dstReal.startsWith(srcReal + path.sep)) {
+    throw new Error(
+      `preprocess: destination ${dstAbs} is the source folder or inside it; choose a separate folder so the originals stay untouched`,
+    );
+  }
+  return { srcAbs, dstAbs };
+}
+
+/** Records a skipped file (in the summary and the log) under the name the user will recognise. */
+type Reporter = (source: string, reason: SkipReason, detail: string) => void;
+
+/** Report a `.txt` with no image of its name; a caption that has one is read at its image's turn. */
+function reportLoneCaption(full: string, skip: (reason: SkipReason, detail: string) => void): void {
+  const entry = statEntry(full);
+  if ("problem" in entry) skip("not-a-file", entry.problem);
+  else
+    skip(
+      entry.stat.isFile() ? "not-an-image" : "not-a-file",
+      entry.stat.isFile() ? "a text file with no image of the same name" : "not a regular file, and no image of the same name",
+    );
+}
+
+/** Read and decode one source image, or report why it is skipped (undefined); other errors propagate. */
+async function loadSource(
+  name: string,
+  full: string,
+  s: RunSettings,
+  keepAlpha: boolean,
+  skip: (reason: SkipReason, detail: string) => void,
+): Promise<RawImage | undefined> {
+  const source = readRegularFile(full, MAX_IMAGE_FILE_BYTES, "image");
+  if (!("bytes" in source)) {
+    skip(source.kind === "too-large" ? "too-large" : "not-a-file", source.problem);
+    return undefined;
+  }
+  let img: RawImage;
+  try {
+    img = await decodeImage(name, source.bytes, keepAlpha, s.pixelLimit);
+  } catch (err) {
+    if (err instanceof ImageDecodeError) {
+      skip(err.problem, err.message.slice(name.length + 2));
+      return undefined;
+    }
+    throw err;
+  }
+  if (Math.min(img.width, img.height) < s.minSide) {
+    skip("too-small", `too small (${img.width}×${img.height}; the shorter side must be at least ${s.minSide} px)`);
+    return undefined;
+  }
+  return img;
+}
+
+/** The image's `<stem>.txt`, if there is a readable one; an unreadable one is reported and the image made without it. */
+function readExistingCaption(
+  srcAbs: string,
+  stem: string,
+  name: string,
+  report: Reporter,
+  log?: (message: string) => void,
+): string | undefined {
+  const captionFile = path.join(srcAbs, stem + CAPTION_EXT);
+  if (!fs.lstatSync(captionFile, { throwIfNoEntry: false })) return undefined;
+  const read = readCaptionFile(captionFile);
+  if ("problem" in read) {
+    report(
+      stem + CAPTION_EXT,
+      read.kind === "too-large" ? "too-large" : "not-a-file",
+      `${read.problem}; ${name} is made without this caption`,
+    );
+    return undefined;
+  }
+  if (read.note) log?.(read.note);
+  return read.text;
+}
+
+/** One image cut from a source, with how it was cut (for the summary). */
+type Piece = { img: RawImage; kind: MadeKind; resizeTo?: { width: number; height: number }; box?: Box };
+
+/** A focal-crop debug image to write next to the outputs. */
+type DebugImage = { file: string; png: Buffer };
+
+/** Step 3: the images one source yields, in A1111's order (split, focal, auto-sized, original, else cover crop). */
+async function cutPieces(
+  img: RawImage,
+  index: number,
+  stem: string,
+  s: RunSettings,
+  opts: PreprocessOptions,
+  skip: (reason: SkipReason, detail: string) => void,
+): Promise<{ pieces: Piece[]; debugImages: DebugImage[] }> {
+  const { W, H, split, focal, autoSized } = s;
+  const pieces: Piece[] = [];
+  const debugImages: DebugImage[] = [];
+  if (opts.captionOnly) {
+    pieces.push({ img, kind: "caption-only" });
+    return { pieces, debugImages };
+  }
+  let defaultResize = true;
+  const { ratio } = oversizeRatio(img.width, img.height, W, H);
+  if (split && ratio < 1 && ratio <= split.threshold) {
+    for (const plan of splitPlan(img.width, img.height, W, H, split.overlap)) {
+      // A1111 scales with PIL's default filter here (bicubic), not Lanczos.
+      const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "cubic");
+      pieces.push({ img: await cropRaw(scaled, plan.box), kind: "split", resizeTo: plan.resizeTo, box: plan.box });
+    }
+    defaultResize = false;
+  }
+  if (focal && img.width !== img.height) {
+    const size = focalScaleSize(img.width, img.height, W, H);
+    const scaled = await resizeRaw(img, size.width, size.height, "cubic");
+    const found = await findFocalCrop(scaled, W, H, s.focalWeights, focal.faceDetector);
+    pieces.push({ img: await cropRaw(scaled, found.box), kind: "focal", resizeTo: size, box: found.box });
+    if (focal.debugImage) {
+      const pts = [
+        ...found.edges.map((p) => ({ ...p, color: "#00f" })),
+        ...found.entropy.map((p) => ({ ...p, color: "#ff0" })),
+        ...found.faces.map((p) => ({ ...p, color: "#f00" })),
+        { ...found.focus, color: "#0f0" },
+      ];
+      debugImages.push({
+        file: path.join("focal-debug", outputName(`${String(index).padStart(5, "0")}-`, stem)),
+        png: await drawFocalDebug(scaled, found.box, pts),
+      });
+    }
+    defaultResize = false;
+  }
+  if (autoSized) {
+    const plan = autoSizePlan(img.width, img.height, autoSized);
+    if (plan) {
+      const cut = await cropRaw(img, plan.box);
+      pieces.push({ img: await resizeRaw(cut, plan.width, plan.height, "lanczos"), kind: "auto-sized", box: plan.box });
+    } else if (pieces.length === 0 && !opts.keepOriginalSize) {
+      skip(
+        "no-auto-size",
+        `no auto-sized crop fits (${img.width}×${img.height}: no size within the dimension/area bounds has aspect error ≤ ${autoSized.threshold ?? 0.1})`,
+      );
+    }
+    defaultResize = false;
+  }
+  if (opts.keepOriginalSize) {
+    pieces.push({ img, kind: "original" });
+    defaultResize = false;
+  }
+  if (defaultResize) {
+    const plan = coverCropPlan(img.width, img.height, W, H);
+    const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "lanczos");
+    pieces.push({ img: await cropRaw(scaled, plan.box), kind: "crop", resizeTo: plan.resizeTo, box: plan.box });
+  }
+  return { pieces, debugImages };
+}
+
+/** One encoded output image with its caption and summary entry, ready to write. */
+type Output = { file: string; png: Buffer; caption: string; made: MadeImage };
+
+/** Step 4a: caption each piece, add its mirror copies and encode them all, before anything is written. */
+async function encodeOutputs(
+  pieces: Piece[],
+  name: string,
+  stem: string,
+  index: number,
+  existing: string | undefined,
+  s: RunSettings,
+  captioner: PreprocessOptions["captioner"],
+): Promise<Output[]> {
+  const outputs: Output[] = [];
+  let sub = 0;
+  for (const piece of pieces) {
+    const generated = captioner ? await captioner(piece.img, name) : "";
+    let caption = combineCaptions(generated, existing, s.action);
+    if (!caption && s.nameCaption) caption = captionFromFilename(stem, s.nameCaption).trim();
+    const variants: [RawImage, FlipKind | undefined][] = [[piece.img, undefined]];
+    for (const f of s.flips) variants.push([await flipRaw(piece.img, f), f]);
+    for (const [im, flip] of variants) {
+      const file = outputName(`${String(index).padStart(5, "0")}-${sub++}-`, stem);
+      const made: MadeImage = { file, source: name, kind: piece.kind, width: im.width, height: im.height, caption };
+      if (flip) made.flip = flip;
+      if (piece.resizeTo) made.resizeTo = piece.resizeTo;
+      if (piece.box) made.box = piece.box;
+      outputs.push({ file, png: await encodePng(im), caption, made });
+    }
+  }
+  return outputs;
+}
+
+/** Step 4b: refuse (unless `overwrite`) if any output of this source exists, then write them all and record them. */
+function writeSourceOutputs(
+  dstAbs: string,
+  outputs: Output[],
+  debugImages: DebugImage[],
+  name: string,
+  summary: PreprocessSummary,
+  overwrite: boolean | undefined,
+): void {
+  if (!overwrite) {
+    for (const o of outputs) {
+      for (const f of [o.file, o.caption ? o.file.replace(/\.png$/, CAPTION_EXT) : undefined]) {
+        if (f && fs.existsSync(path.join(dstAbs, f))) throw new FileExistsError(path.join(dstAbs, f));
+      }
+    }
+  }
+  for (const o of outputs) {
+    writeOutput(path.join(dstAbs, o.file), o.png, overwrite, name);
+    if (o.caption) writeOutput(path.join(dstAbs, o.file.replace(/\.png$/, CAPTION_EXT)), Buffer.from(o.caption, "utf8"), overwrite, name);
+    summary.made.push(o.made);
+  }
+  for (const d of debugImages) writeOutput(path.join(dstAbs, d.file), d.png, overwrite, name);
+}
+
 /**
  * Preprocess every image in `src` (non-recursive) into `dst`. See the module comment for the steps.
  * Throws before writing anything if `dst` is `src` or inside it, and `FileExistsError` if an output
  * exists and `overwrite` is not set.
  */
 export async function preprocess(src: string, dst: string, opts: PreprocessOptions = {}): Promise<PreprocessSummary> {
-  const W = opts.width ?? 512;
-  const H = opts.height ?? 512;
-  if (!Number.isInteger(W) || !Number.isInteger(H) || W < 1 || H < 1) throw new Error(`preprocess: width and height must be positive integers, got ${W}×${H}`);
-  const srcAbs = path.resolve(src);
-  const dstAbs = path.resolve(dst);
-  if (!fs.existsSync(srcAbs) || !fs.statSync(srcAbs).isDirectory()) throw new Error(`preprocess: source folder ${srcAbs} does not exist or is not a folder`);
-  const srcReal = fs.realpathSync(srcAbs);
-  let dstReal: string;
-  try {
-    dstReal = fs.existsSync(dstAbs) ? fs.realpathSync(dstAbs) : dstAbs;
-  } catch (err) {
-    throw new Error(`preprocess: destination ${dstAbs} cannot be used: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`, { cause: err });
-  }
-  if (dstReal === srcReal || dstReal.startsWith(srcReal + path.sep)) {
-    throw new Error(`preprocess: destination ${dstAbs} is the source folder or inside it; choose a separate folder so the originals stay untouched`);
-  }
-
-  const split = opts.split ? { threshold: 0.5, overlap: 0.2, ...(typeof opts.split === "object" ? opts.split : {}) } : undefined;
-  if (split) split.threshold = Math.max(0, Math.min(1, split.threshold));
-  const focal = opts.focalCrop ? (typeof opts.focalCrop === "object" ? opts.focalCrop : {}) : undefined;
-  const focalWeights: FocalWeights = { ...DEFAULT_FOCAL_WEIGHTS, ...(focal?.weights ?? {}) };
-  const autoSized = opts.autoSized ? (typeof opts.autoSized === "object" ? opts.autoSized : {}) : undefined;
-  const flips: FlipKind[] = opts.flips === true ? ["horizontal"] : Array.isArray(opts.flips) ? opts.flips : [];
-  const action = opts.existingCaption ?? "ignore";
-  const nameCaption = opts.filenameCaption === false ? undefined : typeof opts.filenameCaption === "object" ? opts.filenameCaption : {};
-  const minSide = opts.minSourceSide ?? 16;
-  const pixelLimit = opts.limitInputPixels ?? DEFAULT_LIMIT_INPUT_PIXELS;
-
+  const s = resolveSettings(opts);
+  const { srcAbs, dstAbs } = checkFolders(src, dst);
   const entries = fs.readdirSync(srcAbs).sort();
   const stems = new Set(entries.filter((e) => path.extname(e).toLowerCase() !== CAPTION_EXT).map((e) => path.parse(e).name));
-  const summary: PreprocessSummary = { source: srcAbs, destination: dstAbs, width: W, height: H, made: [], skipped: [], captionsFound: 0 };
+  const summary: PreprocessSummary = {
+    source: srcAbs,
+    destination: dstAbs,
+    width: s.W,
+    height: s.H,
+    made: [],
+    skipped: [],
+    captionsFound: 0,
+  };
   try {
     fs.mkdirSync(dstAbs, { recursive: true });
   } catch (err) {
-    throw new Error(`preprocess: cannot create the destination folder ${dstAbs}: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`, { cause: err });
+    throw new Error(
+      `preprocess: cannot create the destination folder ${dstAbs}: ${explainWriteError((err as NodeJS.ErrnoException).code ?? "?")}`,
+      { cause: err },
+    );
   }
-  const report = (source: string, reason: SkipReason, detail: string): void => {
+  const report: Reporter = (source, reason, detail) => {
     summary.skipped.push({ source, reason, detail });
     opts.log?.(`skipped ${source}: ${detail}`);
   };
@@ -210,132 +476,16 @@ export async function preprocess(src: string, dst: string, opts: PreprocessOptio
     const stem = path.parse(name).name;
     const skip = (reason: SkipReason, detail: string): void => report(name, reason, detail);
     if (path.extname(name).toLowerCase() === CAPTION_EXT) {
-      // A caption is read, and any problem with it reported, at its image's turn.
-      if (stems.has(stem)) continue;
-      const entry = statEntry(full);
-      if ("problem" in entry) skip("not-a-file", entry.problem);
-      else skip(entry.stat.isFile() ? "not-an-image" : "not-a-file", entry.stat.isFile() ? "a text file with no image of the same name" : "not a regular file, and no image of the same name");
+      if (!stems.has(stem)) reportLoneCaption(full, skip);
       continue;
     }
-
-    const source = readRegularFile(full, MAX_IMAGE_FILE_BYTES, "image");
-    if (!("bytes" in source)) {
-      skip(source.kind === "too-large" ? "too-large" : "not-a-file", source.problem);
-      continue;
-    }
-    let img: RawImage;
-    try {
-      img = await decodeImage(name, source.bytes, opts.keepAlpha ?? false, pixelLimit);
-    } catch (err) {
-      if (err instanceof ImageDecodeError) {
-        skip(err.problem, err.message.slice(name.length + 2));
-        continue;
-      }
-      throw err;
-    }
-    if (Math.min(img.width, img.height) < minSide) {
-      skip("too-small", `too small (${img.width}×${img.height}; the shorter side must be at least ${minSide} px)`);
-      continue;
-    }
-
-    const captionFile = path.join(srcAbs, stem + CAPTION_EXT);
-    let existing: string | undefined;
-    if (fs.lstatSync(captionFile, { throwIfNoEntry: false })) {
-      const read = readCaptionFile(captionFile);
-      if ("problem" in read) {
-        report(stem + CAPTION_EXT, read.kind === "too-large" ? "too-large" : "not-a-file", `${read.problem}; ${name} is made without this caption`);
-      } else {
-        existing = read.text;
-        if (read.note) opts.log?.(read.note);
-      }
-    }
+    const img = await loadSource(name, full, s, opts.keepAlpha ?? false, skip);
+    if (!img) continue;
+    const existing = readExistingCaption(srcAbs, stem, name, report, opts.log);
     if (existing !== undefined) summary.captionsFound++;
-
-    // Step 3: the images this source yields, in A1111's order.
-    type Piece = { img: RawImage; kind: MadeKind; resizeTo?: { width: number; height: number }; box?: Box };
-    const pieces: Piece[] = [];
-    const debugImages: { file: string; png: Buffer }[] = [];
-    if (opts.captionOnly) {
-      pieces.push({ img, kind: "caption-only" });
-    } else {
-      let defaultResize = true;
-      const { ratio } = oversizeRatio(img.width, img.height, W, H);
-      if (split && ratio < 1 && ratio <= split.threshold) {
-        for (const plan of splitPlan(img.width, img.height, W, H, split.overlap)) {
-          // A1111 scales with PIL's default filter here (bicubic), not Lanczos.
-          const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "cubic");
-          pieces.push({ img: await cropRaw(scaled, plan.box), kind: "split", resizeTo: plan.resizeTo, box: plan.box });
-        }
-        defaultResize = false;
-      }
-      if (focal && img.width !== img.height) {
-        const size = focalScaleSize(img.width, img.height, W, H);
-        const scaled = await resizeRaw(img, size.width, size.height, "cubic");
-        const found = await findFocalCrop(scaled, W, H, focalWeights, focal.faceDetector);
-        pieces.push({ img: await cropRaw(scaled, found.box), kind: "focal", resizeTo: size, box: found.box });
-        if (focal.debugImage) {
-          const pts = [
-            ...found.edges.map((p) => ({ ...p, color: "#00f" })),
-            ...found.entropy.map((p) => ({ ...p, color: "#ff0" })),
-            ...found.faces.map((p) => ({ ...p, color: "#f00" })),
-            { ...found.focus, color: "#0f0" },
-          ];
-          debugImages.push({ file: path.join("focal-debug", outputName(`${String(index).padStart(5, "0")}-`, stem)), png: await drawFocalDebug(scaled, found.box, pts) });
-        }
-        defaultResize = false;
-      }
-      if (autoSized) {
-        const plan = autoSizePlan(img.width, img.height, autoSized);
-        if (plan) {
-          const cut = await cropRaw(img, plan.box);
-          pieces.push({ img: await resizeRaw(cut, plan.width, plan.height, "lanczos"), kind: "auto-sized", box: plan.box });
-        } else if (pieces.length === 0 && !opts.keepOriginalSize) {
-          skip("no-auto-size", `no auto-sized crop fits (${img.width}×${img.height}: no size within the dimension/area bounds has aspect error ≤ ${autoSized.threshold ?? 0.1})`);
-        }
-        defaultResize = false;
-      }
-      if (opts.keepOriginalSize) {
-        pieces.push({ img, kind: "original" });
-        defaultResize = false;
-      }
-      if (defaultResize) {
-        const plan = coverCropPlan(img.width, img.height, W, H);
-        const scaled = await resizeRaw(img, plan.resizeTo.width, plan.resizeTo.height, "lanczos");
-        pieces.push({ img: await cropRaw(scaled, plan.box), kind: "crop", resizeTo: plan.resizeTo, box: plan.box });
-      }
-    }
-
-    // Step 4: encode everything for this source, check for existing outputs, then write.
-    const outputs: { file: string; png: Buffer; caption: string; made: MadeImage }[] = [];
-    let sub = 0;
-    for (const piece of pieces) {
-      const generated = opts.captioner ? await opts.captioner(piece.img, name) : "";
-      let caption = combineCaptions(generated, existing, action);
-      if (!caption && nameCaption) caption = captionFromFilename(stem, nameCaption).trim();
-      const variants: [RawImage, FlipKind | undefined][] = [[piece.img, undefined]];
-      for (const f of flips) variants.push([await flipRaw(piece.img, f), f]);
-      for (const [im, flip] of variants) {
-        const file = outputName(`${String(index).padStart(5, "0")}-${sub++}-`, stem);
-        const made: MadeImage = { file, source: name, kind: piece.kind, width: im.width, height: im.height, caption };
-        if (flip) made.flip = flip;
-        if (piece.resizeTo) made.resizeTo = piece.resizeTo;
-        if (piece.box) made.box = piece.box;
-        outputs.push({ file, png: await encodePng(im), caption, made });
-      }
-    }
-    if (!opts.overwrite) {
-      for (const o of outputs) {
-        for (const f of [o.file, o.caption ? o.file.replace(/\.png$/, CAPTION_EXT) : undefined]) {
-          if (f && fs.existsSync(path.join(dstAbs, f))) throw new FileExistsError(path.join(dstAbs, f));
-        }
-      }
-    }
-    for (const o of outputs) {
-      writeOutput(path.join(dstAbs, o.file), o.png, opts.overwrite, name);
-      if (o.caption) writeOutput(path.join(dstAbs, o.file.replace(/\.png$/, CAPTION_EXT)), Buffer.from(o.caption, "utf8"), opts.overwrite, name);
-      summary.made.push(o.made);
-    }
-    for (const d of debugImages) writeOutput(path.join(dstAbs, d.file), d.png, opts.overwrite, name);
+    const { pieces, debugImages } = await cutPieces(img, index, stem, s, opts, skip);
+    const outputs = await encodeOutputs(pieces, name, stem, index, existing, s, opts.captioner);
+    writeSourceOutputs(dstAbs, outputs, debugImages, name, summary, opts.overwrite);
     if (outputs.length) opts.log?.(`${name}: ${outputs.length} image(s)`);
   }
   return summary;
