@@ -268,7 +268,10 @@ function zipField(seed: SeedFile, r: Rand): Buffer {
   const w16 = (at: number) => b.writeUInt16LE(v & 0xffff, at);
   if (field === "csize") w32(e.at + 20);
   else if (field === "usize") w32(e.at + 24);
-  else if (field === "both") (w32(e.at + 20), w32(e.at + 24));
+  else if (field === "both") {
+    w32(e.at + 20);
+    w32(e.at + 24);
+  }
   else if (field === "offset") w32(e.at + 42);
   else if (field === "namelen") w16(e.at + 28);
   else if (field === "extralen") w16(e.at + 30);
@@ -1193,7 +1196,7 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
       let bytes: Buffer;
       try {
         bytes = mut.fn(seed, r);
-      } catch (err) {
+      } catch {
         // A mutation that cannot apply to this seed (e.g. no ZIP64 record): use a bit flip instead.
         bytes = bitflip(seed.bytes, r);
       }

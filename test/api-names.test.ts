@@ -29,7 +29,7 @@ function codeSources(): Array<{ where: string; code: string }> {
 }
 
 /** `hn.a.b.c` chains in `code` (strings and comments included: a doc comment's `hn.x` must exist too). */
-export function hnChains(code: string): string[][] {
+function hnChains(code: string): string[][] {
   return [...code.matchAll(/(?<![\w$.])hn\.([A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)/g)].map((m) => m[1]!.split("."));
 }
 

@@ -15,7 +15,7 @@ import { readHypernetworkFile } from "../src/hypernet/file";
 import { MUTATIONS, isCleanError, rng32 } from "../scripts/fuzz";
 import { CorruptFileError, UnsafePickleError, UnsupportedFileError } from "../src/io/errors";
 import { allocValues, gatherTensor, type HostTensor } from "../src/io/host-tensor";
-import { PyDict, type PyValue } from "../src/io/pyvalue";
+import type { PyDict, PyValue } from "../src/io/pyvalue";
 import { describeTorchFile, openTorchFile, readTorchFile } from "../src/io/torch-file";
 import { TOTAL_FACTOR, TOTAL_FLOOR_BYTES, VIEW_FLOOR_BYTES } from "../src/io/view-budget";
 import { openWeights } from "../src/io/weight-source";

@@ -321,7 +321,7 @@ describe("memory", () => {
 
   it("a denoiser returning the wrong shape fails clearly and leaks nothing", async () => {
     const cond = COND();
-    const bad: Denoiser = (x) => tf.zeros([1, 1, 1, 1]) as tf.Tensor4D;
+    const bad: Denoiser = (_x) => tf.zeros([1, 1, 1, 1]) as tf.Tensor4D;
     await expectNoLeak(async () => {
       await expect(ddim({ steps: 3 }).sample({ denoiser: bad, shape: SHAPE, cond, seed: 1 })).rejects.toThrow(/must predict ε with the input's shape/);
     });

@@ -294,7 +294,7 @@ function describe_(v: PyValue): unknown {
   throw new Error("unexpected value");
 }
 
-const PY_DESCRIBE = String.raw`
+const PY_DESCRIBE = `
 import json, sys, collections, torch
 DT = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.float64: "F64"}
 def d(v):

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as os from "node:os";
 import * as path from "node:path";
-import { BackendChoice, currentBackendReport, formatBackendReport, useBackend } from "./backend";
+import { type BackendChoice, currentBackendReport, formatBackendReport, useBackend } from "./backend";
 
 const nodeRequire = createRequire(__filename);
 

@@ -137,7 +137,7 @@ export class A1111ImageNoise implements NoiseRng {
 
   /** A1111's `ImageRNG.next()`: the first call gives the initial noise, later calls the step noise. NHWC. */
   next(): Float32Array {
-    const [batch, h, w, c] = this.opts.shape;
+    const [, h, w, c] = this.opts.shape;
     const out = new Float32Array(this.size);
     const per = c * h * w;
     const chw = this.isFirst ? this.first() : this.generators.map((g) => g.normal(per));

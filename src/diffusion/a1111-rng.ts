@@ -28,7 +28,6 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Mt19937State } from "./mt19937";
-import { Mt19937 } from "./mt19937";
 import { PhiloxNormal } from "./philox";
 import { TorchCpuGenerator, type TorchCpuKernel } from "./torch-cpu-randn";
 

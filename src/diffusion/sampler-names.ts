@@ -23,7 +23,7 @@
  *
  * Names match case-insensitively, and A1111's aliases (k_euler_a, k_dpmpp_2m_ka, …) work too.
  */
-import * as tf from "@tensorflow/tfjs";
+import type * as tf from "@tensorflow/tfjs";
 import { type KSampleOptions, type KSamplerKind, kSampler } from "./k-samplers";
 import { type Sampler, eulerAncestral, eulerSampler } from "./samplers";
 import { type SigmaSpacing, a1111Sigmas } from "./sigmas";

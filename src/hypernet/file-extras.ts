@@ -237,7 +237,7 @@ export function nonFiniteTensors(weights: ReadonlyMap<number, readonly [Readonly
         for (let i = 0; i < d.length; i++) {
           const x = d[i]!;
           if (x - x !== 0) {
-            if (x !== x) nan++;
+            if (Number.isNaN(x)) nan++;
             else inf++;
           }
         }

@@ -397,11 +397,11 @@ export function* zipChunks(sources: Iterable<ZipSource>): Generator<Uint8Array> 
     cen.writeUInt16LE(big ? 45 : 20, 6);
     cen.writeUInt16LE(0x0800, 8);
     cen.writeUInt32LE(crc, 16);
-    cen.writeUInt32LE(size >= 0xffffffff ? 0xffffffff : size, 20);
-    cen.writeUInt32LE(size >= 0xffffffff ? 0xffffffff : size, 24);
+    cen.writeUInt32LE(Math.min(size , 0xffffffff), 20);
+    cen.writeUInt32LE(Math.min(size , 0xffffffff), 24);
     cen.writeUInt16LE(name.length, 28);
     cen.writeUInt16LE(z64Len, 30);
-    cen.writeUInt32LE(pos >= 0xffffffff ? 0xffffffff : pos, 42);
+    cen.writeUInt32LE(Math.min(pos , 0xffffffff), 42);
     name.copy(cen, CENTRAL_SIZE);
     if (z64Len) {
       cen.writeUInt16LE(1, CENTRAL_SIZE + name.length);

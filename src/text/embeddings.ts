@@ -152,7 +152,7 @@ export function readEmbeddingFile(file: string, opts: { name?: string } = {}): T
   if (ext === ".safetensors") {
     body = fromSafetensors(file);
   } else {
-    let torchFile;
+    let torchFile: ReturnType<typeof openTorchFile>;
     try {
       torchFile = openTorchFile(file);
     } catch (err) {
