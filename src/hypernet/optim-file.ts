@@ -8,6 +8,9 @@
  * with parameters indexed in the network's `weights()` order (dims in order, k then v, Sequential
  * order inside). Moments are in PyTorch layout (`[out, in]` for Linear weights).
  *
+ * As in PyTorch, a parameter that has never been updated (it never had a gradient: a module for a
+ * width the model never uses) has no entry in `state`, though it is listed in `params`.
+ *
  * A1111 hashes the file the network was *loaded from* rather than the file just written, so the
  * `.optim` beside an intermediate `<name>-<step>.pt` never matches and resuming from it silently
  * drops the optimizer state. Here the hash is always that of the `.pt` being paired, so every
@@ -23,11 +26,21 @@ import { openTorchFile, writeTorchFile } from "../io/torch-file";
 import { optimizerStateProblem } from "../train/optimizer-check";
 import type { OptimizerState, ParamMoments } from "../train/optimizer-state";
 
-/** Write `<ptFile>.optim` for the `.pt` file that already exists at `ptFile`. */
+/** True for a parameter AdamW has never updated: step 0 and zero moments (PyTorch keeps no state for it). */
+function neverStepped(p: ParamMoments): boolean {
+  const zero = (t: HostTensor): boolean => Array.prototype.every.call(t.data, (v: number) => v === 0) as boolean;
+  return p.step === 0 && zero(p.expAvg) && zero(p.expAvgSq);
+}
+
+/**
+ * Write `<ptFile>.optim` for the `.pt` file that already exists at `ptFile`. Parameters never
+ * updated get no state entry, as PyTorch writes them.
+ */
 export function writeOptimizerFile(ptFile: string, state: OptimizerState, opts: WriteOptions = {}): string {
   if (!fs.existsSync(ptFile)) throw new Error(`${ptFile}: save the hypernetwork before its optimizer state (the .optim is keyed to the .pt's hash)`);
   const stateDict = new PyDict("dict");
   state.params.forEach((p, i) => {
+    if (neverStepped(p)) return;
     stateDict.set(
       i,
       new PyDict("dict", [
@@ -75,8 +88,12 @@ const ADAMW_STATE_KEYS = new Set(["step", "exp_avg", "exp_avg_sq"]);
  * (or no optimizer, which A1111 reads as AdamW), have AdamW's keys, and pass
  * {@link optimizerStateProblem} (finite values, `exp_avg_sq ≥ 0`, whole-number steps). A file that
  * cannot be unpickled throws the reader's error, which names it.
+ *
+ * A parameter without state (never updated, as PyTorch writes it) reads as step 0 with zero
+ * moments; sizing those needs `opts.shapes`, the network's parameter shapes in PyTorch layout (one
+ * per parameter, in order). Without them such a file is reported as not usable.
  */
-export function readOptimizerFile(ptFile: string): OptimizerFileResult {
+export function readOptimizerFile(ptFile: string, opts: { shapes?: ReadonlyArray<readonly number[]> } = {}): OptimizerFileResult {
   const file = `${ptFile}.optim`;
   if (!fs.existsSync(file)) return { state: undefined, reason: `no optimizer state file ${file}` };
   if (!fs.existsSync(ptFile)) return { state: undefined, reason: `${file} has no ${ptFile} beside it to belong to` };
@@ -97,7 +114,7 @@ export function readOptimizerFile(ptFile: string): OptimizerFileResult {
     }
     let state: OptimizerState;
     try {
-      state = parseAdamWState(root);
+      state = parseAdamWState(root, opts.shapes);
     } catch (err) {
       if (err instanceof UnusableState) return { state: undefined, reason: `${file}: not usable AdamW state: ${err.message}` };
       throw err;
@@ -110,8 +127,14 @@ export function readOptimizerFile(ptFile: string): OptimizerFileResult {
   }
 }
 
+/** Zero moments of `shape` for a parameter PyTorch kept no state for. */
+function zeroMoments(shape: readonly number[]): ParamMoments {
+  const zeros = (): HostTensor => ({ dtype: "F32", shape: [...shape], data: new Float32Array(numel(shape)) });
+  return { step: 0, expAvg: zeros(), expAvgSq: zeros() };
+}
+
 /** The AdamW state in a `.optim` root dict (hash already checked); throws UnusableState for anything else. */
-function parseAdamWState(root: PyDict): OptimizerState {
+function parseAdamWState(root: PyDict, shapes: ReadonlyArray<readonly number[]> | undefined): OptimizerState {
   const bad = (what: string): Error => new UnusableState(what);
   const sd = root.get("optimizer_state_dict");
   if (!(sd instanceof PyDict)) throw bad("optimizer_state_dict missing");
@@ -142,6 +165,11 @@ function parseAdamWState(root: PyDict): OptimizerState {
     if (seen.has(id)) throw bad(`parameter id ${id} is listed twice`);
     seen.add(id);
     const e = st.get(id);
+    if (e === undefined) {
+      const shape = shapes?.[i];
+      if (!shape || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`no state for parameter ${id} (never updated; reading it needs the network's parameter shapes)`);
+      return zeroMoments(shape);
+    }
     if (!(e instanceof PyDict)) throw bad(`no state for parameter ${id}`);
     for (const k of e.map.keys()) if (typeof k !== "string" || !ADAMW_STATE_KEYS.has(k)) throw bad(`parameter ${id} has state ${JSON.stringify(printable(String(k)).slice(0, 80))}, which AdamW does not keep`);
     const stepV = e.get("step");

@@ -55,22 +55,25 @@ export class AdamW {
     this.steps = params.map(() => 0);
   }
 
-  /** Number of optimizer steps taken (of the first parameter; all move together here). */
+  /** Number of optimizer steps taken (the most of any parameter: those never given a gradient stay at 0). */
   get stepCount(): number {
-    return this.steps[0] ?? 0;
+    return Math.max(0, ...this.steps);
   }
 
   /**
    * Apply one update with `grads[i]` for `params[i]` (tfjs layout). `lr` overrides the current rate
-   * for this step and becomes the current rate. The gradients are not disposed.
+   * for this step and becomes the current rate. The gradients are not disposed. A `null` gradient
+   * skips its parameter entirely — no weight decay, no moment update, no step counted — as
+   * PyTorch's AdamW skips a parameter whose `.grad` is None (e.g. a module the model never calls).
    */
-  step(grads: readonly tf.Tensor[], lr = this.lr): void {
+  step(grads: ReadonlyArray<tf.Tensor | null>, lr = this.lr): void {
     if (grads.length !== this.params.length) throw new Error(`AdamW.step: got ${grads.length} gradients for ${this.params.length} parameters`);
     this.lr = lr;
     const [b1, b2] = this.betas;
     for (let i = 0; i < this.params.length; i++) {
       const p = this.params[i]!.value;
-      const g = grads[i]!;
+      const g = grads[i];
+      if (g === null || g === undefined) continue;
       if (!tf.util.arraysEqual(g.shape, p.shape)) throw new Error(`AdamW.step: gradient ${i} has shape [${g.shape}] but its parameter is [${p.shape}]`);
       const k = ++this.steps[i]!;
       const bc1 = 1 - b1 ** k;

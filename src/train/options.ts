@@ -180,6 +180,11 @@ export interface RunConfig {
   blowUpWarmup: number;
   /** The network's parameters, in `.optim` order. */
   params: Param[];
+  /**
+   * Per parameter: whether it is trained — its module's width is one the model's attention layers
+   * use. Modules for other widths are never called, get no gradient, and are left as they are.
+   */
+  trained: boolean[];
 }
 
 /** Validate a `timesteps` range against a schedule of `n` steps; the default is all of them. */
@@ -233,7 +238,11 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
   // Frozen base model: only the hypernetwork may be trained.
   const frozenLeak = [...base.unet.trainableVariables(), ...base.textEncoder.trainableVariables(), ...(base.vae?.trainableVariables() ?? [])];
   if (frozenLeak.length) throw new Error(`train: the base model has ${frozenLeak.length} trainable variables (e.g. ${frozenLeak[0]!.name}); build it with trainable: false (the default) so only the hypernetwork is trained`);
-  const params = net.namedParameters().map(([, p]) => p);
+  const named = net.namedParameters();
+  const params = named.map(([, p]) => p);
+  const modelDims = new Set(base.contextDims);
+  // Parameter names start with their module's width ("768.0.linear.0.weight").
+  const trained = named.map(([n]) => modelDims.has(Number(n.slice(0, n.indexOf(".")))));
   if (params.some((p) => !p.value.trainable)) throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
 
   return {
@@ -258,6 +267,7 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
     blowUpFactor: opts.blowUpFactor ?? 20,
     blowUpWarmup: opts.blowUpWarmup ?? 20,
     params,
+    trained,
   };
 }
 

@@ -53,7 +53,7 @@ export interface GradientContext {
   unet: UNetModel;
   attachment: Attachment;
   feed: TrainingFeed;
-  /** The variables trained, in the optimizer's order. */
+  /** The variables trained (the model's widths only), in the optimizer's order. */
   vars: readonly tf.Variable[];
   prediction: Prediction;
   schedule: NoiseSchedule;
@@ -120,15 +120,18 @@ export function unsafeStep(loss: number, gradNorm: number, step: number, average
 }
 
 /**
- * θ ← AdamW(θ, clip(g), lr). `clip` is the mode and this step's value (absent: no clipping);
- * `gradNorm` is ‖g‖₂, already known. Disposes `grads`.
+ * θ ← AdamW(θ, clip(g), lr). `grads` holds the gradients of the trained parameters, in order;
+ * `trained[i]` says whether the optimizer's parameter i is one of them (the others get no update
+ * at all). `clip` is the mode and this step's value (absent: no clipping); `gradNorm` is ‖g‖₂,
+ * already known. Disposes `grads`.
  */
-export function applyUpdate(optimizer: AdamW, grads: tf.Tensor[], lr: number, clip: { mode: Exclude<ClipMode, "disabled">; value: number } | undefined, gradNorm: number): void {
+export function applyUpdate(optimizer: AdamW, grads: tf.Tensor[], trained: readonly boolean[], lr: number, clip: { mode: Exclude<ClipMode, "disabled">; value: number } | undefined, gradNorm: number): void {
   let g = grads;
   if (clip) {
     g = clipGradients(grads, clip.mode, clip.value, gradNorm);
     for (const t of grads) t.dispose();
   }
-  optimizer.step(g, lr);
+  let k = 0;
+  optimizer.step(trained.map((t) => (t ? g[k++]! : null)), lr);
   for (const t of g) t.dispose();
 }

@@ -170,7 +170,8 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
   const { batchSize, accumulation: gradientAccumulation, stepsPerEpoch } = feed;
   if (opts.saveSettings ?? true) folder.writeSettings({ base, net, dataset: feed.dataset, opts, startStep: cfg.startStep, batchSize, gradientAccumulation, stepsPerEpoch });
   const start = await fromNetworkAsync(net);
-  const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: 1 }]);
+  // Modules for widths the model never uses are warned about (once) and left out of training.
+  const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: 1 }], { onWarning: out.warn });
   attachment.training = true;
   const optimizer = new AdamW(cfg.params, { lr: lr.at(cfg.startStep), weightDecay: opts.weightDecay });
   const optim = resumed.optim;
@@ -206,7 +207,7 @@ function readResumeFiles(cfg: RunConfig, resumeFrom: string | undefined, warn: (
   if (state && state.seed !== cfg.seed) warn(`${resumeFrom} was trained with seed ${state.seed}, this run uses ${cfg.seed}: the loss curve will not continue the original one`);
   let optim: ReturnType<typeof readOptimizerFile>;
   try {
-    optim = readOptimizerFile(resumeFrom);
+    optim = readOptimizerFile(resumeFrom, { shapes: cfg.params.map((p) => p.torchShape) });
   } catch (err) {
     // An unreadable side file is treated like a missing one: the weights are what matters.
     optim = { state: undefined, reason: `${resumeFrom}.optim cannot be used: ${(err as Error).message}` };
@@ -218,7 +219,7 @@ function readResumeFiles(cfg: RunConfig, resumeFrom: string | undefined, warn: (
 /** The loop: one optimizer step per pass, until Max steps, the schedule's end, a stop request or an unsafe step. */
 async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd> {
   const { cfg, opts, out, feed } = run;
-  const vars = cfg.params.map((p) => p.value);
+  const vars = cfg.params.filter((_, i) => cfg.trained[i]).map((p) => p.value);
   const grad = { unet: run.base.unet, attachment: run.attachment, feed, vars, prediction: cfg.prediction, schedule: run.noise, seed: cfg.seed };
   const clock = new StepClock();
   let lrIndex = -1;
@@ -254,7 +255,7 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
 
       // θ ← AdamW(θ, clip(g), lr).
       const clip = run.clip && cfg.clipMode !== "disabled" ? { mode: cfg.clipMode, value: run.clip.at(run.step) } : undefined;
-      applyUpdate(run.optimizer, grads, lr, clip, gradNorm);
+      applyUpdate(run.optimizer, grads, cfg.trained, lr, clip, gradNorm);
       run.step += 1;
       run.net.info.step = run.step;
       run.losses.push(loss);

@@ -4,6 +4,7 @@ the optimizer state into torch.optim.AdamW, and report what it holds.
 
 usage: optim_check.py FILE.pt
 prints JSON: {"hash_ok": bool, "name": str, "group": {...}, "params": [{"shape", "step", "sum_avg", "sum_sq"}]}
+(step and sums null for a parameter the optimizer keeps no state for: one that never had a gradient)
 """
 import hashlib
 import json
@@ -33,6 +34,9 @@ out = {
 }
 for p in params:
     s = opt.state[p]
+    if not s:
+        out["params"].append({"shape": list(p.shape), "step": None, "sum_avg": None, "sum_sq": None})
+        continue
     assert s["exp_avg"].shape == p.shape, (s["exp_avg"].shape, p.shape)
     out["params"].append({"shape": list(p.shape), "step": float(s["step"]), "sum_avg": float(s["exp_avg"].double().sum()), "sum_sq": float(s["exp_avg_sq"].double().sum())})
 # one real AdamW step must run with the loaded state
