@@ -12,6 +12,8 @@ import { samplerByName } from "../src/diffusion/sampler-names";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { PromptConditioning, a1111ScheduleSteps, combineMulticond } from "../src/pipeline/prompt-conditioning";
 import { sampleImages } from "../src/pipeline/sample";
+import { txt2img } from "../src/pipeline/txt2img";
+import { loadTinyModel } from "../src/tiny/model";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
 beforeAll(setupBackend);
@@ -142,5 +144,24 @@ describe("a plain prompt keeps the plain path", () => {
     expect(PromptConditioning.needed(["a cat"], "neg", 5)).toBe(false);
     expect(PromptConditioning.needed(["a cat"], "[neg|x]", 5)).toBe(true);
     expect(PromptConditioning.needed(["a AND b"], "", 5)).toBe(true);
+  });
+});
+
+describe("txt2img on the tiny model", () => {
+  it("a schedule, an alternation or an AND that amount to the plain prompt give its image; a real edit changes it; no tensors left", async () => {
+    const base = loadTinyModel();
+    try {
+      const gen = { steps: 3, seed: 11, cfgScale: 4, sampler: "Euler a", negativePrompt: "blurry" } as const;
+      const plain = await txt2img(base, { ...gen, prompt: "a red circle" });
+      for (const prompt of ["[a red circle:a red circle:0.5]", "[a red circle|a red circle]", "a red circle:0.5 AND a red circle:0.5"]) {
+        const r = await expectNoLeak(() => txt2img(base, { ...gen, prompt }));
+        expectClose(r.pixels, plain.pixels, 1e-5);
+        expect(r.infotexts[0]!.split("\n")[0]).toBe(prompt);
+      }
+      const edited = await expectNoLeak(() => txt2img(base, { ...gen, prompt: "[a red circle:two blue squares:1]" }));
+      expect(Array.from(edited.pixels)).not.toEqual(Array.from(plain.pixels));
+    } finally {
+      base.dispose();
+    }
   });
 });
