@@ -121,7 +121,7 @@ export interface TrainOptions {
   onPreview?: (e: PreviewEvent) => void | Promise<void>;
   /** Messages (schedule changes, warnings, the stop reason). Default: console.log. */
   onLog?: (message: string) => void;
-  /** Print a progress line with step/s and ETA (default: when stderr is a terminal). */
+  /** Print a progress line with step/s and ETA on stderr (default: when stderr is a terminal); rendered by `progress.ts` from the step events. */
   progress?: boolean;
   /** Stop after the current step on Ctrl-C (SIGINT) and save (default true). */
   handleSigint?: boolean;
