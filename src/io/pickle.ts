@@ -141,7 +141,15 @@ export class StorageTensor implements TorchTensor {
     const file = this.storage.file;
     const label = name !== undefined ? `tensor "${name}"` : `tensor in storage "${this.storage.key}"`;
     const where = file === undefined ? label : `${file}: ${label}`;
-    const facts = { file: file ?? "pickle", name, storageKey: this.storage.key, storageNumel: this.storage.numel, shape: this.shape, stride: this.stride, numel: n };
+    const facts = {
+      file: file ?? "pickle",
+      name,
+      storageKey: this.storage.key,
+      storageNumel: this.storage.numel,
+      shape: this.shape,
+      stride: this.stride,
+      numel: n,
+    };
     checkViewExpansion(facts);
     this.storage.budget?.charge(this, facts);
     if (n === 0) return decodeTensor(new Uint8Array(0), this.dtype, [...this.shape], where);
@@ -217,7 +225,11 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
   };
   const need = (n: number): void => {
     if (!(n >= 0) || pos + n > data.length) {
-      throw new TruncatedPickleError(file, `pickle is truncated: needs ${n} more bytes at byte ${pos}, only ${data.length - pos} left`, pos + n);
+      throw new TruncatedPickleError(
+        file,
+        `pickle is truncated: needs ${n} more bytes at byte ${pos}, only ${data.length - pos} left`,
+        pos + n,
+      );
     }
   };
   const u8 = (): number => {
@@ -313,12 +325,14 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
     throw new UnsupportedFileError(file, `dict key of type ${typeName(k)} is not supported (only str, int, bool and None keys)`);
   };
   const setItems = (target: Item, items: Item[], op: string): void => {
-    if (!(target instanceof PyDict)) throw new UnsafePickleError(file, undefined, `${op} on a ${typeName(target)}: only dicts can take items`);
+    if (!(target instanceof PyDict))
+      throw new UnsafePickleError(file, undefined, `${op} on a ${typeName(target)}: only dicts can take items`);
     if (items.length % 2) corrupt(`${op} with an odd number of items`);
     for (let i = 0; i < items.length; i += 2) target.map.set(asKey(items[i]!), items[i + 1] as PyValue);
   };
   const appendItems = (target: Item, items: Item[], op: string): void => {
-    if (!Array.isArray(target)) throw new UnsafePickleError(file, undefined, `${op} on a ${typeName(target)}: only lists can be appended to`);
+    if (!Array.isArray(target))
+      throw new UnsafePickleError(file, undefined, `${op} on a ${typeName(target)}: only lists can be appended to`);
     for (const it of items) target.push(it as PyValue);
   };
   const int = (v: Item | undefined, what: string, min = 0): number => {
@@ -363,7 +377,8 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
       case "collections.OrderedDict": {
         const d = new PyDict("OrderedDict");
         if (args.length === 0) return d;
-        const pairs = args.length === 1 ? (Array.isArray(args[0]) ? args[0] : args[0] instanceof PyTuple ? args[0].items : undefined) : undefined;
+        const pairs =
+          args.length === 1 ? (Array.isArray(args[0]) ? args[0] : args[0] instanceof PyTuple ? args[0].items : undefined) : undefined;
         if (!pairs) corrupt(`OrderedDict called with unsupported arguments`);
         for (const p of pairs as PyValue[]) {
           const kv = p instanceof PyTuple ? p.items : Array.isArray(p) ? p : corrupt("OrderedDict item must be a pair");
@@ -658,7 +673,11 @@ export function unpickle(data: Uint8Array, start: number, opts: UnpickleOptions)
       case OP.EXT1:
       case OP.EXT2:
       case OP.EXT4:
-        throw new UnsafePickleError(file, undefined, "refusing extension-registry globals (EXT1/EXT2/EXT4): only tensors and plain containers are allowed");
+        throw new UnsafePickleError(
+          file,
+          undefined,
+          "refusing extension-registry globals (EXT1/EXT2/EXT4): only tensors and plain containers are allowed",
+        );
       case OP.INST: {
         // INST "module\nname\n" with MARKed args
         const mod = line();
@@ -796,7 +815,9 @@ function quotedString(s: string, corrupt: (m: string) => never): string {
   const q = s[0];
   if ((q !== "'" && q !== '"') || s.length < 2 || s[s.length - 1] !== q) corrupt("STRING argument is not quoted");
   const body = s.slice(1, -1);
-  return body.replace(/\\(x[0-9a-fA-F]{2}|.)/g, (_, e: string) => (e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : STRING_ESCAPES.get(e) ?? "\\" + e));
+  return body.replace(/\\(x[0-9a-fA-F]{2}|.)/g, (_, e: string) =>
+    e.length === 3 ? String.fromCharCode(parseInt(e.slice(1), 16)) : (STRING_ESCAPES.get(e) ?? "\\" + e),
+  );
 }
 
 // ---- writer -------------------------------------------------------------------------------------
@@ -815,120 +836,198 @@ export interface PickledStorage {
  * write next to it; tensor data is not read here.
  */
 export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: PickledStorage[] } {
-  const out = new ByteWriter();
-  const memo = new Map<unknown, number>();
-  const storages: PickledStorage[] = [];
-  const inProgress = new Set<object>();
+  const w = new TorchPickler();
+  w.out.bytes(OP.PROTO, 2);
+  w.save(value, 0);
+  w.out.u8(OP.STOP);
+  return { pickle: w.out.finish(), storages: w.storages };
+}
 
-  const put = (obj: unknown): void => {
-    const i = memo.size;
-    memo.set(obj, i);
-    if (i < 256) out.bytes(OP.BINPUT, i);
-    else out.u8(OP.LONG_BINPUT).u32(i);
-  };
-  const get = (obj: unknown): boolean => {
-    const i = memo.get(obj);
+/** Python's `encode_long`: the minimal little-endian two's complement bytes of `v` (empty for 0), for LONG1/LONG4. */
+function encodeLong(v: number | bigint): number[] {
+  let x = BigInt(v);
+  const b: number[] = [];
+  if (x === 0n) return b;
+  const nbits = (x < 0n ? -x - 1n : x).toString(2).length + 1; // + sign bit
+  const nbytes = Math.ceil(nbits / 8);
+  if (x < 0n) x += 1n << BigInt(8 * nbytes);
+  for (let i = 0; i < nbytes; i++) b.push(Number((x >> BigInt(8 * i)) & 0xffn));
+  return b;
+}
+
+/** Contiguous (row-major) strides of `shape`, as torch gives a freshly saved tensor. */
+function contiguousStrides(shape: number[]): number[] {
+  let s = 1;
+  const stride = shape.map(() => 0);
+  for (let i = shape.length - 1; i >= 0; i--) {
+    stride[i] = s;
+    s *= shape[i]!;
+  }
+  return stride;
+}
+
+/**
+ * The state of one `pickleTorch` call: the output, the memo (so shared objects, strings and globals
+ * are written once and referenced after, as Python's pickler does) and the tensors met so far.
+ */
+class TorchPickler {
+  readonly out = new ByteWriter();
+  readonly storages: PickledStorage[] = [];
+  private readonly memo = new Map<unknown, number>();
+  /** Tuples being written, to refuse a tuple that contains itself (pickle cannot express that). */
+  private readonly inProgress = new Set<object>();
+
+  /** Memoize the object just written under the next index (BINPUT/LONG_BINPUT). */
+  put(obj: unknown): void {
+    const i = this.memo.size;
+    this.memo.set(obj, i);
+    if (i < 256) this.out.bytes(OP.BINPUT, i);
+    else this.out.u8(OP.LONG_BINPUT).u32(i);
+  }
+
+  /** Write a memo reference if `obj` was written before; says whether it was. */
+  get(obj: unknown): boolean {
+    const i = this.memo.get(obj);
     if (i === undefined) return false;
-    if (i < 256) out.bytes(OP.BINGET, i);
-    else out.u8(OP.LONG_BINGET).u32(i);
+    if (i < 256) this.out.bytes(OP.BINGET, i);
+    else this.out.u8(OP.LONG_BINGET).u32(i);
     return true;
-  };
-  const global = (mod: string, name: string): void => {
+  }
+
+  /** Push the global `mod.name` (GLOBAL), once per pickle. */
+  global(mod: string, name: string): void {
     const id = `global:${mod}.${name}`;
-    if (get(id)) return;
-    out.u8(OP.GLOBAL).ascii(`${mod}\n${name}\n`);
-    put(id);
-  };
-  const str = (s: string): void => {
+    if (this.get(id)) return;
+    this.out.u8(OP.GLOBAL).ascii(`${mod}\n${name}\n`);
+    this.put(id);
+  }
+
+  /** Push a str (BINUNICODE), memoized by its text as Python interns it. */
+  str(s: string): void {
     const id = `str:${s}`;
-    if (get(id)) return;
+    if (this.get(id)) return;
     const b = Buffer.from(s, "utf8");
-    out.u8(OP.BINUNICODE).u32(b.length).raw(b);
-    put(id);
-  };
-  const int = (v: number | bigint): void => {
+    this.out.u8(OP.BINUNICODE).u32(b.length).raw(b);
+    this.put(id);
+  }
+
+  /** Push an int in the shortest opcode that holds it, as Python's pickler chooses. */
+  int(v: number | bigint): void {
+    const out = this.out;
     if (typeof v === "number" && v >= 0 && v <= 0xff) out.bytes(OP.BININT1, v);
     else if (typeof v === "number" && v >= 0 && v <= 0xffff) out.u8(OP.BININT2).u16(v);
     else if (typeof v === "number" && v >= -0x80000000 && v <= 0x7fffffff) out.u8(OP.BININT).i32(v);
     else {
-      // LONG1: minimal little-endian two's complement, as Python's encode_long
-      let x = BigInt(v);
-      const b: number[] = [];
-      if (x !== 0n) {
-        const nbits = (x < 0n ? -x - 1n : x).toString(2).length + 1; // + sign bit
-        const nbytes = Math.ceil(nbits / 8);
-        if (x < 0n) x += 1n << BigInt(8 * nbytes);
-        for (let i = 0; i < nbytes; i++) b.push(Number((x >> BigInt(8 * i)) & 0xffn));
-      }
+      const b = encodeLong(v);
       if (b.length < 256) out.bytes(OP.LONG1, b.length, ...b);
-      else out.u8(OP.LONG4).u32(b.length).bytes(...b);
+      else
+        out
+          .u8(OP.LONG4)
+          .u32(b.length)
+          .bytes(...b);
     }
-  };
-  const key = (k: PyKey): void => save(k as PyValue, 0);
-  const tupleOf = (items: PyValue[], depth: number): void => {
+  }
+
+  /** Push a tuple of `items` (EMPTY_TUPLE, TUPLE1–3, or MARK … TUPLE), not memoized here. */
+  tupleOf(items: PyValue[], depth: number): void {
+    const out = this.out;
     if (items.length === 0) {
       out.u8(OP.EMPTY_TUPLE);
       return;
     }
     if (items.length <= 3) {
-      for (const it of items) save(it, depth + 1);
+      for (const it of items) this.save(it, depth + 1);
       out.u8([OP.TUPLE1, OP.TUPLE2, OP.TUPLE3][items.length - 1]!);
     } else {
       out.u8(OP.MARK);
-      for (const it of items) save(it, depth + 1);
+      for (const it of items) this.save(it, depth + 1);
       out.u8(OP.TUPLE);
     }
-  };
-  const setItems = (d: PyDict, depth: number): void => {
+  }
+
+  /** Fill the dict on the stack in batches of 1000 (SETITEM/SETITEMS), as Python's pickler batches. */
+  setItems(d: PyDict, depth: number): void {
     const entries = [...d.map.entries()];
     for (let i = 0; i < entries.length; i += 1000) {
       const batch = entries.slice(i, i + 1000);
-      if (batch.length > 1) out.u8(OP.MARK);
+      if (batch.length > 1) this.out.u8(OP.MARK);
       for (const [k, v] of batch) {
-        key(k);
-        save(v, depth + 1);
+        this.save(k as PyValue, 0);
+        this.save(v, depth + 1);
       }
-      out.u8(batch.length > 1 ? OP.SETITEMS : OP.SETITEM);
+      this.out.u8(batch.length > 1 ? OP.SETITEMS : OP.SETITEM);
     }
-  };
-  const tensor = (t: TorchTensor | HostTensor): void => {
+  }
+
+  /** Push a list and fill it in batches of 1000 (APPEND/APPENDS); memoized before its items, so it may contain itself. */
+  list(v: PyValue[], depth: number): void {
+    this.out.u8(OP.EMPTY_LIST);
+    this.put(v);
+    for (let i = 0; i < v.length; i += 1000) {
+      const batch = v.slice(i, i + 1000);
+      if (batch.length > 1) this.out.u8(OP.MARK);
+      for (const it of batch) this.save(it, depth + 1);
+      this.out.u8(batch.length > 1 ? OP.APPENDS : OP.APPEND);
+    }
+  }
+
+  /** Push a dict or OrderedDict (`OrderedDict()` via REDUCE), its items, then its state with BUILD. */
+  dict(v: PyDict, depth: number): void {
+    if (v.kind === "OrderedDict") {
+      this.global("collections", "OrderedDict");
+      this.out.u8(OP.EMPTY_TUPLE).u8(OP.REDUCE);
+    } else {
+      this.out.u8(OP.EMPTY_DICT);
+    }
+    this.put(v);
+    this.setItems(v, depth);
+    if (v.state !== undefined && v.state !== null) {
+      this.save(v.state, depth + 1);
+      this.out.u8(OP.BUILD);
+    }
+  }
+
+  /**
+   * Push `_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())` on a new persistent-id
+   * storage, as `torch.save` writes a tensor; the values go to `storages`, not into the pickle.
+   */
+  tensor(t: TorchTensor | HostTensor): void {
+    const out = this.out;
     const shape = [...t.shape];
-    const k = String(storages.length);
-    storages.push({ key: k, dtype: t.dtype, tensor: t });
-    global("torch._utils", "_rebuild_tensor_v2");
+    const k = String(this.storages.length);
+    this.storages.push({ key: k, dtype: t.dtype, tensor: t });
+    this.global("torch._utils", "_rebuild_tensor_v2");
     out.u8(OP.MARK); // the 6 arguments
     // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
     out.u8(OP.MARK);
-    str("storage");
-    global("torch", DTYPE_STORAGES[t.dtype]);
+    this.str("storage");
+    this.global("torch", DTYPE_STORAGES[t.dtype]);
     out.u8(OP.BINUNICODE).u32(k.length).ascii(k);
-    put({});
-    str("cpu");
-    int(numel(shape));
+    this.put({});
+    this.str("cpu");
+    this.int(numel(shape));
     out.u8(OP.TUPLE);
-    put({});
+    this.put({});
     out.u8(OP.BINPERSID);
-    int(0); // storage offset
-    tupleOf(shape, 1);
-    if (shape.length) put({});
-    let s = 1;
-    const stride = shape.map(() => 0);
-    for (let i = shape.length - 1; i >= 0; i--) {
-      stride[i] = s;
-      s *= shape[i]!;
-    }
-    tupleOf(stride, 1);
-    if (stride.length) put({});
+    this.int(0); // storage offset
+    this.tupleOf(shape, 1);
+    if (shape.length) this.put({});
+    const stride = contiguousStrides(shape);
+    this.tupleOf(stride, 1);
+    if (stride.length) this.put({});
     out.u8(OP.NEWFALSE); // requires_grad False
-    global("collections", "OrderedDict"); // backward hooks: OrderedDict()
+    this.global("collections", "OrderedDict"); // backward hooks: OrderedDict()
     out.u8(OP.EMPTY_TUPLE).u8(OP.REDUCE);
-    put({});
+    this.put({});
     out.u8(OP.TUPLE);
-    put({});
+    this.put({});
     out.u8(OP.REDUCE);
-    put(t);
-  };
-  const save = (v: PyValue, depth: number): void => {
+    this.put(t);
+  }
+
+  /** Push any value, by type; shared objects are written once and referenced after. */
+  save(v: PyValue, depth: number): void {
+    const out = this.out;
     if (depth > MAX_DEPTH) throw new Error(`pickle writer: value nested more than ${MAX_DEPTH} levels deep`);
     if (v === null) out.u8(OP.NONE);
     else if (typeof v === "boolean") out.u8(v ? OP.NEWTRUE : OP.NEWFALSE);
@@ -936,59 +1035,36 @@ export function pickleTorch(value: PyValue): { pickle: Uint8Array; storages: Pic
       if (!Number.isSafeInteger(v)) {
         throw new Error(`pickle writer: ${v} is not an integer; wrap floats as new PyFloat(x) so they are saved as Python floats`);
       }
-      int(v);
-    } else if (typeof v === "bigint") int(v);
-    else if (typeof v === "string") str(v);
+      this.int(v);
+    } else if (typeof v === "bigint") this.int(v);
+    else if (typeof v === "string") this.str(v);
     else if (v instanceof PyFloat) {
       out.u8(OP.BINFLOAT).f64be(v.value);
     } else if (v instanceof Uint8Array) {
       // Python 3 bytes (BINBYTES); torch.load accepts it in a protocol-2 stream
-      if (get(v)) return;
+      if (this.get(v)) return;
       out.u8(OP.BINBYTES).u32(v.length).raw(v);
-      put(v);
+      this.put(v);
     } else if (isTorchTensor(v) || isHostTensor(v)) {
-      if (get(v)) return;
-      tensor(v);
+      if (this.get(v)) return;
+      this.tensor(v);
     } else if (Array.isArray(v)) {
-      if (get(v)) return;
-      out.u8(OP.EMPTY_LIST);
-      put(v);
-      for (let i = 0; i < v.length; i += 1000) {
-        const batch = v.slice(i, i + 1000);
-        if (batch.length > 1) out.u8(OP.MARK);
-        for (const it of batch) save(it, depth + 1);
-        out.u8(batch.length > 1 ? OP.APPENDS : OP.APPEND);
-      }
+      if (this.get(v)) return;
+      this.list(v, depth);
     } else if (v instanceof PyTuple) {
-      if (get(v)) return;
-      if (inProgress.has(v)) throw new Error("pickle writer: a tuple contains itself");
-      inProgress.add(v);
-      tupleOf(v.items, depth);
-      inProgress.delete(v);
-      if (v.items.length) put(v);
+      if (this.get(v)) return;
+      if (this.inProgress.has(v)) throw new Error("pickle writer: a tuple contains itself");
+      this.inProgress.add(v);
+      this.tupleOf(v.items, depth);
+      this.inProgress.delete(v);
+      if (v.items.length) this.put(v);
     } else if (v instanceof PyDict) {
-      if (get(v)) return;
-      if (v.kind === "OrderedDict") {
-        global("collections", "OrderedDict");
-        out.u8(OP.EMPTY_TUPLE).u8(OP.REDUCE);
-      } else {
-        out.u8(OP.EMPTY_DICT);
-      }
-      put(v);
-      setItems(v, depth);
-      if (v.state !== undefined && v.state !== null) {
-        save(v.state, depth + 1);
-        out.u8(OP.BUILD);
-      }
+      if (this.get(v)) return;
+      this.dict(v, depth);
     } else {
       throw new Error(`pickle writer: cannot save a value of type ${typeof v}`);
     }
-  };
-
-  out.bytes(OP.PROTO, 2);
-  save(value, 0);
-  out.u8(OP.STOP);
-  return { pickle: out.finish(), storages };
+  }
 }
 
 /** A growable byte buffer for the pickle writer. */
