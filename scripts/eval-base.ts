@@ -39,7 +39,17 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { model: TINY_MODEL_DIR, n: 64, seed: 1234, sampler: "Euler a", steps: 24, cfg: 4, json: "", grid: "out/tiny-eval.png", backend: "wasm" };
+  const a: Args = {
+    model: TINY_MODEL_DIR,
+    n: 64,
+    seed: 1234,
+    sampler: "Euler a",
+    steps: 24,
+    cfg: 4,
+    json: "",
+    grid: "out/tiny-eval.png",
+    backend: "wasm",
+  };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!.replace(/^--/, "");
     const v = argv[++i];
@@ -69,7 +79,12 @@ async function writeGrid(file: string, images: Uint8Array[]): Promise<void> {
     for (let y = 0; y < s; y++) buf.set(img.subarray(y * s * 3, (y + 1) * s * 3), ((gy * s + y) * cols * s + gx * s) * 3);
   });
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, await encodePngFrom(sharp(buf, { raw: { width: cols * s, height: rows * s, channels: 3 } }).resize(cols * s * 3, rows * s * 3, { kernel: "nearest" })));
+  fs.writeFileSync(
+    file,
+    await encodePngFrom(
+      sharp(buf, { raw: { width: cols * s, height: rows * s, channels: 3 } }).resize(cols * s * 3, rows * s * 3, { kernel: "nearest" }),
+    ),
+  );
 }
 
 async function main(): Promise<void> {
@@ -83,7 +98,10 @@ async function main(): Promise<void> {
   const seconds = (Date.now() - t0) / 1000;
   base.dispose();
 
-  const score = contentAccuracy(samples.map((s) => s.scene), images);
+  const score = contentAccuracy(
+    samples.map((s) => s.scene),
+    images,
+  );
   const per = samples.map((s, i) => {
     const got = score.perImage[i]!;
     const truth = classifyImage(s.pixels);

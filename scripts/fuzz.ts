@@ -103,7 +103,8 @@ export function seedCorpus(workDir: string, host: string): SeedFile[] {
     const p = path.join(FIXTURES, f);
     // views-legit*: torch files whose tensors are broadcast (stride 0), overlapping and transposed views.
     if (/^(hn-.*|ldm-[ab]|views-legit)\.pt$/.test(f)) seeds.push({ name: f, kind: "zip", ext: ".pt", bytes: fs.readFileSync(p) });
-    else if (f === "legacy-format.pt" || f === "views-legit-legacy.pt") seeds.push({ name: f, kind: "legacy", ext: ".pt", bytes: fs.readFileSync(p) });
+    else if (f === "legacy-format.pt" || f === "views-legit-legacy.pt")
+      seeds.push({ name: f, kind: "legacy", ext: ".pt", bytes: fs.readFileSync(p) });
     else if (f.endsWith(".safetensors") && fs.statSync(p).size < 1_000_000) {
       seeds.push({ name: f, kind: "safetensors", ext: ".safetensors", bytes: fs.readFileSync(p) });
     }
@@ -114,9 +115,19 @@ export function seedCorpus(workDir: string, host: string): SeedFile[] {
     return { dtype: "F32", shape, data: Float32Array.from({ length: n }, (_, i) => f(i)) };
   };
   const sd = new PyDict("dict");
-  sd.set("model.diffusion_model.input_blocks.0.0.weight", t([4, 4, 3, 3], (i) => Math.sin(i)));
-  sd.set("model.diffusion_model.input_blocks.0.0.bias", t([4], (i) => i / 4));
-  sd.set("cond_stage_model.transformer.text_model.embeddings.position_ids", { dtype: "I64", shape: [1, 8], data: Int32Array.from({ length: 8 }, (_, i) => i) });
+  sd.set(
+    "model.diffusion_model.input_blocks.0.0.weight",
+    t([4, 4, 3, 3], (i) => Math.sin(i)),
+  );
+  sd.set(
+    "model.diffusion_model.input_blocks.0.0.bias",
+    t([4], (i) => i / 4),
+  );
+  sd.set("cond_stage_model.transformer.text_model.embeddings.position_ids", {
+    dtype: "I64",
+    shape: [1, 8],
+    data: Int32Array.from({ length: 8 }, (_, i) => i),
+  });
   sd.set("first_stage_model.decoder.conv_out.weight", { ...t([3, 4, 1, 1], (i) => -i), dtype: "F16" });
   const ckpt = new PyDict("dict", [
     ["state_dict", sd],
@@ -129,17 +140,21 @@ export function seedCorpus(workDir: string, host: string): SeedFile[] {
   writeTorchFile(ckptFile, ckpt, { overwrite: true });
   seeds.push({ name: "generated.ckpt", kind: "zip", ext: ".ckpt", bytes: fs.readFileSync(ckptFile) });
   // An `.optim` side file keyed to `host` (so the optimizer reader parses past its hash check).
-  const optFile = writeOptimizerFile(host, {
-    name: "AdamW",
-    lr: 5e-3,
-    betas: [0.9, 0.999],
-    eps: 1e-8,
-    weightDecay: 0.01,
-    params: [
-      { step: 3, expAvg: t([2, 3], (i) => i * 0.1), expAvgSq: t([2, 3], (i) => i * 0.01) },
-      { step: 3, expAvg: t([2], (i) => i), expAvgSq: t([2], (i) => i * i) },
-    ],
-  }, { overwrite: true });
+  const optFile = writeOptimizerFile(
+    host,
+    {
+      name: "AdamW",
+      lr: 5e-3,
+      betas: [0.9, 0.999],
+      eps: 1e-8,
+      weightDecay: 0.01,
+      params: [
+        { step: 3, expAvg: t([2, 3], (i) => i * 0.1), expAvgSq: t([2, 3], (i) => i * 0.01) },
+        { step: 3, expAvg: t([2], (i) => i), expAvgSq: t([2], (i) => i * i) },
+      ],
+    },
+    { overwrite: true },
+  );
   seeds.push({ name: "generated.pt.optim", kind: "zip", ext: ".optim", bytes: fs.readFileSync(optFile) });
   fs.rmSync(optFile);
   // A hypernetwork `.safetensors` (this project's layout), for the width-alias mutation.
@@ -187,10 +202,34 @@ interface PickleOp {
 }
 
 const FIXED_ARGS: Record<number, number> = {
-  0x80: 1, 0x4b: 1, 0x68: 1, 0x71: 1, 0x4d: 2, 0x4a: 4, 0x6a: 4, 0x72: 4, 0x47: 8, 0x95: 8, 0x82: 1, 0x83: 2, 0x84: 4,
+  0x80: 1,
+  0x4b: 1,
+  0x68: 1,
+  0x71: 1,
+  0x4d: 2,
+  0x4a: 4,
+  0x6a: 4,
+  0x72: 4,
+  0x47: 8,
+  0x95: 8,
+  0x82: 1,
+  0x83: 2,
+  0x84: 4,
 };
 /** Opcodes whose argument is a length followed by that many bytes: opcode → length-field size. */
-const LENGTH_OPS: Record<number, number> = { 0x58: 4, 0x42: 4, 0x54: 4, 0x8b: 4, 0x8c: 1, 0x43: 1, 0x55: 1, 0x8a: 1, 0x8d: 8, 0x8e: 8, 0x96: 8 };
+const LENGTH_OPS: Record<number, number> = {
+  0x58: 4,
+  0x42: 4,
+  0x54: 4,
+  0x8b: 4,
+  0x8c: 1,
+  0x43: 1,
+  0x55: 1,
+  0x8a: 1,
+  0x8d: 8,
+  0x8e: 8,
+  0x96: 8,
+};
 const LINE_OPS: Record<number, number> = { 0x63: 2, 0x69: 2, 0x49: 1, 0x4c: 1, 0x46: 1, 0x53: 1, 0x56: 1, 0x50: 1, 0x67: 1, 0x70: 1 };
 
 /** Disassemble one pickle starting at `start`: every opcode with its argument span, up to STOP. */
@@ -271,8 +310,7 @@ function zipField(seed: SeedFile, r: Rand): Buffer {
   else if (field === "both") {
     w32(e.at + 20);
     w32(e.at + 24);
-  }
-  else if (field === "offset") w32(e.at + 42);
+  } else if (field === "offset") w32(e.at + 42);
   else if (field === "namelen") w16(e.at + 28);
   else if (field === "extralen") w16(e.at + 30);
   else if (field === "local-namelen") w16(e.headerOffset + 26);
@@ -298,7 +336,8 @@ function zip64(seed: SeedFile, r: Rand): Buffer {
   const choice = r.int(5);
   if (choice === 0 && L.z64rec !== undefined) b.writeBigUInt64LE(big, L.z64rec + r.pick([24, 32, 40, 48, 4]));
   else if (choice === 1 && L.z64loc !== undefined) b.writeBigUInt64LE(big, L.z64loc + 8);
-  else if (choice === 2 && L.z64loc !== undefined) b.writeUInt32LE(0, L.z64loc); // drop the locator signature
+  else if (choice === 2 && L.z64loc !== undefined)
+    b.writeUInt32LE(0, L.z64loc); // drop the locator signature
   else if (choice === 3) {
     // 32-bit fields say "see ZIP64" but the entry has no ZIP64 extra field (or one that is too short).
     const e = r.pick(L.central);
@@ -401,7 +440,12 @@ const pickleMutations: Record<string, PickleMutation> = {
   "pkl-int-huge": (p, r) => {
     const { ops } = disassemble(p, 0);
     // Prefer the int right after the "cpu" location string: the storage element count.
-    const cpu = ops.findIndex((o, i) => (o.op === 0x58 || o.op === 0x8c) && Buffer.from(p.subarray(o.arg + o.argLen, o.arg + o.argLen + o.payload)).toString() === "cpu" && i + 1 < ops.length);
+    const cpu = ops.findIndex(
+      (o, i) =>
+        (o.op === 0x58 || o.op === 0x8c) &&
+        Buffer.from(p.subarray(o.arg + o.argLen, o.arg + o.argLen + o.payload)).toString() === "cpu" &&
+        i + 1 < ops.length,
+    );
     const ints = ops.filter((o) => o.op === 0x4b || o.op === 0x4d || o.op === 0x4a || o.op === 0x8a);
     if (!ints.length) return bitflip(p, r);
     let o = r.pick(ints);
@@ -439,13 +483,30 @@ const pickleMutations: Record<string, PickleMutation> = {
   "pkl-opcode": (p, r) => {
     const o = r.pick(disassemble(p, 0).ops);
     const out = Buffer.from(p);
-    out[o.pos] = r.pick([...Object.keys(FIXED_ARGS), ...Object.keys(LENGTH_OPS), ...Object.keys(LINE_OPS)].map(Number).concat([0x28, 0x29, 0x2e, 0x30, 0x31, 0x32, 0x51, 0x52, 0x5d, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x74, 0x75, 0x7d, 0x81, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8f, 0x92, 0x93, 0x94, 0x97]));
+    out[o.pos] = r.pick(
+      [...Object.keys(FIXED_ARGS), ...Object.keys(LENGTH_OPS), ...Object.keys(LINE_OPS)]
+        .map(Number)
+        .concat([
+          0x28, 0x29, 0x2e, 0x30, 0x31, 0x32, 0x51, 0x52, 0x5d, 0x61, 0x62, 0x65, 0x6c, 0x73, 0x74, 0x75, 0x7d, 0x81, 0x85, 0x86, 0x87,
+          0x88, 0x89, 0x8f, 0x92, 0x93, 0x94, 0x97,
+        ]),
+    );
     return out;
   },
   /** Swap a GLOBAL for a dangerous or merely foreign one (must be refused as unsafe). */
   "pkl-global": (p, r) => {
     const gl = disassemble(p, 0).ops.filter((o) => o.op === 0x63);
-    const name = r.pick(["os\nsystem\n", "builtins\neval\n", "subprocess\nPopen\n", "__builtin__\ngetattr\n", "torch\nload\n", "numpy.core.multiarray\n_reconstruct\n", "torch._utils\n_rebuild_tensor_v2\n", "collections\nOrderedDict\n", "torch\nFloatStorage\n"]);
+    const name = r.pick([
+      "os\nsystem\n",
+      "builtins\neval\n",
+      "subprocess\nPopen\n",
+      "__builtin__\ngetattr\n",
+      "torch\nload\n",
+      "numpy.core.multiarray\n_reconstruct\n",
+      "torch._utils\n_rebuild_tensor_v2\n",
+      "collections\nOrderedDict\n",
+      "torch\nFloatStorage\n",
+    ]);
     if (!gl.length) return Buffer.concat([p.subarray(0, 2), Buffer.from("c" + name, "latin1"), p.subarray(2)]);
     const o = r.pick(gl);
     return Buffer.concat([p.subarray(0, o.pos + 1), Buffer.from(name, "latin1"), p.subarray(o.arg + o.argLen)]);
@@ -459,7 +520,13 @@ const pickleMutations: Record<string, PickleMutation> = {
     if (kind === 1) return Buffer.concat([p.subarray(0, 2), body, Buffer.alloc(n, 0x85), Buffer.from(".")]);
     if (kind === 2) return Buffer.concat([p.subarray(0, 2), Buffer.alloc(n, "("), body, Buffer.alloc(n, "t"), Buffer.from(".")]);
     // {0: {0: … value …}} via EMPTY_DICT K 0 … SETITEM
-    return Buffer.concat([p.subarray(0, 2), Buffer.alloc(n * 3, Buffer.from([0x7d, 0x4b, 0x00])), body, Buffer.alloc(n, "s"), Buffer.from(".")]);
+    return Buffer.concat([
+      p.subarray(0, 2),
+      Buffer.alloc(n * 3, Buffer.from([0x7d, 0x4b, 0x00])),
+      body,
+      Buffer.alloc(n, "s"),
+      Buffer.from("."),
+    ]);
   },
   /** Make the value contain itself (list, dict, or the root dict put into one of its own entries). */
   "pkl-recursive": (p, r) => {
@@ -475,7 +542,18 @@ const pickleMutations: Record<string, PickleMutation> = {
 function stHeaderLen(seed: SeedFile, r: Rand): Buffer {
   const b = Buffer.from(seed.bytes);
   const n = b.readBigUInt64LE(0);
-  const v = r.pick([0n, 1n, 2n, n - 1n, n + 1n, n + BigInt(r.range(2, 4096)), BigInt(b.length), BigInt(b.length - 8), 100_000_000n, ...HUGE64]);
+  const v = r.pick([
+    0n,
+    1n,
+    2n,
+    n - 1n,
+    n + 1n,
+    n + BigInt(r.range(2, 4096)),
+    BigInt(b.length),
+    BigInt(b.length - 8),
+    100_000_000n,
+    ...HUGE64,
+  ]);
   b.writeBigUInt64LE(v < 0n ? 0n : v & (2n ** 64n - 1n), 0);
   return b;
 }
@@ -495,16 +573,25 @@ function withHeader(text: string, data: Buffer): Buffer {
 function randomJson(r: Rand, depth = 0): unknown {
   const k = r.int(depth > 3 ? 6 : 9);
   switch (k) {
-    case 0: return null;
-    case 1: return r.chance(0.5);
-    case 2: return r.pick([0, -1, 1.5, 1e308, -1e308, 2 ** 53, 2 ** 64, Number.MAX_SAFE_INTEGER, 4, 3]);
-    case 3: return r.pick(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "", "__proto__", "x".repeat(r.int(300))]);
-    case 4: return [r.int(10), r.int(10)];
-    case 5: return [];
-    case 6: return Array.from({ length: r.int(4) }, () => randomJson(r, depth + 1));
+    case 0:
+      return null;
+    case 1:
+      return r.chance(0.5);
+    case 2:
+      return r.pick([0, -1, 1.5, 1e308, -1e308, 2 ** 53, 2 ** 64, Number.MAX_SAFE_INTEGER, 4, 3]);
+    case 3:
+      return r.pick(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "", "__proto__", "x".repeat(r.int(300))]);
+    case 4:
+      return [r.int(10), r.int(10)];
+    case 5:
+      return [];
+    case 6:
+      return Array.from({ length: r.int(4) }, () => randomJson(r, depth + 1));
     default: {
       const o: Record<string, unknown> = {};
-      for (let i = r.int(5); i > 0; i--) o[r.pick(["dtype", "shape", "data_offsets", "__metadata__", "__proto__", "constructor", "0.0.linear.0.weight", "a", "toString"])] = randomJson(r, depth + 1);
+      for (let i = r.int(5); i > 0; i--)
+        o[r.pick(["dtype", "shape", "data_offsets", "__metadata__", "__proto__", "constructor", "0.0.linear.0.weight", "a", "toString"])] =
+          randomJson(r, depth + 1);
       return o;
     }
   }
@@ -515,14 +602,18 @@ function stRandomJson(seed: SeedFile, r: Rand): Buffer {
   const { data } = header(seed);
   if (r.chance(0.2)) {
     // Not JSON at all, or JSON with garbage after it.
-    const junk = r.pick(['{"a":', "[]", "null", '"str"', "{}}", "{\"a\":1}\u0000", "\ufeff{}", "{" + "[".repeat(100_000)]);
+    const junk = r.pick(['{"a":', "[]", "null", '"str"', "{}}", '{"a":1}\u0000', "\ufeff{}", "{" + "[".repeat(100_000)]);
     return withHeader(junk, data);
   }
   const top: Record<string, unknown> = {};
   for (let i = r.range(1, 6); i > 0; i--) {
     const name = r.pick(["0.0.linear.0.weight", "768.1.linear.1.bias", "__metadata__", "__proto__", "x", `t${i}`]);
     top[name] = r.chance(0.6)
-      ? { dtype: randomJson(r, 3), shape: r.chance(0.7) ? [r.int(8), r.int(8)] : randomJson(r, 3), data_offsets: r.chance(0.7) ? [r.int(64), r.int(data.length + 64)] : randomJson(r, 3) }
+      ? {
+          dtype: randomJson(r, 3),
+          shape: r.chance(0.7) ? [r.int(8), r.int(8)] : randomJson(r, 3),
+          data_offsets: r.chance(0.7) ? [r.int(64), r.int(data.length + 64)] : randomJson(r, 3),
+        }
       : randomJson(r);
   }
   return withHeader(JSON.stringify(top), data);
@@ -536,15 +627,51 @@ function stField(seed: SeedFile, r: Rand): Buffer {
   const e = json[name] as { dtype: string; shape: number[]; data_offsets: number[] };
   const other = json[r.pick(names)] as { data_offsets: number[] };
   switch (r.int(9)) {
-    case 0: e.data_offsets = [...other.data_offsets]; break; // overlap / alias
-    case 1: e.data_offsets = [e.data_offsets[0]!, r.pick([2 ** 53, 2 ** 32, data.length + 1, -1, 1.5])]; break;
-    case 2: e.data_offsets = [r.pick([2 ** 53, -1, e.data_offsets[1]! + 4]), e.data_offsets[1]!]; break;
-    case 3: e.shape = r.pick([[2 ** 31, 2 ** 31], [2 ** 53], [-1, 4], [0, 2 ** 53], [1.5], [1e308], Array(100).fill(1), "[2]" as unknown as number[]]); break;
-    case 4: e.dtype = r.pick(["F8_E5M2", "float32", "I64", "U8", "BOOL", "F64", "I16"]); break;
-    case 5: json.__metadata__ = r.pick([{ a: 1 }, [], "x", null, { format: "pt", layer_structure: "[1, 1e9, 1]" }, { activation_func: '"nope"' }, { step: "-1" }, { layer_structure: "not json" }]); break;
-    case 6: json[name + "x"] = e; break;
-    case 7: delete json[name]; break;
-    default: e.shape = [...e.shape].reverse().concat(r.chance(0.5) ? [1] : []); break;
+    case 0:
+      e.data_offsets = [...other.data_offsets];
+      break; // overlap / alias
+    case 1:
+      e.data_offsets = [e.data_offsets[0]!, r.pick([2 ** 53, 2 ** 32, data.length + 1, -1, 1.5])];
+      break;
+    case 2:
+      e.data_offsets = [r.pick([2 ** 53, -1, e.data_offsets[1]! + 4]), e.data_offsets[1]!];
+      break;
+    case 3:
+      e.shape = r.pick([
+        [2 ** 31, 2 ** 31],
+        [2 ** 53],
+        [-1, 4],
+        [0, 2 ** 53],
+        [1.5],
+        [1e308],
+        Array(100).fill(1),
+        "[2]" as unknown as number[],
+      ]);
+      break;
+    case 4:
+      e.dtype = r.pick(["F8_E5M2", "float32", "I64", "U8", "BOOL", "F64", "I16"]);
+      break;
+    case 5:
+      json.__metadata__ = r.pick([
+        { a: 1 },
+        [],
+        "x",
+        null,
+        { format: "pt", layer_structure: "[1, 1e9, 1]" },
+        { activation_func: '"nope"' },
+        { step: "-1" },
+        { layer_structure: "not json" },
+      ]);
+      break;
+    case 6:
+      json[name + "x"] = e;
+      break;
+    case 7:
+      delete json[name];
+      break;
+    default:
+      e.shape = [...e.shape].reverse().concat(r.chance(0.5) ? [1] : []);
+      break;
   }
   return withHeader(JSON.stringify(json), data);
 }
@@ -564,14 +691,53 @@ function stField(seed: SeedFile, r: Rand): Buffer {
 //                  Finding: the reader returns that state instead of a reason.
 
 const HOSTILE_NAMES = [
-  "../../../x", "/abs/x", "..", ".", "", "con", "NUL.txt", "com1", "a\u001b[31mb", "\u009b2J\u001b]0;t\u0007", "x".repeat(300), "é".repeat(200),
-  "\u{1F600}".repeat(70), "a/b\\c", "C:\\x", "\\\\server\\share\\x", "\u202egnp.exe", "\u0000", "\ud800x", " ", " . ", "..\\..\\x", "~/x", "x\n../y",
+  "../../../x",
+  "/abs/x",
+  "..",
+  ".",
+  "",
+  "con",
+  "NUL.txt",
+  "com1",
+  "a\u001b[31mb",
+  "\u009b2J\u001b]0;t\u0007",
+  "x".repeat(300),
+  "é".repeat(200),
+  "\u{1F600}".repeat(70),
+  "a/b\\c",
+  "C:\\x",
+  "\\\\server\\share\\x",
+  "\u202egnp.exe",
+  "\u0000",
+  "\ud800x",
+  " ",
+  " . ",
+  "..\\..\\x",
+  "~/x",
+  "x\n../y",
 ];
 
 /** A hostile stored name: one of the classics, or a random string of path-breaking pieces. */
 function hostileName(r: Rand): string {
   if (r.chance(0.5)) return r.pick(HOSTILE_NAMES);
-  const parts = ["..", "/", "\\", ".", "\u001b[", "\u0000", "con", ":", "\u{1F600}", "\ud800", " ", "a", "é", "\u202e", "x".repeat(100), "\n"];
+  const parts = [
+    "..",
+    "/",
+    "\\",
+    ".",
+    "\u001b[",
+    "\u0000",
+    "con",
+    ":",
+    "\u{1F600}",
+    "\ud800",
+    " ",
+    "a",
+    "é",
+    "\u202e",
+    "x".repeat(100),
+    "\n",
+  ];
   return Array.from({ length: r.int(12) }, () => r.pick(parts)).join("");
 }
 
@@ -604,21 +770,61 @@ function optimPoison(seed: SeedFile, r: Rand): Buffer {
     const moment = (k: "exp_avg" | "exp_avg_sq"): HostTensor => e.get(k) as HostTensor;
     const poisonOne = (): void => {
       switch (r.int(10)) {
-        case 0: { const t = moment("exp_avg_sq"); t.data[r.int(t.data.length)] = r.pick([-1e-8, -1, -Infinity]); break; }
-        case 1: { const t = moment(r.pick(["exp_avg", "exp_avg_sq"] as const)); t.data[r.int(t.data.length)] = r.pick([NaN, Infinity, -Infinity]); break; }
-        case 2: e.set("step", r.pick<PyValue>([
-          { dtype: "F32", shape: [], data: Float32Array.of(r.pick([NaN, Infinity, -1, 2.5, 1e30])) },
-          { dtype: "F32", shape: [0], data: new Float32Array(0) },
-          { dtype: "F32", shape: [2], data: Float32Array.of(1, 2) },
-          -3, new PyFloat(NaN), "3", null,
-        ])); break;
-        case 3: g.set("lr", r.pick<PyValue>([new PyFloat(NaN), new PyFloat(Infinity), new PyFloat(-1e-3), "1e-3", null])); break;
-        case 4: root.set("optimizer_name", r.pick<PyValue>(["SGD", "Adam", "adamw", "", 3, null, "AdamW\u0000"])); break;
-        case 5: g.set("betas", r.pick<PyValue>([new PyTuple([new PyFloat(NaN), new PyFloat(0.999)]), new PyTuple([new PyFloat(0.9), new PyFloat(1)]), new PyTuple([new PyFloat(-0.1), new PyFloat(0.9)])])); break;
-        case 6: g.set(r.pick(["eps", "weight_decay"]), r.pick([new PyFloat(NaN), new PyFloat(-1), new PyFloat(Infinity)])); break;
-        case 7: e.set(r.pick(["momentum_buffer", "max_exp_avg_sq", "__proto__"]), moment("exp_avg")); break;
-        case 8: g.set(r.pick(["amsgrad", "maximize"]), true); break;
-        default: { const k = r.pick(["exp_avg", "exp_avg_sq"] as const); const t = moment(k); e.set(k, { dtype: "I32", shape: t.shape, data: Int32Array.from(t.data, (v) => Math.round(v)) }); break; }
+        case 0: {
+          const t = moment("exp_avg_sq");
+          t.data[r.int(t.data.length)] = r.pick([-1e-8, -1, -Infinity]);
+          break;
+        }
+        case 1: {
+          const t = moment(r.pick(["exp_avg", "exp_avg_sq"] as const));
+          t.data[r.int(t.data.length)] = r.pick([NaN, Infinity, -Infinity]);
+          break;
+        }
+        case 2:
+          e.set(
+            "step",
+            r.pick<PyValue>([
+              { dtype: "F32", shape: [], data: Float32Array.of(r.pick([NaN, Infinity, -1, 2.5, 1e30])) },
+              { dtype: "F32", shape: [0], data: new Float32Array(0) },
+              { dtype: "F32", shape: [2], data: Float32Array.of(1, 2) },
+              -3,
+              new PyFloat(NaN),
+              "3",
+              null,
+            ]),
+          );
+          break;
+        case 3:
+          g.set("lr", r.pick<PyValue>([new PyFloat(NaN), new PyFloat(Infinity), new PyFloat(-1e-3), "1e-3", null]));
+          break;
+        case 4:
+          root.set("optimizer_name", r.pick<PyValue>(["SGD", "Adam", "adamw", "", 3, null, "AdamW\u0000"]));
+          break;
+        case 5:
+          g.set(
+            "betas",
+            r.pick<PyValue>([
+              new PyTuple([new PyFloat(NaN), new PyFloat(0.999)]),
+              new PyTuple([new PyFloat(0.9), new PyFloat(1)]),
+              new PyTuple([new PyFloat(-0.1), new PyFloat(0.9)]),
+            ]),
+          );
+          break;
+        case 6:
+          g.set(r.pick(["eps", "weight_decay"]), r.pick([new PyFloat(NaN), new PyFloat(-1), new PyFloat(Infinity)]));
+          break;
+        case 7:
+          e.set(r.pick(["momentum_buffer", "max_exp_avg_sq", "__proto__"]), moment("exp_avg"));
+          break;
+        case 8:
+          g.set(r.pick(["amsgrad", "maximize"]), true);
+          break;
+        default: {
+          const k = r.pick(["exp_avg", "exp_avg_sq"] as const);
+          const t = moment(k);
+          e.set(k, { dtype: "I32", shape: t.shape, data: Int32Array.from(t.data, (v) => Math.round(v)) });
+          break;
+        }
       }
     };
     poisonOne();
@@ -664,7 +870,8 @@ export function trustProblem(reader: ReaderName, value: unknown): string | undef
       const dir = path.join(FUZZ_RUN_DIR, i === 3 ? "images" : "hypernetworks");
       const base = path.basename(f);
       if (path.dirname(path.resolve(f)) !== dir) return `stored name ${shown} makes training write ${f}, outside ${dir}`;
-      if (/[\u0000-\u001f\u007f-\u009f/\\]/.test(base) || base.startsWith(".") || Buffer.byteLength(base) + 40 > 255) return `stored name ${shown} gives the unsafe file name ${JSON.stringify(base.slice(0, 80))}`;
+      if (/[\u0000-\u001f\u007f-\u009f/\\]/.test(base) || base.startsWith(".") || Buffer.byteLength(base) + 40 > 255)
+        return `stored name ${shown} gives the unsafe file name ${JSON.stringify(base.slice(0, 80))}`;
     }
     return undefined;
   }
@@ -674,11 +881,14 @@ export function trustProblem(reader: ReaderName, value: unknown): string | undef
     const bad = (what: string): string => `optimizer state accepted with ${what}`;
     if (st.name !== "AdamW") return bad(`optimizer_name ${JSON.stringify(st.name)}`);
     const hyper = [st.lr, st.betas[0], st.betas[1], st.eps, st.weightDecay];
-    if (!hyper.every((v) => Number.isFinite(v) && v >= 0) || st.betas[0] >= 1 || st.betas[1] >= 1) return bad(`hyper-parameters ${hyper.join(", ")}`);
+    if (!hyper.every((v) => Number.isFinite(v) && v >= 0) || st.betas[0] >= 1 || st.betas[1] >= 1)
+      return bad(`hyper-parameters ${hyper.join(", ")}`);
     for (const [i, p] of st.params.entries()) {
       if (!Number.isSafeInteger(p.step) || p.step < 0) return bad(`step ${p.step} for parameter ${i}`);
-      if (!p.expAvg.data.every(Number.isFinite) || !(p.expAvg.data instanceof Float32Array)) return bad(`a non-finite or non-float exp_avg for parameter ${i}`);
-      if (!p.expAvgSq.data.every((v) => Number.isFinite(v) && v >= 0) || !(p.expAvgSq.data instanceof Float32Array)) return bad(`a non-finite, negative or non-float exp_avg_sq for parameter ${i}`);
+      if (!p.expAvg.data.every(Number.isFinite) || !(p.expAvg.data instanceof Float32Array))
+        return bad(`a non-finite or non-float exp_avg for parameter ${i}`);
+      if (!p.expAvgSq.data.every((v) => Number.isFinite(v) && v >= 0) || !(p.expAvgSq.data instanceof Float32Array))
+        return bad(`a non-finite, negative or non-float exp_avg_sq for parameter ${i}`);
     }
   }
   return undefined;
@@ -749,7 +959,10 @@ function viewSpans(p: Buffer): ViewSpan[] {
     while (k > 0 && isPut(ops[k]!.op)) k--;
     const last = k > 1 && ops[k]!.op === 0x74 ? (ops[k - 1]!.op === 0x4e ? k - 2 : k - 1) : -1;
     const storageNumel = last >= 0 ? intOpValue(p, ops[last]!) : undefined;
-    const puts = ops.slice(i + 2, j).filter((o) => isPut(o.op)).map((o) => Buffer.from(p.subarray(o.pos, o.arg + o.argLen)));
+    const puts = ops
+      .slice(i + 2, j)
+      .filter((o) => isPut(o.op))
+      .map((o) => Buffer.from(p.subarray(o.pos, o.arg + o.argLen)));
     spans.push({ from: ops[i + 2]!.pos, to: ops[j]!.pos, puts, offset, storageNumel });
   }
   return spans;
@@ -767,16 +980,36 @@ function intTupleOps(items: readonly (number | bigint)[]): Buffer {
 }
 
 /** Replace one tensor's size and stride (keeping the memo puts that followed them); `view` may size them to its storage. */
-function rewriteView(p: Buffer, r: Rand, view: (room: number | undefined) => [readonly (number | bigint)[], readonly (number | bigint)[]]): Buffer {
+function rewriteView(
+  p: Buffer,
+  r: Rand,
+  view: (room: number | undefined) => [readonly (number | bigint)[], readonly (number | bigint)[]],
+): Buffer {
   const spans = viewSpans(p);
   if (!spans.length) return bitflip(p, r, 2);
   const s = r.pick(spans);
   const [shape, stride] = view(s.storageNumel === undefined ? undefined : s.storageNumel - s.offset);
   const none = Buffer.alloc(0);
-  return Buffer.concat([p.subarray(0, s.from), intTupleOps(shape), s.puts[0] ?? none, intTupleOps(stride), s.puts[1] ?? none, p.subarray(s.to)]);
+  return Buffer.concat([
+    p.subarray(0, s.from),
+    intTupleOps(shape),
+    s.puts[0] ?? none,
+    intTupleOps(stride),
+    s.puts[1] ?? none,
+    p.subarray(s.to),
+  ]);
 }
 
-const PROTO_MEMBERS = ["constructor", "__proto__", "toString", "valueOf", "hasOwnProperty", "isPrototypeOf", "__defineGetter__", "propertyIsEnumerable"];
+const PROTO_MEMBERS = [
+  "constructor",
+  "__proto__",
+  "toString",
+  "valueOf",
+  "hasOwnProperty",
+  "isPrototypeOf",
+  "__defineGetter__",
+  "propertyIsEnumerable",
+];
 
 const viewPickleMutations: Record<string, PickleMutation> = {
   "pkl-stride0-view": (p, r) => {
@@ -786,9 +1019,17 @@ const viewPickleMutations: Record<string, PickleMutation> = {
     const kind = r.int(4);
     return rewriteView(p, r, (room) => {
       if (kind === 0) return [[big], [0]];
-      if (kind === 1) return [[a, b], [0, 0]];
+      if (kind === 1)
+        return [
+          [a, b],
+          [0, 0],
+        ];
       // A broadcast of a real row: [big, w] with stride (0, 1), w as much of the storage as there is.
-      if (kind === 2) return [[big, Math.max(1, Math.min(room ?? 1, 4096))], [0, 1]];
+      if (kind === 2)
+        return [
+          [big, Math.max(1, Math.min(room ?? 1, 4096))],
+          [0, 1],
+        ];
       return [Array(40).fill(2), Array(40).fill(0)];
     });
   },
@@ -801,19 +1042,37 @@ const viewPickleMutations: Record<string, PickleMutation> = {
       // Sliding windows [n, w], stride (1, 1): about s²/4 elements from s.
       if (kind === 1) {
         const w = Math.max(1, Math.floor(s / 2));
-        return [[Math.max(1, s - w + 1), w], [1, 1]];
+        return [
+          [Math.max(1, s - w + 1), w],
+          [1, 1],
+        ];
       }
       // A cube of windows [c, c, c], stride (1, 1, 1): about (s/3)³ elements from s.
       const c = Math.max(1, Math.floor((s + 2) / 3));
-      return [[c, c, c], [1, 1, 1]];
+      return [
+        [c, c, c],
+        [1, 1, 1],
+      ];
     });
   },
   "pkl-proto-global": (p, r) => {
     const gl = disassemble(p, 0).ops.filter((o) => o.op === 0x63);
     // Half the time a storage class (the slot whose table the old reader looked names up in).
-    const storages = gl.filter((o) => p.subarray(o.arg, o.arg + o.argLen).toString("latin1").endsWith("Storage\n"));
+    const storages = gl.filter((o) =>
+      p
+        .subarray(o.arg, o.arg + o.argLen)
+        .toString("latin1")
+        .endsWith("Storage\n"),
+    );
     const member = r.pick(PROTO_MEMBERS);
-    const text = r.pick([`torch\n${member}\n`, `torch\n${member}\n`, `collections\n${member}\n`, `torch._utils\n${member}\n`, `${member}\nFloatStorage\n`, `${member}\n${member}\n`]);
+    const text = r.pick([
+      `torch\n${member}\n`,
+      `torch\n${member}\n`,
+      `collections\n${member}\n`,
+      `torch._utils\n${member}\n`,
+      `${member}\nFloatStorage\n`,
+      `${member}\n${member}\n`,
+    ]);
     if (!gl.length) return bitflip(p, r, 2);
     const o = storages.length && r.chance(0.5) ? r.pick(storages) : r.pick(gl);
     return Buffer.concat([p.subarray(0, o.pos + 1), Buffer.from(text, "latin1"), p.subarray(o.arg + o.argLen)]);
@@ -1026,7 +1285,16 @@ const STRICT_ST_MUTATIONS: MutationDef[] = [
   { name: "st-float-shape", kinds: ["safetensors"], fn: stFloatShape, refuse: ALL_READERS },
   { name: "st-many-entries", kinds: ["safetensors"], fn: stManyEntries, refuse: ALL_READERS },
   // Listed 4 times (one kind in the report): only one seed can carry it.
-  ...Array.from({ length: 4 }, (): MutationDef => ({ name: "hn-alias-width", kinds: ["safetensors"], seeds: /^generated-hn\.safetensors$/, fn: hnAliasWidth, refuse: ["hypernet"] })),
+  ...Array.from(
+    { length: 4 },
+    (): MutationDef => ({
+      name: "hn-alias-width",
+      kinds: ["safetensors"],
+      seeds: /^generated-hn\.safetensors$/,
+      fn: hnAliasWidth,
+      refuse: ["hypernet"],
+    }),
+  ),
 ];
 
 export const MUTATIONS: readonly MutationDef[] = [
@@ -1075,7 +1343,16 @@ function tensorsConsistent(v: unknown, seen = new Set<unknown>()): string | unde
     const n = t.shape.reduce((a: number, b: number) => a * b, 1);
     return t.data.length === n ? undefined : `tensor [${t.shape.join(", ")}] has ${t.data.length} values`;
   }
-  const kids: unknown[] = v instanceof Map ? [...v.values()] : Array.isArray(v) ? v : v instanceof PyDict ? [...v.map.values(), v.state] : v instanceof PyTuple ? v.items : Object.values(v);
+  const kids: unknown[] =
+    v instanceof Map
+      ? [...v.values()]
+      : Array.isArray(v)
+        ? v
+        : v instanceof PyDict
+          ? [...v.map.values(), v.state]
+          : v instanceof PyTuple
+            ? v.items
+            : Object.values(v);
   for (const k of kids) {
     const bad = tensorsConsistent(k, seen);
     if (bad) return bad;
@@ -1217,14 +1494,20 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
         let detail = "";
         try {
           const value = readWith(reader, file, optimHost);
-          const bad = tensorsConsistent(value) ?? trustProblem(reader, value) ?? (mut.refuse?.includes(reader) ? `loaded a file it must refuse (${mut.name})` : undefined);
+          const bad =
+            tensorsConsistent(value) ??
+            trustProblem(reader, value) ??
+            (mut.refuse?.includes(reader) ? `loaded a file it must refuse (${mut.name})` : undefined);
           outcome = bad ? "bad-load" : "loaded";
           detail = bad ?? "";
         } catch (err) {
           if (isCleanError(err, target)) outcome = "clean-error";
           else {
             outcome = "crash";
-            detail = err instanceof Error ? `${err.constructor.name}: ${err.message.slice(0, 300)}\n${(err.stack ?? "").split("\n").slice(1, 4).join("\n")}` : `non-Error thrown: ${String(err)}`;
+            detail =
+              err instanceof Error
+                ? `${err.constructor.name}: ${err.message.slice(0, 300)}\n${(err.stack ?? "").split("\n").slice(1, 4).join("\n")}`
+                : `non-Error thrown: ${String(err)}`;
           }
         }
         const ms = performance.now() - c0;
@@ -1234,10 +1517,26 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
         const grown = Math.max(mem1.heapUsed - mem0.heapUsed + mem1.arrayBuffers - mem0.arrayBuffers, largestAlloc);
         // CPU time, so that other jobs on a shared machine do not make a fast reader look slow.
         if (cpuMs > hangMs || ms > 10 * hangMs) {
-          report.findings.push({ kind: "hang", reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail: `took ${ms.toFixed(0)} ms, ${cpuMs.toFixed(0)} ms of CPU (${outcome})`, ms });
+          report.findings.push({
+            kind: "hang",
+            reader,
+            mutation: mut.name,
+            seedFile: seed.name,
+            caseSeed: cs,
+            detail: `took ${ms.toFixed(0)} ms, ${cpuMs.toFixed(0)} ms of CPU (${outcome})`,
+            ms,
+          });
           outcome = "hang";
         } else if (grown > allocBytes) {
-          report.findings.push({ kind: "alloc", reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail: `allocated ${(grown / 2 ** 20).toFixed(0)} MiB (${outcome})`, ms });
+          report.findings.push({
+            kind: "alloc",
+            reader,
+            mutation: mut.name,
+            seedFile: seed.name,
+            caseSeed: cs,
+            detail: `allocated ${(grown / 2 ** 20).toFixed(0)} MiB (${outcome})`,
+            ms,
+          });
           outcome = "alloc";
         } else if (outcome === "crash" || outcome === "bad-load") {
           report.findings.push({ kind: outcome, reader, mutation: mut.name, seedFile: seed.name, caseSeed: cs, detail, ms });
@@ -1246,7 +1545,8 @@ export function runFuzz(opts: FuzzOptions): FuzzReport {
         m[outcome]++;
       }
       report.cases++;
-      if (opts.log && report.cases % 1000 === 0) opts.log(`${report.cases} cases, ${report.findings.length} findings, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+      if (opts.log && report.cases % 1000 === 0)
+        opts.log(`${report.cases} cases, ${report.findings.length} findings, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     }
   } finally {
     untrack();
@@ -1321,7 +1621,12 @@ export function pngClaiming(w: number, h: number): Buffer {
   ihdr[8] = 8; // bit depth
   ihdr[9] = 2; // RGB
   const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
-  return Buffer.concat([sig, pngChunk("IHDR", ihdr), pngChunk("IDAT", zlib.deflateSync(Buffer.alloc(64))), pngChunk("IEND", Buffer.alloc(0))]);
+  return Buffer.concat([
+    sig,
+    pngChunk("IHDR", ihdr),
+    pngChunk("IDAT", zlib.deflateSync(Buffer.alloc(64))),
+    pngChunk("IEND", Buffer.alloc(0)),
+  ]);
 }
 
 /**
@@ -1401,7 +1706,14 @@ const HOSTILE: Record<string, (dir: string, n: number, r: Rand, kit: PlantKit) =
 };
 
 /** Run one folder case through both readers; findings are appended to `report`. */
-async function runFolderCase(cs: number, work: string, png: Buffer, report: FolderFuzzReport, hangMs: number, allocBytes: number): Promise<void> {
+async function runFolderCase(
+  cs: number,
+  work: string,
+  png: Buffer,
+  report: FolderFuzzReport,
+  hangMs: number,
+  allocBytes: number,
+): Promise<void> {
   const r = new Rand(rng32(cs));
   const dir = path.join(work, "folder");
   const dst = path.join(work, "out");
@@ -1422,7 +1734,16 @@ async function runFolderCase(cs: number, work: string, png: Buffer, report: Fold
 }
 
 /** Run both folder readers on a planted folder and classify what they did. */
-async function readFolderCase(cs: number, dir: string, dst: string, planted: Planted[], r: Rand, report: FolderFuzzReport, hangMs: number, allocBytes: number): Promise<void> {
+async function readFolderCase(
+  cs: number,
+  dir: string,
+  dst: string,
+  planted: Planted[],
+  r: Rand,
+  report: FolderFuzzReport,
+  hangMs: number,
+  allocBytes: number,
+): Promise<void> {
   for (const p of planted) report.kinds[p.kind] = (report.kinds[p.kind] ?? 0) + 1;
   const hostile = planted.map((p) => p.kind);
   const finding = (reader: FolderReader, kind: FolderFinding["kind"], detail: string, ms: number): void => {
@@ -1438,10 +1759,17 @@ async function readFolderCase(cs: number, dir: string, dst: string, planted: Pla
     let error: unknown;
     try {
       if (reader === "dataset") {
-        const ds = await TrainingDataset.load(dir, { name: "fuzz", rng: { next: r.next }, width: 16, height: 16, template: ["[filewords]"] });
+        const ds = await TrainingDataset.load(dir, {
+          name: "fuzz",
+          rng: { next: r.next },
+          width: 16,
+          height: 16,
+          template: ["[filewords]"],
+        });
         listed = ds.skipped.map((s) => s.file);
         notes = ds.notes;
-        for (let i = 0; i < ds.imageCount; i++) if (ds.caption(i).length > DEFAULT_MAX_CAPTION_CHARS) notes.push(`UNCUT caption of ${ds.caption(i).length} characters`);
+        for (let i = 0; i < ds.imageCount; i++)
+          if (ds.caption(i).length > DEFAULT_MAX_CAPTION_CHARS) notes.push(`UNCUT caption of ${ds.caption(i).length} characters`);
       } else {
         listed = (await preprocess(dir, dst, { width: 16, height: 16, overwrite: true })).skipped.map((s) => s.source);
       }
@@ -1455,12 +1783,24 @@ async function readFolderCase(cs: number, dir: string, dst: string, planted: Pla
     else if (grown > allocBytes) finding(reader, "alloc", `allocated ${(grown / 2 ** 20).toFixed(0)} MiB`, ms);
     else if (error !== undefined) {
       if (error instanceof Error && error.constructor === Error && error.message.includes(dir)) report.readers[reader]["clean-error"]++;
-      else finding(reader, "crash", error instanceof Error ? `${error.constructor.name}: ${error.message.slice(0, 300)}` : String(error), ms);
+      else
+        finding(reader, "crash", error instanceof Error ? `${error.constructor.name}: ${error.message.slice(0, 300)}` : String(error), ms);
     } else {
       const missing = planted.flatMap((p) => p.report[reader] ?? []).filter((name) => !listed!.includes(name));
       const uncut = reader === "dataset" ? planted.filter((p) => p.cut && !notes.some((n) => n.includes(p.cut!))).map((p) => p.cut!) : [];
       if (notes.some((n) => n.startsWith("UNCUT"))) uncut.push("a caption longer than the limit");
-      if (missing.length || uncut.length) finding(reader, "unreported", [missing.length ? `not listed as skipped: ${missing.join(", ")}` : "", uncut.length ? `not cut with a note: ${uncut.join(", ")}` : ""].filter(Boolean).join("; "), ms);
+      if (missing.length || uncut.length)
+        finding(
+          reader,
+          "unreported",
+          [
+            missing.length ? `not listed as skipped: ${missing.join(", ")}` : "",
+            uncut.length ? `not cut with a note: ${uncut.join(", ")}` : "",
+          ]
+            .filter(Boolean)
+            .join("; "),
+          ms,
+        );
       else report.readers[reader].ok++;
     }
   }
@@ -1470,13 +1810,29 @@ async function readFolderCase(cs: number, dir: string, dst: string, planted: Pla
  * Run `cases` folder cases (or the one case `replay`) and return their report. Folder cases are
  * seeded like file cases, from `seed` and the case index, with their own hash so the two streams differ.
  */
-export async function runFolderFuzz(opts: { seed: number; cases: number; seconds: number; replay?: number; hangMs?: number; allocBytes?: number; onCase?: (i: number, caseSeed: number) => void }): Promise<FolderFuzzReport> {
+export async function runFolderFuzz(opts: {
+  seed: number;
+  cases: number;
+  seconds: number;
+  replay?: number;
+  hangMs?: number;
+  allocBytes?: number;
+  onCase?: (i: number, caseSeed: number) => void;
+}): Promise<FolderFuzzReport> {
   const hangMs = opts.hangMs ?? 5000;
   const allocBytes = opts.allocBytes ?? 64 * 1024 * 1024;
   const shm = fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir();
   const work = fs.mkdtempSync(path.join(shm, "hn-fuzz-folder-"));
-  const report: FolderFuzzReport = { cases: 0, seconds: 0, readers: { dataset: { ok: 0, "clean-error": 0, finding: 0 }, preprocess: { ok: 0, "clean-error": 0, finding: 0 } }, kinds: {}, findings: [] };
-  const png = await sharp({ create: { width: 24, height: 24, channels: 3, background: { r: 200, g: 60, b: 30 } } }).png().toBuffer();
+  const report: FolderFuzzReport = {
+    cases: 0,
+    seconds: 0,
+    readers: { dataset: { ok: 0, "clean-error": 0, finding: 0 }, preprocess: { ok: 0, "clean-error": 0, finding: 0 } },
+    kinds: {},
+    findings: [],
+  };
+  const png = await sharp({ create: { width: 24, height: 24, channels: 3, background: { r: 200, g: 60, b: 30 } } })
+    .png()
+    .toBuffer();
   const untrack = trackAllocations();
   const t0 = performance.now();
   try {
@@ -1551,7 +1907,13 @@ async function main(argv: string[]): Promise<void> {
   if (folderReplay !== undefined) opts.cases = 0;
   const folderCases = opts.replay !== undefined ? 0 : arg("folder-cases", Math.max(20, Math.round(opts.cases / 100)));
   const report = runFuzz(opts);
-  const folders = await runFolderFuzz({ seed: opts.seed, cases: folderCases, seconds: opts.seconds, replay: folderReplay, onCase: (_i, cs) => beat(cs) });
+  const folders = await runFolderFuzz({
+    seed: opts.seed,
+    cases: folderCases,
+    seconds: opts.seconds,
+    replay: folderReplay,
+    onCase: (_i, cs) => beat(cs),
+  });
   const json = JSON.stringify({ command: `npm run fuzz -- ${argv.join(" ")}`.trim(), ...report, folders }, null, 2);
   if (out) fs.writeFileSync(out, json + "\n");
   process.stdout.write(json + "\n");

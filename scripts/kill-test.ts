@@ -95,7 +95,13 @@ function startChild(args: string[], pauseMs: number): ChildProcess {
 }
 
 const readLosses = (f: string): Loss[] =>
-  fs.existsSync(f) ? fs.readFileSync(f, "utf8").split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as Loss) : [];
+  fs.existsSync(f)
+    ? fs
+        .readFileSync(f, "utf8")
+        .split("\n")
+        .filter((l) => l.trim())
+        .map((l) => JSON.parse(l) as Loss)
+    : [];
 
 class HarnessFailure extends Error {}
 
@@ -209,8 +215,7 @@ export async function runKillHarness(options: KillHarnessOptions = {}): Promise<
         if (tag === "S") {
           state.lastStep = Number(arg);
           if (++state.steps === 1 && plan.kind === "step") setTimeout(kill, plan.ms);
-        }
-        else if (tag === "B") {
+        } else if (tag === "B") {
           state.open = arg;
           state.begins++;
           if (plan.kind === "write" && state.begins === plan.nth) setTimeout(kill, plan.ms);
@@ -296,7 +301,13 @@ function arg(name: string): string | undefined {
 
 if (require.main === module) {
   const num = (name: string): number | undefined => (arg(name) === undefined ? undefined : Number(arg(name)));
-  runKillHarness({ kills: num("kills"), seed: num("seed"), maxSteps: num("max-steps"), pauseMs: num("pause-ms"), log: (l) => console.error(l) })
+  runKillHarness({
+    kills: num("kills"),
+    seed: num("seed"),
+    maxSteps: num("max-steps"),
+    pauseMs: num("pause-ms"),
+    log: (l) => console.error(l),
+  })
     .then((r) => {
       const json = JSON.stringify(r, null, 2);
       if (arg("out")) fs.writeFileSync(arg("out")!, json + "\n");

@@ -54,7 +54,11 @@ interface Cell {
 }
 const joined = (t: string | string[] | undefined): string => (Array.isArray(t) ? t.join("") : (t ?? ""));
 
-function run(cmd: string, argv: string[], opts: { timeoutMs?: number; quiet?: boolean } = {}): { status: number; stdout: string; stderr: string } {
+function run(
+  cmd: string,
+  argv: string[],
+  opts: { timeoutMs?: number; quiet?: boolean } = {},
+): { status: number; stdout: string; stderr: string } {
   const r = spawnSync(cmd, argv, { cwd: root, env, encoding: "utf8", timeout: opts.timeoutMs, maxBuffer: 256 * 1024 * 1024 });
   if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
   return { status: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
@@ -105,9 +109,14 @@ function checkOutputs(nb: string, code: Cell[]): void {
       const b64 = joined(o.data?.["image/png"]);
       const size = b64 ? pngSize(Buffer.from(b64, "base64")) : undefined;
       if (b64 && !size) fail(`${nb}: code cell ${i + 1}: a chart's image/png is not a PNG`);
-      if (size && !(size.width >= 200 && size.height >= 150)) fail(`${nb}: code cell ${i + 1}: a chart's image/png is ${size.width}×${size.height}`);
-      if (size && !html.includes(`class="hn-plot-fallback" src="data:image/png;base64,${b64}"`)) fail(`${nb}: code cell ${i + 1}: a chart's HTML lacks its fallback picture`);
-      if (!size && !hasBundle) fail(`${nb}: code cell ${i + 1}: a chart output is empty without plotly.js (no image/png, and the notebook holds no plotly.js bundle)`);
+      if (size && !(size.width >= 200 && size.height >= 150))
+        fail(`${nb}: code cell ${i + 1}: a chart's image/png is ${size.width}×${size.height}`);
+      if (size && !html.includes(`class="hn-plot-fallback" src="data:image/png;base64,${b64}"`))
+        fail(`${nb}: code cell ${i + 1}: a chart's HTML lacks its fallback picture`);
+      if (!size && !hasBundle)
+        fail(
+          `${nb}: code cell ${i + 1}: a chart output is empty without plotly.js (no image/png, and the notebook holds no plotly.js bundle)`,
+        );
     }
   }
   console.log(`  ${nb}: ${charts} chart output(s), plotly.js bundle ${hasBundle ? "present" : "absent"}`);
@@ -118,7 +127,11 @@ for (const nb of notebooks) {
   const t0 = Date.now();
   const source = JSON.parse(fs.readFileSync(path.join(root, "notebooks", nb), "utf8")) as { cells: Cell[] };
   const runs = source.cells.some((c) => (c.metadata.tags ?? []).includes("live")) ? 2 : 1;
-  const r = run("/usr/bin/python3", [path.join(root, "scripts", "run_notebook.py"), path.join(root, "notebooks", nb), path.join(outDir, nb), "--runs", String(runs)], { timeoutMs: runs * 20 * 60_000 });
+  const r = run(
+    "/usr/bin/python3",
+    [path.join(root, "scripts", "run_notebook.py"), path.join(root, "notebooks", nb), path.join(outDir, nb), "--runs", String(runs)],
+    { timeoutMs: runs * 20 * 60_000 },
+  );
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   if (r.status !== 0) {
     fail(`${nb}: execution failed after ${secs} s\n${r.stderr.split("\n").slice(-40).join("\n")}`);
@@ -132,14 +145,24 @@ for (const nb of notebooks) {
     outputs += outs.length;
     for (const o of outs) {
       if (o.output_type === "error") fail(`${nb}: code cell ${i + 1} raised ${o.ename}: ${o.evalue}`);
-      if (o.output_type === "stream" && o.name === "stderr" && /\d+:\d+ - |Error:/.test(joined(o.text))) fail(`${nb}: code cell ${i + 1} wrote an error to stderr: ${joined(o.text).slice(0, 400)}`);
+      if (o.output_type === "stream" && o.name === "stderr" && /\d+:\d+ - |Error:/.test(joined(o.text)))
+        fail(`${nb}: code cell ${i + 1} wrote an error to stderr: ${joined(o.text).slice(0, 400)}`);
     }
     const tags = c.metadata.tags ?? [];
     if (tags.includes("live")) {
-      const text = outs.map((o) => joined(o.text) + Object.values(o.data ?? {}).map(joined).join("")).join("\n");
+      const text = outs
+        .map(
+          (o) =>
+            joined(o.text) +
+            Object.values(o.data ?? {})
+              .map(joined)
+              .join(""),
+        )
+        .join("\n");
       const steps = /step (\d+)\/(\d+)/.exec(text);
       console.log(`  ${nb}: live cell ${i + 1} has ${outs.length} outputs${steps ? ` after ${steps[1]}/${steps[2]} steps` : ""}`);
-      if (outs.length > MAX_LIVE_OUTPUTS) fail(`${nb}: live cell ${i + 1} has ${outs.length} outputs (> ${MAX_LIVE_OUTPUTS}): displays are being appended, not updated`);
+      if (outs.length > MAX_LIVE_OUTPUTS)
+        fail(`${nb}: live cell ${i + 1} has ${outs.length} outputs (> ${MAX_LIVE_OUTPUTS}): displays are being appended, not updated`);
       if (!steps) fail(`${nb}: live cell ${i + 1} shows no "step N/M" progress line`);
       if (!text.includes("hn-plot")) fail(`${nb}: live cell ${i + 1} has no loss chart`);
     }
@@ -163,7 +186,15 @@ window.addEventListener("load", function () { setTimeout(function () {
   document.body.appendChild(pre);
 }, 1500); });
 </script>`;
-const chromiumFlags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage", "--hide-scrollbars", "--virtual-time-budget=60000"];
+const chromiumFlags = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-dev-shm-usage",
+  "--hide-scrollbars",
+  "--virtual-time-budget=60000",
+];
 for (const nb of forHtml) {
   const executed = path.join(outDir, nb);
   const html = executed.replace(/\.ipynb$/, ".html");
@@ -181,20 +212,39 @@ for (const nb of forHtml) {
     fail(`${nb}: Chromium produced no check result (status ${dom.status}): ${dom.stderr.slice(-600)}`);
     continue;
   }
-  const res = JSON.parse(m[1]!.replace(/&quot;/g, '"')) as { plots: number; blank: number; traces: number; drawn: number; images: number; decoded: number; plotly: boolean };
-  console.log(`  ${nb} in Chromium: plotly loaded ${res.plotly}, ${res.plots} charts (${res.blank} blank), ${res.drawn}/${res.traces} trace paths drawn, ${res.decoded}/${res.images} images decoded`);
+  const res = JSON.parse(m[1]!.replace(/&quot;/g, '"')) as {
+    plots: number;
+    blank: number;
+    traces: number;
+    drawn: number;
+    images: number;
+    decoded: number;
+    plotly: boolean;
+  };
+  console.log(
+    `  ${nb} in Chromium: plotly loaded ${res.plotly}, ${res.plots} charts (${res.blank} blank), ${res.drawn}/${res.traces} trace paths drawn, ${res.decoded}/${res.images} images decoded`,
+  );
   if (res.plots === 0 || res.blank > 0) fail(`${nb}: a chart showed nothing in Chromium (${JSON.stringify(res)})`);
   if (res.plotly && res.drawn === 0) fail(`${nb}: plotly.js loaded but the chart drew no traces in Chromium (${JSON.stringify(res)})`);
   if (res.images === 0 || res.decoded !== res.images) fail(`${nb}: preview images did not all decode in Chromium (${JSON.stringify(res)})`);
   if (wantScreenshot) {
     // Only the cell tagged "screenshot" (nbconvert puts each tag on the cell as a celltag_ class).
-    const shotPage = page.replace("</head>", `<style>.jp-Cell:not(.celltag_screenshot),.cell:not(.celltag_screenshot){display:none!important} .jp-Cell-inputWrapper,.input{display:none!important} body{margin:0}</style></head>`);
+    const shotPage = page.replace(
+      "</head>",
+      `<style>.jp-Cell:not(.celltag_screenshot),.cell:not(.celltag_screenshot){display:none!important} .jp-Cell-inputWrapper,.input{display:none!important} body{margin:0}</style></head>`,
+    );
     const shotFile = html.replace(/\.html$/, ".shot.html");
     fs.writeFileSync(shotFile, shotPage);
     fs.mkdirSync(path.join(root, "docs"), { recursive: true });
     const png = path.join(root, "docs", "notebook-training.png");
-    const shot = run("chromium", [...chromiumFlags, "--window-size=1000,900", `--screenshot=${png}`, `file://${shotFile}`], { timeoutMs: 180_000 });
-    console.log(shot.status === 0 && fs.existsSync(png) ? `  screenshot: ${path.relative(root, png)}` : `  screenshot failed: ${shot.stderr.slice(-400)}`);
+    const shot = run("chromium", [...chromiumFlags, "--window-size=1000,900", `--screenshot=${png}`, `file://${shotFile}`], {
+      timeoutMs: 180_000,
+    });
+    console.log(
+      shot.status === 0 && fs.existsSync(png)
+        ? `  screenshot: ${path.relative(root, png)}`
+        : `  screenshot failed: ${shot.stderr.slice(-400)}`,
+    );
   }
 }
 

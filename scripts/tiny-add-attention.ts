@@ -19,7 +19,9 @@ async function main(): Promise<void> {
   }
   await useBackend("wasm", { quiet: true });
   const r = addAttentionLevel(src, dst, Number(level));
-  console.log(`${dst}: attention_resolutions ${JSON.stringify(r.attentionResolutions)}; ${r.added.length} new weights (proj_out zeroed), ${r.moved.length} moved (${r.moved.map(([a, b]) => `${a} → ${b}`).join(", ")})`);
+  console.log(
+    `${dst}: attention_resolutions ${JSON.stringify(r.attentionResolutions)}; ${r.added.length} new weights (proj_out zeroed), ${r.moved.length} moved (${r.moved.map(([a, b]) => `${a} → ${b}`).join(", ")})`,
+  );
 }
 
 main().catch((e: unknown) => {

@@ -67,13 +67,21 @@ export interface DrawOptions {
  * loss gets a term for exactly that: λ·min(σ_t², meanCap)·mean_c (mean(ε̂)_c − mean(ε)_c)², which is
  * the squared error of x̂₀'s mean colour.
  */
-export function drawBatch(o: DrawOptions, step: number, rng: Rng, schedule: NoiseSchedule, tokenizer: TinyModelParts["tokenizer"]): BatchPart {
+export function drawBatch(
+  o: DrawOptions,
+  step: number,
+  rng: Rng,
+  schedule: NoiseSchedule,
+  tokenizer: TinyModelParts["tokenizer"],
+): BatchPart {
   const start = step * o.batch;
   const captions = shapeSamples(o.dataSeed, start, o.batch).map((s) => s.caption);
   const dropped = captions.map((c) => (rng.nextFloat() < o.dropout ? "" : c));
   const ids = tokenizer.encode(dropped, { longPrompts: "truncate" }).ids;
   const half = schedule.numTimesteps / 2;
-  const timesteps = Array.from({ length: o.batch }, () => (rng.nextFloat() < o.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps)));
+  const timesteps = Array.from({ length: o.batch }, () =>
+    rng.nextFloat() < o.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps),
+  );
   const per = TINY_SIZE * TINY_SIZE * 3;
   // Offset noise: a shared per-image, per-channel offset in ε makes the model predict — and so
   // control — the mean colour of the noise it removes, which at 32×32 is most of the image's colour.
@@ -105,7 +113,15 @@ export function splitBatch(b: BatchPart, n: number): BatchPart[] {
   for (let k = 0; k < n; k++) {
     const c = Math.floor(b.count / n) + (k < b.count % n ? 1 : 0);
     if (c === 0) continue;
-    out.push({ start: b.start + at, count: c, ids: b.ids.slice(at, at + c), timesteps: b.timesteps.slice(at, at + c), noise: b.noise.slice(at * per, (at + c) * per), weights: b.weights.slice(at, at + c), meanWeights: b.meanWeights.slice(at, at + c) });
+    out.push({
+      start: b.start + at,
+      count: c,
+      ids: b.ids.slice(at, at + c),
+      timesteps: b.timesteps.slice(at, at + c),
+      noise: b.noise.slice(at * per, (at + c) * per),
+      weights: b.weights.slice(at, at + c),
+      meanWeights: b.meanWeights.slice(at, at + c),
+    });
     at += c;
   }
   return out;
@@ -116,7 +132,13 @@ export function splitBatch(b: BatchPart, n: number): BatchPart[] {
  * (u = `meanWeights`, the colour-mean loss of `drawBatch`) over one batch part with respect to
  * `vars` (every UNet and text-encoder weight), and Σ_i mse_i (the plain ε-MSE, for the log).
  */
-export async function batchGradients(parts: TinyModelParts, vars: tf.Variable[], b: BatchPart, dataSeed: number, schedule: NoiseSchedule): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
+export async function batchGradients(
+  parts: TinyModelParts,
+  vars: tf.Variable[],
+  b: BatchPart,
+  dataSeed: number,
+  schedule: NoiseSchedule,
+): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
   const hw = TINY_SIZE;
   const samples = shapeSamples(dataSeed, b.start, b.count);
   const noise = tf.tensor4d(b.noise, [b.count, hw, hw, 3]);
@@ -201,9 +223,20 @@ export class GradientPool {
     const gBufs = Array.from({ length: n }, () => new SharedArrayBuffer(l.total * 4));
     const file = path.resolve(__filename);
     const bootstrap = `require("ts-node").register({ transpileOnly: true }); require(${JSON.stringify(file)});`;
-    const workers = gBufs.map((g) => new Worker(bootstrap, { eval: true, workerData: { config, dataSeed, keys: slots.map((s) => s.key), weights: wBuf, grads: g } satisfies WorkerInit }));
+    const workers = gBufs.map(
+      (g) =>
+        new Worker(bootstrap, {
+          eval: true,
+          workerData: { config, dataSeed, keys: slots.map((s) => s.key), weights: wBuf, grads: g } satisfies WorkerInit,
+        }),
+    );
     await Promise.all(workers.map((w) => reply(w)));
-    return new GradientPool(workers, new Float32Array(wBuf), gBufs.map((g) => new Float32Array(g)), l);
+    return new GradientPool(
+      workers,
+      new Float32Array(wBuf),
+      gBufs.map((g) => new Float32Array(g)),
+      l,
+    );
   }
 
   /** The summed gradient of `batch` at the current values of `slots`, keyed by variable name. */

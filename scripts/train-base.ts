@@ -57,7 +57,15 @@ import type { HostTensor } from "../src/io/host-tensor";
 import { writeFileAtomic } from "../src/io/atomic";
 import { globalNorm } from "../src/train/grad-norm";
 import type { Param } from "../src/nn/module";
-import { buildTinyModel, defaultTinyConfig, loadTinyWeights, readTinyConfig, writeTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
+import {
+  buildTinyModel,
+  defaultTinyConfig,
+  loadTinyWeights,
+  readTinyConfig,
+  writeTinyModel,
+  type TinyModelConfig,
+  type TinyModelParts,
+} from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
 import { GradientPool, batchGradients, drawBatch } from "./train-base-batch";
 
@@ -212,10 +220,7 @@ function isTextPath(key: string): boolean {
 }
 
 function makeSlots(parts: TinyModelParts, textLrMult: number): Slot[] {
-  const named: Array<[string, Param]> = [
-    ...parts.unet.namedParameters("unet."),
-    ...parts.textEncoder.namedParameters("text."),
-  ];
+  const named: Array<[string, Param]> = [...parts.unet.namedParameters("unet."), ...parts.textEncoder.namedParameters("text.")];
   return named.map(([key, param]) => ({
     key,
     param,
@@ -302,7 +307,23 @@ async function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: 
   const before = state.initFrom;
   const config: TinyModelConfig = {
     ...parts.config,
-    training: { steps: (before?.steps ?? 0) + state.step, ...(before ? { runSteps: state.step, initFrom: before } : {}), batch: a.batch, highT: a.highT, snrCap: a.snrCap, offsetNoise: a.offsetNoise, textLrMult: a.textLrMult, lr: a.lr, ema: a.ema, captionDropout: a.dropout, meanLoss: a.meanLoss, meanCap: a.meanCap, trainSeconds: Math.round((before?.trainSeconds ?? 0) + state.elapsedSec), lossEma: Number(state.lastLoss.toFixed(5)), dataSeed: a.dataSeed },
+    training: {
+      steps: (before?.steps ?? 0) + state.step,
+      ...(before ? { runSteps: state.step, initFrom: before } : {}),
+      batch: a.batch,
+      highT: a.highT,
+      snrCap: a.snrCap,
+      offsetNoise: a.offsetNoise,
+      textLrMult: a.textLrMult,
+      lr: a.lr,
+      ema: a.ema,
+      captionDropout: a.dropout,
+      meanLoss: a.meanLoss,
+      meanCap: a.meanCap,
+      trainSeconds: Math.round((before?.trainSeconds ?? 0) + state.elapsedSec),
+      lossEma: Number(state.lastLoss.toFixed(5)),
+      dataSeed: a.dataSeed,
+    },
   };
   writeTinyModel(a.export, config, weights, { overwrite: true });
 }
@@ -320,7 +341,12 @@ function restore(a: Args, slots: Slot[]): RunState | undefined {
   const state = JSON.parse(fs.readFileSync(jf, "utf8")) as RunState;
   const { tensors } = readSafetensors(sf);
   for (const s of slots) {
-    for (const [prefix, target] of [["w.", s.param.value], ["m.", s.m], ["v.", s.v], ["ema.", s.ema]] as Array<[string, tf.Variable]>) {
+    for (const [prefix, target] of [
+      ["w.", s.param.value],
+      ["m.", s.m],
+      ["v.", s.v],
+      ["ema.", s.ema],
+    ] as Array<[string, tf.Variable]>) {
       const t = tensors.get(prefix + s.key);
       if (!t) throw new Error(`${sf}: missing ${prefix}${s.key}; the checkpoint is from another model config (use --fresh to start over)`);
       const x = tf.tensor(t.data, target.shape, "float32");
@@ -360,7 +386,9 @@ async function main(): Promise<void> {
   let lossEma = restored?.lastLoss ?? NaN;
   const nUnet = parts.unet.parameterCount();
   const nText = parts.textEncoder.parameterCount();
-  console.log(`tiny base model: UNet ${nUnet.toLocaleString()} + text ${nText.toLocaleString()} parameters; ${restored ? `resuming at step ${step}` : "fresh start"}; batch ${a.batch}, ${a.steps} steps`);
+  console.log(
+    `tiny base model: UNet ${nUnet.toLocaleString()} + text ${nText.toLocaleString()} parameters; ${restored ? `resuming at step ${step}` : "fresh start"}; batch ${a.batch}, ${a.steps} steps`,
+  );
 
   const csv = path.join(a.run, "loss.csv");
   if (!restored || !fs.existsSync(csv)) fs.writeFileSync(csv, "step,loss,lr,grad_norm,elapsed_s\n");
@@ -377,10 +405,19 @@ async function main(): Promise<void> {
   const t0 = Date.now() - elapsed * 1000;
   const deadline = Date.now() + a.minutes * 60_000;
   let csvLines: string[] = [];
-  const state = (): RunState => ({ step, rng: rng.getState(), elapsedSec: elapsed, lastLoss: lossEma, args: a, config, ...(initFrom ? { initFrom } : {}) });
+  const state = (): RunState => ({
+    step,
+    rng: rng.getState(),
+    elapsedSec: elapsed,
+    lastLoss: lossEma,
+    args: a,
+    config,
+    ...(initFrom ? { initFrom } : {}),
+  });
 
   const pool = a.workers > 1 ? await GradientPool.start(a.workers, config, a.dataSeed, slots) : undefined;
-  if (pool) console.log(`data-parallel: ${a.workers} worker threads, each computing the gradient of ${Math.ceil(a.batch / a.workers)} samples`);
+  if (pool)
+    console.log(`data-parallel: ${a.workers} worker threads, each computing the gradient of ${Math.ceil(a.batch / a.workers)} samples`);
 
   while (step < a.steps && !stop) {
     const batch = drawBatch(a, step, rng, schedule, parts.tokenizer);
@@ -406,7 +443,9 @@ async function main(): Promise<void> {
     if (step % a.logEvery === 0 || step === a.steps) {
       fs.appendFileSync(csv, csvLines.join("\n") + "\n");
       csvLines = [];
-      console.log(`step ${step}/${a.steps}  loss ${loss.toFixed(4)} (avg ${lossEma.toFixed(4)})  lr ${lr.toExponential(2)}  |g| ${gnorm.toFixed(2)}  ${(elapsed / 60).toFixed(1)} min  tensors ${tf.memory().numTensors}`);
+      console.log(
+        `step ${step}/${a.steps}  loss ${loss.toFixed(4)} (avg ${lossEma.toFixed(4)})  lr ${lr.toExponential(2)}  |g| ${gnorm.toFixed(2)}  ${(elapsed / 60).toFixed(1)} min  tensors ${tf.memory().numTensors}`,
+      );
     }
     await new Promise((r) => setImmediate(r)); // let a pending Ctrl-C/SIGTERM handler run
     if (fs.existsSync(path.join(a.run, "STOP")) || Date.now() > deadline) stop = true;

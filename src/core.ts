@@ -13,10 +13,22 @@ export { createHypernetwork, Hypernetwork, DEFAULT_DIMS, type CreateOptions, typ
 export { HypernetworkModule, planLayers, WEIGHT_INITS, type WeightInit } from "./hypernet/module";
 export { ACTIVATION_NAMES, COMFYUI_ACTIVATIONS, type ActivationName } from "./hypernet/activations";
 export { attachHypernetworks, Attachment, type StackEntry } from "./hypernet/attach";
-export { loadHypernetwork, saveHypernetwork, readHypernetworkFile, writeHypernetworkFile, type HypernetworkFile, type SaveOptions } from "./hypernet/file";
+export {
+  loadHypernetwork,
+  saveHypernetwork,
+  readHypernetworkFile,
+  writeHypernetworkFile,
+  type HypernetworkFile,
+  type SaveOptions,
+} from "./hypernet/file";
 export { readOptimizerFile, writeOptimizerFile } from "./hypernet/optim-file";
 export { parsePrompt, listHypernetworks, resolveHypernetwork, type HypernetTag, type ParsedPrompt } from "./hypernet/prompt";
-export { resolvePromptHypernetworks, clearHypernetworkCache, type AppliedHypernetwork, type PromptHypernetwork } from "./hypernet/prompt-networks";
+export {
+  resolvePromptHypernetworks,
+  clearHypernetworkCache,
+  type AppliedHypernetwork,
+  type PromptHypernetwork,
+} from "./hypernet/prompt-networks";
 
 // The UNet: model, configs, weights, the attention-processor hook.
 export { UNetModel } from "./unet/unet";
@@ -31,8 +43,20 @@ export { loadBaseModel, LoadedBaseModel, type LoadBaseModelOptions, type BaseMod
 export { txt2img, type Txt2ImgOptions, type Txt2ImgResult } from "./pipeline/txt2img";
 // A1111 infotexts (the PNG "parameters" text) both ways, and textual-inversion embeddings.
 export { formatInfotext, parseGenerationParameters, quoteInfotext, type InfotextParams, type InfotextValue } from "./pipeline/infotext";
-export { readInfotext, settingsFromParameters, type InfotextSettings, type ReadInfotext, type ReadInfotextOptions } from "./pipeline/infotext-read";
-export { loadEmbeddings, readEmbeddingFile, EmbeddingDatabase, type TextualInversionEmbedding, type EmbeddingProblem } from "./text/embeddings";
+export {
+  readInfotext,
+  settingsFromParameters,
+  type InfotextSettings,
+  type ReadInfotext,
+  type ReadInfotextOptions,
+} from "./pipeline/infotext-read";
+export {
+  loadEmbeddings,
+  readEmbeddingFile,
+  EmbeddingDatabase,
+  type TextualInversionEmbedding,
+  type EmbeddingProblem,
+} from "./text/embeddings";
 export { encodePrompts, type EncodePromptsOptions, type EncodedPrompts } from "./text/encode-prompts";
 export { sampleImages, type SampleImagesOptions, type SampledImages } from "./pipeline/sample";
 export { loadTinyModel } from "./tiny/model";

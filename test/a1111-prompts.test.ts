@@ -79,11 +79,16 @@ describe("promptSchedules = A1111 get_learned_conditioning_prompt_schedules", ()
   const ambiguous = FX.schedules.filter((c) => c.results).length;
   it(`matches A1111 on ${FX.schedules.length} prompts (edits, alternation, nesting, hires-fix steps, bad input)`, () => {
     for (const c of FX.schedules) {
-      const run = (): ScheduleEntry[] => promptSchedules([c.prompt], c.steps, { hiresSteps: c.hires ?? undefined, oldScheduling: c.old })[0]!;
+      const run = (): ScheduleEntry[] =>
+        promptSchedules([c.prompt], c.steps, { hiresSteps: c.hires ?? undefined, oldScheduling: c.old })[0]!;
       const what = `${JSON.stringify(c.prompt)} at ${c.steps} steps`;
       if (c.error) expect(run, what).toThrow(/out of range/);
       else if (c.result) expect(run(), what).toEqual(c.result);
-      else expect(c.results!.map((r) => JSON.stringify(r)), what).toContain(JSON.stringify(run()));
+      else
+        expect(
+          c.results!.map((r) => JSON.stringify(r)),
+          what,
+        ).toContain(JSON.stringify(run()));
     }
     // Where lark's Earley parser resolves an ambiguity by Python's hash seed, A1111 itself answers
     // differently from one start to the next; the fixture lists every reading the grammar allows.
@@ -91,7 +96,12 @@ describe("promptSchedules = A1111 get_learned_conditioning_prompt_schedules", ()
   });
 
   it("reproduces the example in A1111's source comment", () => {
-    const [s] = promptSchedules(["fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6][ in background:0.25] [shoddy:masterful:0.5]"], 100);
+    const [s] = promptSchedules(
+      [
+        "fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6][ in background:0.25] [shoddy:masterful:0.5]",
+      ],
+      100,
+    );
     expect(s!.map((e) => e[0])).toEqual([25, 50, 60, 75, 100]);
     expect(s![0]![1]).toBe("fantasy landscape with a mountain and an oak in foreground shoddy");
     expect(s![4]![1]).toBe("fantasy landscape with a lake and a christmas tree in background masterful");
@@ -136,7 +146,8 @@ const toyOpts: ChunkOptions<string> = {
   eosId: 49407,
   commaId: toyId(","),
   findEmbedding: (tokens, pos) => {
-    for (const [ids, name, vectors] of EMB) if (ids.every((id, k) => tokens[pos + k] === id)) return { embedding: name, vectors, length: ids.length };
+    for (const [ids, name, vectors] of EMB)
+      if (ids.every((id, k) => tokens[pos + k] === id)) return { embedding: name, vectors, length: ids.length };
     return undefined;
   },
 };

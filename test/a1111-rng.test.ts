@@ -97,7 +97,8 @@ describe("Philox 4×32-10", () => {
 describe('a1111Rng(seed, "CPU") = torch.Generator("cpu").manual_seed(seed) + torch.randn', () => {
   it("fresh draws of sizes 1…256 are bit-exact (x86 AVX2 kernel)", () => {
     expect(FX.cpu.avx2.capability).toBe("AVX2");
-    for (const d of FX.cpu.avx2.fresh) expectBitExact(a1111Rng(BigInt(d.seed), "CPU").normal(d.size), f32(d.values), `seed ${d.seed} size ${d.size}`);
+    for (const d of FX.cpu.avx2.fresh)
+      expectBitExact(a1111Rng(BigInt(d.seed), "CPU").normal(d.size), f32(d.values), `seed ${d.seed} size ${d.size}`);
   });
 
   it("successive draws continue the generator, including the small path's cached second normal", () => {
@@ -157,14 +158,18 @@ describe('a1111Rng(seed, "CPU") = torch.Generator("cpu").manual_seed(seed) + tor
 describe('a1111Rng(seed, "NV") = A1111 rng_philox.Generator', () => {
   it("gives the values printed in rng_philox.py's docstring for seed 0, shape (3, 4)", () => {
     // The docstring's numbers (printed to 8 digits by A1111's authors).
-    const doc = [-0.92466259, -0.42534415, -2.6438457, 0.14518388, -0.12086647, -0.57972564, -0.62285122, -0.32838709, -1.07454231, -0.36314407, -1.67105067, 2.26550497];
+    const doc = [
+      -0.92466259, -0.42534415, -2.6438457, 0.14518388, -0.12086647, -0.57972564, -0.62285122, -0.32838709, -1.07454231, -0.36314407,
+      -1.67105067, 2.26550497,
+    ];
     const got = a1111Rng(0, "NV").normal(12);
     doc.forEach((v, i) => expect(Math.abs(got[i]! - v)).toBeLessThan(5e-7));
     expectBitExact(got, f32(FX.nv.docstring.values), "seed 0 (3, 4)");
   });
 
   it("fresh draws, successive draws (offset + 1 each) and 64-bit seeds are bit-exact", () => {
-    for (const d of [...FX.nv.fresh, FX.nv.big]) expectBitExact(a1111Rng(BigInt(d.seed), "NV").normal(d.size), f32(d.values), `seed ${d.seed} size ${d.size}`);
+    for (const d of [...FX.nv.fresh, FX.nv.big])
+      expectBitExact(a1111Rng(BigInt(d.seed), "NV").normal(d.size), f32(d.values), `seed ${d.seed} size ${d.size}`);
     for (const s of FX.nv.sequences) {
       const g = a1111Rng(BigInt(s.seed), "NV");
       s.sizes.forEach((n, i) => expectBitExact(g.normal(n), f32(s.values[i]!), `seed ${s.seed} draws ${s.sizes} #${i}`));

@@ -37,8 +37,14 @@ describe("AdamW vs PyTorch", () => {
     skipWithoutTorch(ctx, "AdamW vs torch.optim.AdamW");
     const rng = new Rng(7);
     const { params, torch } = makeParams(rng);
-    const steps = [1e-2, 1e-2, 5e-3, 5e-3, 1e-1, 1e-3].map((lr) => ({ lr, grads: torch.map((p) => Array.from(rng.normal(p.data.length)).map((g) => g * 0.5)) }));
-    const py = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "adamw_ref.py")], { input: JSON.stringify({ params: torch, steps, weight_decay: 0.01 }), encoding: "utf8" });
+    const steps = [1e-2, 1e-2, 5e-3, 5e-3, 1e-1, 1e-3].map((lr) => ({
+      lr,
+      grads: torch.map((p) => Array.from(rng.normal(p.data.length)).map((g) => g * 0.5)),
+    }));
+    const py = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "adamw_ref.py")], {
+      input: JSON.stringify({ params: torch, steps, weight_decay: 0.01 }),
+      encoding: "utf8",
+    });
     if (py.status !== 0) throw new Error(`PyTorch reference failed: ${py.stderr}`);
     const ref = JSON.parse(py.stdout) as { params: number[][]; exp_avg: number[][]; exp_avg_sq: number[][]; step: number[] };
 

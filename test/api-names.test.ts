@@ -15,10 +15,16 @@ const root = path.resolve(__dirname, "..");
 function codeSources(): Array<{ where: string; code: string }> {
   const out: Array<{ where: string; code: string }> = [];
   const nbDir = path.join(root, "notebooks");
-  for (const f of fs.readdirSync(nbDir).filter((n) => n.endsWith(".ipynb")).sort()) {
-    const nb = JSON.parse(fs.readFileSync(path.join(nbDir, f), "utf8")) as { cells: Array<{ cell_type: string; source: string[] | string }> };
+  for (const f of fs
+    .readdirSync(nbDir)
+    .filter((n) => n.endsWith(".ipynb"))
+    .sort()) {
+    const nb = JSON.parse(fs.readFileSync(path.join(nbDir, f), "utf8")) as {
+      cells: Array<{ cell_type: string; source: string[] | string }>;
+    };
     nb.cells.forEach((c, i) => {
-      if (c.cell_type === "code") out.push({ where: `notebooks/${f} cell ${i}`, code: Array.isArray(c.source) ? c.source.join("") : c.source });
+      if (c.cell_type === "code")
+        out.push({ where: `notebooks/${f} cell ${i}`, code: Array.isArray(c.source) ? c.source.join("") : c.source });
     });
   }
   for (const md of ["README.md", "environment/README.md"]) {
@@ -35,19 +41,21 @@ function hnChains(code: string): string[][] {
 
 describe("hn.* names used by the notebooks and READMEs", () => {
   it("finds the chains in code (a hand-made example)", () => {
-    expect(hnChains("await hn.useBackend(); const o: hn.CreateOptions = x; hn.core.ACTIVATION_NAMES.join(', '); foo.hn.no(); myhn.x")).toEqual([
-      ["useBackend"],
-      ["CreateOptions"],
-      ["core", "ACTIVATION_NAMES", "join"],
-    ]);
+    expect(
+      hnChains("await hn.useBackend(); const o: hn.CreateOptions = x; hn.core.ACTIVATION_NAMES.join(', '); foo.hn.no(); myhn.x"),
+    ).toEqual([["useBackend"], ["CreateOptions"], ["core", "ACTIVATION_NAMES", "join"]]);
   });
 
   it("are all exported by src/index.ts", () => {
-    const program = ts.createProgram({ rootNames: [path.join(root, "src", "index.ts")], options: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, strict: true, esModuleInterop: true, types: ["node"] } });
+    const program = ts.createProgram({
+      rootNames: [path.join(root, "src", "index.ts")],
+      options: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, strict: true, esModuleInterop: true, types: ["node"] },
+    });
     const checker = program.getTypeChecker();
     const index = checker.getSymbolAtLocation(program.getSourceFile(path.join(root, "src", "index.ts"))!)!;
     const resolve = (s: ts.Symbol): ts.Symbol => (s.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(s) : s);
-    const isModule = (s: ts.Symbol): boolean => (s.flags & ts.SymbolFlags.ValueModule) !== 0 && s.valueDeclaration !== undefined && ts.isSourceFile(s.valueDeclaration);
+    const isModule = (s: ts.Symbol): boolean =>
+      (s.flags & ts.SymbolFlags.ValueModule) !== 0 && s.valueDeclaration !== undefined && ts.isSourceFile(s.valueDeclaration);
 
     const sources = codeSources();
     expect(sources.filter((s) => s.where.startsWith("notebooks/")).length).toBeGreaterThan(20);

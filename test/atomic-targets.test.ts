@@ -55,7 +55,8 @@ describe("atomic writes: targets", () => {
 
   it("several targets sharing their first bytes, written in a quick loop, all succeed", () => {
     const dir = tmp();
-    for (let i = 0; i < 30; i++) writeFileAtomic(path.join(dir, `a-very-long-common-prefix-for-checkpoints-${i}.pt`), [Buffer.from(String(i))]);
+    for (let i = 0; i < 30; i++)
+      writeFileAtomic(path.join(dir, `a-very-long-common-prefix-for-checkpoints-${i}.pt`), [Buffer.from(String(i))]);
     expect(fs.readdirSync(dir).length).toBe(30);
   });
 
@@ -82,7 +83,9 @@ describe("atomic writes: targets", () => {
   it("a folder at the target is refused even with overwrite", () => {
     const dir = tmp();
     fs.mkdirSync(path.join(dir, "x.pt"));
-    expect(messageOf(() => writeFileAtomic(path.join(dir, "x.pt"), [Buffer.from("a")], { overwrite: true }))).toMatch(/x\.pt is a folder; give the name of a file/);
+    expect(messageOf(() => writeFileAtomic(path.join(dir, "x.pt"), [Buffer.from("a")], { overwrite: true }))).toMatch(
+      /x\.pt is a folder; give the name of a file/,
+    );
   });
 
   it("a dangling symbolic link is replaced only with overwrite, and its target is never created", () => {

@@ -10,7 +10,13 @@ describe("atomic writes", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "atomic-"));
     // a pid that has exited: run a process and take its pid after it ends
     const dead = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" }).stdout;
-    const names = [`.a.pt.${dead}.1700000000000.tmp`, `.b.pt.${process.pid}.1700000000000.tmp`, `.c.pt.1.1700000000000.tmp`, "a.pt", ".a.pt.tmp"];
+    const names = [
+      `.a.pt.${dead}.1700000000000.tmp`,
+      `.b.pt.${process.pid}.1700000000000.tmp`,
+      `.c.pt.1.1700000000000.tmp`,
+      "a.pt",
+      ".a.pt.tmp",
+    ];
     for (const n of names) fs.writeFileSync(path.join(dir, n), "x");
     // pid 1 is always running here (init), so its file stays
     expect(removeStaleTempFiles(dir)).toEqual([`.a.pt.${dead}.1700000000000.tmp`]);

@@ -121,7 +121,15 @@ describe("cross-attention hypernetwork cache", () => {
   });
 
   it("is bypassed when dropout is active in training (each layer draws its own mask)", () => {
-    const net = createHypernetwork({ name: "drop", dims: [40], layerStructure: [1, 2, 1], activation: "relu", useDropout: true, dropoutStructure: [0, 0.3, 0], seed: 6 });
+    const net = createHypernetwork({
+      name: "drop",
+      dims: [40],
+      layerStructure: [1, 2, 1],
+      activation: "relu",
+      useDropout: true,
+      dropoutStructure: [0, 0.3, 0],
+      seed: 6,
+    });
     const att = attachHypernetworks(unet, [net]);
     att.training = true;
     expect(att.canCache).toBe(false);
@@ -141,7 +149,10 @@ describe("cross-attention hypernetwork cache", () => {
       const net = createHypernetwork({ name: "leak", dims: [40, 32], activation: "relu", seed: 1 });
       const att2 = attachHypernetworks(unet, [net]);
       att2.training = true;
-      const { value, grads } = tf.variableGrads(() => tf.tidy(() => tf.mean(unet.forward(x, t, ctx)) as tf.Scalar), net.trainableVariables());
+      const { value, grads } = tf.variableGrads(
+        () => tf.tidy(() => tf.mean(unet.forward(x, t, ctx)) as tf.Scalar),
+        net.trainableVariables(),
+      );
       tf.dispose([value, ...Object.values(grads)]);
       att2.detach();
       att.detach();

@@ -171,7 +171,9 @@ describe("timestep gates (PyTorch fixture; the fixture batch is at t = 17 and 64
     expect(() => tf.tidy(() => unet.forward(x, tt, ctx))).toThrow(/timesteps as a tensor/);
     tt.dispose();
     att.detach();
-    expect(() => attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [500, 100] }])).toThrow(/timesteps must be \[min, max\) with min < max/);
+    expect(() => attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [500, 100] }])).toThrow(
+      /timesteps must be \[min, max\) with min < max/,
+    );
     // the refused calls left nothing behind, and a gated attachment leaks nothing either
     await expectNoLeak(() => {
       const g = attachHypernetworks(unet, [{ network: a, multiplier: 1, timesteps: [0, 100] }]);
@@ -192,7 +194,9 @@ describe("widths checked against the model", () => {
   it("refuses a network none of whose widths the model uses, naming the widths it has (nothing attached)", () => {
     const sd = createHypernetwork({ name: "sd-widths", dims: [768, 320, 640, 1280] });
     const before = unet.getProcessors();
-    expect(() => attachHypernetworks(unet, [sd])).toThrow(new RegExp(`widths \\[768, 320, 640, 1280\\].*use widths \\[${unet.contextDims.join(", ")}\\].*dims: base.contextDims`));
+    expect(() => attachHypernetworks(unet, [sd])).toThrow(
+      new RegExp(`widths \\[768, 320, 640, 1280\\].*use widths \\[${unet.contextDims.join(", ")}\\].*dims: base.contextDims`),
+    );
     const after = unet.getProcessors();
     for (const [p, proc] of before) expect(after.get(p)).toBe(proc);
     sd.dispose();

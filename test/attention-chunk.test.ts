@@ -46,7 +46,12 @@ describe("chunked attention equals unchunked", () => {
   const run = (budget: number): { out: Float32Array; dx: Float32Array } => {
     layer.scoreBudget = budget;
     const out = tf.tidy(() => layer.apply(x, ctx).dataSync() as Float32Array);
-    const dx = tf.tidy(() => tf.grad((xx: tf.Tensor) => tf.sum(tf.square(layer.apply(xx, ctx))))(x).dataSync() as Float32Array);
+    const dx = tf.tidy(
+      () =>
+        tf
+          .grad((xx: tf.Tensor) => tf.sum(tf.square(layer.apply(xx, ctx))))(x)
+          .dataSync() as Float32Array,
+    );
     return { out, dx };
   };
 

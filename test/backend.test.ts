@@ -58,14 +58,20 @@ describe("useBackend", () => {
     for (const s of r.skipped) expect(s.reason.length).toBeGreaterThan(20);
     const reason = (b: string): string => r.skipped.find((s) => s.backend === b)?.reason ?? "";
     if (!installed("@tensorflow/tfjs-node-gpu")) {
-      expect(reason("tensorflow-gpu")).toMatch(/@tensorflow\/tfjs-node-gpu: not installed \(optional dependency; needs CUDA 11\.2 \+ cuDNN 8\.1/);
+      expect(reason("tensorflow-gpu")).toMatch(
+        /@tensorflow\/tfjs-node-gpu: not installed \(optional dependency; needs CUDA 11\.2 \+ cuDNN 8\.1/,
+      );
     }
     if (!installed("@tensorflow/tfjs-node")) expect(reason("tensorflow")).toMatch(/@tensorflow\/tfjs-node: not installed/);
     if (chosen > AUTO_ORDER.indexOf("webgpu")) {
       // Either Dawn found no adapter (its own message is quoted) or only a slow software one.
       expect(reason("webgpu")).toMatch(/no WebGPU adapter \(Dawn: .+\)|software Vulkan adapter|not installed/);
     }
-    if (!installed("@tensorflow/tfjs-node-gpu") && !installed("@tensorflow/tfjs-node") && /no WebGPU adapter|software/.test(reason("webgpu"))) {
+    if (
+      !installed("@tensorflow/tfjs-node-gpu") &&
+      !installed("@tensorflow/tfjs-node") &&
+      /no WebGPU adapter|software/.test(reason("webgpu"))
+    ) {
       expect(r.backend).toBe("wasm"); // this machine: no GPU, no libtensorflow
     }
     expect(formatBackendReport(r).split("\n")).toHaveLength(1 + r.skipped.length + r.notes.length);
@@ -99,7 +105,9 @@ describe("useBackend", () => {
       'Unknown backend "webgl" (from useBackend()). Choose one of: auto, tensorflow-gpu, tensorflow, webgpu, wasm, cpu.',
     );
     process.env.HYPERNET_BACKEND = "cuda";
-    await expect(useBackend("auto", { quiet: true })).rejects.toThrow(/Unknown backend "cuda" \(from the HYPERNET_BACKEND environment variable\)/);
+    await expect(useBackend("auto", { quiet: true })).rejects.toThrow(
+      /Unknown backend "cuda" \(from the HYPERNET_BACKEND environment variable\)/,
+    );
   });
 
   it("an explicit backend that cannot run throws with the reason instead of falling back", async () => {

@@ -31,7 +31,11 @@ describe("hypernet CLI", () => {
   it("parses flags", () => {
     expect(parseArgs(["a", "--json", "--input", "x", "--multiplier=0.5"])).toEqual({
       positional: ["a"],
-      flags: new Map<string, string | true>([["json", true], ["input", "x"], ["multiplier", "0.5"]]),
+      flags: new Map<string, string | true>([
+        ["json", true],
+        ["input", "x"],
+        ["multiplier", "0.5"],
+      ]),
     });
   });
 
@@ -62,7 +66,8 @@ describe("hypernet CLI", () => {
     const a = readHypernetworkFile(fixture("hn-swish-actout.pt"));
     const b = readHypernetworkFile(pt);
     expect(b.info).toEqual(a.info);
-    for (const [dim, pair] of a.weights) pair.forEach((sd, j) => sd.forEach((t, k) => expect([...b.weights.get(dim)![j].get(k)!.data]).toEqual([...t.data])));
+    for (const [dim, pair] of a.weights)
+      pair.forEach((sd, j) => sd.forEach((t, k) => expect([...b.weights.get(dim)![j].get(k)!.data]).toEqual([...t.data])));
     const again = await run(["convert", st, pt]);
     expect(again.code).toBe(1);
     expect(again.err).toMatch(/already exists.*--overwrite/);
@@ -72,7 +77,10 @@ describe("hypernet CLI", () => {
     const dir = tmp();
     const io = readSafetensors(fixture("hn-plain121.io.safetensors")).tensors;
     const input = path.join(dir, "in.safetensors");
-    writeSafetensors(input, [["x.24", io.get("x.24")!], ["x.40", io.get("x.40")!]]);
+    writeSafetensors(input, [
+      ["x.24", io.get("x.24")!],
+      ["x.40", io.get("x.40")!],
+    ]);
     const output = path.join(dir, "out.safetensors");
     process.env.HYPERNET_BACKEND = "cpu";
     const r = await run(["apply", fixture("hn-plain121.pt"), "--input", input, "--output", output, "--multiplier", "0.6"]);
@@ -97,7 +105,9 @@ describe("hypernet CLI", () => {
   });
 
   it("the installed bin runs (npx hypernet)", () => {
-    const r = spawnSync(process.execPath, [path.join(__dirname, "..", "bin", "hypernet.js"), "inspect", fixture("hn-half.pt"), "--json"], { encoding: "utf8" });
+    const r = spawnSync(process.execPath, [path.join(__dirname, "..", "bin", "hypernet.js"), "inspect", fixture("hn-half.pt"), "--json"], {
+      encoding: "utf8",
+    });
     expect(r.status, r.stderr).toBe(0);
     expect((JSON.parse(r.stdout) as { dtype: string }).dtype).toBe("F16");
   });

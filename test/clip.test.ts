@@ -15,7 +15,12 @@ import { expectClose, expectNoLeak, fixture, setupBackend } from "./helpers/tf";
 beforeAll(setupBackend);
 
 interface Ref {
-  clip: { config: { vocabSize: number; maxPositions: number; width: number; layers: number; heads: number; mlpWidth: number }; ids: number[][]; out_skip1: { shape: number[]; data: number[] }; out_skip2: { shape: number[]; data: number[] } };
+  clip: {
+    config: { vocabSize: number; maxPositions: number; width: number; layers: number; heads: number; mlpWidth: number };
+    ids: number[][];
+    out_skip1: { shape: number[]; data: number[] };
+    out_skip2: { shape: number[]; data: number[] };
+  };
 }
 const ref = JSON.parse(fs.readFileSync(fixture("text-vae-tiny.json"), "utf8")) as Ref;
 
@@ -38,7 +43,9 @@ function tmpdir(): string {
 describe("CLIP text encoder", () => {
   it("matches PyTorch (plain-torch reference) on the tiny fixture, for clip skip 1 and 2, ignoring a broken position_ids", () => {
     // The fixture carries cond_stage_model.transformer.text_model.embeddings.position_ids as float 0, 0.97, 1.94, …
-    const { model, prefix, ignored, report } = loadTextEncoder(fixture("text-vae-tiny.safetensors"), { config: { heads: ref.clip.config.heads } });
+    const { model, prefix, ignored, report } = loadTextEncoder(fixture("text-vae-tiny.safetensors"), {
+      config: { heads: ref.clip.config.heads },
+    });
     try {
       expect(prefix).toBe("cond_stage_model.transformer.text_model.");
       expect(ignored).toEqual(["cond_stage_model.transformer.text_model.embeddings.position_ids"]);
@@ -98,7 +105,10 @@ describe("CLIP text encoder", () => {
     }
     // fp16 storage: weights round to half precision, outputs stay close
     const f16 = path.join(dir, "te-f16.safetensors");
-    writeSafetensors(f16, [...stateDict(src, "text_model.")].map(([k, t]) => [k, { ...t, dtype: "F16" }] as [string, HostTensor]));
+    writeSafetensors(
+      f16,
+      [...stateDict(src, "text_model.")].map(([k, t]) => [k, { ...t, dtype: "F16" }] as [string, HostTensor]),
+    );
     const half = loadTextEncoder(f16, { config: { heads: cfg.heads } }).model;
     const gotHalf = half.encode(ids);
     expectClose(gotHalf.dataSync(), want.dataSync(), 2e-2);

@@ -3,7 +3,16 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import sharp from "sharp";
-import { alphaToWeights, fillTemplate, loadTemplate, processTags, STOCK_TEMPLATES, TrainingDataset, type Rng, type LatentDistribution } from "../src/data";
+import {
+  alphaToWeights,
+  fillTemplate,
+  loadTemplate,
+  processTags,
+  STOCK_TEMPLATES,
+  TrainingDataset,
+  type Rng,
+  type LatentDistribution,
+} from "../src/data";
 
 /** mulberry32: a small seeded uniform generator, independent of the code under test. */
 function seeded(seed: number): Rng {
@@ -21,7 +30,9 @@ function seeded(seed: number): Rng {
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-ds-"));
 async function solid(file: string, w: number, h: number, rgb: [number, number, number]): Promise<void> {
-  await sharp({ create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } }).png().toFile(file);
+  await sharp({ create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } })
+    .png()
+    .toFile(file);
 }
 
 describe("templates and tags", () => {
@@ -32,7 +43,9 @@ describe("templates and tags", () => {
     expect(loadTemplate("none")).toEqual(["picture"]);
     for (const t of STOCK_TEMPLATES) expect(loadTemplate(t).length).toBeGreaterThan(0);
     expect(loadTemplate("subject_filewords")[0]).toBe("a photo of a [name], [filewords]");
-    expect(fillTemplate("a painting of [filewords], art by [name]", "cat, sitting", "watery")).toBe("a painting of cat, sitting, art by watery");
+    expect(fillTemplate("a painting of [filewords], art by [name]", "cat, sitting", "watery")).toBe(
+      "a painting of cat, sitting, art by watery",
+    );
     expect(() => loadTemplate("no-such-template")).toThrow(/style_filewords/);
   });
 
@@ -59,7 +72,9 @@ describe("templates and tags", () => {
     let kept = 0;
     const trials = 2000;
     for (let i = 0; i < trials; i++) {
-      const out = processTags(tags.join(", "), { dropout: 0.3, keepTokens: 1 }, rng).split(", ").filter((s) => s);
+      const out = processTags(tags.join(", "), { dropout: 0.3, keepTokens: 1 }, rng)
+        .split(", ")
+        .filter((s) => s);
       expect(out[0]).toBe("t0");
       kept += out.length - 1;
     }
@@ -80,7 +95,13 @@ describe("TrainingDataset", () => {
   });
 
   it("captions, fresh template line per fetch, pixels in [-1, 1]", async () => {
-    const ds = await TrainingDataset.load(dir, { name: "watery", rng: seeded(3), width: 32, height: 32, template: ["A [filewords] by [name]", "B [filewords] by [name]"] });
+    const ds = await TrainingDataset.load(dir, {
+      name: "watery",
+      rng: seeded(3),
+      width: 32,
+      height: 32,
+      template: ["A [filewords] by [name]", "B [filewords] by [name]"],
+    });
     expect(ds.imageCount).toBe(3);
     expect(ds.skipped.map((s) => s.file)).toEqual(["readme.md"]);
     expect([ds.caption(0), ds.caption(1), ds.caption(2)]).toEqual(["red fox", "cat, sitting", "c"]);
@@ -98,7 +119,14 @@ describe("TrainingDataset", () => {
   });
 
   it("filename word regex and join string make the caption when there is no .txt", async () => {
-    const ds = await TrainingDataset.load(dir, { name: "n", rng: seeded(8), width: 32, height: 32, filenameWordRegex: "\\w+", filenameJoin: "+" });
+    const ds = await TrainingDataset.load(dir, {
+      name: "n",
+      rng: seeded(8),
+      width: 32,
+      height: 32,
+      filenameWordRegex: "\\w+",
+      filenameJoin: "+",
+    });
     expect(ds.caption(0)).toBe("red+fox");
     expect(ds.caption(1)).toBe("cat, sitting");
   });
@@ -152,11 +180,12 @@ describe("TrainingDataset", () => {
     let s = 0;
     let s2 = 0;
     const k = 200;
-    for (let i = 0; i < k; i++) for (const v of rnd.get(0).latent!) {
-      const z = (v - 1) / 0.5;
-      s += z;
-      s2 += z * z;
-    }
+    for (let i = 0; i < k; i++)
+      for (const v of rnd.get(0).latent!) {
+        const z = (v - 1) / 0.5;
+        s += z;
+        s2 += z * z;
+      }
     const m = s / (k * 64);
     expect(Math.abs(m)).toBeLessThan(0.05);
     expect(Math.abs(s2 / (k * 64) - m * m - 1)).toBeLessThan(0.06);
@@ -165,11 +194,16 @@ describe("TrainingDataset", () => {
   it("alpha weights: mean 1, transparent weighs 0, uniform alpha gives ones (no NaN)", async () => {
     const adir = path.join(tmp, "alpha");
     fs.mkdirSync(adir);
-    const w = 64, h = 32;
+    const w = 64,
+      h = 32;
     const rgba = Buffer.alloc(w * h * 4, 200);
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) rgba[(y * w + x) * 4 + 3] = x < 32 ? 0 : 255;
-    await sharp(rgba, { raw: { width: w, height: h, channels: 4 } }).png().toFile(path.join(adir, "half.png"));
-    await sharp(Buffer.alloc(w * h * 4, 255), { raw: { width: w, height: h, channels: 4 } }).png().toFile(path.join(adir, "opaque.png"));
+    await sharp(rgba, { raw: { width: w, height: h, channels: 4 } })
+      .png()
+      .toFile(path.join(adir, "half.png"));
+    await sharp(Buffer.alloc(w * h * 4, 255), { raw: { width: w, height: h, channels: 4 } })
+      .png()
+      .toFile(path.join(adir, "opaque.png"));
     const ds = await TrainingDataset.load(adir, { name: "n", rng: seeded(7), doNotResize: true, alphaWeights: true });
     const half = ds.get(0);
     // 64×32 image, latent 8×4 (rows × cols = 4 × 8): the axes are not swapped

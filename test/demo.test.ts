@@ -124,10 +124,18 @@ describe("demo --quick", () => {
   }, 60_000);
 
   it("gives modules only to the widths in settings.dims, and refuses a width the model does not have (no tensors left behind)", async () => {
-    const s = await runDemo({ out, quick: true, progress: false, settings: { prompts: 1, multipliers: [0, 1], dims: [64, 96] }, log: () => {} });
+    const s = await runDemo({
+      out,
+      quick: true,
+      progress: false,
+      settings: { prompts: 1, multipliers: [0, 1], dims: [64, 96] },
+      log: () => {},
+    });
     expect([...readHypernetworkFile(s.files.hypernetwork!).weights.keys()].sort((a, b) => a - b)).toEqual([64, 96]);
     const before = tf.memory().numTensors;
-    await expect(runDemo({ out, quick: true, progress: false, settings: { dims: [64, 768] }, log: () => {} })).rejects.toThrow(/\[768\] are not attention widths .*it has 32, 64, 80, 96/);
+    await expect(runDemo({ out, quick: true, progress: false, settings: { dims: [64, 768] }, log: () => {} })).rejects.toThrow(
+      /\[768\] are not attention widths .*it has 32, 64, 80, 96/,
+    );
     expect(tf.memory().numTensors).toBe(before);
   }, 60_000);
 });
@@ -181,7 +189,12 @@ describe("contentAccuracy", () => {
     );
     expect(acc.colorAccuracy).toBe(0);
     expect(acc.perImage.every((c) => !c.colorOk)).toBe(true);
-    expect(() => contentAccuracy(wrong.slice(1), samples.map((s) => s.pixels))).toThrow(/11 prompts but 12 images/);
+    expect(() =>
+      contentAccuracy(
+        wrong.slice(1),
+        samples.map((s) => s.pixels),
+      ),
+    ).toThrow(/11 prompts but 12 images/);
   });
 });
 
@@ -200,17 +213,37 @@ describe("loss chart PNG (SVG, no browser)", () => {
     expect(svg.match(/<path /g)).toHaveLength(3);
     expect(svg).toContain("learning rate (log)");
     expect(svg).toContain(">smoothed (β=0.9)<");
-    const flat = lossChartSvg(points.map((p) => ({ ...p, lr: 1e-3 })), { smoothing: 0 });
+    const flat = lossChartSvg(
+      points.map((p) => ({ ...p, lr: 1e-3 })),
+      { smoothing: 0 },
+    );
     expect(flat.match(/<path /g)).toHaveLength(2);
     expect(flat).not.toContain("(log)");
   });
 
   it("survives no points, one point and a NaN loss (the line breaks at it)", async () => {
-    for (const pts of [[], [{ step: 1, loss: 0.2 }], [{ step: 1, loss: 0.2 }, { step: 2, loss: NaN }, { step: 3, loss: 0.1 }]]) {
+    for (const pts of [
+      [],
+      [{ step: 1, loss: 0.2 }],
+      [
+        { step: 1, loss: 0.2 },
+        { step: 2, loss: NaN },
+        { step: 3, loss: 0.1 },
+      ],
+    ]) {
       const meta = await sharp(await lossChartPng(pts)).metadata();
       expect(meta.width).toBe(720);
     }
-    const broken = lossChartSvg([{ step: 1, loss: 0.2 }, { step: 2, loss: 0.3 }, { step: 3, loss: NaN }, { step: 4, loss: 0.1 }, { step: 5, loss: 0.1 }], { smoothing: 0 });
+    const broken = lossChartSvg(
+      [
+        { step: 1, loss: 0.2 },
+        { step: 2, loss: 0.3 },
+        { step: 3, loss: NaN },
+        { step: 4, loss: 0.1 },
+        { step: 5, loss: 0.1 },
+      ],
+      { smoothing: 0 },
+    );
     const d = /<path d="([^"]*)"/.exec(broken)![1]!;
     expect(d.match(/M/g)).toHaveLength(2);
     expect(() => lossChartSvg(points, { width: 10 })).toThrow(/at least 200×150/);

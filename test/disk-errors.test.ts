@@ -58,7 +58,9 @@ function tmpfs(size: string): string | undefined {
   const dir = fs.mkdtempSync(path.join(tmp, "mnt-"));
   const r = spawnSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { encoding: "utf8" });
   if (r.status !== 0) {
-    console.warn(`disk-errors: cannot mount a tmpfs here (${(r.stderr || String(r.error)).trim()}); the real-disk variant is not run, the injected one is`);
+    console.warn(
+      `disk-errors: cannot mount a tmpfs here (${(r.stderr || String(r.error)).trim()}); the real-disk variant is not run, the injected one is`,
+    );
     return undefined;
   }
   mounts.push(dir);
@@ -86,10 +88,14 @@ describe("writeFileAtomic on a failing disk", () => {
     const file = path.join(dir, "a.bin");
     fs.writeFileSync(file, "previous contents");
     failWrites("ENOSPC");
-    expect(() => writeFileAtomic(file, [Buffer.alloc(1000, 7)], { overwrite: true })).toThrow(/disk full while writing; the previous file \(if any\) is unchanged\. Free some space/);
+    expect(() => writeFileAtomic(file, [Buffer.alloc(1000, 7)], { overwrite: true })).toThrow(
+      /disk full while writing; the previous file \(if any\) is unchanged\. Free some space/,
+    );
     healWrites();
     failWrites("EROFS");
-    expect(() => writeFileAtomic(file, [Buffer.alloc(1000, 7)], { overwrite: true })).toThrow(/cannot write there \(EROFS\).*Choose a writable folder/);
+    expect(() => writeFileAtomic(file, [Buffer.alloc(1000, 7)], { overwrite: true })).toThrow(
+      /cannot write there \(EROFS\).*Choose a writable folder/,
+    );
     healWrites();
     expect(fs.readFileSync(file, "utf8")).toBe("previous contents");
     expect(tempFiles(dir)).toEqual([]);
@@ -116,7 +122,9 @@ describe("writeFileAtomic on a failing disk", () => {
     const file = path.join(dir, "a.bin");
     writeFileAtomic(file, [Buffer.from("kept")]);
     remountReadOnly(dir);
-    expect(() => writeFileAtomic(file, [Buffer.from("new")], { overwrite: true })).toThrow(/cannot write there \(EROFS\); the previous file \(if any\) is unchanged/);
+    expect(() => writeFileAtomic(file, [Buffer.from("new")], { overwrite: true })).toThrow(
+      /cannot write there \(EROFS\); the previous file \(if any\) is unchanged/,
+    );
     expect(fs.readFileSync(file, "utf8")).toBe("kept");
   });
 });
@@ -188,7 +196,9 @@ describe("a checkpoint save that fails during training", () => {
   it("injected ENOSPC: training stops with the disk-full message and the step-2 checkpoint intact", async () => {
     const logDir = path.join(tmp, "run-inj");
     const err = await failingRun(logDir, () => failWrites("ENOSPC"));
-    expect(err.message).toMatch(/toy-4\.pt: disk full while writing; the previous file \(if any\) is unchanged\. Free some space and save again\./);
+    expect(err.message).toMatch(
+      /toy-4\.pt: disk full while writing; the previous file \(if any\) is unchanged\. Free some space and save again\./,
+    );
     expectStep2Intact(logDir);
   });
 

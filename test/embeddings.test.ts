@@ -20,7 +20,14 @@ import { expectClose, expectNoLeak, fixture, setupBackend } from "./helpers/tf";
 const DIR = fixture("embeddings");
 const EXPECTED = JSON.parse(fs.readFileSync(fixture("embeddings.json"), "utf8")) as Record<
   string,
-  { vectors: number[][]; storedName: string | null; step: number | null; sdCheckpoint: string | null; sdCheckpointName: string | null; layout: string }
+  {
+    vectors: number[][];
+    storedName: string | null;
+    step: number | null;
+    sdCheckpoint: string | null;
+    sdCheckpointName: string | null;
+    layout: string;
+  }
 >;
 
 let base: BaseModel;
@@ -35,14 +42,26 @@ afterAll(() => base?.dispose());
 
 describe("embedding files", () => {
   it("each layout loads with the vectors and fields PyTorch saved", () => {
-    const files: Record<string, string> = { cyan: "cyan.pt", red: "red.pt", "magenta star": "magenta star.bin", triangles: "triangles.safetensors", star: "sub/star.pt" };
+    const files: Record<string, string> = {
+      cyan: "cyan.pt",
+      red: "red.pt",
+      "magenta star": "magenta star.bin",
+      triangles: "triangles.safetensors",
+      star: "sub/star.pt",
+    };
     for (const [name, file] of Object.entries(files)) {
       const e = readEmbeddingFile(path.join(DIR, file));
       const want = EXPECTED[name]!;
       expect(e.name).toBe(name);
       expect([e.count, e.width]).toEqual([want.vectors.length, 80]);
       expectClose(e.vectors, want.vectors.flat(), 0);
-      expect({ storedName: e.storedName, step: e.step, sdCheckpoint: e.sdCheckpoint, sdCheckpointName: e.sdCheckpointName, layout: e.layout }).toEqual({
+      expect({
+        storedName: e.storedName,
+        step: e.step,
+        sdCheckpoint: e.sdCheckpoint,
+        sdCheckpointName: e.sdCheckpointName,
+        layout: e.layout,
+      }).toEqual({
         storedName: want.storedName,
         step: want.step,
         sdCheckpoint: want.sdCheckpoint,
@@ -167,8 +186,12 @@ describe("vectors replace the token embeddings before the transformer", () => {
       return d;
     });
     expectClose(out, byHand(ids[0]!, [[14, three.slice(0, 2)]]), 2e-5);
-    expect(() => enc.encode(ids, { embeddings: [{ row: 1, start: 0, values: new Float32Array(80) }] })).toThrow(/outside the \[1, 16\] ids/);
-    expect(() => enc.encode(ids, { embeddings: [{ row: 0, start: 1, values: new Float32Array(79) }] })).toThrow(/whole vectors of width 80/);
+    expect(() => enc.encode(ids, { embeddings: [{ row: 1, start: 0, values: new Float32Array(80) }] })).toThrow(
+      /outside the \[1, 16\] ids/,
+    );
+    expect(() => enc.encode(ids, { embeddings: [{ row: 0, start: 1, values: new Float32Array(79) }] })).toThrow(
+      /whole vectors of width 80/,
+    );
   });
 });
 

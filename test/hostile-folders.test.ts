@@ -37,7 +37,9 @@ const writers: ChildProcess[] = [];
 beforeAll(async () => {
   await setupBackend();
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-hostile-"));
-  png = await sharp({ create: { width: 24, height: 24, channels: 3, background: { r: 200, g: 60, b: 30 } } }).png().toBuffer();
+  png = await sharp({ create: { width: 24, height: 24, channels: 3, background: { r: 200, g: 60, b: 30 } } })
+    .png()
+    .toBuffer();
 });
 
 afterAll(() => {
@@ -64,7 +66,14 @@ function pipeWithWriter(file: string, seconds = 4): void {
   writers.push(w);
 }
 
-const dsOpts = (extra: Partial<DatasetOptions> = {}): DatasetOptions => ({ name: "hostile", rng: { next: () => 0.5 }, width: 16, height: 16, template: ["[filewords]"], ...extra });
+const dsOpts = (extra: Partial<DatasetOptions> = {}): DatasetOptions => ({
+  name: "hostile",
+  rng: { next: () => 0.5 },
+  width: 16,
+  height: 16,
+  template: ["[filewords]"],
+  ...extra,
+});
 
 async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; ms: number }> {
   const t0 = performance.now();
@@ -78,17 +87,32 @@ describe("readRegularFile: the one rule for every image and caption read", () =>
     fs.writeFileSync(path.join(dir, "ok.txt"), "red, fox");
     const ok = readRegularFile(path.join(dir, "ok.txt"), 8, "caption");
     expect("bytes" in ok && ok.bytes.toString()).toBe("red, fox");
-    expect(readRegularFile(path.join(dir, "ok.txt"), 7, "caption")).toEqual({ kind: "too-large", problem: "too large for a caption (8 bytes; at most 7 are read)" });
+    expect(readRegularFile(path.join(dir, "ok.txt"), 7, "caption")).toEqual({
+      kind: "too-large",
+      problem: "too large for a caption (8 bytes; at most 7 are read)",
+    });
     pipeWithWriter(path.join(dir, "pipe.txt"));
     fs.symlinkSync("/dev/zero", path.join(dir, "zero.txt"));
     fs.mkdirSync(path.join(dir, "dir.txt"));
     fs.symlinkSync("nowhere.txt", path.join(dir, "broken.txt"));
     const t0 = performance.now();
-    expect(readRegularFile(path.join(dir, "pipe.txt"), 100)).toMatchObject({ kind: "not-a-file", problem: expect.stringMatching(/named pipe \(FIFO\)/) });
+    expect(readRegularFile(path.join(dir, "pipe.txt"), 100)).toMatchObject({
+      kind: "not-a-file",
+      problem: expect.stringMatching(/named pipe \(FIFO\)/),
+    });
     expect(performance.now() - t0).toBeLessThan(1000);
-    expect(readRegularFile(path.join(dir, "zero.txt"), 100)).toMatchObject({ kind: "not-a-file", problem: expect.stringMatching(/symbolic link to \/dev\/zero: a device/) });
-    expect(readRegularFile(path.join(dir, "dir.txt"), 100)).toMatchObject({ kind: "not-a-file", problem: expect.stringMatching(/a folder/) });
-    expect(readRegularFile(path.join(dir, "broken.txt"), 100)).toMatchObject({ kind: "not-a-file", problem: expect.stringMatching(/broken symbolic link.*nowhere\.txt/) });
+    expect(readRegularFile(path.join(dir, "zero.txt"), 100)).toMatchObject({
+      kind: "not-a-file",
+      problem: expect.stringMatching(/symbolic link to \/dev\/zero: a device/),
+    });
+    expect(readRegularFile(path.join(dir, "dir.txt"), 100)).toMatchObject({
+      kind: "not-a-file",
+      problem: expect.stringMatching(/a folder/),
+    });
+    expect(readRegularFile(path.join(dir, "broken.txt"), 100)).toMatchObject({
+      kind: "not-a-file",
+      problem: expect.stringMatching(/broken symbolic link.*nowhere\.txt/),
+    });
   });
 });
 
@@ -117,13 +141,19 @@ describe("hostile captions (class 5)", () => {
   }, 20_000);
 
   it("preprocess lists the same captions under their own names and still makes every image", async () => {
-    const { value: sum, ms } = await timed(() => preprocess(dir, path.join(tmp, "captions-out"), { width: 16, height: 16, existingCaption: "copy" }));
+    const { value: sum, ms } = await timed(() =>
+      preprocess(dir, path.join(tmp, "captions-out"), { width: 16, height: 16, existingCaption: "copy" }),
+    );
     expect(ms).toBeLessThan(3000);
     expect(sum.made.map((m) => m.source)).toEqual(["dir.png", "pipe.png", "plain.png", "zero.png"]);
     expect(sum.made.map((m) => m.caption)).toEqual(["dir", "pipe", "a plain caption", "zero"]);
     const skipped = Object.fromEntries(sum.skipped.map((s) => [s.source, s]));
     expect(Object.keys(skipped).sort()).toEqual(["dir.txt", "pipe.txt", "zero.txt"]);
-    for (const s of sum.skipped) expect(s).toMatchObject({ reason: "not-a-file", detail: expect.stringContaining(`${s.source.replace(".txt", ".png")} is made without this caption`) });
+    for (const s of sum.skipped)
+      expect(s).toMatchObject({
+        reason: "not-a-file",
+        detail: expect.stringContaining(`${s.source.replace(".txt", ".png")} is made without this caption`),
+      });
     expect(skipped["zero.txt"]!.detail).toContain("/dev/zero");
   }, 20_000);
 
@@ -133,7 +163,12 @@ describe("hostile captions (class 5)", () => {
     fs.writeFileSync(path.join(d, "a.txt"), "");
     fs.truncateSync(path.join(d, "a.txt"), MAX_CAPTION_FILE_BYTES + 1);
     const ds = await TrainingDataset.load(d, dsOpts());
-    expect(ds.skipped).toEqual([{ file: "a.txt", reason: `too large for a caption (16,777,217 bytes; at most 16,777,216 are read); a.png is captioned from its file name instead` }]);
+    expect(ds.skipped).toEqual([
+      {
+        file: "a.txt",
+        reason: `too large for a caption (16,777,217 bytes; at most 16,777,216 are read); a.png is captioned from its file name instead`,
+      },
+    ]);
     const sum = await preprocess(d, path.join(tmp, "bigcap-out"), { width: 16, height: 16 });
     expect(sum.made).toHaveLength(1);
     expect(sum.skipped).toMatchObject([{ source: "a.txt", reason: "too-large" }]);
@@ -153,7 +188,9 @@ describe("hostile captions (class 5)", () => {
     expect(caption.length).toBe(DEFAULT_MAX_CAPTION_CHARS);
     expect(text.startsWith(caption)).toBe(true);
     expect(caption.endsWith("tag525")).toBe(true);
-    expect(ds.notes).toEqual([`${path.join(d, "a.txt")}: caption is ${text.length.toLocaleString("en-US")} characters; only the first ${caption.length.toLocaleString("en-US")} are used (limit 4,096: raise maxCaptionChars to keep more)`]);
+    expect(ds.notes).toEqual([
+      `${path.join(d, "a.txt")}: caption is ${text.length.toLocaleString("en-US")} characters; only the first ${caption.length.toLocaleString("en-US")} are used (limit 4,096: raise maxCaptionChars to keep more)`,
+    ]);
     // A user who wants more can have it.
     const wide = await TrainingDataset.load(d, dsOpts({ maxCaptionChars: 2_000_000 }));
     expect(wide.caption(0)).toBe(text);
@@ -212,7 +249,9 @@ describe("hostile image entries (classes 5 and 6)", () => {
       "sparse.png": "too-large",
       "zero.png": "not-a-file",
     });
-    expect(sum.skipped.find((s) => s.source === "pixels.png")!.detail).toMatch(/raise the limit with the option limitInputPixels: 225000000/);
+    expect(sum.skipped.find((s) => s.source === "pixels.png")!.detail).toMatch(
+      /raise the limit with the option limitInputPixels: 225000000/,
+    );
   }, 20_000);
 
   it("limitInputPixels: the default is 2^27; a lower one refuses a normal image and says what to set; that value admits it", async () => {
@@ -225,12 +264,15 @@ describe("hostile image entries (classes 5 and 6)", () => {
       {
         source: "a.png",
         reason: "too-many-pixels",
-        detail: "PNG image too large (24 × 24 = 576 pixels, about 2 KiB decoded): over the limit of 575 pixels. Downscale it, or if you have the memory, raise the limit with the option limitInputPixels: 576 (preprocess, TrainingDataset.load or train; false removes the limit)",
+        detail:
+          "PNG image too large (24 × 24 = 576 pixels, about 2 KiB decoded): over the limit of 575 pixels. Downscale it, or if you have the memory, raise the limit with the option limitInputPixels: 576 (preprocess, TrainingDataset.load or train; false removes the limit)",
       },
     ]);
     expect((await TrainingDataset.load(d, dsOpts({ limitInputPixels: 576 }))).imageCount).toBe(1);
     expect((await preprocess(d, path.join(tmp, "limit-out2"), { width: 16, height: 16, limitInputPixels: 576 })).made).toHaveLength(1);
-    await expect(preprocess(d, path.join(tmp, "limit-out3"), { width: 16, height: 16, limitInputPixels: 1.5 })).rejects.toThrow(/limitInputPixels must be a positive integer/);
+    await expect(preprocess(d, path.join(tmp, "limit-out3"), { width: 16, height: 16, limitInputPixels: 1.5 })).rejects.toThrow(
+      /limitInputPixels must be a positive integer/,
+    );
   });
 
   it("train passes limitInputPixels on to the dataset", async () => {
@@ -239,7 +281,19 @@ describe("hostile image entries (classes 5 and 6)", () => {
     const base = makeToyBase();
     try {
       const run = (limitInputPixels?: number) =>
-        train(base, makeToyNet(), { dataDir: d, template: TOY_TEMPLATE, maxSteps: 1, saveEvery: 0, batchSize: 1, learningRate: "1e-3", seed: 1, logDir: path.join(tmp, `train-limit-${limitInputPixels}`), progress: false, handleSigint: false, limitInputPixels }).done;
+        train(base, makeToyNet(), {
+          dataDir: d,
+          template: TOY_TEMPLATE,
+          maxSteps: 1,
+          saveEvery: 0,
+          batchSize: 1,
+          learningRate: "1e-3",
+          seed: 1,
+          logDir: path.join(tmp, `train-limit-${limitInputPixels}`),
+          progress: false,
+          handleSigint: false,
+          limitInputPixels,
+        }).done;
       await expect(run(100)).rejects.toThrow(/no usable images \(skipped: a\.png\)/);
       expect((await run(576)).step).toBe(1);
     } finally {
@@ -273,13 +327,18 @@ describe("names too long for the file system (class 6)", () => {
       `preprocess: cannot create the destination folder ${path.join(tmp, "a-file", "out")}: part of the destination path is a file, not a folder; choose another destination`,
     );
     const tooLong = path.join(tmp, "y".repeat(300));
-    await expect(preprocess(d, tooLong, { width: 16, height: 16 })).rejects.toThrow(/^preprocess: cannot create the destination folder .*y{300}: the path is too long/);
+    await expect(preprocess(d, tooLong, { width: 16, height: 16 })).rejects.toThrow(
+      /^preprocess: cannot create the destination folder .*y{300}: the path is too long/,
+    );
     // A destination whose path leaves no room for the file names: the error names the output file.
     let deep = path.join(tmp, "deep");
     // 4,080 characters: the folder can be made (PATH_MAX is 4,096), "<folder>/00000-0-a.png" cannot.
     while (deep.length < 4080) deep = path.join(deep, "z".repeat(Math.min(250, 4080 - deep.length - 1)));
     fs.mkdirSync(deep, { recursive: true });
-    const err = await preprocess(d, deep, { width: 16, height: 16 }).then(() => undefined, (e: Error) => e);
+    const err = await preprocess(d, deep, { width: 16, height: 16 }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
     // (Either this module's wording or the atomic writer's, as long as it names the output file.)
     expect(err?.message).toContain(path.join(deep, "00000-0-a.png"));
     expect(err?.message).toMatch(/too long/);
@@ -320,10 +379,14 @@ describe("hypernet apply with inputs of absurd rank or size (class 6)", () => {
   it("an integer input and a wrong last axis are refused by name; a rank-5 input gives the same numbers as rank 3", async () => {
     const bad = path.join(tmp, "int.safetensors");
     writeSafetensors(bad, [["x.32", { dtype: "I32", shape: [2, 32], data: new Int32Array(64) }]]);
-    await expect(applyToFile(net, bad, path.join(tmp, "int-out.safetensors"))).rejects.toThrow(`${bad}: tensor x.32 is I32; contexts must be floating point`);
+    await expect(applyToFile(net, bad, path.join(tmp, "int-out.safetensors"))).rejects.toThrow(
+      `${bad}: tensor x.32 is I32; contexts must be floating point`,
+    );
     const axis = path.join(tmp, "axis.safetensors");
     writeSafetensors(axis, [["x.32", { dtype: "F32", shape: [32, 2], data: new Float32Array(64) }]]);
-    await expect(applyToFile(net, axis, path.join(tmp, "axis-out.safetensors"))).rejects.toThrow(`${axis}: tensor x.32 has shape [32, 2]; its last axis must be 32`);
+    await expect(applyToFile(net, axis, path.join(tmp, "axis-out.safetensors"))).rejects.toThrow(
+      `${axis}: tensor x.32 has shape [32, 2]; its last axis must be 32`,
+    );
     const data = Float32Array.from({ length: 4 * 32 }, (_, i) => Math.sin(i));
     const r3 = path.join(tmp, "r3.safetensors");
     const r5 = path.join(tmp, "r5.safetensors");
@@ -348,7 +411,17 @@ describe("fuzzing hostile folders", () => {
     for (const r of Object.values(report.readers)) expect(r.ok + r["clean-error"]).toBe(40);
     // Every hostile kind was planted at least once.
     expect(Object.keys(report.kinds).sort()).toEqual([
-      "broken-link-caption", "device-caption", "device-image", "fifo-caption", "fifo-image", "folder-caption", "folder-image", "huge-caption", "huge-pixels", "long-caption", "sparse-image",
+      "broken-link-caption",
+      "device-caption",
+      "device-image",
+      "fifo-caption",
+      "fifo-image",
+      "folder-caption",
+      "folder-image",
+      "huge-caption",
+      "huge-pixels",
+      "long-caption",
+      "sparse-image",
     ]);
   }, 60_000);
 });

@@ -64,14 +64,20 @@ describe("safetensors: as strict as the reference reader", () => {
     refused(build(text, f32(1, 2)), /tensor "a" appears twice in the header/);
     refused(build(`{"__metadata__":{},"a":${entry([1], 0, 4)},"__metadata__":{"x":"y"}}`, f32(1)), /__metadata__ appears twice/);
     // inside an entry and inside the metadata too
-    refused(build(`{"a":{"dtype":"F32","shape":[1],"shape":[2],"data_offsets":[0,4]}}`, f32(1)), /"shape" appears twice.*in the entry for "a"/);
+    refused(
+      build(`{"a":{"dtype":"F32","shape":[1],"shape":[2],"data_offsets":[0,4]}}`, f32(1)),
+      /"shape" appears twice.*in the entry for "a"/,
+    );
     refused(build(`{"__metadata__":{"x":"1","x":"2"},"a":${entry([1], 0, 4)}}`, f32(1)), /"x" appears twice.*"__metadata__"/);
   });
 
   it("gaps, overlaps and trailing bytes are refused: tensors must tile the data section", () => {
     refused(build(`{"a":${entry([1], 0, 4)},"b":${entry([1], 8, 12)}}`, f32(1, 2, 3)), /4 unused bytes before tensor "b".*"a" ends at 4/);
     refused(build(`{"a":${entry([1], 4, 8)}}`, f32(1, 2)), /4 unused bytes before tensor "a".*starts at 0/);
-    refused(build(`{"a":${entry([2], 0, 8)},"b":${entry([1], 4, 8)}}`, f32(1, 2)), /tensors "a" and "b" overlap|tensors "b" and "a" overlap/);
+    refused(
+      build(`{"a":${entry([2], 0, 8)},"b":${entry([1], 4, 8)}}`, f32(1, 2)),
+      /tensors "a" and "b" overlap|tensors "b" and "a" overlap/,
+    );
     refused(build(`{"a":${entry([1], 0, 4)},"b":${entry([1], 0, 4)}}`, f32(1)), /overlap/); // two names, one blob
     refused(build(`{"a":${entry([1], 0, 4)}}`, f32(1, 2)), /4 bytes after the last tensor's data/);
     refused(build(`{}`, f32(1)), /4 bytes after the last tensor's data/);
@@ -83,7 +89,11 @@ describe("safetensors: as strict as the reference reader", () => {
   it("invalid UTF-8 anywhere in the header is refused, quoting the bytes", () => {
     const name = Buffer.concat([Buffer.from('{"w'), Buffer.from([0xff, 0xfe]), Buffer.from(`":${entry([1], 0, 4)}}`)]);
     refused(build(name, f32(1)), /string "w\\xff\\xfe" is not valid UTF-8/);
-    const overlong = Buffer.concat([Buffer.from('{"__metadata__":{"k":"'), Buffer.from([0xc0, 0xaf]), Buffer.from(`"},"a":${entry([1], 0, 4)}}`)]);
+    const overlong = Buffer.concat([
+      Buffer.from('{"__metadata__":{"k":"'),
+      Buffer.from([0xc0, 0xaf]),
+      Buffer.from(`"},"a":${entry([1], 0, 4)}}`),
+    ]);
     refused(build(overlong, f32(1)), /not valid UTF-8.*"__metadata__"/);
     refused(build(`{"\\ud800x":${entry([1], 0, 4)}}`, f32(1)), /unpaired surrogate/);
     // valid non-ASCII names load, raw or escaped, and mean the same thing
@@ -130,10 +140,15 @@ describe("safetensors: as strict as the reference reader", () => {
     refused(build(`{"a":${entry([1], 0, 4)}}\u0000`, f32(1)), /unexpected text after the end/);
     refused(build(`\ufeff{}`), /header is not strict JSON: expected '\{'/);
     refused(build(`[]`), /expected '\{'/);
-    refused(build(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":${"[".repeat(200)}${"]".repeat(200)}}}`, f32(1)), /nested more than 128 levels deep.*"a"/);
+    refused(
+      build(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":${"[".repeat(200)}${"]".repeat(200)}}}`, f32(1)),
+      /nested more than 128 levels deep.*"a"/,
+    );
     refused(build(`{"a":${entry([1], 0, 4)},}`, f32(1)), /header is not strict JSON/);
     // unknown fields inside an entry are ignored, as the reference reader ignores them
-    expect(readSafetensors(build(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"note":{"x":[1.5]}}}`, f32(2))).tensors.get("a")!.data[0]).toBe(2);
+    expect(
+      readSafetensors(build(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"note":{"x":[1.5]}}}`, f32(2))).tensors.get("a")!.data[0],
+    ).toBe(2);
     // spaces after the object are padding, as the reference writer pads to 8 bytes
     expect(readSafetensors(build(`{"a":${entry([1], 0, 4)}}     `, f32(2))).tensors.size).toBe(1);
   });

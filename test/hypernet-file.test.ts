@@ -4,7 +4,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
-import { fromNetwork, loadHypernetwork, readHypernetworkFile, saveHypernetwork, writeHypernetworkFile, type HypernetworkFile } from "../src/hypernet/file";
+import {
+  fromNetwork,
+  loadHypernetwork,
+  readHypernetworkFile,
+  saveHypernetwork,
+  writeHypernetworkFile,
+  type HypernetworkFile,
+} from "../src/hypernet/file";
 import { createHypernetwork } from "../src/hypernet/network";
 import { readSafetensors } from "../src/io/safetensors";
 import { readTorchFile, writeTorchFile } from "../src/io/torch-file";
@@ -69,7 +76,17 @@ describe("PyTorch-written fixtures reproduce the stored module outputs", () => {
 
 describe("writing files", () => {
   const sample = (): ReturnType<typeof createHypernetwork> =>
-    createHypernetwork({ name: "round trip", dims: [24, 16], layerStructure: [1, 1.5, 1], activation: "leakyrelu", layerNorm: true, useDropout: true, dropoutStructure: [0, 0.1, 0], weightInit: "KaimingNormal", seed: 11 });
+    createHypernetwork({
+      name: "round trip",
+      dims: [24, 16],
+      layerStructure: [1, 1.5, 1],
+      activation: "leakyrelu",
+      layerNorm: true,
+      useDropout: true,
+      dropoutStructure: [0, 0.1, 0],
+      weightInit: "KaimingNormal",
+      seed: 11,
+    });
 
   const sameFile = (a: HypernetworkFile, b: HypernetworkFile): void => {
     expect(b.info).toEqual(a.info);
@@ -124,12 +141,37 @@ describe("writing files", () => {
     net.dispose();
     const root = readTorchFile(path.join(dir, "x.pt")) as PyDict;
     expect(root).toBeInstanceOf(PyDict);
-    expect([...root.map.keys()]).toEqual([24, 16, "step", "name", "layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "sd_checkpoint", "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure", "last_layer_dropout", "optional_info"]);
+    expect([...root.map.keys()]).toEqual([
+      24,
+      16,
+      "step",
+      "name",
+      "layer_structure",
+      "activation_func",
+      "is_layer_norm",
+      "weight_initialization",
+      "sd_checkpoint",
+      "sd_checkpoint_name",
+      "activate_output",
+      "use_dropout",
+      "dropout_structure",
+      "last_layer_dropout",
+      "optional_info",
+    ]);
     const pair = root.get(24) as PyTuple;
     expect(pair).toBeInstanceOf(PyTuple);
     const sd = pair.items[0] as PyDict;
     expect(sd.kind).toBe("OrderedDict");
-    expect([...sd.map.keys()]).toEqual(["linear.0.weight", "linear.0.bias", "linear.2.weight", "linear.2.bias", "linear.4.weight", "linear.4.bias", "linear.5.weight", "linear.5.bias"]);
+    expect([...sd.map.keys()]).toEqual([
+      "linear.0.weight",
+      "linear.0.bias",
+      "linear.2.weight",
+      "linear.2.bias",
+      "linear.4.weight",
+      "linear.4.bias",
+      "linear.5.weight",
+      "linear.5.bias",
+    ]);
     expect(((root.get("layer_structure") as unknown[])[1] as PyFloat).value).toBe(1.5);
     expect(root.get("layer_structure")).toEqual([new PyFloat(1), new PyFloat(1.5), new PyFloat(1)]);
     expect(root.get("last_layer_dropout")).toBe(true);
@@ -187,7 +229,9 @@ describe("writing files", () => {
 const torchCheck = spawnSync("/usr/bin/python3", ["-c", "import torch; print(torch.__version__)"], { encoding: "utf8" });
 const haveTorch = torchCheck.status === 0;
 if (!haveTorch) {
-  console.warn(`[hypernet-file] real-PyTorch checks SKIPPED: /usr/bin/python3 cannot import torch (${(torchCheck.stderr || String(torchCheck.error)).trim().split("\n").pop()}). Install it with: apt-get install python3-torch`);
+  console.warn(
+    `[hypernet-file] real-PyTorch checks SKIPPED: /usr/bin/python3 cannot import torch (${(torchCheck.stderr || String(torchCheck.error)).trim().split("\n").pop()}). Install it with: apt-get install python3-torch`,
+  );
 }
 
 describe("files written here load in real PyTorch as A1111 loads them", () => {
@@ -195,8 +239,25 @@ describe("files written here load in real PyTorch as A1111 loads them", () => {
     const dir = tmp();
     const cases = [
       createHypernetwork({ name: "plain", dims: [24], seed: 1, weightInit: "XavierNormal" }),
-      createHypernetwork({ name: "relu-ln-drop", dims: [16, 24], activation: "relu", layerNorm: true, useDropout: true, dropoutStructure: [0, 0.2, 0], seed: 2, weightInit: "KaimingUniform" }),
-      createHypernetwork({ name: "swish-out", dims: [16], layerStructure: [1, 1.5, 2, 1], activation: "swish", activateOutput: true, seed: 3, weightInit: "XavierUniform" }),
+      createHypernetwork({
+        name: "relu-ln-drop",
+        dims: [16, 24],
+        activation: "relu",
+        layerNorm: true,
+        useDropout: true,
+        dropoutStructure: [0, 0.2, 0],
+        seed: 2,
+        weightInit: "KaimingUniform",
+      }),
+      createHypernetwork({
+        name: "swish-out",
+        dims: [16],
+        layerStructure: [1, 1.5, 2, 1],
+        activation: "swish",
+        activateOutput: true,
+        seed: 3,
+        weightInit: "XavierUniform",
+      }),
     ];
     for (const net of cases) {
       const file = path.join(dir, `${net.name}.pt`);
@@ -205,9 +266,20 @@ describe("files written here load in real PyTorch as A1111 loads them", () => {
       const x = new Float32Array(3 * dim).map((_, i) => Math.sin(i * 0.7) * 2);
       const inp = path.join(dir, "x.bin");
       fs.writeFileSync(inp, Buffer.from(x.buffer));
-      const r = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "a1111_load.py"), file, inp, String(dim), "0.7"], { encoding: "utf8" });
+      const r = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "a1111_load.py"), file, inp, String(dim), "0.7"], {
+        encoding: "utf8",
+      });
       expect(r.status, r.stderr).toBe(0);
-      const out = JSON.parse(r.stdout) as { meta: Record<string, { type: string; value: unknown }>; dims: number[]; pair_type: string; state_dict_type: string; has_metadata: boolean; k: number[]; v: number[]; layer_structure_item_types?: string[] };
+      const out = JSON.parse(r.stdout) as {
+        meta: Record<string, { type: string; value: unknown }>;
+        dims: number[];
+        pair_type: string;
+        state_dict_type: string;
+        has_metadata: boolean;
+        k: number[];
+        v: number[];
+        layer_structure_item_types?: string[];
+      };
       expect(out.dims).toEqual(net.dims);
       expect(out.pair_type).toBe("tuple");
       expect(out.state_dict_type).toBe("OrderedDict");

@@ -22,11 +22,30 @@ describe("layer plan (spec §1.3 table, dim 768)", () => {
     m.dispose();
   });
   it("1,2,1 relu LN dropout 0,0.3,0: Linear, Act, LN, Dropout, Linear, LN", () => {
-    const plan = planLayers(768, { layerStructure: [1, 2, 1], activation: "relu", layerNorm: true, dropoutStructure: [0, 0.3, 0], activateOutput: false });
-    expect(plan.map((p) => `${p.index}:${p.kind}`)).toEqual(["0:linear", "1:activation", "2:layernorm", "3:dropout", "4:linear", "5:layernorm"]);
+    const plan = planLayers(768, {
+      layerStructure: [1, 2, 1],
+      activation: "relu",
+      layerNorm: true,
+      dropoutStructure: [0, 0.3, 0],
+      activateOutput: false,
+    });
+    expect(plan.map((p) => `${p.index}:${p.kind}`)).toEqual([
+      "0:linear",
+      "1:activation",
+      "2:layernorm",
+      "3:dropout",
+      "4:linear",
+      "5:layernorm",
+    ]);
   });
   it("1,2,2,1 swish LN 0,0.05,0.15,0", () => {
-    const plan = planLayers(768, { layerStructure: [1, 2, 2, 1], activation: "swish", layerNorm: true, dropoutStructure: [0, 0.05, 0.15, 0], activateOutput: false });
+    const plan = planLayers(768, {
+      layerStructure: [1, 2, 2, 1],
+      activation: "swish",
+      layerNorm: true,
+      dropoutStructure: [0, 0.05, 0.15, 0],
+      activateOutput: false,
+    });
     const params = plan.filter((p) => p.kind === "linear" || p.kind === "layernorm").map((p) => p.index);
     expect(params).toEqual([0, 2, 4, 6, 8, 9]);
   });
@@ -42,7 +61,9 @@ describe("layer plan (spec §1.3 table, dim 768)", () => {
   });
   it("refuses structures A1111 asserts against", () => {
     expect(() => planLayers(8, { ...base, layerStructure: [2, 1], activation: "linear" })).toThrow(/start and end with 1/);
-    expect(() => planLayers(8, { ...base, layerStructure: [1, 2, 1], dropoutStructure: [0, 1, 0], activation: "linear" })).toThrow(/between 0 and 1/);
+    expect(() => planLayers(8, { ...base, layerStructure: [1, 2, 1], dropoutStructure: [0, 1, 0], activation: "linear" })).toThrow(
+      /between 0 and 1/,
+    );
   });
 });
 
@@ -59,7 +80,8 @@ describe("dropout structure (A1111 parse_dropout_structure)", () => {
 
 describe("activations", () => {
   const xs = [-4, -1, -0.25, 0, 0.5, 2, 7];
-  const run = (name: string, x = xs): number[] => tf.tidy(() => [...(applyActivation(checkActivation(name), tf.tensor1d(x)).dataSync() as Float32Array)]);
+  const run = (name: string, x = xs): number[] =>
+    tf.tidy(() => [...(applyActivation(checkActivation(name), tf.tensor1d(x)).dataSync() as Float32Array)]);
   it("match the PyTorch definitions (hand-computed)", () => {
     const relu6 = (v: number): number => Math.min(Math.max(v, 0), 6);
     const table: Record<string, (v: number) => number> = {
@@ -86,8 +108,21 @@ describe("activations", () => {
       // erf via a series is overkill; use known values of Φ at these points
     };
     for (const [name, f] of Object.entries(table)) expectClose(run(name), xs.map(f), 2e-6, 1e-5);
-    const phi: Record<number, number> = { [-4]: 3.167124e-5, [-1]: 0.1586553, [-0.25]: 0.4012937, 0: 0.5, 0.5: 0.6914625, 2: 0.9772499, 7: 0.9999999999987 };
-    expectClose(run("gelu"), xs.map((v) => v * phi[v]!), 2e-6, 1e-5);
+    const phi: Record<number, number> = {
+      [-4]: 3.167124e-5,
+      [-1]: 0.1586553,
+      [-0.25]: 0.4012937,
+      0: 0.5,
+      0.5: 0.6914625,
+      2: 0.9772499,
+      7: 0.9999999999987,
+    };
+    expectClose(
+      run("gelu"),
+      xs.map((v) => v * phi[v]!),
+      2e-6,
+      1e-5,
+    );
   });
   it("softmax family uses PyTorch's implicit dim (batch axis for 3-D contexts)", () => {
     const x = [1, 2, 3, 4, 5, 6, 7, 8]; // [2,2,2]
@@ -118,7 +153,12 @@ describe("weight init distributions (spec §1.9)", () => {
   };
   const w0 = (init: "Normal" | "XavierUniform" | "XavierNormal" | "KaimingUniform" | "KaimingNormal", layerNorm = false) => {
     const net = createHypernetwork({ name: "t", dims: [256], weightInit: init, layerNorm, activation: "relu" });
-    const params = Object.fromEntries(net.pair(256)![0].namedParameters().map(([k, p]) => [k, p.toTorchSync().data as Float32Array]));
+    const params = Object.fromEntries(
+      net
+        .pair(256)![0]
+        .namedParameters()
+        .map(([k, p]) => [k, p.toTorchSync().data as Float32Array]),
+    );
     net.dispose();
     return params;
   };
@@ -146,8 +186,12 @@ describe("weight init distributions (spec §1.9)", () => {
   it("the same seed gives the same network; A1111 default dims and parameter count", () => {
     const a = createHypernetwork({ name: "a", seed: 7, dims: [8] });
     const b = createHypernetwork({ name: "b", seed: 7, dims: [8] });
-    expect([...a.pair(8)![1].namedParameters()[0]![1].toTorchSync().data]).toEqual([...b.pair(8)![1].namedParameters()[0]![1].toTorchSync().data]);
-    expect([...a.pair(8)![0].namedParameters()[0]![1].toTorchSync().data]).not.toEqual([...a.pair(8)![1].namedParameters()[0]![1].toTorchSync().data]);
+    expect([...a.pair(8)![1].namedParameters()[0]![1].toTorchSync().data]).toEqual([
+      ...b.pair(8)![1].namedParameters()[0]![1].toTorchSync().data,
+    ]);
+    expect([...a.pair(8)![0].namedParameters()[0]![1].toTorchSync().data]).not.toEqual([
+      ...a.pair(8)![1].namedParameters()[0]![1].toTorchSync().data,
+    ]);
     a.dispose();
     b.dispose();
     // per dim d: 2 × (4d² + 3d); the default four dims give 21,939,840 (spec §1.10), counted from shapes
@@ -161,9 +205,20 @@ describe("weight init distributions (spec §1.9)", () => {
 
 describe("forward", () => {
   it("x + mlp(x)·m; multiplier 0 is identity; training forces m = 1 and dropout is random", async () => {
-    const net = createHypernetwork({ name: "f", dims: [4], activation: "relu", useDropout: true, dropoutStructure: [0, 0.5, 0], weightInit: "XavierNormal", seed: 3 });
+    const net = createHypernetwork({
+      name: "f",
+      dims: [4],
+      activation: "relu",
+      useDropout: true,
+      dropoutStructure: [0, 0.5, 0],
+      weightInit: "XavierNormal",
+      seed: 3,
+    });
     const k = net.pair(4)![0];
-    const x = tf.tensor3d([...Array(24).keys()].map((i) => Math.sin(i)), [2, 3, 4]);
+    const x = tf.tensor3d(
+      [...Array(24).keys()].map((i) => Math.sin(i)),
+      [2, 3, 4],
+    );
     const outs = await expectNoLeak(() =>
       tf.tidy(() => {
         const y0 = k.forward(x, { multiplier: 0 });
@@ -179,8 +234,16 @@ describe("forward", () => {
     const [y0, y1, yh, br, tr, tr2, tr3] = outs as number[][];
     const xv = [...(x.dataSync() as Float32Array)];
     expect(y0).toEqual(xv);
-    expectClose(y1!, xv.map((v, i) => v + br![i]!), 1e-6);
-    expectClose(yh!, xv.map((v, i) => v + 0.5 * br![i]!), 1e-6);
+    expectClose(
+      y1!,
+      xv.map((v, i) => v + br![i]!),
+      1e-6,
+    );
+    expectClose(
+      yh!,
+      xv.map((v, i) => v + 0.5 * br![i]!),
+      1e-6,
+    );
     expect(tr).toEqual(tr2); // same seed, same dropout mask
     expect(tr).not.toEqual(tr3);
     expect(tr).not.toEqual(y1); // dropout active

@@ -34,7 +34,8 @@ function runtimeGraph(files: string[]): Map<string, string[]> {
     const sf = ts.createSourceFile(f, fs.readFileSync(f, "utf8"), ts.ScriptTarget.Latest, true);
     const deps: string[] = [];
     for (const st of sf.statements) {
-      if (!(ts.isImportDeclaration(st) || ts.isExportDeclaration(st)) || !st.moduleSpecifier || !ts.isStringLiteral(st.moduleSpecifier)) continue;
+      if (!(ts.isImportDeclaration(st) || ts.isExportDeclaration(st)) || !st.moduleSpecifier || !ts.isStringLiteral(st.moduleSpecifier))
+        continue;
       if (typeOnly(st) || !st.moduleSpecifier.text.startsWith(".")) continue;
       const base = path.resolve(path.dirname(f), st.moduleSpecifier.text);
       const target = [`${base}.ts`, path.join(base, "index.ts")].find((p) => fs.existsSync(p));

@@ -37,7 +37,11 @@ function liveA1111(texts: string[]): Entries[] | undefined {
   } catch {
     return undefined;
   }
-  const out = execFileSync("/usr/bin/python3", [path.join(__dirname, "scripts", "a1111_infotext_ref.py")], { input: JSON.stringify(texts), encoding: "utf8", stdio: ["pipe", "pipe", "ignore"] });
+  const out = execFileSync("/usr/bin/python3", [path.join(__dirname, "scripts", "a1111_infotext_ref.py")], {
+    input: JSON.stringify(texts),
+    encoding: "utf8",
+    stdio: ["pipe", "pipe", "ignore"],
+  });
   return (JSON.parse(out) as { parsed: Entries[] }).parsed;
 }
 
@@ -97,7 +101,10 @@ describe("formatInfotext = A1111's create_infotext, read back by A1111's parser"
 });
 
 describe("PNG parameters text", () => {
-  const tiny = async (): Promise<Buffer> => sharp(Buffer.alloc(4 * 4 * 3, 128), { raw: { width: 4, height: 4, channels: 3 } }).png().toBuffer();
+  const tiny = async (): Promise<Buffer> =>
+    sharp(Buffer.alloc(4 * 4 * 3, 128), { raw: { width: 4, height: 4, channels: 3 } })
+      .png()
+      .toBuffer();
 
   it("Latin-1 text goes in tEXt, other text in iTXt, and both read back; the pixels are untouched", async () => {
     const png = await tiny();
@@ -124,7 +131,10 @@ describe("PNG parameters text", () => {
       return Buffer.concat([head, data, crc]);
     };
     const z = chunkOf("zTXt", Buffer.concat([Buffer.from("parameters\0\0", "latin1"), zlib.deflateSync(Buffer.from("café", "latin1"))]));
-    const it8 = chunkOf("iTXt", Buffer.concat([Buffer.from("other\0\x01\0en\0\0", "latin1"), zlib.deflateSync(Buffer.from("ねこ", "utf8"))]));
+    const it8 = chunkOf(
+      "iTXt",
+      Buffer.concat([Buffer.from("other\0\x01\0en\0\0", "latin1"), zlib.deflateSync(Buffer.from("ねこ", "utf8"))]),
+    );
     const withChunks = Buffer.concat([png.subarray(0, 33), z, it8, png.subarray(33)]);
     expect([...readPngText(withChunks)]).toEqual([
       ["parameters", "café"],
@@ -135,7 +145,9 @@ describe("PNG parameters text", () => {
     expect(() => readPngText(broken, "img.png")).toThrow(/img\.png: damaged PNG \(chunk tEXt at byte 33 fails its CRC check\)/);
     expect(() => readPngText(Buffer.from("GIF89a"), "x.gif")).toThrow(/x\.gif: not a PNG image/);
     const bomb = chunkOf("zTXt", Buffer.concat([Buffer.from("parameters\0\0", "latin1"), zlib.deflateSync(Buffer.alloc(20 << 20))]));
-    expect(() => readPngText(Buffer.concat([png.subarray(0, 33), bomb, png.subarray(33)]), "bomb.png")).toThrow(/bomb\.png: a compressed zTXt chunk expands past/);
+    expect(() => readPngText(Buffer.concat([png.subarray(0, 33), bomb, png.subarray(33)]), "bomb.png")).toThrow(
+      /bomb\.png: a compressed zTXt chunk expands past/,
+    );
     expect(() => textChunk("", "x")).toThrow(/PNG text key/);
   });
 });
@@ -163,17 +175,27 @@ describe("readInfotext", () => {
     expect(r.cannotHonour.join("\n")).toMatch(/FP8 weight: Enable for SDXL/);
     expect(r.emphasis).toBe("No norm");
     const hires = readInfotext(CORPUS[4]!);
-    expect(hires.cannotHonour).toEqual([expect.stringMatching(/^hires fix \(Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0\.7\): only the first pass is made here, at 512x512$/)]);
-    expect(readInfotext(CORPUS[11]!).cannotHonour.join("\n")).toMatch(/Old prompt editing timelines[\s\S]*Pad conds v0[\s\S]*Downcast alphas_cumprod/);
+    expect(hires.cannotHonour).toEqual([
+      expect.stringMatching(
+        /^hires fix \(Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0\.7\): only the first pass is made here, at 512x512$/,
+      ),
+    ]);
+    expect(readInfotext(CORPUS[11]!).cannotHonour.join("\n")).toMatch(
+      /Old prompt editing timelines[\s\S]*Pad conds v0[\s\S]*Downcast alphas_cumprod/,
+    );
     const withHash = (h: string): BaseModel => Object.assign(Object.create(base) as BaseModel, { checkpointHash: h });
     const old = readInfotext(CORPUS[21]!, { base: withHash("0123456789") });
     expect(old.sampler).toBe("DPM++ 2M");
-    expect(old.cannotHonour).toEqual([expect.stringMatching(/unknown sampler "k_euler_ancestral" \(A1111 itself falls back to DPM\+\+ 2M/)]);
+    expect(old.cannotHonour).toEqual([
+      expect.stringMatching(/unknown sampler "k_euler_ancestral" \(A1111 itself falls back to DPM\+\+ 2M/),
+    ]);
     expect(old.notes.join("\n")).toMatch(/Model hash 45dee52b is A1111's old 8-digit hash/);
     const other = readInfotext(CORPUS[1]!, { base: withHash("aaaaaaaaaa") });
     expect(readInfotext(CORPUS[1]!, { base: withHash("6ce0161689") }).cannotHonour).toEqual([]);
     expect(readInfotext(CORPUS[1]!, { base }).notes.join("\n")).toMatch(/the loaded model "tiny-shapes" has no file hash to compare/);
-    expect(other.cannotHonour).toEqual([expect.stringMatching(/Model hash 6ce0161689 \(v1-5-pruned-emaonly\) differs from the loaded model's aaaaaaaaaa/)]);
+    expect(other.cannotHonour).toEqual([
+      expect.stringMatching(/Model hash 6ce0161689 \(v1-5-pruned-emaonly\) differs from the loaded model's aaaaaaaaaa/),
+    ]);
     const tagged = readInfotext(CORPUS[0]!, { hypernetworkDir: dir });
     expect(tagged.cannotHonour).toEqual([`hypernetwork "watery" is not in ${dir}`]);
     expect(tagged.prompt).toBe("masterpiece, (best quality:1.2) <hypernet:watery:0.8>");
@@ -216,7 +238,9 @@ describe("readInfotext", () => {
     };
     const first = await txt2img(base, settings);
     expect(first.embeddings.map((e) => e.name)).toEqual(["cyan", "red"]);
-    expect(first.infotexts[1]).toMatch(/Seed: 77, Size: 32x32, Model: tiny-shapes, Variation seed: 6, Variation seed strength: 0\.3, ENSD: 31337, RNG: CPU, TI hashes: "cyan: [0-9a-f]{12}, red: [0-9a-f]{12}"$/);
+    expect(first.infotexts[1]).toMatch(
+      /Seed: 77, Size: 32x32, Model: tiny-shapes, Variation seed: 6, Variation seed strength: 0\.3, ENSD: 31337, RNG: CPU, TI hashes: "cyan: [0-9a-f]{12}, red: [0-9a-f]{12}"$/,
+    );
     expect(readPngText(first.png[1]!).get("parameters")).toBe(first.infotexts[1]);
     const file = path.join(dir, "second.png");
     fs.writeFileSync(file, first.png[1]!);

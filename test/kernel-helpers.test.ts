@@ -124,7 +124,14 @@ describe("lossFigure", () => {
     expect(loss.y).toEqual(points.map((p) => p.loss));
     const smooth = byName(/^smoothed/);
     expect(smooth.x).toEqual(loss.x);
-    expectClose(smooth.y, weightedMeanEma(points.map((p) => p.loss), 0.8), 1e-12);
+    expectClose(
+      smooth.y,
+      weightedMeanEma(
+        points.map((p) => p.loss),
+        0.8,
+      ),
+      1e-12,
+    );
     const ckpt = byName(/checkpoint/);
     expect(ckpt.mode).toBe("markers");
     // Step 99 was never logged, so it has no marker.
@@ -136,7 +143,13 @@ describe("lossFigure", () => {
     for (const t of [loss, smooth, ckpt]) expect(t.yaxis ?? "y").toBe("y");
     const layout = fig.layout as { yaxis2: object; xaxis: { range?: number[] }; title: { text: string }; shapes: object[] };
     // The log axis is labelled at the schedule's own rates, written as 1e-4 / 1e-3 (not Plotly's bare minor digits).
-    expect(layout.yaxis2).toMatchObject({ overlaying: "y", side: "right", type: "log", tickvals: [1e-4, 1e-3], ticktext: ["1e-4", "1e-3"] });
+    expect(layout.yaxis2).toMatchObject({
+      overlaying: "y",
+      side: "right",
+      type: "log",
+      tickvals: [1e-4, 1e-3],
+      ticktext: ["1e-4", "1e-3"],
+    });
     expect((ckpt as { cliponaxis?: boolean }).cliponaxis).toBe(false);
     expect(layout.xaxis.range).toEqual([0, 20]);
     expect(layout.title.text).toBe("T");
@@ -155,14 +168,23 @@ describe("lossFigure", () => {
   });
 
   it("drops the smoothed curve at smoothing 0, and the LR and checkpoint traces when there are none", () => {
-    const fig = lossFigure(points.map(({ step, loss }) => ({ step, loss })), { smoothing: 0 });
+    const fig = lossFigure(
+      points.map(({ step, loss }) => ({ step, loss })),
+      { smoothing: 0 },
+    );
     expect((fig.data as Trace[]).map((d) => d.name)).toEqual(["loss"]);
   });
 });
 
 describe("figureHtml", () => {
   it("embeds the figure JSON, calls Plotly.react on the div, and names no network URL", () => {
-    const fig = lossFigure([{ step: 1, loss: 0.5, lr: 1e-3 }, { step: 2, loss: 0.25, lr: 1e-3 }], { checkpoints: [2], title: "a </script><b>x" });
+    const fig = lossFigure(
+      [
+        { step: 1, loss: 0.5, lr: 1e-3 },
+        { step: 2, loss: 0.25, lr: 1e-3 },
+      ],
+      { checkpoints: [2], title: "a </script><b>x" },
+    );
     const html = figureHtml(fig, "loss chart/1");
     const m = /var fig = (.*?); var n = 0;/.exec(html);
     expect(m).not.toBeNull();
@@ -180,7 +202,14 @@ describe("figureHtml", () => {
 describe("normsFigure", () => {
   it("is one bar trace with the labels and values in order, from a Map or a record", () => {
     const want = { x: ["768 k", "768 v", "320 k"], y: [0.5, 0.25, 2] };
-    for (const input of [new Map([["768 k", 0.5], ["768 v", 0.25], ["320 k", 2]]), { "768 k": 0.5, "768 v": 0.25, "320 k": 2 }]) {
+    for (const input of [
+      new Map([
+        ["768 k", 0.5],
+        ["768 v", 0.25],
+        ["320 k", 2],
+      ]),
+      { "768 k": 0.5, "768 v": 0.25, "320 k": 2 },
+    ]) {
       const fig: Figure = normsFigure(input, "norms");
       expect(fig.data).toHaveLength(1);
       expect(fig.data[0]).toMatchObject({ type: "bar", ...want });
@@ -197,7 +226,9 @@ describe("display (files mode)", () => {
   });
 
   it("show writes the file it reports (HTML wrapped as a page, PNG bytes as given), text only prints", async () => {
-    const png = await sharp({ create: { width: 3, height: 2, channels: 3, background: { r: 10, g: 20, b: 30 } } }).png().toBuffer();
+    const png = await sharp({ create: { width: 3, height: 2, channels: 3, background: { r: 10, g: 20, b: 30 } } })
+      .png()
+      .toBuffer();
     const { value, printed } = await captureStdout(() => ({
       html: show("my chart!", { html: "<p>hello</p>" }),
       png: show("pic", { png }),
@@ -261,7 +292,13 @@ describe("display (files mode)", () => {
 // ---- step functions on the toy model --------------------------------------------------------------------
 
 /** The layer list A1111 builds for one module (independent of the code under test). */
-function expectedLayers(dim: number, ls: number[], act: string, layerNorm: boolean, dropout: number[]): { layers: string[]; parameters: number } {
+function expectedLayers(
+  dim: number,
+  ls: number[],
+  act: string,
+  layerNorm: boolean,
+  dropout: number[],
+): { layers: string[]; parameters: number } {
   const layers: string[] = [];
   let idx = 0;
   let parameters = 0;
@@ -285,12 +322,26 @@ describe("describeHypernetwork / the createHypernetwork verb", () => {
     const ls = [1, 1.5, 2, 1];
     const dropout = [0, 0.1, 0.2, 0];
     const dims = [16, 24];
-    const opts = { name: "tbl", dims, layerStructure: ls, activation: "relu", layerNorm: true, useDropout: true, dropoutStructure: dropout, seed: 4 };
+    const opts = {
+      name: "tbl",
+      dims,
+      layerStructure: ls,
+      activation: "relu",
+      layerNorm: true,
+      useDropout: true,
+      dropoutStructure: dropout,
+      seed: 4,
+    };
     const before = tf.memory().numTensors;
     const { value: net, printed } = await captureStdout(() => verbs.createHypernetwork(opts));
     try {
       const rows = describeHypernetwork(net);
-      expect(rows.map((r) => [r.dim, r.which])).toEqual([[16, "k"], [16, "v"], [24, "k"], [24, "v"]]);
+      expect(rows.map((r) => [r.dim, r.which])).toEqual([
+        [16, "k"],
+        [16, "v"],
+        [24, "k"],
+        [24, "v"],
+      ]);
       let total = 0;
       for (const r of rows) {
         const want = expectedLayers(r.dim, ls, "relu", true, dropout);
@@ -299,7 +350,11 @@ describe("describeHypernetwork / the createHypernetwork verb", () => {
         total += want.parameters;
         // The same kinds and widths as planLayers gives the module.
         const plan = planLayers(r.dim, structureOf(net.info));
-        expect(plan.map((p) => p.kind)).toEqual(want.layers.map((l) => (/Linear/.test(l) ? "linear" : /LayerNorm/.test(l) ? "layernorm" : /Dropout/.test(l) ? "dropout" : "activation")));
+        expect(plan.map((p) => p.kind)).toEqual(
+          want.layers.map((l) =>
+            /Linear/.test(l) ? "linear" : /LayerNorm/.test(l) ? "layernorm" : /Dropout/.test(l) ? "dropout" : "activation",
+          ),
+        );
       }
       expect(printed).toContain("tbl:");
       expect(printed).toContain(`${total} parameters`);
@@ -352,7 +407,11 @@ describe("step functions on the toy model", () => {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     const { value: rep, printed } = await captureStdout(() => expectNoLeak(() => verbs.saveHypernetwork(net, file)));
     const bytes = fs.readFileSync(file);
-    expect(rep).toEqual({ file: path.resolve(file), bytes: bytes.length, hash: createHash("sha256").update(bytes).digest("hex").slice(0, 10) });
+    expect(rep).toEqual({
+      file: path.resolve(file),
+      bytes: bytes.length,
+      hash: createHash("sha256").update(bytes).digest("hex").slice(0, 10),
+    });
     expect(printed).toContain(rep.hash);
     const before = tf.memory().numTensors;
     const { value: loaded } = await captureStdout(() => verbs.loadHypernetwork(file));
@@ -369,12 +428,18 @@ describe("step functions on the toy model", () => {
 
   it("the txt2img verb: an in-memory network = its prompt tag; neither leaks; files are written", async () => {
     const common = { steps: 2, seed: 11, cfgScale: 3 };
-    const viaNet = (await captureStdout(() => expectNoLeak(() => verbs.txt2img(base, { ...common, prompt, network: net, multiplier: 0.7 })))).value;
+    const viaNet = (
+      await captureStdout(() => expectNoLeak(() => verbs.txt2img(base, { ...common, prompt, network: net, multiplier: 0.7 })))
+    ).value;
     expect(fs.existsSync(path.join(outDir, "sample-11-0.png"))).toBe(true);
     const viaTag = (
       await captureStdout(() =>
         expectNoLeak(async () => {
-          const r = await verbs.txt2img(base, { ...common, prompt: `${prompt} <hypernet:toy:0.7>`, hypernetworkDir: path.join(tmp, "nets") });
+          const r = await verbs.txt2img(base, {
+            ...common,
+            prompt: `${prompt} <hypernet:toy:0.7>`,
+            hypernetworkDir: path.join(tmp, "nets"),
+          });
           clearHypernetworkCache();
           return r;
         }),
@@ -395,13 +460,19 @@ describe("step functions on the toy model", () => {
     const common = { steps: 2, cfgScale: 3 };
     const multipliers = [0, 1, 2];
     const seeds = [5, 6];
-    const png = (await captureStdout(() => expectNoLeak(() => verbs.multiplierSweep(base, net, prompt, multipliers, { ...common, seeds, cell })))).value;
+    const png = (
+      await captureStdout(() => expectNoLeak(() => verbs.multiplierSweep(base, net, prompt, multipliers, { ...common, seeds, cell })))
+    ).value;
     const meta = await sharp(png).metadata();
     expect(meta.width).toBe(multipliers.length * cell);
     const cellH = meta.height! / seeds.length;
     expect(Number.isInteger(cellH) && cellH > cell).toBe(true);
     const cellPixels = (row: number, col: number): Promise<Buffer> =>
-      sharp(png).extract({ left: col * cell, top: row * cellH, width: cell, height: cell }).removeAlpha().raw().toBuffer();
+      sharp(png)
+        .extract({ left: col * cell, top: row * cellH, width: cell, height: cell })
+        .removeAlpha()
+        .raw()
+        .toBuffer();
     for (const [row, seed] of seeds.entries()) {
       const bare = await txt2img(base, { ...common, prompt, seed });
       const bareRaw = await sharp(bare.png[0]!).removeAlpha().raw().toBuffer();
@@ -507,7 +578,14 @@ describe("attention maps (tiny model)", () => {
 
   beforeAll(() => {
     base = loadTinyModel();
-    net = createHypernetwork({ name: "maps", dims: [base.contextDim], layerStructure: [1, 2, 1], activation: "relu", weightInit: "XavierNormal", seed: 1 });
+    net = createHypernetwork({
+      name: "maps",
+      dims: [base.contextDim],
+      layerStructure: [1, 2, 1],
+      activation: "relu",
+      weightInit: "XavierNormal",
+      seed: 1,
+    });
     image = tf.tidy(() => randn([1, base.imageSize, base.imageSize, 3], new Rng(3)).clipByValue(-1, 1) as tf.Tensor4D);
   });
 
@@ -561,7 +639,9 @@ describe("attention maps (tiny model)", () => {
   it("attentionMaps: per-token maps on the image grid, processors restored bit-identically, no leaks, and a hypernetwork changes the maps", async () => {
     const before = unetOut();
     const previous = base.unet.getProcessors();
-    const res = (await captureStdout(() => expectNoLeak(() => attentionMaps(base, prompt, image, { networks: [{ network: net, multiplier: 1 }] })))).value;
+    const res = (
+      await captureStdout(() => expectNoLeak(() => attentionMaps(base, prompt, image, { networks: [{ network: net, multiplier: 1 }] })))
+    ).value;
     // Processors restored: the same functions, and the same output bit for bit.
     const after = base.unet.getProcessors();
     expect([...after.entries()]).toEqual([...previous.entries()]);

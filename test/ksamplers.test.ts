@@ -108,7 +108,11 @@ function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
 async function runCase(c: Case) {
   const calls: number[] = [];
   const feed = new NoiseFeed();
-  const sampler = samplerByName(c.sampler, { steps: c.steps, ...(c.schedule !== "timesteps" ? { sigmas: c.schedule } : {}), ...(c.eta !== undefined ? { eta: c.eta } : {}) });
+  const sampler = samplerByName(c.sampler, {
+    steps: c.steps,
+    ...(c.schedule !== "timesteps" ? { sigmas: c.schedule } : {}),
+    ...(c.eta !== undefined ? { eta: c.eta } : {}),
+  });
   const cond = tf.ones([1, 1]);
   const uncond = tf.fill([1, 1], -1);
   const x0s: (number[] | null)[] = [];
@@ -201,8 +205,12 @@ describe("A1111's σ schedule choice by name", () => {
   });
 
   it("names what it cannot do", () => {
-    expect(() => samplerByName("DPM fast", { steps: 5 })).toThrow(/"DPM fast" is an A1111 sampler this project does not implement; choose one of "DDIM", "Euler a", "Euler"/);
-    expect(() => samplerByName("DPM++ 2M Polyexponential", { steps: 5 })).toThrow(/"Polyexponential" is an A1111 schedule type this project does not implement/);
+    expect(() => samplerByName("DPM fast", { steps: 5 })).toThrow(
+      /"DPM fast" is an A1111 sampler this project does not implement; choose one of "DDIM", "Euler a", "Euler"/,
+    );
+    expect(() => samplerByName("DPM++ 2M Polyexponential", { steps: 5 })).toThrow(
+      /"Polyexponential" is an A1111 schedule type this project does not implement/,
+    );
     expect(() => samplerByName("Eulr", { steps: 5 })).toThrow(/unknown sampler "Eulr"/);
     expect(() => samplerByName("Euler", { steps: 0 })).toThrow(/steps must be a positive integer/);
     expect(() => samplerByName("Euler", { steps: 5, sigmas: "cosine" as "karras" })).toThrow(/unknown sigmas "cosine"/);
@@ -224,7 +232,12 @@ describe("A1111's σ schedule choice by name", () => {
   it("the schedule's σ range and σ→t map match k-diffusion's CompVisDenoiser", () => {
     const s = sd15Schedule();
     expectClose([s.sigmaMin, s.sigmaMax], [FX.sigmaMin, FX.sigmaMax], 0, 1e-12);
-    expectClose(FX.sigmaToT.sigma.map((v) => s.sigmaToT(v)), FX.sigmaToT.t, 1e-9, 1e-12);
+    expectClose(
+      FX.sigmaToT.sigma.map((v) => s.sigmaToT(v)),
+      FX.sigmaToT.t,
+      1e-9,
+      1e-12,
+    );
   });
 
   it("LMS weights integrate the Lagrange basis exactly", () => {
@@ -253,34 +266,60 @@ describe("samplers from samplerByName", () => {
     tf.dispose([a, b, cond]);
   });
 
-  it.each(["Euler a", "Euler", "Heun", "DPM2", "DPM2 a", "LMS", "DPM++ 2M", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE Karras", "DDIM", "PLMS", "UniPC"])(
-    "%s leaves no tensors behind, with or without CFG, and reproduces from its seed",
-    async (name) => {
-      const cond = tf.ones([1, 1]);
-      const uncond = tf.zeros([1, 1]);
-      const run = async (guided: boolean) => {
-        const steps: number[] = [];
-        const out = await samplerByName(name, { steps: 5 }).sample({ denoiser: gauss, shape, cond, ...(guided ? { uncond } : {}), seed: 11, callback: (i) => void steps.push(i.step) });
-        const v = Array.from(out.dataSync());
-        out.dispose();
-        expect(v.every(Number.isFinite)).toBe(true);
-        return { v, steps };
-      };
-      const a = await expectNoLeak(() => run(true));
-      await expectNoLeak(() => run(false));
-      const b = await run(true);
-      expect(a.v).toEqual(b.v);
-      expect(a.steps).toEqual(Array.from({ length: a.steps.length }, (_, i) => i));
-      tf.dispose([cond, uncond]);
-    },
-  );
+  it.each([
+    "Euler a",
+    "Euler",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "LMS",
+    "DPM++ 2M",
+    "DPM++ 2S a",
+    "DPM++ SDE",
+    "DPM++ 2M SDE Karras",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+  ])("%s leaves no tensors behind, with or without CFG, and reproduces from its seed", async (name) => {
+    const cond = tf.ones([1, 1]);
+    const uncond = tf.zeros([1, 1]);
+    const run = async (guided: boolean) => {
+      const steps: number[] = [];
+      const out = await samplerByName(name, { steps: 5 }).sample({
+        denoiser: gauss,
+        shape,
+        cond,
+        ...(guided ? { uncond } : {}),
+        seed: 11,
+        callback: (i) => void steps.push(i.step),
+      });
+      const v = Array.from(out.dataSync());
+      out.dispose();
+      expect(v.every(Number.isFinite)).toBe(true);
+      return { v, steps };
+    };
+    const a = await expectNoLeak(() => run(true));
+    await expectNoLeak(() => run(false));
+    const b = await run(true);
+    expect(a.v).toEqual(b.v);
+    expect(a.steps).toEqual(Array.from({ length: a.steps.length }, (_, i) => i));
+    tf.dispose([cond, uncond]);
+  });
 
   it("frees everything when the callback throws mid-run", async () => {
     const cond = tf.ones([1, 1]);
     for (const name of ["DPM++ 2M", "LMS", "PLMS", "UniPC", "DPM++ 2M SDE"]) {
       await expectNoLeak(async () => {
         await expect(
-          samplerByName(name, { steps: 6 }).sample({ denoiser: gauss, shape, cond, seed: 1, callback: (i) => { if (i.step === 3) throw new Error("stop"); } }),
+          samplerByName(name, { steps: 6 }).sample({
+            denoiser: gauss,
+            shape,
+            cond,
+            seed: 1,
+            callback: (i) => {
+              if (i.step === 3) throw new Error("stop");
+            },
+          }),
         ).rejects.toThrow("stop");
       });
     }
@@ -292,7 +331,13 @@ describe("samplers from samplerByName", () => {
     const s = samplerByName("DPM++ 2M SDE", { steps: 6 });
     const sig = s.sigmas()!;
     const a = await s.sample({ denoiser: gauss, shape, cond, seed: 40 });
-    const b = await s.sample({ denoiser: gauss, shape, cond, seed: 40, noiseSampler: brownianTreeNoiseSampler(shape, sig[sig.length - 2]!, sig[0]!, [40, 41]) });
+    const b = await s.sample({
+      denoiser: gauss,
+      shape,
+      cond,
+      seed: 40,
+      noiseSampler: brownianTreeNoiseSampler(shape, sig[sig.length - 2]!, sig[0]!, [40, 41]),
+    });
     const c = await s.sample({ denoiser: gauss, shape, cond, rng: new Rng(40), brownianSeeds: [7, 8] });
     expect(Array.from(a.dataSync())).toEqual(Array.from(b.dataSync()));
     expect(Array.from(a.dataSync())).not.toEqual(Array.from(c.dataSync()));
@@ -336,12 +381,20 @@ describe("Brownian tree noise (k-diffusion BrownianTreeNoiseSampler semantics)",
     }
     // W(c) − W(a) = (W(b) − W(a)) + (W(c) − W(b))
     const sum = ab.map((v, i) => v * Math.sqrt(a - b) + bc[i]! * Math.sqrt(b - c));
-    expectClose(ac.map((v) => v * Math.sqrt(a - c)), sum, 1e-4);
+    expectClose(
+      ac.map((v) => v * Math.sqrt(a - c)),
+      sum,
+      1e-4,
+    );
     // disjoint pieces are independent; a piece and the whole correlate as √(piece/whole)
     expect(Math.abs(corr(ab, bc))).toBeLessThan(0.05);
     expect(Math.abs(corr(ab, ac) - Math.sqrt((a - b) / (a - c)))).toBeLessThan(0.05);
     // asking for the interval the other way round flips the sign, as k-diffusion's does
-    expectClose(ns(b, a), ab.map((v) => -v), 1e-6);
+    expectClose(
+      ns(b, a),
+      ab.map((v) => -v),
+      1e-6,
+    );
   });
 
   it("rejects bad arguments clearly", () => {

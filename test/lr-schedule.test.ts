@@ -9,15 +9,50 @@ const pairs = (s: string, max: number, cur = 0): Array<[number, number]> => pars
 
 describe("parseSchedule: A1111 cases (spec §4.3)", () => {
   const table: Array<[string, number, number, Array<[number, number]>]> = [
-    ["5e-5:100, 5e-6:1500, 5e-7:10000, 5e-8:-1", 20000, 0, [[5e-5, 100], [5e-6, 1500], [5e-7, 10000], [5e-8, 20000]]],
-    ["5e-5:100, 5e-6:1500, 5e-7:10000, 5e-8:-1", 20000, 500, [[5e-6, 1500], [5e-7, 10000], [5e-8, 20000]]],
+    [
+      "5e-5:100, 5e-6:1500, 5e-7:10000, 5e-8:-1",
+      20000,
+      0,
+      [
+        [5e-5, 100],
+        [5e-6, 1500],
+        [5e-7, 10000],
+        [5e-8, 20000],
+      ],
+    ],
+    [
+      "5e-5:100, 5e-6:1500, 5e-7:10000, 5e-8:-1",
+      20000,
+      500,
+      [
+        [5e-6, 1500],
+        [5e-7, 10000],
+        [5e-8, 20000],
+      ],
+    ],
     ["0.001, 1e-4:500", 20000, 0, [[0.001, 20000]]],
     ["1e-5:100", 1000, 0, [[1e-5, 100]]],
     ["0.00001", 100000, 0, [[1e-5, 100000]]],
     // a step beyond Max steps is capped and ends parsing
-    ["1e-3:50, 1e-4:5000, 1e-5:9000", 1000, 0, [[1e-3, 50], [1e-4, 1000]]],
+    [
+      "1e-3:50, 1e-4:5000, 1e-5:9000",
+      1000,
+      0,
+      [
+        [1e-3, 50],
+        [1e-4, 1000],
+      ],
+    ],
     // whitespace around numbers (Python int/float tolerate it), blank entries skipped
-    ["  2e-5 :  10 ,, 1e-6: -1 ", 30, 0, [[2e-5, 10], [1e-6, 30]]],
+    [
+      "  2e-5 :  10 ,, 1e-6: -1 ",
+      30,
+      0,
+      [
+        [2e-5, 10],
+        [1e-6, 30],
+      ],
+    ],
     // an entry ending exactly at the current step is passed
     ["1e-3:100, 1e-4:200", 300, 100, [[1e-4, 200]]],
     // -1 ends parsing even mid-list
@@ -26,7 +61,15 @@ describe("parseSchedule: A1111 cases (spec §4.3)", () => {
     ["1e-3:10:20", 300, 0, [[1e-3, 300]]],
     // Python numeric spellings
     ["1_0e-4:1_000", 5000, 0, [[1e-3, 1000]]],
-    [".5e-3:+20, 5.:-1", 40, 0, [[5e-4, 20], [5, 40]]],
+    [
+      ".5e-3:+20, 5.:-1",
+      40,
+      0,
+      [
+        [5e-4, 20],
+        [5, 40],
+      ],
+    ],
   ];
   it.each(table)("%s (max %i, at %i)", (s, max, cur, want) => {
     expect(pairs(s, max, cur)).toEqual(want);

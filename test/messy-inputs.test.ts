@@ -23,7 +23,8 @@ let src: string;
 let outside: string;
 let base: BaseModel;
 
-const solid = (w: number, h: number, r = 200, g = 40, b = 40): Sharp => sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } });
+const solid = (w: number, h: number, r = 200, g = 40, b = 40): Sharp =>
+  sharp({ create: { width: w, height: h, channels: 3, background: { r, g, b } } });
 
 beforeAll(async () => {
   await setupBackend();
@@ -44,7 +45,12 @@ beforeAll(async () => {
   put("deep red.png", await solid(32, 32).toColourspace("rgb16").png().toBuffer());
   put("gray.png", await solid(32, 32, 128, 128, 128).toColourspace("b-w").png().toBuffer());
   put("print blue.jpg", await solid(32, 32, 30, 40, 220).toColourspace("cmyk").jpeg().toBuffer());
-  put("alpha green.png", await sharp({ create: { width: 32, height: 32, channels: 4, background: { r: 40, g: 200, b: 50, alpha: 0.5 } } }).png().toBuffer());
+  put(
+    "alpha green.png",
+    await sharp({ create: { width: 32, height: 32, channels: 4, background: { r: 40, g: 200, b: 50, alpha: 0.5 } } })
+      .png()
+      .toBuffer(),
+  );
   put("huge yellow.jpg", await solid(4000, 3000, 230, 220, 40).jpeg({ quality: 50 }).toBuffer());
   put("latin red.png", await solid(32, 32).png().toBuffer());
   put("latin red.txt", Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x20, 0x72, 0x65, 0x64])); // "café red" in Latin-1
@@ -115,7 +121,21 @@ describe("a messy dataset folder", () => {
       if (name.endsWith(".txt")) continue;
       expect(made.has(name) || skipped.has(name), `${name} neither made nor reported`).toBe(true);
     }
-    for (const ok of ["good red.png", "photo green.webp", "anim yellow.gif", "scan blue.tiff", "deep red.png", "gray.png", "print blue.jpg", "alpha green.png", "huge yellow.jpg", "latin red.png", "empty caption blue.png", "link inside red.png", "link outside green.png"]) {
+    for (const ok of [
+      "good red.png",
+      "photo green.webp",
+      "anim yellow.gif",
+      "scan blue.tiff",
+      "deep red.png",
+      "gray.png",
+      "print blue.jpg",
+      "alpha green.png",
+      "huge yellow.jpg",
+      "latin red.png",
+      "empty caption blue.png",
+      "link inside red.png",
+      "link outside green.png",
+    ]) {
       expect(made.get(ok), ok).toMatchObject({ width: 8, height: 8 });
     }
     expect(skipped.get("truncated.png")?.reason).toBe("corrupt");
@@ -123,15 +143,25 @@ describe("a messy dataset folder", () => {
     expect(skipped.get("zero.png")?.reason).toBe("empty");
     expect(skipped.get("tiny1.png")).toMatchObject({ reason: "too-small", detail: expect.stringContaining("1×1") });
     expect(skipped.get("tiny3.png")).toMatchObject({ reason: "too-small", detail: expect.stringContaining("3×3") });
-    expect(skipped.get("dangling.png")).toMatchObject({ reason: "not-a-file", detail: expect.stringMatching(/broken symbolic link.*does-not-exist\.png/) });
+    expect(skipped.get("dangling.png")).toMatchObject({
+      reason: "not-a-file",
+      detail: expect.stringMatching(/broken symbolic link.*does-not-exist\.png/),
+    });
     expect(skipped.get("loop-a")).toMatchObject({ reason: "not-a-file", detail: expect.stringMatching(/symbolic link loop/) });
     expect(skipped.get("loop-b")?.reason).toBe("not-a-file");
     expect(skipped.get("self-dir")).toMatchObject({ reason: "not-a-file", detail: expect.stringContaining("folder") });
-    for (const s of sum.skipped) expect(logs.some((l) => l.startsWith(`skipped ${s.source}: `)), s.source).toBe(true);
+    for (const s of sum.skipped)
+      expect(
+        logs.some((l) => l.startsWith(`skipped ${s.source}: `)),
+        s.source,
+      ).toBe(true);
 
     // Pixels survive the odd formats: the 16-bit, CMYK and alpha images keep their colour.
-    const px = async (file: string): Promise<number[]> => [...(await sharp(path.join(dst, file)).removeAlpha().raw().toBuffer()).subarray(0, 3)];
-    const near = (got: number[], want: number[], tol: number): void => got.forEach((v, i) => expect(Math.abs(v - want[i]!), `${got} vs ${want}`).toBeLessThanOrEqual(tol));
+    const px = async (file: string): Promise<number[]> => [
+      ...(await sharp(path.join(dst, file)).removeAlpha().raw().toBuffer()).subarray(0, 3),
+    ];
+    const near = (got: number[], want: number[], tol: number): void =>
+      got.forEach((v, i) => expect(Math.abs(v - want[i]!), `${got} vs ${want}`).toBeLessThanOrEqual(tol));
     near(await px(made.get("deep red.png")!.file), [200, 40, 40], 1);
     near(await px(made.get("alpha green.png")!.file), [40, 200, 50], 1);
     // CMYK: saturated sRGB blue is outside the CMYK gamut, so the round trip lands on a duller blue
@@ -165,7 +195,10 @@ describe("a messy dataset folder", () => {
     expect(res.losses.every((l) => Number.isFinite(l))).toBe(true);
     const skippedLines = logs.filter((l) => l.startsWith("dataset: skipped "));
     for (const name of ["truncated.png", "text.jpg", "zero.png", "dangling.png", "loop-a", "loop-b"]) {
-      expect(skippedLines.some((l) => l.startsWith(`dataset: skipped ${name}: `)), `${name} in ${skippedLines.join(" | ")}`).toBe(true);
+      expect(
+        skippedLines.some((l) => l.startsWith(`dataset: skipped ${name}: `)),
+        `${name} in ${skippedLines.join(" | ")}`,
+      ).toBe(true);
     }
     expect(logs.some((l) => l.includes("latin red.txt") && /not UTF-8.*Latin-1/.test(l))).toBe(true);
     expect(snapshot(src)).toEqual(before);

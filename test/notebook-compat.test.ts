@@ -13,10 +13,19 @@ interface TsApi {
   version: string;
   sys: { readFile(p: string): string | undefined };
   readConfigFile(file: string, read: (p: string) => string | undefined): { config?: unknown; error?: TsDiagnostic };
-  parseJsonConfigFileContent(json: unknown, host: unknown, basePath: string, existing?: unknown, configFileName?: string): { fileNames: string[]; options: unknown; errors: TsDiagnostic[] };
+  parseJsonConfigFileContent(
+    json: unknown,
+    host: unknown,
+    basePath: string,
+    existing?: unknown,
+    configFileName?: string,
+  ): { fileNames: string[]; options: unknown; errors: TsDiagnostic[] };
   createProgram(o: { rootNames: string[]; options: unknown }): { getSourceFiles(): Array<{ fileName: string }> };
   getPreEmitDiagnostics(program: unknown): TsDiagnostic[];
-  formatDiagnostics(d: readonly TsDiagnostic[], host: { getCurrentDirectory(): string; getCanonicalFileName(f: string): string; getNewLine(): string }): string;
+  formatDiagnostics(
+    d: readonly TsDiagnostic[],
+    host: { getCurrentDirectory(): string; getCanonicalFileName(f: string): string; getNewLine(): string },
+  ): string;
 }
 type TsDiagnostic = object;
 
@@ -39,7 +48,14 @@ describe("tslab's TypeScript 5.0 compiles src/", () => {
     const program = ts.createProgram({ rootNames: parsed.fileNames, options: parsed.options });
     // The program really covers the notebook-facing code, not just the index file.
     const files = program.getSourceFiles().map((f) => path.relative(root, f.fileName));
-    for (const f of ["src/kernel-helpers/steps.ts", "src/kernel-helpers/attention-maps.ts", "src/train/trainer.ts", "src/tiny/shapes-data/shapes.ts", "src/hypernet/file.ts"]) expect(files).toContain(f);
+    for (const f of [
+      "src/kernel-helpers/steps.ts",
+      "src/kernel-helpers/attention-maps.ts",
+      "src/train/trainer.ts",
+      "src/tiny/shapes-data/shapes.ts",
+      "src/hypernet/file.ts",
+    ])
+      expect(files).toContain(f);
     expect(ts.formatDiagnostics(ts.getPreEmitDiagnostics(program), formatHost)).toBe("");
   }, 60_000);
 });

@@ -20,8 +20,12 @@ function runChartScript(html: string, plotly: boolean): { removed: string[]; rea
   const script = /<script type="text\/javascript">([\s\S]*)<\/script>$/.exec(html)![1]!;
   const removed: string[] = [];
   let reacted = 0;
-  const fallback = html.includes('class="hn-plot-fallback"') ? { className: "hn-plot-fallback", textContent: undefined as string | undefined } : undefined;
-  const wait = html.includes('class="hn-plot-wait"') ? { className: "hn-plot-wait", textContent: "chart: waiting" as string | undefined } : undefined;
+  const fallback = html.includes('class="hn-plot-fallback"')
+    ? { className: "hn-plot-fallback", textContent: undefined as string | undefined }
+    : undefined;
+  const wait = html.includes('class="hn-plot-wait"')
+    ? { className: "hn-plot-wait", textContent: "chart: waiting" as string | undefined }
+    : undefined;
   let children = [fallback, wait].filter((c): c is NonNullable<typeof c> => c !== undefined);
   const el = {
     querySelector: (sel: string) => children.find((c) => sel.split(",").some((s) => s.trim() === `.${c.className}`)) ?? null,
@@ -48,7 +52,9 @@ describe("chart outputs carry what they need", () => {
     const meta = await sharp(png).metadata();
     expect([meta.width, meta.height]).toEqual([720, 360]);
     // The same picture sits inside the chart's div.
-    const inDiv = /<div id="hn-loss-test" class="hn-plot"[^>]*><img class="hn-plot-fallback" src="data:image\/png;base64,([^"]+)"/.exec(bundle["text/html"]!);
+    const inDiv = /<div id="hn-loss-test" class="hn-plot"[^>]*><img class="hn-plot-fallback" src="data:image\/png;base64,([^"]+)"/.exec(
+      bundle["text/html"]!,
+    );
     expect(inDiv?.[1]).toBe(bundle["image/png"]);
     expect(bundle["text/plain"]).toMatch(/^\[loss: HTML \+ PNG \d+ bytes\]$/);
   });
@@ -81,7 +87,10 @@ describe("chart outputs carry what they need", () => {
 
 describe("results echo compactly", () => {
   it("a txt2img-like result prints one line but keeps its fields", () => {
-    const r = compactInspect({ pixels: new Float32Array(3072), png: [Buffer.from([0x89, 0x50])], seed: 7 }, (v) => `Result { seed ${v.seed} }`);
+    const r = compactInspect(
+      { pixels: new Float32Array(3072), png: [Buffer.from([0x89, 0x50])], seed: 7 },
+      (v) => `Result { seed ${v.seed} }`,
+    );
     const shown = inspect(r);
     expect(shown).toBe("Result { seed 7 }");
     expect(shown).not.toMatch(/Float32Array\(|<Buffer |Uint8Array\(/);
@@ -106,7 +115,10 @@ describe("run folders and resumed charts", () => {
   it("reads an A1111 loss CSV up to the resumed step, by column name", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "hn-csv-"));
     const file = path.join(dir, "hypernetwork_loss.csv");
-    fs.writeFileSync(file, "step,epoch,epoch_step,loss,learn_rate\n1,1,1,0.25,0.005\n2,1,2,0.125,0.005\nbroken line\n3,1,3,0.0625,0.001\n4,2,1,0.03,0.001\n");
+    fs.writeFileSync(
+      file,
+      "step,epoch,epoch_step,loss,learn_rate\n1,1,1,0.25,0.005\n2,1,2,0.125,0.005\nbroken line\n3,1,3,0.0625,0.001\n4,2,1,0.03,0.001\n",
+    );
     expect(readLossCsv(file, 3)).toEqual([
       { step: 1, loss: 0.25, lr: 0.005 },
       { step: 2, loss: 0.125, lr: 0.005 },
@@ -135,7 +147,14 @@ describe("the train verb's chart after a resume", () => {
       const dataDir = path.join(tmp, "data");
       await makeToyDataset(dataDir);
       const logDir = path.join(tmp, "run");
-      const quiet = { ...toyTrainOptions(dataDir, logDir), maxSteps: 4, saveEvery: 2, chartEveryMs: 0, preview: undefined, previewEvery: 0 };
+      const quiet = {
+        ...toyTrainOptions(dataDir, logDir),
+        maxSteps: 4,
+        saveEvery: 2,
+        chartEveryMs: 0,
+        preview: undefined,
+        previewEvery: 0,
+      };
       const first = await verbs.train(base, makeToyNet(4), quiet).done;
       expect(first.points.map((p) => p.step)).toEqual([1, 2, 3, 4]);
       // Resume from the step-2 checkpoint: the chart holds steps 1–2 from the CSV, then 3–6 trained again.

@@ -54,8 +54,14 @@ describe("fp16 hypernetwork files", () => {
         await expectNoLeak(() => {
           tf.tidy(() => {
             const x = tf.tensor(xs.data as Float32Array, xs.shape);
-            const ya = a.pair(dim)![0].forward(x, { multiplier: Number(m) }).dataSync();
-            const yb = b.pair(dim)![0].forward(x, { multiplier: Number(m) }).dataSync();
+            const ya = a
+              .pair(dim)![0]
+              .forward(x, { multiplier: Number(m) })
+              .dataSync();
+            const yb = b
+              .pair(dim)![0]
+              .forward(x, { multiplier: Number(m) })
+              .dataSync();
             expect(maxDiff(ya, yb)).toBe(0);
             expectClose(ya, io.get(`k.${dim}.${m}`)!.data, 1e-5);
           });
@@ -73,11 +79,16 @@ describe("fp16 hypernetwork files", () => {
     const stored = readHypernetworkFile(file);
     // Every stored weight is the round-to-nearest-even fp16 value of the fp32 weight: relative error
     // ≤ 2⁻¹¹, or ≤ 2⁻²⁵ absolute below fp16's normal range (subnormal spacing 2⁻²⁴).
-    const w32 = net.pair(32)![0].namedParameters().find(([k]) => k === "linear.0.weight")![1].toTorchSync() as HostTensor;
+    const w32 = net
+      .pair(32)![0]
+      .namedParameters()
+      .find(([k]) => k === "linear.0.weight")![1]
+      .toTorchSync() as HostTensor;
     const w16 = stored.weights.get(32)![0].get("linear.0.weight")!;
     expect(w16.dtype).toBe("F16");
     expect([...w16.data]).toEqual([...w32.data].map((v) => halfToFloat(floatToHalf(v))));
-    for (let i = 0; i < w32.data.length; i++) expect(Math.abs(w16.data[i]! - w32.data[i]!)).toBeLessThanOrEqual(Math.max(Math.abs(w32.data[i]!) * 2 ** -11, 2 ** -25));
+    for (let i = 0; i < w32.data.length; i++)
+      expect(Math.abs(w16.data[i]! - w32.data[i]!)).toBeLessThanOrEqual(Math.max(Math.abs(w32.data[i]!) * 2 ** -11, 2 ** -25));
     const net16 = toNetwork(stored, { trainable: false });
     tf.tidy(() => {
       const x = tf.randomNormal([2, 7, 32], 0, 1, "float32", 5);
@@ -111,7 +122,11 @@ describe("extreme multipliers", () => {
             expect(allFinite(y)).toBe(true);
             const own = tf.add(x, tf.mul(mod.branch(x), m)).dataSync();
             expect(maxDiff(y, own)).toBe(0);
-            expectClose(y, Float32Array.from(mlpTorch, (v, i) => xs.data[i]! + m * v), 1e-4);
+            expectClose(
+              y,
+              Float32Array.from(mlpTorch, (v, i) => xs.data[i]! + m * v),
+              1e-4,
+            );
           }),
         );
       }
@@ -124,7 +139,9 @@ describe("extreme multipliers", () => {
     loadUNetWeights(unet, fixture("ldm-tiny.unet.safetensors"));
     const io = readSafetensors(fixture("ldm-tiny.io.safetensors")).tensors;
     const xs = io.get("x")!;
-    const x = tf.tidy(() => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose<tf.Tensor4D>([0, 2, 3, 1]));
+    const x = tf.tidy(() =>
+      tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose<tf.Tensor4D>([0, 2, 3, 1]),
+    );
     const ctx = tf.tensor3d(io.get("context")!.data as Float32Array, io.get("context")!.shape as [number, number, number]);
     const t = [...io.get("t")!.data];
     const net = loadHypernetwork(fixture("ldm-a.pt"));

@@ -66,7 +66,8 @@ describe(".optim side file", () => {
   });
 
   const haveTorch = spawnSync("/usr/bin/python3", ["-c", "import torch"]).status === 0;
-  if (!haveTorch) console.warn("[optim-file] real-PyTorch check SKIPPED: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");
+  if (!haveTorch)
+    console.warn("[optim-file] real-PyTorch check SKIPPED: /usr/bin/python3 cannot import torch (apt-get install python3-torch)");
   it.runIf(haveTorch)("torch.optim.AdamW loads the state and steps with it", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "optim-"));
     const net = createHypernetwork({ name: "t", dims: [8, 12], activation: "relu", layerNorm: true });
@@ -76,13 +77,23 @@ describe(".optim side file", () => {
     writeOptimizerFile(pt, st);
     const r = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "optim_check.py"), pt], { encoding: "utf8" });
     expect(r.status, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as { hash_ok: boolean; name: string; group: { lr: number; betas: number[]; weight_decay: number }; params: Array<{ shape: number[]; step: number; sum_avg: number; sum_sq: number }> };
+    const out = JSON.parse(r.stdout) as {
+      hash_ok: boolean;
+      name: string;
+      group: { lr: number; betas: number[]; weight_decay: number };
+      params: Array<{ shape: number[]; step: number; sum_avg: number; sum_sq: number }>;
+    };
     expect(out.hash_ok).toBe(true);
     expect(out.name).toBe("AdamW");
     expect(out.group).toMatchObject({ lr: 5e-5, betas: [0.9, 0.999], weight_decay: 0.01 });
     expect(out.params.map((p) => p.shape)).toEqual(net.namedParameters().map(([, p]) => [...p.torchShape]));
     const sum = (a: Float32Array): number => a.reduce((s, v) => s + v, 0);
-    expectClose(out.params.map((p) => p.sum_avg), st.params.map((p) => sum(p.expAvg.data as Float32Array)), 1e-3, 1e-5);
+    expectClose(
+      out.params.map((p) => p.sum_avg),
+      st.params.map((p) => sum(p.expAvg.data as Float32Array)),
+      1e-3,
+      1e-5,
+    );
     expect(out.params.every((p) => p.step === 7)).toBe(true);
     net.dispose();
   });

@@ -45,9 +45,17 @@ const f32 = (shape: number[], values: number[]): HostTensor => ({ dtype: "F32", 
 
 /** The poisoned files of issue 18 (each keeps the matching hash) and the words the warning must hold. */
 const POISONS: Array<[string, (root: PyDict, state: PyDict, group: PyDict) => void, RegExp]> = [
-  ["negative exp_avg_sq", (_r, s) => void ((entry(s, 0).get("exp_avg_sq") as HostTensor).data[0] = -1e-3), /exp_avg_sq of parameter 0 holds -0\.00100000\d* at index 0; a second moment cannot be negative/],
+  [
+    "negative exp_avg_sq",
+    (_r, s) => void ((entry(s, 0).get("exp_avg_sq") as HostTensor).data[0] = -1e-3),
+    /exp_avg_sq of parameter 0 holds -0\.00100000\d* at index 0; a second moment cannot be negative/,
+  ],
   ["NaN step", (_r, s) => void entry(s, 0).set("step", f32([], [NaN])), /the step of parameter 0 is NaN, not a whole number ≥ 0/],
-  ["empty step", (_r, s) => void entry(s, 0).set("step", f32([0], [])), /the step of parameter 0 is a tensor of shape \[0\], not one number/],
+  [
+    "empty step",
+    (_r, s) => void entry(s, 0).set("step", f32([0], [])),
+    /the step of parameter 0 is a tensor of shape \[0\], not one number/,
+  ],
   ["NaN lr", (_r, _s, g) => void g.set("lr", new PyFloat(NaN)), /its learning rate lr is NaN, not a finite number ≥ 0/],
   ['optimizer_name "SGD"', (r) => void r.set("optimizer_name", "SGD"), /holds the state of the optimizer "SGD", not AdamW/],
 ];
@@ -68,7 +76,17 @@ describe("readOptimizerFile checks a hash-matching .optim before trusting it", (
       weightDecay: 0.01,
       params: net.namedParameters().map(([, p], i) => {
         const n = p.torchShape.reduce((a, b) => a * b, 1);
-        return { step: 10, expAvg: f32([...p.torchShape], Array.from({ length: n }, (_, j) => Math.sin(i + j) * 1e-3)), expAvgSq: f32([...p.torchShape], Array.from({ length: n }, (_, j) => 1e-6 * (j + 1))) };
+        return {
+          step: 10,
+          expAvg: f32(
+            [...p.torchShape],
+            Array.from({ length: n }, (_, j) => Math.sin(i + j) * 1e-3),
+          ),
+          expAvgSq: f32(
+            [...p.torchShape],
+            Array.from({ length: n }, (_, j) => 1e-6 * (j + 1)),
+          ),
+        };
       }),
     };
     net.dispose();
@@ -96,15 +114,31 @@ describe("readOptimizerFile checks a hash-matching .optim before trusting it", (
   });
 
   it.each<[string, (root: PyDict, state: PyDict, group: PyDict) => void, RegExp]>([
-    ["+Inf exp_avg", (_r, s) => void ((entry(s, 1).get("exp_avg") as HostTensor).data[2] = Infinity), /exp_avg of parameter 1 holds Infinity at index 2/],
-    ["NaN exp_avg_sq", (_r, s) => void ((entry(s, 0).get("exp_avg_sq") as HostTensor).data[0] = NaN), /exp_avg_sq of parameter 0 holds NaN/],
+    [
+      "+Inf exp_avg",
+      (_r, s) => void ((entry(s, 1).get("exp_avg") as HostTensor).data[2] = Infinity),
+      /exp_avg of parameter 1 holds Infinity at index 2/,
+    ],
+    [
+      "NaN exp_avg_sq",
+      (_r, s) => void ((entry(s, 0).get("exp_avg_sq") as HostTensor).data[0] = NaN),
+      /exp_avg_sq of parameter 0 holds NaN/,
+    ],
     ["negative step", (_r, s) => void entry(s, 0).set("step", -3), /the step of parameter 0 is -3/],
     ["fractional step", (_r, s) => void entry(s, 0).set("step", f32([], [2.5])), /the step of parameter 0 is 2\.5/],
-    ["a state key AdamW does not keep (SGD's momentum_buffer)", (_r, s) => void entry(s, 0).set("momentum_buffer", f32([1], [0])), /parameter 0 has state "momentum_buffer", which AdamW does not keep/],
+    [
+      "a state key AdamW does not keep (SGD's momentum_buffer)",
+      (_r, s) => void entry(s, 0).set("momentum_buffer", f32([1], [0])),
+      /parameter 0 has state "momentum_buffer", which AdamW does not keep/,
+    ],
     ["amsgrad", (_r, _s, g) => void g.set("amsgrad", true), /it uses amsgrad/],
     ["beta2 = 1", (_r, _s, g) => void g.set("betas", [new PyFloat(0.9), new PyFloat(1)]), /beta2 is 1, not in \[0, 1\)/],
     ["a parameter listed twice", (_r, _s, g) => void g.set("params", [0, 0, 2, 3]), /parameter id 0 is listed twice/],
-    ["optimizer_name not a string", (r) => void r.set("optimizer_name", 3), /holds the state of the optimizer a number as its name, not AdamW/],
+    [
+      "optimizer_name not a string",
+      (r) => void r.set("optimizer_name", 3),
+      /holds the state of the optimizer a number as its name, not AdamW/,
+    ],
   ])("also refused: %s", (_label, edit, words) => {
     fresh();
     rewriteOptim(pt, edit);
@@ -118,7 +152,20 @@ describe("readOptimizerFile checks a hash-matching .optim before trusting it", (
   });
 
   it("checks the hash before reading any tensor: a damaged tensor in another file's .optim is not even read", () => {
-    const marked: OptimizerState = { ...good, params: good.params.map((p, i) => (i === 0 ? { ...p, expAvg: f32(p.expAvg.shape, Array.from(p.expAvg.data, () => 1234.5678)) } : p)) };
+    const marked: OptimizerState = {
+      ...good,
+      params: good.params.map((p, i) =>
+        i === 0
+          ? {
+              ...p,
+              expAvg: f32(
+                p.expAvg.shape,
+                Array.from(p.expAvg.data, () => 1234.5678),
+              ),
+            }
+          : p,
+      ),
+    };
     writeOptimizerFile(pt, marked, { overwrite: true });
     const damage = (): void => {
       const bytes = fs.readFileSync(`${pt}.optim`);
@@ -144,8 +191,23 @@ describe("readOptimizerFile checks a hash-matching .optim before trusting it", (
     expect(opt.checkState(good)).toBeUndefined();
     const wrongShape: OptimizerState = { ...good, params: good.params.map((p, i) => (i === 1 ? { ...p, expAvg: f32([2], [0, 0]) } : p)) };
     expect(opt.checkState(wrongShape)).toBe(`exp_avg of parameter 1 is [2] but the parameter is [${params[1]!.torchShape.join(", ")}]`);
-    expect(opt.checkState({ ...good, params: good.params.slice(1) })).toMatch(new RegExp(`holds ${params.length - 1} parameters but the network has ${params.length};`));
-    const negative: OptimizerState = { ...good, params: good.params.map((p, i) => (i === 0 ? { ...p, expAvgSq: f32(p.expAvgSq.shape, Array.from(p.expAvgSq.data, (v) => -v)) } : p)) };
+    expect(opt.checkState({ ...good, params: good.params.slice(1) })).toMatch(
+      new RegExp(`holds ${params.length - 1} parameters but the network has ${params.length};`),
+    );
+    const negative: OptimizerState = {
+      ...good,
+      params: good.params.map((p, i) =>
+        i === 0
+          ? {
+              ...p,
+              expAvgSq: f32(
+                p.expAvgSq.shape,
+                Array.from(p.expAvgSq.data, (v) => -v),
+              ),
+            }
+          : p,
+      ),
+    };
     await expectNoLeak(() => expect(() => opt.importState(negative, "x.optim")).toThrow(/^x\.optim: exp_avg_sq of parameter 0 holds -/));
     opt.dispose();
     net.dispose();
@@ -171,12 +233,17 @@ describe("resuming with a poisoned .optim starts a fresh AdamW, with a warning",
   const copyRun = (name: string): string => {
     const dir = path.join(tmp, name);
     fs.mkdirSync(path.join(dir, "hypernetworks"), { recursive: true });
-    for (const f of ["toy-2.pt", "toy-2.pt.optim", "toy-2.pt.state.json"]) fs.copyFileSync(path.join(src, "hypernetworks", f), path.join(dir, "hypernetworks", f));
+    for (const f of ["toy-2.pt", "toy-2.pt.optim", "toy-2.pt.state.json"])
+      fs.copyFileSync(path.join(src, "hypernetworks", f), path.join(dir, "hypernetworks", f));
     return dir;
   };
   const resume = async (dir: string): Promise<{ res: TrainResult; weights: number[]; logs: string[] }> => {
     const logs: string[] = [];
-    const run = resumeTraining(base, path.join(dir, "hypernetworks", "toy-2.pt"), toyTrainOptions(dataDir, dir, { maxSteps: 3, saveEvery: 1, learningRate: "1e-2", onLog: (m) => logs.push(m) }));
+    const run = resumeTraining(
+      base,
+      path.join(dir, "hypernetworks", "toy-2.pt"),
+      toyTrainOptions(dataDir, dir, { maxSteps: 3, saveEvery: 1, learningRate: "1e-2", onLog: (m) => logs.push(m) }),
+    );
     const res = await run.done;
     run.network.dispose();
     const hf = readHypernetworkFile(res.lastCheckpoint!);
@@ -196,26 +263,38 @@ describe("resuming with a poisoned .optim starts a fresh AdamW, with a warning",
     expect(freshRun.weights.every(Number.isFinite)).toBe(true);
   }, 60_000);
 
-  it.each(POISONS)("%s: the resumed step is the fresh-AdamW step, finite, and a warning names the file and the problem", async (label, edit, words) => {
-    const dir = copyRun(`resume-${label.replace(/\W+/g, "-")}`);
-    const pt = path.join(dir, "hypernetworks", "toy-2.pt");
-    rewriteOptim(pt, edit);
-    const { res, weights } = await resume(dir);
-    expect(res.reason).toBe("max-steps");
-    const warning = res.warnings.find((w) => w.includes(`${pt}.optim`));
-    expect(warning, res.warnings.join("\n")).toMatch(words);
-    expect(warning).toMatch(/AdamW starts fresh/);
-    expect(weights.every(Number.isFinite)).toBe(true);
-    expect(res.losses).toEqual(freshRun.res.losses);
-    expect(weights).toEqual(freshRun.weights);
-  }, 60_000);
+  it.each(POISONS)(
+    "%s: the resumed step is the fresh-AdamW step, finite, and a warning names the file and the problem",
+    async (label, edit, words) => {
+      const dir = copyRun(`resume-${label.replace(/\W+/g, "-")}`);
+      const pt = path.join(dir, "hypernetworks", "toy-2.pt");
+      rewriteOptim(pt, edit);
+      const { res, weights } = await resume(dir);
+      expect(res.reason).toBe("max-steps");
+      const warning = res.warnings.find((w) => w.includes(`${pt}.optim`));
+      expect(warning, res.warnings.join("\n")).toMatch(words);
+      expect(warning).toMatch(/AdamW starts fresh/);
+      expect(weights.every(Number.isFinite)).toBe(true);
+      expect(res.losses).toEqual(freshRun.res.losses);
+      expect(weights).toEqual(freshRun.weights);
+    },
+    60_000,
+  );
 
   it("a .optim of another structure (hash matching) and an unreadable one also start fresh with a warning", async () => {
     const dir = copyRun("resume-other-shape");
     const pt = path.join(dir, "hypernetworks", "toy-2.pt");
-    rewriteOptim(pt, (_r, s) => void entry(s, 0).set("exp_avg", f32([3], [0, 0, 0])).set("exp_avg_sq", f32([3], [0, 0, 0])));
+    rewriteOptim(
+      pt,
+      (_r, s) =>
+        void entry(s, 0)
+          .set("exp_avg", f32([3], [0, 0, 0]))
+          .set("exp_avg_sq", f32([3], [0, 0, 0])),
+    );
     const other = await resume(dir);
-    expect(other.res.warnings.join("\n")).toMatch(/toy-2\.pt\.optim: not usable AdamW state: exp_avg of parameter 0 is \[3\] but the parameter is/);
+    expect(other.res.warnings.join("\n")).toMatch(
+      /toy-2\.pt\.optim: not usable AdamW state: exp_avg of parameter 0 is \[3\] but the parameter is/,
+    );
     expect(other.weights).toEqual(freshRun.weights);
 
     const dir2 = copyRun("resume-damaged");
@@ -232,7 +311,9 @@ describe("resuming with a poisoned .optim starts a fresh AdamW, with a warning",
     const bad = path.join(tmp, "nan-weights", "toy-2.pt");
     writeHypernetworkFile(hf, bad);
     const run = resumeTraining(base, bad, toyTrainOptions(dataDir, path.join(tmp, "nan-weights-run"), { maxSteps: 3 }));
-    await expect(run.done).rejects.toThrow(`train: ${bad} holds NaN or infinite weights, so training cannot continue from it; resume from an earlier checkpoint`);
+    await expect(run.done).rejects.toThrow(
+      `train: ${bad} holds NaN or infinite weights, so training cannot continue from it; resume from an earlier checkpoint`,
+    );
     run.network.dispose();
     expect(fs.existsSync(path.join(tmp, "nan-weights-run"))).toBe(false);
   }, 60_000);
@@ -266,12 +347,14 @@ describe("the NaN guard never keeps or recommends a non-finite checkpoint", () =
     expect(fs.existsSync(path.join(logDir, "hypernetworks", "toy-4.pt"))).toBe(false);
     expect(listCheckpoints(logDir).map((c) => c.step)).toEqual([1, 2, 3]);
     for (const c of listCheckpoints(logDir)) {
-      for (const pair of readHypernetworkFile(c.file).weights.values()) for (const sd of pair) for (const t of sd.values()) expect(t.data.every(Number.isFinite), c.file).toBe(true);
+      for (const pair of readHypernetworkFile(c.file).weights.values())
+        for (const sd of pair) for (const t of sd.values()) expect(t.data.every(Number.isFinite), c.file).toBe(true);
     }
     // the live network holds toy-3's (finite) weights again
     const live = fromNetwork(net);
     const disk = readHypernetworkFile(good);
-    for (const [dim, pair] of live.weights) pair.forEach((sd, j) => sd.forEach((t, k) => expect([...t.data]).toEqual([...disk.weights.get(dim)![j]!.get(k)!.data])));
+    for (const [dim, pair] of live.weights)
+      pair.forEach((sd, j) => sd.forEach((t, k) => expect([...t.data]).toEqual([...disk.weights.get(dim)![j]!.get(k)!.data])));
     expect(net.info.step).toBe(3);
     net.dispose();
   }, 60_000);
@@ -285,7 +368,8 @@ describe("the NaN guard never keeps or recommends a non-finite checkpoint", () =
     expect(res.message).toMatch(/the weights became non-finite by step 4.*the starting weights.*resume from the start/s);
     expect(res.lastCheckpoint).toBeUndefined();
     expect(fs.readdirSync(path.join(logDir, "hypernetworks"))).toEqual([]);
-    for (const [dim, pair] of fromNetwork(net).weights) pair.forEach((sd, j) => sd.forEach((t, k) => expect([...t.data]).toEqual([...start.weights.get(dim)![j]!.get(k)!.data])));
+    for (const [dim, pair] of fromNetwork(net).weights)
+      pair.forEach((sd, j) => sd.forEach((t, k) => expect([...t.data]).toEqual([...start.weights.get(dim)![j]!.get(k)!.data])));
     net.dispose();
   }, 60_000);
 });

@@ -69,7 +69,10 @@ function legacyFile(name: string, object: Buffer): string {
   fs.writeFileSync(
     file,
     Buffer.concat([
-      new P().raw(Buffer.from([0x8a, 10])).raw(magic).stop(),
+      new P()
+        .raw(Buffer.from([0x8a, 10]))
+        .raw(magic)
+        .stop(),
       new P().op(0x4d, 0xe9, 0x03).stop(), // 1001
       new P().op("}").stop(),
       object,
@@ -81,11 +84,15 @@ function legacyFile(name: string, object: Buffer): string {
 
 function zipFile(name: string, pickle: Buffer, storages: [string, Buffer][] = []): string {
   const file = path.join(tmp, name);
-  writeZip(file, [
-    { name: "archive/data.pkl", data: pickle },
-    ...storages.map(([k, b]) => ({ name: `archive/data/${k}`, data: b })),
-    { name: "archive/version", data: Buffer.from("3\n") },
-  ], { overwrite: true });
+  writeZip(
+    file,
+    [
+      { name: "archive/data.pkl", data: pickle },
+      ...storages.map(([k, b]) => ({ name: `archive/data/${k}`, data: b })),
+      { name: "archive/version", data: Buffer.from("3\n") },
+    ],
+    { overwrite: true },
+  );
   return file;
 }
 
@@ -98,7 +105,13 @@ describe("malicious pickles are refused before anything runs", () => {
     [
       "STACK_GLOBAL builtins.eval",
       "builtins.eval",
-      new P().short("builtins").short("eval").op(0x93).str(`open(${JSON.stringify(marker)}, "w")`).op(TUPLE1, REDUCE).stop(),
+      new P()
+        .short("builtins")
+        .short("eval")
+        .op(0x93)
+        .str(`open(${JSON.stringify(marker)}, "w")`)
+        .op(TUPLE1, REDUCE)
+        .stop(),
     ],
     [
       "subprocess.Popen",
@@ -108,7 +121,11 @@ describe("malicious pickles are refused before anything runs", () => {
     ["INST os.system", "os.system", new P().op(MARK).str(`touch ${marker}`).op(`ios\nsystem\n`).stop()],
     ["OBJ of posix.system", "posix.system", new P().op(MARK).global("posix", "system").str(`touch ${marker}`).op("o").stop()],
     ["NEWOBJ of builtins.object", "builtins.object", new P().global("builtins", "object").op(")", 0x81).stop()],
-    ["torch.storage._load_from_bytes", "torch.storage._load_from_bytes", new P().global("torch.storage", "_load_from_bytes").op(")", REDUCE).stop()],
+    [
+      "torch.storage._load_from_bytes",
+      "torch.storage._load_from_bytes",
+      new P().global("torch.storage", "_load_from_bytes").op(")", REDUCE).stop(),
+    ],
     ["torch.load itself", "torch.load", new P().global("torch", "load").op(")", REDUCE).stop()],
   ];
 
@@ -193,11 +210,23 @@ describe("hostile sizes give clean, fast errors", () => {
     f.close();
   });
   it("a storage claiming 2^40 elements", () => {
-    expectFastError(() => openTorchFile(zipFile("huge.pt", tensorPickle(2n ** 40n, [4], [1]), [["0", floats(4)]])), CorruptFileError, /claims 1099511627776/);
+    expectFastError(
+      () => openTorchFile(zipFile("huge.pt", tensorPickle(2n ** 40n, [4], [1]), [["0", floats(4)]])),
+      CorruptFileError,
+      /claims 1099511627776/,
+    );
   });
   it("a tensor whose size × stride runs past its storage", () => {
-    expectFastError(() => openTorchFile(zipFile("past.pt", tensorPickle(4n, [2, 3], [3, 1]), [["0", floats(4)]])), CorruptFileError, /past the end of storage/);
-    expectFastError(() => openTorchFile(zipFile("off.pt", tensorPickle(4n, [4], [1], 1), [["0", floats(4)]])), CorruptFileError, /past the end of storage/);
+    expectFastError(
+      () => openTorchFile(zipFile("past.pt", tensorPickle(4n, [2, 3], [3, 1]), [["0", floats(4)]])),
+      CorruptFileError,
+      /past the end of storage/,
+    );
+    expectFastError(
+      () => openTorchFile(zipFile("off.pt", tensorPickle(4n, [4], [1], 1), [["0", floats(4)]])),
+      CorruptFileError,
+      /past the end of storage/,
+    );
     expectFastError(() => openTorchFile(zipFile("neg.pt", tensorPickle(4n, [2], [-1], 1), [["0", floats(4)]])), CorruptFileError, /stride/);
   });
   it("a storage record that is missing", () => {
@@ -218,10 +247,17 @@ describe("hostile sizes give clean, fast errors", () => {
     zip.close();
     const storage = { key: "0", dtype: "F16" as const, numel: 1 << 20, readElements: () => new Uint8Array(0) };
     for (let cut = 0; cut < pkl.length; cut += 7) {
-      expect(() => unpickle(pkl.subarray(0, cut), 0, { file: "cut.pkl", persistentLoad: (r) => ({ ...storage, numel: r.numel }) }), `cut at ${cut}`).toThrow(/truncated/);
+      expect(
+        () => unpickle(pkl.subarray(0, cut), 0, { file: "cut.pkl", persistentLoad: (r) => ({ ...storage, numel: r.numel }) }),
+        `cut at ${cut}`,
+      ).toThrow(/truncated/);
     }
     const whole = tensorPickle(4n, [4], [1]);
-    expectFastError(() => openTorchFile(zipFile("cut.pt", whole.subarray(0, whole.length - 3), [["0", floats(4)]])), CorruptFileError, /truncated/);
+    expectFastError(
+      () => openTorchFile(zipFile("cut.pt", whole.subarray(0, whole.length - 3), [["0", floats(4)]])),
+      CorruptFileError,
+      /truncated/,
+    );
   });
   it("a million MARKs, a million nested lists", () => {
     expectFastError(run(new P().raw(Buffer.alloc(1_000_000, "(")).stop()), CorruptFileError, /nested MARKs/);

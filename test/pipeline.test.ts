@@ -48,10 +48,37 @@ const UNET: UNetConfig = {
   legacy: false,
   use_spatial_transformer: true,
 };
-const TEXT: ClipTextConfig = { vocabSize: 44, maxPositions: 16, width: 64, layers: 1, heads: 1, mlpWidth: 128, activation: "quick_gelu", eps: 1e-5 };
-const VAE: VaeConfig = { inChannels: 3, ch: 32, chMult: [1, 1], numResBlocks: 1, zChannels: 4, normGroups: 32, normEps: 1e-6, scaleFactor: 0.18215 };
+const TEXT: ClipTextConfig = {
+  vocabSize: 44,
+  maxPositions: 16,
+  width: 64,
+  layers: 1,
+  heads: 1,
+  mlpWidth: 128,
+  activation: "quick_gelu",
+  eps: 1e-5,
+};
+const VAE: VaeConfig = {
+  inChannels: 3,
+  ch: 32,
+  chMult: [1, 1],
+  numResBlocks: 1,
+  zChannels: 4,
+  normGroups: 32,
+  normEps: 1e-6,
+  scaleFactor: 0.18215,
+};
 const TOKENIZER = fixture("tokenizer");
-const GEN = { prompt: "a photo of a cat", negativePrompt: "blurry", steps: 2, cfgScale: 5, sampler: "Euler a" as const, seed: 42, width: 16, height: 16 };
+const GEN = {
+  prompt: "a photo of a cat",
+  negativePrompt: "blurry",
+  steps: 2,
+  cfgScale: 5,
+  sampler: "Euler a" as const,
+  seed: 42,
+  width: 16,
+  height: 16,
+};
 
 let dir: string;
 let hnDir: string;
@@ -107,7 +134,13 @@ function extras(): Array<[string, HostTensor]> {
   const ac = betas.map((b) => (a *= 1 - b));
   out.push(["betas", hostTensor([1000], betas)]);
   out.push(["alphas_cumprod", hostTensor([1000], ac)]);
-  out.push(["cond_stage_model.transformer.text_model.embeddings.position_ids", hostTensor([1, 16], new Float32Array(16).map((_, i) => i + 0.3))]);
+  out.push([
+    "cond_stage_model.transformer.text_model.embeddings.position_ids",
+    hostTensor(
+      [1, 16],
+      new Float32Array(16).map((_, i) => i + 0.3),
+    ),
+  ]);
   return out;
 }
 
@@ -133,13 +166,27 @@ beforeAll(async () => {
   loadStateDict(text, sourceOf(under("cond_stage_model.transformer.text_model.")));
   const vae = new AutoencoderKL(VAE, { init: zerosInit });
   loadStateDict(vae, sourceOf(under("first_stage_model.")));
-  reference = new BaseModel({ name: "tiny-sd", unet, textEncoder: text, vae, tokenizer: ClipTokenizer.fromFiles(TOKENIZER, undefined, { maxLength: 16 }), imageSize: 16 });
+  reference = new BaseModel({
+    name: "tiny-sd",
+    unet,
+    textEncoder: text,
+    vae,
+    tokenizer: ClipTokenizer.fromFiles(TOKENIZER, undefined, { maxLength: 16 }),
+    imageSize: 16,
+  });
 
   base = await loadBaseModel(single, { tokenizer: TOKENIZER });
 
   hnDir = path.join(dir, "hypernetworks");
   fs.mkdirSync(path.join(hnDir, "sub"), { recursive: true });
-  const net = createHypernetwork({ name: "tinyhn", dims: [64, 32, 96], layerStructure: [1, 2, 1], activation: "relu", weightInit: "XavierNormal", seed: 3 });
+  const net = createHypernetwork({
+    name: "tinyhn",
+    dims: [64, 32, 96],
+    layerStructure: [1, 2, 1],
+    activation: "relu",
+    weightInit: "XavierNormal",
+    seed: 3,
+  });
   saveHypernetwork(net, path.join(hnDir, "sub", "tinyhn.pt"));
   net.dispose();
 }, 60_000);
@@ -186,12 +233,20 @@ describe("loadBaseModel: single-file checkpoint", () => {
     const { data, info } = await sharp(got.png[0]!).raw().toBuffer({ resolveWithObject: true });
     expect([info.width, info.height, info.channels]).toEqual([16, 16, 3]);
     expect([...data]).toEqual([...px].map((v) => Math.round(v * 255)));
-    expect(got.infotexts[0]).toBe(`a photo of a cat\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5, Seed: 42, Size: 16x16, Model hash: ${base.report.hash}, Model: tiny-sd, RNG: NV`);
+    expect(got.infotexts[0]).toBe(
+      `a photo of a cat\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5, Seed: 42, Size: 16x16, Model hash: ${base.report.hash}, Model: tiny-sd, RNG: NV`,
+    );
   });
 
   it("a .ckpt (torch zip with state_dict) of the same weights loads to the same model", async () => {
     const ckpt = path.join(dir, "tiny-sd.ckpt");
-    writeTorchFile(ckpt, new PyDict("dict", [["state_dict", new PyDict("OrderedDict", [...ldm, ...extras()])], ["global_step", 1000]]));
+    writeTorchFile(
+      ckpt,
+      new PyDict("dict", [
+        ["state_dict", new PyDict("OrderedDict", [...ldm, ...extras()])],
+        ["global_step", 1000],
+      ]),
+    );
     const m = await loadBaseModel(ckpt, { tokenizer: TOKENIZER, hash: false });
     try {
       expect(m.report.unet.dtypes).toEqual({ F16: m.report.unet.tensors });
@@ -235,7 +290,10 @@ describe("loadBaseModel: diffusers folder", () => {
 describe("loadBaseModel: clear errors", () => {
   it("a checkpoint without a VAE asks for one, and loads with a separate VAE file", async () => {
     const noVae = path.join(dir, "novae.safetensors");
-    writeSafetensors(noVae, [...ldm].filter(([k]) => !k.startsWith("first_stage_model.")));
+    writeSafetensors(
+      noVae,
+      [...ldm].filter(([k]) => !k.startsWith("first_stage_model.")),
+    );
     await expect(loadBaseModel(noVae, { tokenizer: TOKENIZER })).rejects.toThrow(/has no VAE.*\{ vae:/s);
     const vaeFile = path.join(dir, "standalone-vae.safetensors");
     writeSafetensors(vaeFile, [...under("first_stage_model.")]);
@@ -266,7 +324,10 @@ describe("loadBaseModel: clear errors", () => {
     // SD 2.x: Linear proj_in [c, c] and a 1024-wide cross-attention context.
     writeSafetensors(sd2, [
       ["model.diffusion_model.input_blocks.1.1.proj_in.weight", hostTensor([320, 320], new Float32Array(320 * 320), "F16")],
-      ["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", hostTensor([320, 1024], new Float32Array(320 * 1024), "F16")],
+      [
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        hostTensor([320, 1024], new Float32Array(320 * 1024), "F16"),
+      ],
       ["cond_stage_model.model.token_embedding.weight", hostTensor([4, 1024], new Float32Array(4 * 1024), "F16")],
     ]);
     await expect(loadBaseModel(sd2, { tokenizer: TOKENIZER })).rejects.toThrow(/SD 2\.x checkpoint.*not supported yet/s);
@@ -326,7 +387,9 @@ describe("txt2img with hypernetwork prompt tags", () => {
   });
 
   it("an unknown name is an error listing close names, and nothing stays attached", async () => {
-    await expect(txt2img(base, { ...GEN, prompt: "cat <hypernet:tinyhm:1>", hypernetworkDir: hnDir })).rejects.toThrow(/no hypernetwork named "tinyhm".*Did you mean "tinyhn"/);
+    await expect(txt2img(base, { ...GEN, prompt: "cat <hypernet:tinyhm:1>", hypernetworkDir: hnDir })).rejects.toThrow(
+      /no hypernetwork named "tinyhm".*Did you mean "tinyhn"/,
+    );
     await expect(txt2img(base, { ...GEN, prompt: "cat <hypernet:tinyhn>" })).rejects.toThrow(/no hypernetworkDir/);
     const layers = base.unet.getProcessors();
     expect(new Set(layers.values()).size).toBe(1);
@@ -334,8 +397,17 @@ describe("txt2img with hypernetwork prompt tags", () => {
 
   it("detaches even when sampling fails", async () => {
     const before = base.unet.getProcessors();
-    await expect(txt2img(base, { ...GEN, width: 10, prompt: "cat <hypernet:tinyhn>", hypernetworkDir: hnDir })).rejects.toThrow(/multiple of 4/);
-    const badShape = { ...GEN, prompt: "cat <hypernet:tinyhn>", hypernetworkDir: hnDir, callback: () => { throw new Error("stop here"); } };
+    await expect(txt2img(base, { ...GEN, width: 10, prompt: "cat <hypernet:tinyhn>", hypernetworkDir: hnDir })).rejects.toThrow(
+      /multiple of 4/,
+    );
+    const badShape = {
+      ...GEN,
+      prompt: "cat <hypernet:tinyhn>",
+      hypernetworkDir: hnDir,
+      callback: () => {
+        throw new Error("stop here");
+      },
+    };
     await expect(txt2img(base, badShape)).rejects.toThrow(/stop here/);
     expect(base.unet.getProcessors()).toEqual(before);
   });

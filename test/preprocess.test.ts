@@ -32,7 +32,9 @@ function coordImage(w: number, h: number): Buffer {
   return b;
 }
 async function writeCoordPng(file: string, w: number, h: number): Promise<void> {
-  await sharp(coordImage(w, h), { raw: { width: w, height: h, channels: 3 } }).png().toFile(file);
+  await sharp(coordImage(w, h), { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toFile(file);
 }
 async function readRaw(file: string): Promise<{ data: Buffer; width: number; height: number; channels: number }> {
   const { data, info } = await sharp(file).raw().toBuffer({ resolveWithObject: true });
@@ -62,9 +64,15 @@ describe("crop arithmetic (hand-worked A1111 numbers)", () => {
   it("default crop-and-resize covers the target and cuts the centre", () => {
     // 150×100 → 64×64: W/H = 1 ≤ 1.5 = src ratio, so w' = 150·64//100 = 96, h' = 64;
     // A1111 pastes at (64//2 − 96//2, 0) = (−16, 0), i.e. cuts x ∈ [16, 80).
-    expect(coverCropPlan(150, 100, 64, 64)).toEqual({ resizeTo: { width: 96, height: 64 }, box: { left: 16, top: 0, width: 64, height: 64 } });
+    expect(coverCropPlan(150, 100, 64, 64)).toEqual({
+      resizeTo: { width: 96, height: 64 },
+      box: { left: 16, top: 0, width: 64, height: 64 },
+    });
     // 100×150 → 64×32: W/H = 2 > 0.667, so w' = 64, h' = 150·64//100 = 96; top = 96//2 − 32//2 = 32.
-    expect(coverCropPlan(100, 150, 64, 32)).toEqual({ resizeTo: { width: 64, height: 96 }, box: { left: 0, top: 32, width: 64, height: 32 } });
+    expect(coverCropPlan(100, 150, 64, 32)).toEqual({
+      resizeTo: { width: 64, height: 96 },
+      box: { left: 0, top: 32, width: 64, height: 32 },
+    });
   });
 
   it("split oversized: ratio, tile count and offsets", () => {
@@ -118,7 +126,15 @@ describe("crop arithmetic (hand-worked A1111 numbers)", () => {
     // edges centroid (20,20) weight 0.5, entropy (60,32) weight 0.15, no faces (weight 0.9 drops out):
     // x = (20·0.5 + 60·0.15)/0.65 = 19/0.65 = 29.23 → 29; y = (20·0.5 + 32·0.15)/0.65 = 14.8/0.65 = 22.77 → 23.
     const focus = combineFocalPoints([
-      { points: [{ x: 10, y: 10 }, { x: 30, y: 10 }, { x: 10, y: 30 }, { x: 30, y: 30 }], weight: 0.5 },
+      {
+        points: [
+          { x: 10, y: 10 },
+          { x: 30, y: 10 },
+          { x: 10, y: 30 },
+          { x: 30, y: 30 },
+        ],
+        weight: 0.5,
+      },
       { points: [{ x: 60, y: 32 }], weight: 0.15 },
       { points: [], weight: 0.9 },
     ]);
@@ -135,7 +151,12 @@ describe("crop arithmetic (hand-worked A1111 numbers)", () => {
     const g = new Float32Array(w * w);
     for (let y = 20; y < 44; y++) for (let x = 20; x < 44; x++) g[y * w + x] = 255;
     const pts = cornerPoints(g, w, w);
-    const want = [[20, 20], [43, 20], [20, 43], [43, 43]];
+    const want = [
+      [20, 20],
+      [43, 20],
+      [20, 43],
+      [43, 43],
+    ];
     for (const [cx, cy] of want) expect(pts.some((p) => Math.abs(p.x - cx!) <= 1.5 && Math.abs(p.y - cy!) <= 1.5)).toBe(true);
     expect(pts.length).toBe(4);
     // 128×64 grey with random texture only in x ∈ [96, 128): of the 64-wide windows at offsets
@@ -176,7 +197,12 @@ describe("preprocess folders", () => {
     const sum = await preprocess(src, dst, { width: 64, height: 64, existingCaption: "copy" });
     expect(hashFolder(src)).toBe(before);
     // sorted entries: 003-sunset beach.png(0), a-wide.png(1), b-tall.png(2), c-cat.png(3), c-cat.txt(4)
-    expect(sum.made.map((m) => m.file)).toEqual(["00000-0-003-sunset beach.png", "00001-0-a-wide.png", "00002-0-b-tall.png", "00003-0-c-cat.png"]);
+    expect(sum.made.map((m) => m.file)).toEqual([
+      "00000-0-003-sunset beach.png",
+      "00001-0-a-wide.png",
+      "00002-0-b-tall.png",
+      "00003-0-c-cat.png",
+    ]);
     expect(sum.skipped).toEqual([]);
     expect(sum.captionsFound).toBe(1);
     const sunset = sum.made[0]!;
@@ -217,10 +243,14 @@ describe("preprocess folders", () => {
     fs.mkdirSync(fsrc);
     // 128×64 flat grey with a textured block at x ∈ [100, 124): no scaling (64/64 = 1); corners and
     // entropy both lie right of x = 96, so the focus ≥ 96 and the box is clamped to x ∈ [64, 128).
-    const w = 128, h = 64;
+    const w = 128,
+      h = 64;
     const b = Buffer.alloc(w * h * 3, 128);
-    for (let y = 8; y < 56; y++) for (let x = 100; x < 124; x++) b.fill(((x >> 2) + (y >> 2)) % 2 ? 255 : 0, (y * w + x) * 3, (y * w + x) * 3 + 3);
-    await sharp(b, { raw: { width: w, height: h, channels: 3 } }).png().toFile(path.join(fsrc, "detail.png"));
+    for (let y = 8; y < 56; y++)
+      for (let x = 100; x < 124; x++) b.fill(((x >> 2) + (y >> 2)) % 2 ? 255 : 0, (y * w + x) * 3, (y * w + x) * 3 + 3);
+    await sharp(b, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toFile(path.join(fsrc, "detail.png"));
     const sum = await preprocess(fsrc, path.join(tmp, "out-focal"), { width: 64, height: 64, focalCrop: { debugImage: true } });
     expect(sum.made[0]!.kind).toBe("focal");
     expect(sum.made[0]!.box).toEqual({ left: 64, top: 0, width: 64, height: 64 });
@@ -251,7 +281,12 @@ describe("preprocess folders", () => {
     ]);
     for (const m of cat) expect(fs.readFileSync(path.join(dst, m.file.replace(".png", ".txt")), "utf8")).toBe("cat, sitting");
     const [o, hz, vt, bo] = await Promise.all(cat.map((m) => readRaw(path.join(dst, m.file))));
-    for (const [x, y] of [[0, 0], [5, 17], [63, 40], [31, 63]]) {
+    for (const [x, y] of [
+      [0, 0],
+      [5, 17],
+      [63, 40],
+      [31, 63],
+    ]) {
       expect(px(hz!, x!, y!)).toEqual(px(o!, 63 - x!, y!));
       expect(px(vt!, x!, y!)).toEqual(px(o!, x!, 63 - y!));
       expect(px(bo!, x!, y!)).toEqual(px(o!, 63 - x!, 63 - y!));
@@ -260,10 +295,19 @@ describe("preprocess folders", () => {
   });
 
   it("captioner output is combined with existing captions; caption-only keeps the size", async () => {
-    const sum = await preprocess(src, path.join(tmp, "out-cap"), { captionOnly: true, existingCaption: "prepend", captioner: () => "a photo" });
+    const sum = await preprocess(src, path.join(tmp, "out-cap"), {
+      captionOnly: true,
+      existingCaption: "prepend",
+      captioner: () => "a photo",
+    });
     const cat = sum.made.find((m) => m.source === "c-cat.png")!;
     expect(cat.caption).toBe("cat, sitting a photo");
-    expect(sum.made.find((m) => m.source === "a-wide.png")).toMatchObject({ kind: "caption-only", width: 200, height: 100, caption: "a photo" });
+    expect(sum.made.find((m) => m.source === "a-wide.png")).toMatchObject({
+      kind: "caption-only",
+      width: 200,
+      height: 100,
+      caption: "a photo",
+    });
   });
 
   it("alpha is dropped by default and kept when asked", async () => {
@@ -271,7 +315,9 @@ describe("preprocess folders", () => {
     fs.mkdirSync(asrc);
     const rgba = Buffer.alloc(48 * 48 * 4, 255);
     for (let i = 0; i < 48 * 48; i++) rgba[i * 4 + 3] = i % 48 < 24 ? 0 : 255;
-    await sharp(rgba, { raw: { width: 48, height: 48, channels: 4 } }).png().toFile(path.join(asrc, "m.png"));
+    await sharp(rgba, { raw: { width: 48, height: 48, channels: 4 } })
+      .png()
+      .toFile(path.join(asrc, "m.png"));
     await preprocess(asrc, path.join(tmp, "out-rgb"), { width: 32, height: 32 });
     await preprocess(asrc, path.join(tmp, "out-rgba"), { width: 32, height: 32, keepAlpha: true });
     expect((await readRaw(path.join(tmp, "out-rgb", "00000-0-m.png"))).channels).toBe(3);
@@ -288,7 +334,10 @@ describe("preprocess folders", () => {
     // display, so the stored top becomes the right side of a 40 × 60 image.
     const b = Buffer.alloc(60 * 40 * 3);
     for (let y = 0; y < 40; y++) for (let x = 0; x < 60; x++) b.set(y < 20 ? [255, 0, 0] : [0, 0, 255], (y * 60 + x) * 3);
-    await sharp(b, { raw: { width: 60, height: 40, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toFile(path.join(esrc, "photo.jpg"));
+    await sharp(b, { raw: { width: 60, height: 40, channels: 3 } })
+      .jpeg({ quality: 95 })
+      .withMetadata({ orientation: 6 })
+      .toFile(path.join(esrc, "photo.jpg"));
     expect((await sharp(path.join(esrc, "photo.jpg")).metadata()).orientation).toBe(6);
     const sum = await preprocess(esrc, path.join(tmp, "out-exif"), { captionOnly: true });
     const img = await readRaw(path.join(tmp, "out-exif", sum.made[0]!.file));
@@ -306,12 +355,16 @@ describe("preprocess folders", () => {
     fs.mkdirSync(bsrc);
     const noise = Buffer.alloc(64 * 64 * 3);
     for (let i = 0; i < noise.length; i++) noise[i] = (i * 7919) % 251;
-    const png = await sharp(noise, { raw: { width: 64, height: 64, channels: 3 } }).png().toBuffer();
+    const png = await sharp(noise, { raw: { width: 64, height: 64, channels: 3 } })
+      .png()
+      .toBuffer();
     fs.writeFileSync(path.join(bsrc, "good.png"), png);
     fs.writeFileSync(path.join(bsrc, "truncated.png"), png.subarray(0, Math.floor(png.length / 2)));
     fs.writeFileSync(path.join(bsrc, "notes.png"), "this is text, not a picture\n");
     fs.writeFileSync(path.join(bsrc, "zero.png"), Buffer.alloc(0));
-    await sharp({ create: { width: 1, height: 1, channels: 3, background: "#fff" } }).png().toFile(path.join(bsrc, "tiny.png"));
+    await sharp({ create: { width: 1, height: 1, channels: 3, background: "#fff" } })
+      .png()
+      .toFile(path.join(bsrc, "tiny.png"));
     fs.mkdirSync(path.join(bsrc, "x.jpg"));
     fs.writeFileSync(path.join(bsrc, "old.bmp"), Buffer.concat([Buffer.from("BM"), Buffer.alloc(60)]));
     const before = hashFolder(bsrc);

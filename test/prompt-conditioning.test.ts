@@ -47,7 +47,15 @@ function toyBase(): { base: BaseModel; calls: number[][] } {
 }
 
 const run = (base: BaseModel, prompt: string, sampler: string, steps: number, extra: { negativePrompt?: string; cfgScale?: number } = {}) =>
-  sampleImages(base, { prompts: [prompt], sampler, steps, seed: 7, cfgScale: extra.cfgScale ?? 7, negativePrompt: extra.negativePrompt ?? "", promptSyntax: { encode } });
+  sampleImages(base, {
+    prompts: [prompt],
+    sampler,
+    steps,
+    seed: 7,
+    cfgScale: extra.cfgScale ?? 7,
+    negativePrompt: extra.negativePrompt ?? "",
+    promptSyntax: { encode },
+  });
 
 describe("prompt editing and alternation switch the conditioning per model call, as A1111", () => {
   it("[red:blue:0.5] over 10 Euler steps: red for calls 0–5 (A1111's step ≤ 5), blue for 6–9; the uncond every call", async () => {
@@ -103,7 +111,19 @@ describe("prompt editing and alternation switch the conditioning per model call,
 describe("AND (composable diffusion) with weights", () => {
   it("combineMulticond: u + cfg·Σ w_i·(c_i − u), by hand", () => {
     const out = tf.tensor4d([1, 3, 10, 0.5, 2], [5, 1, 1, 1]); // cond rows: c_a = 1, c_b = 3 (image 0), c = 10 (image 1); uncond 0.5, 2
-    const got = tf.tidy(() => combineMulticond(out, [[[0, 1], [1, 0.5]], [[2, 2]]], 7).dataSync());
+    const got = tf.tidy(() =>
+      combineMulticond(
+        out,
+        [
+          [
+            [0, 1],
+            [1, 0.5],
+          ],
+          [[2, 2]],
+        ],
+        7,
+      ).dataSync(),
+    );
     // image 0: 0.5 + 7·((1 − 0.5) + 0.5·(3 − 0.5)) = 12.75; image 1: 2 + 7·2·(10 − 2) = 114
     expectClose(got, [12.75, 114], 1e-6);
     out.dispose();
@@ -117,7 +137,13 @@ describe("AND (composable diffusion) with weights", () => {
     // The same run with a denoiser written out: ε = 0.5·x + c, so
     // ε_u + 7·((ε_a − ε_u) + 0.5·(ε_b − ε_u)) = 0.5·x + 5 + 7·((3 − 5) + 0.5·(4 − 5)) = 0.5·x − 12.5.
     const sampler = samplerByName("Euler a", { steps: 4 });
-    const want = await sampler.sample({ denoiser: (x) => tf.tidy(() => tf.add(tf.mul(x, 0.5), -12.5)), shape: [1, 2, 2, 1], cond: tf.zeros([1, 1, 1]), guidanceScale: 1, rng: new Rng(7) });
+    const want = await sampler.sample({
+      denoiser: (x) => tf.tidy(() => tf.add(tf.mul(x, 0.5), -12.5)),
+      shape: [1, 2, 2, 1],
+      cond: tf.zeros([1, 1, 1]),
+      guidanceScale: 1,
+      rng: new Rng(7),
+    });
     expectClose(got.pixels.slice(0, 4), want.dataSync(), 1e-5, 1e-6); // the toy decodes to one channel
     want.dispose();
   });
@@ -127,7 +153,13 @@ describe("AND (composable diffusion) with weights", () => {
     const got = await expectNoLeak(() => run(base, "a:0.5", "Euler", 3, { cfgScale: 1 }));
     expect(calls).toEqual(new Array(3).fill([3, 0]));
     // ε = 0.5·x + 0 + 1·0.5·(3 − 0) = 0.5·x + 1.5
-    const want = await samplerByName("Euler", { steps: 3 }).sample({ denoiser: (x) => tf.tidy(() => tf.add(tf.mul(x, 0.5), 1.5)), shape: [1, 2, 2, 1], cond: tf.zeros([1, 1, 1]), guidanceScale: 1, rng: new Rng(7) });
+    const want = await samplerByName("Euler", { steps: 3 }).sample({
+      denoiser: (x) => tf.tidy(() => tf.add(tf.mul(x, 0.5), 1.5)),
+      shape: [1, 2, 2, 1],
+      cond: tf.zeros([1, 1, 1]),
+      guidanceScale: 1,
+      rng: new Rng(7),
+    });
     expectClose(got.pixels.slice(0, 4), want.dataSync(), 1e-5, 1e-6); // the toy decodes to one channel
     want.dispose();
   });
@@ -138,7 +170,14 @@ describe("a plain prompt keeps the plain path", () => {
     const a = toyBase();
     const b = toyBase();
     const withSyntax = await expectNoLeak(() => run(a.base, "a cat", "DPM++ 2M", 5, { negativePrompt: "neg" }));
-    const plain = await sampleImages(b.base, { prompts: ["a cat"], sampler: "DPM++ 2M", steps: 5, seed: 7, cfgScale: 7, negativePrompt: "neg" });
+    const plain = await sampleImages(b.base, {
+      prompts: ["a cat"],
+      sampler: "DPM++ 2M",
+      steps: 5,
+      seed: 7,
+      cfgScale: 7,
+      negativePrompt: "neg",
+    });
     expect(Array.from(withSyntax.pixels)).toEqual(Array.from(plain.pixels));
     expect(a.calls).toEqual(b.calls);
     expect(PromptConditioning.needed(["a cat"], "neg", 5)).toBe(false);

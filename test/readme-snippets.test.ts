@@ -25,7 +25,11 @@ function toScript(block: string, shorten: boolean): string {
   const imports = lines.filter((l) => /^import /.test(l)).map((l) => l.replace(/"\.\/src\/index"/, index));
   if (!imports.some((l) => l.includes("* as hn"))) imports.unshift(`import * as hn from ${index};`);
   let body = lines.filter((l) => !/^import /.test(l)).join("\n");
-  if (shorten) body = body.replace(/maxSteps: 300/g, "maxSteps: 6").replace(/batchSize: 8/g, "batchSize: 2").replace(/(saveEvery|previewEvery): 100/g, "$1: 3");
+  if (shorten)
+    body = body
+      .replace(/maxSteps: 300/g, "maxSteps: 6")
+      .replace(/batchSize: 8/g, "batchSize: 2")
+      .replace(/(saveEvery|previewEvery): 100/g, "$1: 3");
   return `${imports.join("\n")}\nvoid hn;\n(async () => {\n${body}\n})().catch((e) => { console.error(e); process.exit(1); });\n`;
 }
 
@@ -44,12 +48,22 @@ describe("README TypeScript blocks", () => {
         if (needsWeights(block)) return;
         const file = path.join(scripts, `block-${i + 1}.ts`);
         fs.writeFileSync(file, toScript(block, true));
-        const r = spawnSync(process.execPath, [path.join(root, "node_modules", "ts-node", "dist", "bin.js"), "--transpile-only", "--project", path.join(root, "tsconfig.json"), file], {
-          cwd: work,
-          encoding: "utf8",
-          timeout: 240_000,
-          env: { ...process.env, HYPERNET_DISPLAY: "files", HYPERNET_OUTPUT_DIR: path.join(work, "display") },
-        });
+        const r = spawnSync(
+          process.execPath,
+          [
+            path.join(root, "node_modules", "ts-node", "dist", "bin.js"),
+            "--transpile-only",
+            "--project",
+            path.join(root, "tsconfig.json"),
+            file,
+          ],
+          {
+            cwd: work,
+            encoding: "utf8",
+            timeout: 240_000,
+            env: { ...process.env, HYPERNET_DISPLAY: "files", HYPERNET_OUTPUT_DIR: path.join(work, "display") },
+          },
+        );
         expect(r.status, `README block ${i + 1} failed:\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-3000)}`).toBe(0);
       });
       // What the blocks promise: the training set, a checkpoint and the loss CSV; the saved network.
@@ -72,8 +86,14 @@ describe("README TypeScript blocks", () => {
       return [file];
     });
     const tsconfig = path.join(dir, "tsconfig.json");
-    fs.writeFileSync(tsconfig, JSON.stringify({ extends: path.join(root, "tsconfig.json"), compilerOptions: { noEmit: true, rootDir: root }, include: [], files }));
-    const r = spawnSync(process.execPath, [path.join(root, "node_modules", "typescript", "bin", "tsc"), "-p", tsconfig], { encoding: "utf8", timeout: 300_000 });
+    fs.writeFileSync(
+      tsconfig,
+      JSON.stringify({ extends: path.join(root, "tsconfig.json"), compilerOptions: { noEmit: true, rootDir: root }, include: [], files }),
+    );
+    const r = spawnSync(process.execPath, [path.join(root, "node_modules", "typescript", "bin", "tsc"), "-p", tsconfig], {
+      encoding: "utf8",
+      timeout: 300_000,
+    });
     // Errors in src/ that other work in progress causes are not the README's: only the blocks' own lines count.
     const own = r.stdout.split("\n").filter((l) => l.includes("illustrative-"));
     expect(own, own.join("\n")).toEqual([]);

@@ -39,7 +39,11 @@ describe("sampleImages", () => {
 
   it("one prompt for `count` images is the same as the prompt repeated (cond broadcast over the batch)", async () => {
     const once = await sampleImages(base, { ...common, prompts: ["a green triangle"], count: 3, seed: 5 });
-    const repeated = await sampleImages(base, { ...common, prompts: ["a green triangle", "a green triangle", "a green triangle"], seed: 5 });
+    const repeated = await sampleImages(base, {
+      ...common,
+      prompts: ["a green triangle", "a green triangle", "a green triangle"],
+      seed: 5,
+    });
     expect(firstDifference(once.pixels, repeated.pixels)).toBe(-1);
   });
 
@@ -81,7 +85,9 @@ describe("sampleImages", () => {
     await expect(sampleImages(base, { ...common, prompts: [], seed: 1 })).rejects.toThrow(/at least one prompt/);
     await expect(sampleImages(base, { ...common, prompts: ["a", "b"], count: 3, seed: 1 })).rejects.toThrow(/2 prompts for 3 images/);
     await expect(sampleImages(base, { ...common, prompts: ["a"], count: 0, seed: 1 })).rejects.toThrow(/count must be a positive integer/);
-    await expect(sampleImages(base, { ...common, prompts: ["a"], batchSize: 0, seed: 1 })).rejects.toThrow(/batchSize must be a positive integer/);
+    await expect(sampleImages(base, { ...common, prompts: ["a"], batchSize: 0, seed: 1 })).rejects.toThrow(
+      /batchSize must be a positive integer/,
+    );
     await expect(sampleImages(base, { ...common, prompts: ["a"] })).rejects.toThrow(/give a seed/);
     await expect(sampleImages(base, { ...common, sampler: "Euler q", prompts: ["a"], seed: 1 })).rejects.toThrow(/Euler q/);
   });
@@ -119,12 +125,18 @@ describe("pixel conversions and the PNG writer", () => {
     expect([back.info.width, back.info.height, back.info.channels]).toEqual([3, 2, 3]);
     expect([...back.data]).toEqual([...rgb]);
     const rgba = Uint8Array.from({ length: 2 * 2 * 4 }, (_, i) => (i * 53) % 256);
-    const back4 = await sharp(await encodePng({ data: rgba, width: 2, height: 2, channels: 4 })).raw().toBuffer();
+    const back4 = await sharp(await encodePng({ data: rgba, width: 2, height: 2, channels: 4 }))
+      .raw()
+      .toBuffer();
     expect([...back4]).toEqual([...rgba]);
-    await expect(encodePng({ data: rgb, width: 4, height: 2, channels: 3 })).rejects.toThrow(/18 bytes do not make a 4×2 image of 3 channel\(s\) \(24 bytes\)/);
+    await expect(encodePng({ data: rgb, width: 4, height: 2, channels: 3 })).rejects.toThrow(
+      /18 bytes do not make a 4×2 image of 3 channel\(s\) \(24 bytes\)/,
+    );
     await expect(encodePng({ data: rgb, width: 0, height: 2, channels: 3 })).rejects.toThrow(/positive integers/);
     await expect(encodePng({ data: rgb, width: 3, height: 2, channels: 5 })).rejects.toThrow(/channels must be 1, 2, 3 or 4/);
-    const grey = await sharp(await encodePngFrom(sharp({ create: { width: 2, height: 1, channels: 3, background: "#102030" } }))).raw().toBuffer();
+    const grey = await sharp(await encodePngFrom(sharp({ create: { width: 2, height: 1, channels: 3, background: "#102030" } })))
+      .raw()
+      .toBuffer();
     expect([...grey]).toEqual([16, 32, 48, 16, 32, 48]);
   });
 });

@@ -37,8 +37,14 @@ function gaussianDenoiser(mu: number, s: number): Denoiser {
   return (x, t) =>
     tf.tidy(() => {
       const a = t.map(alphaBar);
-      const shift = tf.tensor(a.map((ai) => Math.sqrt(ai) * mu), [t.length, 1, 1, 1]);
-      const gain = tf.tensor(a.map((ai) => Math.sqrt(1 - ai) / (ai * s * s + 1 - ai)), [t.length, 1, 1, 1]);
+      const shift = tf.tensor(
+        a.map((ai) => Math.sqrt(ai) * mu),
+        [t.length, 1, 1, 1],
+      );
+      const gain = tf.tensor(
+        a.map((ai) => Math.sqrt(1 - ai) / (ai * s * s + 1 - ai)),
+        [t.length, 1, 1, 1],
+      );
       return tf.mul(gain, tf.sub(x, shift)) as tf.Tensor4D;
     });
 }
@@ -78,12 +84,19 @@ describe("samplers recover a known x0 from pure noise (exact ε-predictor)", () 
     // ε_T = (z − √ᾱ_T·x0)/√(1−ᾱ_T) from the initial noise z = Rng(seed).normal.
     const z = new Rng(1).normal(SIZE);
     const aT = AC[951]!;
-    const expected = Array.from(z, (zi) => Math.sqrt(AC[0]!) * x0 + Math.sqrt(1 - AC[0]!) * ((zi - Math.sqrt(aT) * x0) / Math.sqrt(1 - aT)));
+    const expected = Array.from(
+      z,
+      (zi) => Math.sqrt(AC[0]!) * x0 + Math.sqrt(1 - AC[0]!) * ((zi - Math.sqrt(aT) * x0) / Math.sqrt(1 - aT)),
+    );
     expectClose(out.dataSync() as Float32Array, expected, 1e-4);
     tf.dispose([out, cond]);
   });
 
-  for (const make of [() => eulerSampler({ steps: 20 }), () => eulerAncestral({ steps: 20 }), () => eulerSampler({ steps: 10, sigmas: "karras" })]) {
+  for (const make of [
+    () => eulerSampler({ steps: 20 }),
+    () => eulerAncestral({ steps: 20 }),
+    () => eulerSampler({ steps: 10, sigmas: "karras" }),
+  ]) {
     const s = make();
     it(`${s.name} (${s.steps} steps) ends at x0`, async () => {
       const cond = COND();
@@ -213,7 +226,12 @@ describe("classifier-free guidance", () => {
     // One Euler step from σ_max: x = σ·z, x̂₀ = x − σ·ε with ε = −0.2 + 7.5·(0.3 − (−0.2)) = 3.55.
     expect(sigma).toBeCloseTo(Math.exp(LOG_SIGMA[999]!), 9);
     const z = new Rng(4).normal(SIZE);
-    expectClose(seen!, Array.from(z, (zi) => sigma * zi - sigma * 3.55), 1e-3, 1e-5);
+    expectClose(
+      seen!,
+      Array.from(z, (zi) => sigma * zi - sigma * 3.55),
+      1e-3,
+      1e-5,
+    );
     expectClose(out.dataSync() as Float32Array, seen!, 1e-4); // σ₁ = 0: the result is x̂₀
     tf.dispose([out, cond, uncond]);
   });
@@ -237,7 +255,11 @@ describe("classifier-free guidance", () => {
     expect(calls.map((c) => c.batch)).toEqual([SHAPE[0]]);
     expect(calls[0]!.t).toEqual([1, 1]);
     const z = new Rng(5).normal(SIZE);
-    expectClose(x0!, Array.from(z, (zi) => (zi - Math.sqrt(1 - AC[1]!) * 0.3) / Math.sqrt(AC[1]!)), 1e-5);
+    expectClose(
+      x0!,
+      Array.from(z, (zi) => (zi - Math.sqrt(1 - AC[1]!) * 0.3) / Math.sqrt(AC[1]!)),
+      1e-5,
+    );
     tf.dispose([out, cond, uncond]);
   });
 
@@ -290,7 +312,11 @@ describe("reproducibility and RNG state", () => {
 
 describe("memory", () => {
   const d = gaussianDenoiser(0.1, 0.4);
-  for (const make of [(n: number) => ddim({ steps: n, eta: 0.5 }), (n: number) => eulerAncestral({ steps: n }), (n: number) => samplerByName("Euler", { steps: n })]) {
+  for (const make of [
+    (n: number) => ddim({ steps: n, eta: 0.5 }),
+    (n: number) => eulerAncestral({ steps: n }),
+    (n: number) => samplerByName("Euler", { steps: n }),
+  ]) {
     for (const steps of [1, 5]) {
       const s = make(steps);
       it(`${s.name}, ${steps} step(s) with CFG and a callback: no tensors leak`, async () => {
@@ -323,7 +349,9 @@ describe("memory", () => {
     const cond = COND();
     const bad: Denoiser = (_x) => tf.zeros([1, 1, 1, 1]) as tf.Tensor4D;
     await expectNoLeak(async () => {
-      await expect(ddim({ steps: 3 }).sample({ denoiser: bad, shape: SHAPE, cond, seed: 1 })).rejects.toThrow(/must predict ε with the input's shape/);
+      await expect(ddim({ steps: 3 }).sample({ denoiser: bad, shape: SHAPE, cond, seed: 1 })).rejects.toThrow(
+        /must predict ε with the input's shape/,
+      );
     });
     cond.dispose();
   });

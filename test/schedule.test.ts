@@ -284,7 +284,12 @@ describe("Rng", () => {
     const drawn = await withRestoredRng(r, () => r.normal(10));
     expect(drawn.length).toBe(10);
     expect(r.getState()).toEqual(before);
-    await expect(withRestoredRng(r, () => { r.normal(3); throw new Error("boom"); })).rejects.toThrow("boom");
+    await expect(
+      withRestoredRng(r, () => {
+        r.normal(3);
+        throw new Error("boom");
+      }),
+    ).rejects.toThrow("boom");
     expect(r.getState()).toEqual(before);
   });
 });

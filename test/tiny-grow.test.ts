@@ -49,7 +49,10 @@ describe("addAttentionLevel", () => {
     // output block 5 ends with the upsample conv, which moves from index 1 to 2.
     const blocks = [...new Set(r.added.map((k) => /^unet\.((input|output)_blocks\.\d+\.1)\./.exec(k)?.[1]))].sort();
     expect(blocks).toEqual(["input_blocks.3.1", "output_blocks.4.1", "output_blocks.5.1"]);
-    expect(r.moved.map(([a, b]) => `${a} → ${b}`).sort()).toEqual(["unet.output_blocks.5.1.conv.bias → unet.output_blocks.5.2.conv.bias", "unet.output_blocks.5.1.conv.weight → unet.output_blocks.5.2.conv.weight"]);
+    expect(r.moved.map(([a, b]) => `${a} → ${b}`).sort()).toEqual([
+      "unet.output_blocks.5.1.conv.bias → unet.output_blocks.5.2.conv.bias",
+      "unet.output_blocks.5.1.conv.weight → unet.output_blocks.5.2.conv.weight",
+    ]);
     const before = epsOf(src());
     const after = epsOf(dst);
     expect(after.length).toBe(before.length);

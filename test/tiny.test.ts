@@ -71,7 +71,15 @@ describe("tiny-shapes dataset", () => {
   });
 
   it("renders exact colours: a pixel fully inside a shape has the shape colour, the corners the background", () => {
-    const scene: Scene = { shape: "square", color: "cyan", background: "gray", count: 1, size: "large", position: "center", centers: [[16, 16]] };
+    const scene: Scene = {
+      shape: "square",
+      color: "cyan",
+      background: "gray",
+      count: 1,
+      size: "large",
+      position: "center",
+      centers: [[16, 16]],
+    };
     const px = renderScene(scene);
     expect([...px.subarray((16 * 32 + 16) * 3, (16 * 32 + 16) * 3 + 3)]).toEqual([...COLORS.cyan]);
     expect([...px.subarray(0, 3)]).toEqual([...BACKGROUNDS.gray]);
@@ -213,7 +221,9 @@ describe("pastel style set and styleScore", () => {
     for (let i = 0; i < 32 * 32; i++) img.set([15, 15, 15], i * 3);
     // A 10×10 square with a white outer ring (drawn: nearer yellow than black, but every ring pixel
     // has an undrawn neighbour, so it does not count) around an 8×8 of (200, 100, 50): 50/200.
-    for (let y = 10; y < 20; y++) for (let x = 10; x < 20; x++) img.set(y === 10 || y === 19 || x === 10 || x === 19 ? [255, 255, 255] : [200, 100, 50], (y * 32 + x) * 3);
+    for (let y = 10; y < 20; y++)
+      for (let x = 10; x < 20; x++)
+        img.set(y === 10 || y === 19 || x === 10 || x === 19 ? [255, 255, 255] : [200, 100, 50], (y * 32 + x) * 3);
     expect(whiteness(img)).toBeCloseTo(0.25, 12);
     // Its inner 6×6 made (220, 110, 110), 110/220: 36 pixels at 0.5 and 28 at 0.25.
     for (let y = 12; y < 18; y++) for (let x = 12; x < 18; x++) img.set([220, 110, 110], (y * 32 + x) * 3);
@@ -233,7 +243,14 @@ describe("the striped toy style set as an image folder (notebooks 01 and 03)", (
     const striped = stripedSet(3);
     for (const [i, s] of striped.entries()) {
       expect(s.caption).toBe(plain[i]!.caption);
-      for (const [y, x, c] of [[0, 0, 0], [0, 1, 2], [5, 1, 1], [31, 31, 0], [2, 3, 1], [10, 13, 2]] as const) {
+      for (const [y, x, c] of [
+        [0, 0, 0],
+        [0, 1, 2],
+        [5, 1, 1],
+        [31, 31, 0],
+        [2, 3, 1],
+        [10, 13, 2],
+      ] as const) {
         const j = (y * 32 + x) * 3 + c;
         const want = (x + y) % 6 < 2 ? Math.round(plain[i]!.pixels[j]! * 0.35) : plain[i]!.pixels[j]!;
         expect(s.pixels[j], `image ${i} pixel (${x}, ${y}) channel ${c}`).toBe(want);

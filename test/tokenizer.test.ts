@@ -135,8 +135,14 @@ describe("ClipTokenizer (hand-made BPE fixture)", () => {
   it("splitIntoChunks follows A1111's rule exactly on a small window", () => {
     // window 4, comma = 9: tokens 1 2 9 3 4 5 → at the 6th token the window [1 2 9 3] is full and
     // the comma is 2 back → [1 2 9] | [3 4 5]
-    expect(splitIntoChunks([1, 2, 9, 3, 4, 5], 4, 9, 20)).toEqual([[1, 2, 9], [3, 4, 5]]);
-    expect(splitIntoChunks([1, 2, 9, 3, 4, 5], 4, 9, 0)).toEqual([[1, 2, 9, 3], [4, 5]]);
+    expect(splitIntoChunks([1, 2, 9, 3, 4, 5], 4, 9, 20)).toEqual([
+      [1, 2, 9],
+      [3, 4, 5],
+    ]);
+    expect(splitIntoChunks([1, 2, 9, 3, 4, 5], 4, 9, 0)).toEqual([
+      [1, 2, 9, 3],
+      [4, 5],
+    ]);
     expect(splitIntoChunks([], 4, 9, 20)).toEqual([[]]);
   });
 

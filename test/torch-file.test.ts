@@ -66,7 +66,10 @@ describe("reading torch zip files written by PyTorch", () => {
             const [w0, b0, w1, b1] = m.legacy
               ? ["linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
               : ["linear.0.weight", "linear.0.bias", "linear.1.weight", "linear.1.bias"];
-            for (const [j, which] of [[0, "k"], [1, "v"]] as const) {
+            for (const [j, which] of [
+              [0, "k"],
+              [1, "v"],
+            ] as const) {
               const sd = asDict(items[j]);
               expect(sd.kind).toBe("OrderedDict");
               expect([...sd.map.keys()]).toEqual([w0, b0, w1, b1]);
@@ -319,7 +322,6 @@ for path, wo in zip(sys.argv[1::2], sys.argv[2::2]):
 print(json.dumps(out))
 `;
 
-
 describe("writing torch files", () => {
   it("round-trips a hypernetwork-like value exactly through our reader", () => {
     const file = path.join(tmp, "round.pt");
@@ -327,7 +329,10 @@ describe("writing torch files", () => {
     writeTorchFile(file, value);
     const back = readTorchFile(file);
     expect(describe_(back)).toEqual(describe_(value));
-    expect((asDict(back).get(768) as PyTuple).items.map((sd) => (asDict(sd).get("linear.0.weight") as HostTensor).dtype)).toEqual(["F16", "F16"]);
+    expect((asDict(back).get(768) as PyTuple).items.map((sd) => (asDict(sd).get("linear.0.weight") as HostTensor).dtype)).toEqual([
+      "F16",
+      "F16",
+    ]);
   });
 
   it("writes the container torch writes: one folder, aligned stored entries, version record", () => {

@@ -101,10 +101,29 @@ describe("data-parallel gradient", () => {
 describe("npm run train-base (the script end to end, two steps at a time)", () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "train-base-"));
   const run = (args: string[]): string =>
-    execFileSync(process.execPath, [require.resolve("ts-node/dist/bin.js"), "--transpile-only", "scripts/train-base.ts", "--backend", "wasm", "--batch", "2", "--workers", "1", "--warmup", "1", "--log-every", "1", ...args], {
-      encoding: "utf8",
-      timeout: 120_000,
-    });
+    execFileSync(
+      process.execPath,
+      [
+        require.resolve("ts-node/dist/bin.js"),
+        "--transpile-only",
+        "scripts/train-base.ts",
+        "--backend",
+        "wasm",
+        "--batch",
+        "2",
+        "--workers",
+        "1",
+        "--warmup",
+        "1",
+        "--log-every",
+        "1",
+        ...args,
+      ],
+      {
+        encoding: "utf8",
+        timeout: 120_000,
+      },
+    );
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it("trains, checkpoints, resumes where it stopped, and a run started with --init counts the steps before it", () => {
@@ -121,7 +140,9 @@ describe("npm run train-base (the script end to end, two steps at a time)", () =
 
     const runB = path.join(tmp, "run-b");
     const expB = path.join(tmp, "model-b");
-    expect(run(["--init", expA, "--run", runB, "--export", expB, "--steps", "1"])).toMatch(/starting from the weights in .*model-a \(trained 3 steps before\)/);
+    expect(run(["--init", expA, "--run", runB, "--export", expB, "--steps", "1"])).toMatch(
+      /starting from the weights in .*model-a \(trained 3 steps before\)/,
+    );
     const t = readTinyConfig(expB).training!;
     expect(t.steps).toBe(4);
     expect(t.runSteps).toBe(1);

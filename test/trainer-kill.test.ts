@@ -25,7 +25,11 @@ beforeAll(async () => {
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 function child(args: string[]): ChildProcess {
-  return spawn(process.execPath, ["-r", "ts-node/register/transpile-only", SCRIPT, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, TS_NODE_TRANSPILE_ONLY: "1" } });
+  return spawn(process.execPath, ["-r", "ts-node/register/transpile-only", SCRIPT, ...args], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: "1" },
+  });
 }
 
 function finish(p: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> {
@@ -37,7 +41,14 @@ function finish(p: ChildProcess): Promise<{ code: number | null; signal: NodeJS.
 }
 
 const readLosses = (f: string): Array<{ step: number; loss: number; lr: number }> =>
-  fs.existsSync(f) ? fs.readFileSync(f, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as { step: number; loss: number; lr: number }) : [];
+  fs.existsSync(f)
+    ? fs
+        .readFileSync(f, "utf8")
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { step: number; loss: number; lr: number })
+    : [];
 
 describe("kill -9 and resume", () => {
   it("the resumed run reproduces the uninterrupted losses from the last checkpoint on", async () => {
@@ -84,7 +95,9 @@ describe("kill -9 and resume", () => {
     got.forEach((g, i) => {
       const w = want[last.step + i]!;
       expect(g.lr).toBe(w.lr);
-      expect(Math.abs(g.loss - w.loss), `step ${g.step}: resumed ${g.loss} vs uninterrupted ${w.loss}`).toBeLessThanOrEqual(1e-6 * Math.abs(w.loss));
+      expect(Math.abs(g.loss - w.loss), `step ${g.step}: resumed ${g.loss} vs uninterrupted ${w.loss}`).toBeLessThanOrEqual(
+        1e-6 * Math.abs(w.loss),
+      );
     });
     // The CSV of the interrupted folder holds each step once, as if never interrupted.
     const rows = fs.readFileSync(path.join(runLog, "hypernetwork_loss.csv"), "utf8").trim().split("\n").slice(1);
@@ -115,4 +128,3 @@ describe("Ctrl-C (SIGINT) during training", () => {
     expect(fs.existsSync(`${pt}.optim`)).toBe(true);
   }, 150_000);
 });
-

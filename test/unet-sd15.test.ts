@@ -24,7 +24,13 @@ interface Row {
 /** The UNet rows of the table (component, ldm_key, diffusers_key, shape_pytorch, diffusers shape, note). */
 function unetRows(): Row[] {
   const lines = fs.readFileSync(fixture("sd15-keys.tsv"), "utf8").trim().split("\n");
-  expect(lines[0]!.split("\t").slice(0, 5)).toEqual(["component", "ldm_key", "diffusers_key", "shape_pytorch", "diffusers_shape_if_different"]);
+  expect(lines[0]!.split("\t").slice(0, 5)).toEqual([
+    "component",
+    "ldm_key",
+    "diffusers_key",
+    "shape_pytorch",
+    "diffusers_shape_if_different",
+  ]);
   return lines
     .slice(1)
     .map((l) => l.split("\t"))
@@ -55,8 +61,10 @@ describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
     const bad: string[] = [];
     for (const r of rows) {
       const ldm = r.ldm.slice(LDM_UNET_PREFIX.length);
-      if (diffusersToLdmKey(r.diffusers, SD15_UNET) !== ldm) bad.push(`${r.diffusers} → ${diffusersToLdmKey(r.diffusers, SD15_UNET)} (want ${ldm})`);
-      if (ldmToDiffusersKey(ldm, SD15_UNET) !== r.diffusers) bad.push(`${ldm} → ${ldmToDiffusersKey(ldm, SD15_UNET)} (want ${r.diffusers})`);
+      if (diffusersToLdmKey(r.diffusers, SD15_UNET) !== ldm)
+        bad.push(`${r.diffusers} → ${diffusersToLdmKey(r.diffusers, SD15_UNET)} (want ${ldm})`);
+      if (ldmToDiffusersKey(ldm, SD15_UNET) !== r.diffusers)
+        bad.push(`${ldm} → ${ldmToDiffusersKey(ldm, SD15_UNET)} (want ${r.diffusers})`);
       // shapes agree in both layouts for every UNet tensor, so the mapping needs no reshape
       expect(r.diffusersShape, r.ldm).toBe("");
     }
@@ -64,10 +72,23 @@ describe("SD 1.5 UNet layout (from shapes only, nothing allocated)", () => {
   });
 
   it("names outside the layout map to nothing", () => {
-    for (const k of ["down_blocks.3.attentions.0.norm.weight", "down_blocks.3.downsamplers.0.conv.weight", "up_blocks.3.upsamplers.0.conv.bias", "mid_block.resnets.2.norm1.weight", "up_blocks.0.attentions.0.norm.weight", "add_embedding.linear_1.weight"]) {
+    for (const k of [
+      "down_blocks.3.attentions.0.norm.weight",
+      "down_blocks.3.downsamplers.0.conv.weight",
+      "up_blocks.3.upsamplers.0.conv.bias",
+      "mid_block.resnets.2.norm1.weight",
+      "up_blocks.0.attentions.0.norm.weight",
+      "add_embedding.linear_1.weight",
+    ]) {
       expect(diffusersToLdmKey(k, SD15_UNET), k).toBeUndefined();
     }
-    for (const k of ["input_blocks.10.1.norm.weight", "output_blocks.2.2.conv.weight", "output_blocks.0.1.conv.weight", "middle_block.3.in_layers.0.weight", "label_emb.0.0.weight"]) {
+    for (const k of [
+      "input_blocks.10.1.norm.weight",
+      "output_blocks.2.2.conv.weight",
+      "output_blocks.0.1.conv.weight",
+      "middle_block.3.in_layers.0.weight",
+      "label_emb.0.0.weight",
+    ]) {
       expect(ldmToDiffusersKey(k, SD15_UNET), k).toBeUndefined();
     }
   });

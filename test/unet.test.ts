@@ -75,7 +75,9 @@ describe("config", () => {
     expect(() => fromJson({ ...(cfgJson as object), model_channels: 48 })).toThrow(/48 is not a multiple of 32/);
     expect(() => fromJson({ ...(cfgJson as object), resblock_updown: true })).toThrow(/resblock_updown = true is not supported/);
     expect(() => fromJson({ channel_mult: [1] })).toThrow(/missing model_channels/);
-    expect(() => validateConfig({ ...TINY_LATENT_UNET, num_heads: -1, num_head_channels: -1 })).toThrow(/set num_heads .* or num_head_channels/);
+    expect(() => validateConfig({ ...TINY_LATENT_UNET, num_heads: -1, num_head_channels: -1 })).toThrow(
+      /set num_heads .* or num_head_channels/,
+    );
     expect(() => validateConfig({ ...TINY_LATENT_UNET, attention_resolutions: [8] })).toThrow(/deepest level is at downsample factor 4/);
     expect(() => validateConfig({ ...TINY_LATENT_UNET, norm_num_groups: 0 })).toThrow(/norm_num_groups must be a positive integer/);
     expect(() => fromJson({ ...(cfgJson as object), norm_num_groups: 5 })).toThrow(/32 is not a multiple of 5/);
@@ -83,7 +85,10 @@ describe("config", () => {
 
   it("norm_num_groups sets every GroupNorm (LDM's 32 when unset)", () => {
     const groupsOf = (u: UNetModel): number[] => {
-      const norms = u.namedModules().map(([, m]) => m).filter((m): m is GroupNorm => m instanceof GroupNorm);
+      const norms = u
+        .namedModules()
+        .map(([, m]) => m)
+        .filter((m): m is GroupNorm => m instanceof GroupNorm);
       expect(norms.length).toBeGreaterThan(5);
       const groups = [...new Set(norms.map((m) => m.numGroups))];
       u.dispose();
@@ -98,7 +103,15 @@ describe("config", () => {
   it("inferUNetConfig reads the same config back from LDM names (with a prefix) and from diffusers names", () => {
     const configs: UNetConfig[] = [
       { ...TINY_LATENT_UNET, num_heads: 2, num_head_channels: -1 },
-      { ...TINY_LATENT_UNET, num_heads: 4, num_head_channels: -1, attention_resolutions: [2], num_res_blocks: 2, transformer_depth: 2, channel_mult: [1, 2, 4] },
+      {
+        ...TINY_LATENT_UNET,
+        num_heads: 4,
+        num_head_channels: -1,
+        attention_resolutions: [2],
+        num_res_blocks: 2,
+        transformer_depth: 2,
+        channel_mult: [1, 2, 4],
+      },
     ];
     for (const cfg of configs) {
       const u = new UNetModel(cfg, { init: zerosInit });
@@ -113,7 +126,9 @@ describe("config", () => {
       // without a head count, SD 1.x's 8 heads
       expect(inferUNetConfig(source(diffusers), { kind: "diffusers" }).num_heads).toBe(8);
     }
-    expect(() => inferUNetConfig({ keys: () => [], shapeOf: () => undefined }, { kind: "ldm", prefix: "" })).toThrow(/no tensor "input_blocks.0.0.weight"; the file is not an LDM UNet/);
+    expect(() => inferUNetConfig({ keys: () => [], shapeOf: () => undefined }, { kind: "ldm", prefix: "" })).toThrow(
+      /no tensor "input_blocks.0.0.weight"; the file is not an LDM UNet/,
+    );
   });
 });
 
@@ -123,7 +138,20 @@ describe("blocks", () => {
       const tt = tf.tensor1d([0, 1, 250]);
       const e = timestepEmbedding(tt, 4);
       const f1 = Math.exp(-Math.log(10000) / 2);
-      const want = [1, 1, 0, 0, Math.cos(1), Math.cos(f1), Math.sin(1), Math.sin(f1), Math.cos(250), Math.cos(250 * f1), Math.sin(250), Math.sin(250 * f1)];
+      const want = [
+        1,
+        1,
+        0,
+        0,
+        Math.cos(1),
+        Math.cos(f1),
+        Math.sin(1),
+        Math.sin(f1),
+        Math.cos(250),
+        Math.cos(250 * f1),
+        Math.sin(250),
+        Math.sin(250 * f1),
+      ];
       expect(e.shape).toEqual([3, 4]);
       expectClose(e.dataSync(), want, 1e-5);
       tf.dispose([tt, e]);
@@ -181,7 +209,9 @@ describe("blocks", () => {
     const want: number[] = [];
     for (let i = 0; i < 2; i++) {
       for (let h = 0; h < 2; h++) {
-        const s = [0, 1, 2].map((j) => (qd[i * 4 + h * 2]! * kd[j * 4 + h * 2]! + qd[i * 4 + h * 2 + 1]! * kd[j * 4 + h * 2 + 1]!) / Math.SQRT2);
+        const s = [0, 1, 2].map(
+          (j) => (qd[i * 4 + h * 2]! * kd[j * 4 + h * 2]! + qd[i * 4 + h * 2 + 1]! * kd[j * 4 + h * 2 + 1]!) / Math.SQRT2,
+        );
         const m = Math.max(...s);
         const e = s.map((z) => Math.exp(z - m));
         const z = e.reduce((a, b) => a + b);
@@ -201,9 +231,17 @@ describe("blocks", () => {
 describe("UNet vs PyTorch LDM (ldm-tiny fixture)", () => {
   it("has exactly the fixture's keys", () => {
     const f = SafetensorsFile.open(fixture("ldm-tiny.unet.safetensors"));
-    const fileKeys = f.keys().map((k) => k.replace("model.diffusion_model.", "")).sort();
+    const fileKeys = f
+      .keys()
+      .map((k) => k.replace("model.diffusion_model.", ""))
+      .sort();
     f.close();
-    expect(unet.namedParameters().map(([k]) => k).sort()).toEqual(fileKeys);
+    expect(
+      unet
+        .namedParameters()
+        .map(([k]) => k)
+        .sort(),
+    ).toEqual(fileKeys);
   });
 
   it("predicts eps to 1e-4", () => {
@@ -345,7 +383,14 @@ describe("loading", () => {
     const sd = new PyDict("OrderedDict", ldmTensors());
     sd.set("first_stage_model.decoder.conv_in.bias", { dtype: "F32", shape: [1], data: new Float32Array(1) });
     const file = path.join(tmp, "tiny.ckpt");
-    writeTorchFile(file, new PyDict("dict", [["state_dict", sd], ["global_step", 1]]), { overwrite: true });
+    writeTorchFile(
+      file,
+      new PyDict("dict", [
+        ["state_dict", sd],
+        ["global_step", 1],
+      ]),
+      { overwrite: true },
+    );
     const m = new UNetModel(unet.config, { init: zerosInit });
     const rep = await expectNoLeak(() => loadUNetWeights(m, file));
     expect(rep.layout).toBe("ldm");

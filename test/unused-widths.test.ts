@@ -31,7 +31,9 @@ async function weights(net: Hypernetwork): Promise<Map<string, Float32Array>> {
 }
 
 function sameBits(a: Float32Array, b: Float32Array): boolean {
-  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  return (
+    a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength))
+  );
 }
 
 describe("training a network with widths the model never uses", () => {
@@ -49,7 +51,15 @@ describe("training a network with widths the model never uses", () => {
   });
 
   const makeNet = (): Hypernetwork =>
-    createHypernetwork({ name: "toy", dims: [...base.contextDims, 1024], layerStructure: [1, 2, 1], activation: "tanh", layerNorm: true, weightInit: "XavierNormal", seed: 3 });
+    createHypernetwork({
+      name: "toy",
+      dims: [...base.contextDims, 1024],
+      layerStructure: [1, 2, 1],
+      activation: "tanh",
+      layerNorm: true,
+      weightInit: "XavierNormal",
+      seed: 3,
+    });
 
   it("trains the model's widths, warns once, leaves the 1024 modules bit-identical, and its .optim resumes", async () => {
     expect(base.contextDims).not.toContain(1024);
@@ -57,7 +67,11 @@ describe("training a network with widths the model never uses", () => {
     const before = await weights(net);
     const logDir = path.join(tmp, "run");
     const messages: string[] = [];
-    const r = await train(base, net, toyTrainOptions(path.join(tmp, "data"), logDir, { maxSteps: 3, saveEvery: 3, onLog: (m) => messages.push(m) })).done;
+    const r = await train(
+      base,
+      net,
+      toyTrainOptions(path.join(tmp, "data"), logDir, { maxSteps: 3, saveEvery: 3, onLog: (m) => messages.push(m) }),
+    ).done;
     expect(r.reason, r.message).toBe("max-steps");
     expect(r.losses.every(Number.isFinite)).toBe(true);
 
@@ -115,7 +129,8 @@ describe("training a network with widths the model never uses", () => {
     expect(r2.reason, r2.message).toBe("max-steps");
     expect(r2.warnings.filter((w) => /AdamW starts fresh/.test(w))).toEqual([]);
     const resumedAfter = await weights(resumed.network);
-    for (const [name, w] of before) if (name.startsWith("1024.")) expect(sameBits(resumedAfter.get(name)!, w), `${name} changed on resume`).toBe(true);
+    for (const [name, w] of before)
+      if (name.startsWith("1024.")) expect(sameBits(resumedAfter.get(name)!, w), `${name} changed on resume`).toBe(true);
     resumed.network.dispose();
     net.dispose();
   });
@@ -124,7 +139,9 @@ describe("training a network with widths the model never uses", () => {
     skipWithoutTorch(ctx, "the torch check of a .optim with never-stepped parameters");
     const pt = path.join(tmp, "run", "hypernetworks", "toy-3.pt");
     expect(fs.existsSync(pt), "the checkpoint the test above trains").toBe(true);
-    const out = JSON.parse(execFileSync("/usr/bin/python3", [path.join(__dirname, "scripts", "optim_check.py"), pt], { encoding: "utf8" })) as {
+    const out = JSON.parse(
+      execFileSync("/usr/bin/python3", [path.join(__dirname, "scripts", "optim_check.py"), pt], { encoding: "utf8" }),
+    ) as {
       hash_ok: boolean;
       params: Array<{ shape: number[]; step: number | null }>;
     };
@@ -132,7 +149,9 @@ describe("training a network with widths the model never uses", () => {
     const net = readHypernetworkFile(pt);
     const dims = [...net.weights.keys()];
     expect(dims).toContain(1024);
-    const names = makeNet().namedParameters().map(([n]) => n);
+    const names = makeNet()
+      .namedParameters()
+      .map(([n]) => n);
     expect(out.params).toHaveLength(names.length);
     out.params.forEach((p, i) => expect(p.step, names[i]).toBe(names[i]!.startsWith("1024.") ? null : 3));
   });
@@ -144,7 +163,9 @@ describe("training a network with widths the model never uses", () => {
     const before = params.map((p) => p.value.dataSync().slice());
     const grads: Array<tf.Tensor | null> = params.map((p, i) => (i % 2 === 0 ? tf.onesLike(p.value as tf.Tensor) : null));
     opt.step(grads, 0.1);
-    params.forEach((p, i) => expect(sameBits(p.value.dataSync() as Float32Array, before[i] as Float32Array), `param ${i}`).toBe(i % 2 !== 0));
+    params.forEach((p, i) =>
+      expect(sameBits(p.value.dataSync() as Float32Array, before[i] as Float32Array), `param ${i}`).toBe(i % 2 !== 0),
+    );
     tf.dispose(grads.filter((g): g is tf.Tensor => g !== null));
     opt.dispose();
     net.dispose();

@@ -66,7 +66,11 @@ describe("VAE (AutoencoderKL)", () => {
       const ldm = r.ldm.slice("first_stage_model.".length);
       expect(ldmVaeKeyToDiffusers(ldm, 4)).toBe(r.diffusers);
       expect(diffusersVaeKeyToLdm(r.diffusers, 4)).toBe(ldm);
-      const legacy = r.diffusers.replace(/to_q\./, "query.").replace(/to_k\./, "key.").replace(/to_v\./, "value.").replace(/to_out\.0\./, "proj_attn.");
+      const legacy = r.diffusers
+        .replace(/to_q\./, "query.")
+        .replace(/to_k\./, "key.")
+        .replace(/to_v\./, "value.")
+        .replace(/to_out\.0\./, "proj_attn.");
       expect(diffusersVaeKeyToLdm(legacy, 4)).toBe(ldm);
     }
     expect(diffusersVaeKeyToLdm("model.diffusion_model.out.2.bias", 4)).toBeUndefined();
@@ -83,11 +87,22 @@ describe("VAE (AutoencoderKL)", () => {
     const toDiffusers = (legacy: boolean): Array<[string, HostTensor]> =>
       ldm.map(([k, t]) => {
         let dk = ldmVaeKeyToDiffusers(k, cfg.chMult.length);
-        if (legacy) dk = dk.replace(/to_q\./, "query.").replace(/to_k\./, "key.").replace(/to_v\./, "value.").replace(/to_out\.0\./, "proj_attn.");
+        if (legacy)
+          dk = dk
+            .replace(/to_q\./, "query.")
+            .replace(/to_k\./, "key.")
+            .replace(/to_v\./, "value.")
+            .replace(/to_out\.0\./, "proj_attn.");
         return [dk, attnMatrix(dk) ? { ...t, shape: t.shape.slice(0, 2) } : t];
       });
     const variants: Array<[string, Array<[string, HostTensor]>, string]> = [
-      ["ldm", ldm.map(([k, t]) => [`first_stage_model.${k}`, t] as [string, HostTensor]).concat([["model.diffusion_model.out.2.bias", { dtype: "F32", shape: [4], data: new Float32Array(4) }]]), "ldm"],
+      [
+        "ldm",
+        ldm
+          .map(([k, t]) => [`first_stage_model.${k}`, t] as [string, HostTensor])
+          .concat([["model.diffusion_model.out.2.bias", { dtype: "F32", shape: [4], data: new Float32Array(4) }]]),
+        "ldm",
+      ],
       ["standalone", ldm, "ldm"],
       ["diffusers", toDiffusers(false), "diffusers"],
       ["legacy", toDiffusers(true), "diffusers"],
@@ -116,7 +131,11 @@ describe("VAE (AutoencoderKL)", () => {
     expectClose(det.dataSync(), [0.5 * 0.18215, -1 * 0.18215, 2 * 0.18215, 0], 1e-7);
     const a = m.latentsFrom({ mean, logvar }, { seed: 3 });
     const eps = tf.randomNormal([1, 1, 1, 4], 0, 1, "float32", 3).dataSync();
-    expectClose(a.dataSync(), [0.18215 * (0.5 + eps[0]!), 0.18215 * (-1 + 2 * eps[1]!), 0.18215 * (2 + Math.exp(-50) * eps[2]!), 0.18215 * eps[3]!], 1e-6);
+    expectClose(
+      a.dataSync(),
+      [0.18215 * (0.5 + eps[0]!), 0.18215 * (-1 + 2 * eps[1]!), 0.18215 * (2 + Math.exp(-50) * eps[2]!), 0.18215 * eps[3]!],
+      1e-6,
+    );
     tf.dispose([mean, logvar, det, a]);
     m.dispose();
   });

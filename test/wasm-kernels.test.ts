@@ -32,7 +32,12 @@ async function on(backend: string, fn: () => tf.Tensor[]): Promise<Float32Array[
 }
 
 type Pad = "same" | "valid" | number | [[number, number], [number, number], [number, number], [number, number]];
-interface ConvCase { x: [number, number, number, number]; f: [number, number, number, number]; s: number | [number, number]; pad: Pad }
+interface ConvCase {
+  x: [number, number, number, number];
+  f: [number, number, number, number];
+  s: number | [number, number];
+  pad: Pad;
+}
 
 const convCases: ConvCase[] = [
   { x: [1, 8, 8, 3], f: [3, 3, 3, 4], s: 1, pad: "same" },
@@ -42,10 +47,40 @@ const convCases: ConvCase[] = [
   { x: [2, 9, 7, 2], f: [3, 3, 2, 3], s: 2, pad: "valid" },
   { x: [1, 6, 6, 3], f: [1, 1, 3, 4], s: 1, pad: "valid" },
   { x: [2, 8, 8, 3], f: [3, 3, 3, 4], s: 1, pad: 1 },
-  { x: [1, 10, 10, 2], f: [3, 3, 2, 3], s: 2, pad: [[0, 0], [1, 1], [1, 1], [0, 0]] },
-  { x: [1, 8, 8, 2], f: [4, 4, 2, 3], s: 2, pad: [[0, 0], [1, 2], [0, 1], [0, 0]] },
+  {
+    x: [1, 10, 10, 2],
+    f: [3, 3, 2, 3],
+    s: 2,
+    pad: [
+      [0, 0],
+      [1, 1],
+      [1, 1],
+      [0, 0],
+    ],
+  },
+  {
+    x: [1, 8, 8, 2],
+    f: [4, 4, 2, 3],
+    s: 2,
+    pad: [
+      [0, 0],
+      [1, 2],
+      [0, 1],
+      [0, 0],
+    ],
+  },
   { x: [1, 7, 8, 2], f: [3, 3, 2, 2], s: [1, 2], pad: "same" },
-  { x: [1, 5, 5, 2], f: [1, 1, 2, 3], s: 1, pad: [[0, 0], [1, 1], [2, 0], [0, 0]] }, // padding > kernel − 1
+  {
+    x: [1, 5, 5, 2],
+    f: [1, 1, 2, 3],
+    s: 1,
+    pad: [
+      [0, 0],
+      [1, 1],
+      [2, 0],
+      [0, 0],
+    ],
+  }, // padding > kernel − 1
 ];
 
 beforeAll(async () => {
@@ -72,7 +107,12 @@ describe("conv2d backprop overrides match the cpu backend", () => {
         const y = tf.conv2d(x, w, c.s, c.pad);
         const dyv = tf.tensor(rand(y.size, 1001 + i), y.shape);
         // L = Σ y·dy, so dL/dx and dL/dw are the two backprop kernels applied to dy.
-        const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad).mul(dyv).sum())([x, w]);
+        const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+          tf
+            .conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad)
+            .mul(dyv)
+            .sum(),
+        )([x, w]);
         return [y, ...grads];
       };
       const ref = await on("cpu", graph);
@@ -83,7 +123,13 @@ describe("conv2d backprop overrides match the cpu backend", () => {
 
   it("conv2dTranspose (which runs Conv2DBackpropInput directly)", async () => {
     const graph = (): tf.Tensor[] => [
-      tf.conv2dTranspose(tf.tensor4d(rand(2 * 4 * 4 * 3, 7), [2, 4, 4, 3]), tf.tensor4d(rand(3 * 3 * 5 * 3, 8), [3, 3, 5, 3]), [2, 8, 8, 5], 2, "same"),
+      tf.conv2dTranspose(
+        tf.tensor4d(rand(2 * 4 * 4 * 3, 7), [2, 4, 4, 3]),
+        tf.tensor4d(rand(3 * 3 * 5 * 3, 8), [3, 3, 5, 3]),
+        [2, 8, 8, 5],
+        2,
+        "same",
+      ),
     ];
     expectClose((await on("wasm", graph))[0]!, (await on("cpu", graph))[0]!, 1e-4);
   });
@@ -140,7 +186,11 @@ describe("training graph on wasm", () => {
 
   it("analytic gradients agree with central finite differences", async () => {
     await tf.setBackend("wasm");
-    const params = [tf.tensor(rand(2 * 6 * 6 * 3, 1), [2, 6, 6, 3]), tf.tensor(rand(3 * 3 * 3 * 6, 2), [3, 3, 3, 6]), tf.tensor(rand(2 * 4 * 6, 3), [2, 4, 6])];
+    const params = [
+      tf.tensor(rand(2 * 6 * 6 * 3, 1), [2, 6, 6, 3]),
+      tf.tensor(rand(3 * 3 * 3 * 6, 2), [3, 3, 3, 6]),
+      tf.tensor(rand(2 * 4 * 6, 3), [2, 4, 6]),
+    ];
     const grads = tf.grads(f)(params);
     for (let p = 0; p < 3; p++) {
       // Directional derivative along a random unit direction d: (f(θ+εd) − f(θ−εd)) / 2ε ≈ ⟨∇f, d⟩.

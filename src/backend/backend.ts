@@ -67,7 +67,10 @@ const nodeRequire = createRequire(__filename);
 /** Outcome of trying one backend: ready (with its device) or skipped (with the reason). */
 type Attempt = { ok: true; device: string; notes: string[] } | { ok: false; reason: string };
 
-const firstLine = (e: unknown): string => String(e instanceof Error ? e.message : e).split("\n")[0]!.trim();
+const firstLine = (e: unknown): string =>
+  String(e instanceof Error ? e.message : e)
+    .split("\n")[0]!
+    .trim();
 
 function isInstalled(pkg: string): boolean {
   try {
@@ -193,10 +196,11 @@ function probeWebGpu(webgpuEntry: string): WebGpuProbe {
 }
 
 const isSoftwareAdapter = (a: AdapterFacts): boolean =>
-  a.architecture === "software" || a.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader|software/i.test(`${a.description ?? ""} ${a.vendor ?? ""}`);
+  a.architecture === "software" ||
+  a.isFallbackAdapter === true ||
+  /llvmpipe|lavapipe|swiftshader|software/i.test(`${a.description ?? ""} ${a.vendor ?? ""}`);
 
-const adapterName = (a: AdapterFacts): string =>
-  a.description || [a.vendor, a.architecture].filter(Boolean).join(" ") || "unnamed adapter";
+const adapterName = (a: AdapterFacts): string => a.description || [a.vendor, a.architecture].filter(Boolean).join(" ") || "unnamed adapter";
 
 interface WebGpuModule {
   create(options: string[]): unknown;
@@ -338,7 +342,8 @@ async function tryWebGpu(auto: boolean): Promise<Attempt> {
   if (tf.findBackendFactory("webgpu") == null) {
     return {
       ok: false,
-      reason: "@tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, so it did not register; call useBackend() before importing it",
+      reason:
+        "@tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, so it did not register; call useBackend() before importing it",
     };
   }
   const r = await setBackendCapturing("webgpu");
@@ -347,7 +352,11 @@ async function tryWebGpu(auto: boolean): Promise<Attempt> {
   if (privateDriverNote) notes.push(privateDriverNote);
   if (explainSyncReadback()) notes.push(SYNC_READ_NOTE);
   const launch = installWebgpuLaunchPatches(); // cheaper launches: src/backend/webgpu-launch.ts
-  notes.push(launch.installed ? `WebGPU launch patches: ${launch.patches!.applied.join(", ")}` : `WebGPU launch patches not applied: ${launch.reason}`);
+  notes.push(
+    launch.installed
+      ? `WebGPU launch patches: ${launch.patches!.applied.join(", ")}`
+      : `WebGPU launch patches not applied: ${launch.reason}`,
+  );
   return { ok: true, device: `${adapterName(probe.adapter)} (WebGPU via Dawn)`, notes };
 }
 
@@ -370,7 +379,9 @@ async function tryWasm(threads: number | undefined): Promise<Attempt> {
   if (!r.ok) return { ok: false, reason: `wasm: initialisation failed: ${r.message || "no message"}` };
   const notes: string[] = [];
   const installed = registerWasmKernelOverrides();
-  notes.push(`wasm kernel overrides active (${installed.length ? "installed now" : "already installed"}): Conv2DBackpropFilter, Conv2DBackpropInput, BatchMatMul`);
+  notes.push(
+    `wasm kernel overrides active (${installed.length ? "installed now" : "already installed"}): Conv2DBackpropFilter, Conv2DBackpropInput, BatchMatMul`,
+  );
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) === true;
   const n = wasm.getThreadsCount();
   if (threads != null && threads > n) {
@@ -382,7 +393,11 @@ async function tryWasm(threads: number | undefined): Promise<Attempt> {
 async function tryCpu(): Promise<Attempt> {
   const r = await setBackendCapturing("cpu");
   if (!r.ok) return { ok: false, reason: `cpu: initialisation failed: ${r.message || "no message"}` };
-  return { ok: true, device: "CPU (pure JavaScript)", notes: ["the pure-JS cpu backend is 25–100× slower than wasm; use it for reference checks"] };
+  return {
+    ok: true,
+    device: "CPU (pure JavaScript)",
+    notes: ["the pure-JS cpu backend is 25–100× slower than wasm; use it for reference checks"],
+  };
 }
 
 function attempt(name: BackendName, auto: boolean, opts: UseBackendOptions): Promise<Attempt> {
@@ -409,7 +424,9 @@ function parseChoice(value: string, source: string): BackendChoice {
 
 /** One-paragraph text form of a report, as printed by {@link useBackend}. */
 export function formatBackendReport(r: BackendReport): string {
-  const lines = [`tfjs backend: ${r.backend} — ${r.device}${r.requestedBy === "HYPERNET_BACKEND" ? ` (HYPERNET_BACKEND=${r.requested})` : ""}`];
+  const lines = [
+    `tfjs backend: ${r.backend} — ${r.device}${r.requestedBy === "HYPERNET_BACKEND" ? ` (HYPERNET_BACKEND=${r.requested})` : ""}`,
+  ];
   for (const s of r.skipped) lines.push(`  skipped ${s.backend}: ${s.reason}`);
   for (const n of r.notes) lines.push(`  note: ${n}`);
   return lines.join("\n");
@@ -432,7 +449,15 @@ async function selectBackend(choiceArg: BackendChoice, opts: UseBackendOptions):
     const a = await attempt(name, auto, opts);
     if (a.ok) {
       await tf.ready();
-      const report: BackendReport = { backend: name, tfjsBackend: tf.getBackend(), device: a.device, requested, requestedBy, skipped, notes: a.notes };
+      const report: BackendReport = {
+        backend: name,
+        tfjsBackend: tf.getBackend(),
+        device: a.device,
+        requested,
+        requestedBy,
+        skipped,
+        notes: a.notes,
+      };
       // The summary is printed above; a notebook or REPL echoing the returned value shows one line.
       Object.defineProperty(report, inspect.custom, { value: () => `BackendReport { ${name}: ${a.device} }`, enumerable: false });
       lastReport = report;
@@ -440,7 +465,10 @@ async function selectBackend(choiceArg: BackendChoice, opts: UseBackendOptions):
       return report;
     }
     const { reason } = a as Extract<Attempt, { ok: false }>; // TS 5.0 (tslab) does not narrow here
-    if (!auto) throw new Error(`Backend "${name}" (requested via ${requestedBy === "argument" ? "useBackend()" : "HYPERNET_BACKEND"}) is not usable: ${reason}`);
+    if (!auto)
+      throw new Error(
+        `Backend "${name}" (requested via ${requestedBy === "argument" ? "useBackend()" : "HYPERNET_BACKEND"}) is not usable: ${reason}`,
+      );
     skipped.push({ backend: name, reason });
   }
   // Unreachable in practice: the cpu backend ships inside @tensorflow/tfjs.

@@ -57,7 +57,12 @@ function asKernelOutput(backend: KernelBackend, compute: () => tf.Tensor): Tenso
 
 /** Pad (positive amounts) or crop (negative amounts) the H and W axes of an NHWC tensor. */
 function padOrCrop(x: tf.Tensor4D, top: number, bottom: number, left: number, right: number): tf.Tensor4D {
-  const padded = tf.pad(x, [[0, 0], [Math.max(top, 0), Math.max(bottom, 0)], [Math.max(left, 0), Math.max(right, 0)], [0, 0]]);
+  const padded = tf.pad(x, [
+    [0, 0],
+    [Math.max(top, 0), Math.max(bottom, 0)],
+    [Math.max(left, 0), Math.max(right, 0)],
+    [0, 0],
+  ]);
   if (top >= 0 && bottom >= 0 && left >= 0 && right >= 0) return padded;
   const [n, h, w, c] = padded.shape;
   const t0 = Math.max(-top, 0);
@@ -74,12 +79,22 @@ function zeroDilate(dy: tf.Tensor4D, sH: number, sW: number): tf.Tensor4D {
   const [n, oh, ow, c] = dy.shape;
   let out: tf.Tensor4D = dy;
   if (sH > 1) {
-    const rows = tf.pad(out.reshape([n, oh, 1, ow * c]), [[0, 0], [0, 0], [0, sH - 1], [0, 0]]);
+    const rows = tf.pad(out.reshape([n, oh, 1, ow * c]), [
+      [0, 0],
+      [0, 0],
+      [0, sH - 1],
+      [0, 0],
+    ]);
     out = rows.reshape([n, oh * sH, ow, c]);
   }
   if (sW > 1) {
     const h = out.shape[1];
-    const cols = tf.pad(out.reshape([n * h, ow, 1, c]), [[0, 0], [0, 0], [0, sW - 1], [0, 0]]);
+    const cols = tf.pad(out.reshape([n * h, ow, 1, c]), [
+      [0, 0],
+      [0, 0],
+      [0, sW - 1],
+      [0, 0],
+    ]);
     out = cols.reshape([n, h, ow * sW, c]);
   }
   return out;
@@ -125,7 +140,18 @@ function conv2DBackpropFilterNHWC(x: tf.Tensor4D, dy: tf.Tensor4D, filterShape: 
  * given kernel size, strides and leading padding (`top`, `left`); taps in the padding are zero.
  * Built with one typed-array copy of C floats per (output pixel, tap) directly on the wasm heap.
  */
-function im2col(w: WasmHeapAccess, x: tf.Tensor4D, kH: number, kW: number, sH: number, sW: number, top: number, left: number, oH: number, oW: number): tf.Tensor2D {
+function im2col(
+  w: WasmHeapAccess,
+  x: tf.Tensor4D,
+  kH: number,
+  kW: number,
+  sH: number,
+  sW: number,
+  top: number,
+  left: number,
+  oH: number,
+  oW: number,
+): tf.Tensor2D {
   const [n, h, wd, c] = x.shape;
   const rowLen = kH * kW * c;
   const out = w.makeOutput([n * oH * oW, rowLen], "float32");
@@ -163,7 +189,14 @@ function im2col(w: WasmHeapAccess, x: tf.Tensor4D, kH: number, kW: number, sH: n
 function conv2DBackpropInputNHWC(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: number[], attrs: ConvBackpropAttrs): tf.Tensor4D {
   const [kH, kW] = filter.shape;
   const [, h, w] = inputShape as [number, number, number, number];
-  const info = tf.backend_util.computeConv2DInfo(inputShape as [number, number, number, number], filter.shape, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode);
+  const info = tf.backend_util.computeConv2DInfo(
+    inputShape as [number, number, number, number],
+    filter.shape,
+    attrs.strides,
+    1,
+    attrs.pad,
+    attrs.dimRoundingMode,
+  );
   const { top, left } = info.padInfo;
   const { outHeight: oH, outWidth: oW, strideHeight: sH, strideWidth: sW } = info;
   const dd = zeroDilate(dy, sH, sW); // OH·sH × OW·sW
@@ -300,7 +333,11 @@ function makeBatchMatMul(stock: Stock): KernelFunc {
     let result: TensorInfo;
     if (batchB === 1) {
       // B is shared by every batch element: fold A's batch into its rows, one 2-D product.
-      result = stock.batchMatMul.kernelFunc({ inputs: { a: view(a2, [batchA * m, k]), b: view(b2, [k, p]) }, attrs: plain, backend }) as TensorInfo;
+      result = stock.batchMatMul.kernelFunc({
+        inputs: { a: view(a2, [batchA * m, k]), b: view(b2, [k, p]) },
+        attrs: plain,
+        backend,
+      }) as TensorInfo;
     } else if (batchA === batchB && batchA <= SPLIT_MAX_BATCH && m * k * p >= SPLIT_MIN_MACS) {
       // Large per-element products: one fast 2-D product each, then stack the results.
       const fast = hasHeapAccess(backend);
@@ -336,7 +373,12 @@ function makeConv2DBackpropFilter(): KernelFunc {
       throw new Error("Conv2DBackpropFilter on wasm: only NHWC data is supported (hypernet-lab uses NHWC throughout).");
     }
     return asKernelOutput(backend, () =>
-      conv2DBackpropFilterNHWC(wrapInput(backend, inputs.x as TensorInfo) as tf.Tensor4D, wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D, a.filterShape, a),
+      conv2DBackpropFilterNHWC(
+        wrapInput(backend, inputs.x as TensorInfo) as tf.Tensor4D,
+        wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D,
+        a.filterShape,
+        a,
+      ),
     );
   };
 }
@@ -347,7 +389,12 @@ function makeConv2DBackpropInput(stock: Stock): KernelFunc {
     const a = attrs as unknown as ConvBackpropAttrs & { inputShape: number[] };
     if (a.dataFormat === "NCHW") return stock.conv2DBackpropInput.kernelFunc({ inputs, attrs, backend });
     return asKernelOutput(backend, () =>
-      conv2DBackpropInputNHWC(wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D, wrapInput(backend, inputs.filter as TensorInfo) as tf.Tensor4D, a.inputShape, a),
+      conv2DBackpropInputNHWC(
+        wrapInput(backend, inputs.dy as TensorInfo) as tf.Tensor4D,
+        wrapInput(backend, inputs.filter as TensorInfo) as tf.Tensor4D,
+        a.inputShape,
+        a,
+      ),
     );
   };
 }
@@ -368,12 +415,15 @@ function replaceKernel(name: string, kernelFunc: KernelFunc, setupFunc?: tf.Kern
 export function registerWasmKernelOverrides(): string[] {
   const current = tf.getKernel("BatchMatMul", "wasm");
   if (current == null) {
-    throw new Error("registerWasmKernelOverrides: the wasm backend's kernels are not registered; load '@tensorflow/tfjs-backend-wasm' first.");
+    throw new Error(
+      "registerWasmKernelOverrides: the wasm backend's kernels are not registered; load '@tensorflow/tfjs-backend-wasm' first.",
+    );
   }
   if (OURS.has(current.kernelFunc)) return [];
   const need = (name: string): tf.KernelConfig => {
     const k = tf.getKernel(name, "wasm");
-    if (k == null) throw new Error(`registerWasmKernelOverrides: stock wasm kernel '${name}' is missing (tfjs-backend-wasm version changed?).`);
+    if (k == null)
+      throw new Error(`registerWasmKernelOverrides: stock wasm kernel '${name}' is missing (tfjs-backend-wasm version changed?).`);
     return k;
   };
   const stock: Stock = {

@@ -30,17 +30,27 @@ function checkInput(input: string, key: string, dim: number, dtype: DType, shape
   const where = `${input}: tensor ${key}`;
   if (!FLOAT_DTYPES.has(dtype)) throw new Error(`${where} is ${dtype}; contexts must be floating point (F32, F16, BF16 or F64)`);
   if (shape.length > MAX_INPUT_RANK) {
-    throw new Error(`${where} has ${shape.length.toLocaleString("en-US")} axes; at most ${MAX_INPUT_RANK} are accepted (a context is [batch, tokens, ${dim}]). Reshape it`);
+    throw new Error(
+      `${where} has ${shape.length.toLocaleString("en-US")} axes; at most ${MAX_INPUT_RANK} are accepted (a context is [batch, tokens, ${dim}]). Reshape it`,
+    );
   }
   const values = shape.reduce((a, b) => a * b, 1);
   if (values > MAX_INPUT_VALUES) {
-    throw new Error(`${where} has ${values.toLocaleString("en-US")} values (shape [${shape.join(", ")}]); at most ${MAX_INPUT_VALUES.toLocaleString("en-US")} are accepted. Split it into smaller tensors`);
+    throw new Error(
+      `${where} has ${values.toLocaleString("en-US")} values (shape [${shape.join(", ")}]); at most ${MAX_INPUT_VALUES.toLocaleString("en-US")} are accepted. Split it into smaller tensors`,
+    );
   }
-  if (shape.length === 0 || shape[shape.length - 1] !== dim) throw new Error(`${where} has shape [${shape.join(", ")}]; its last axis must be ${dim}`);
+  if (shape.length === 0 || shape[shape.length - 1] !== dim)
+    throw new Error(`${where} has shape [${shape.join(", ")}]; its last axis must be ${dim}`);
 }
 
 /** Apply `file`'s modules to every `x.D` in `input`; returns the names written to `output`. */
-export async function applyToFile(file: string, input: string, output: string, opts: { multiplier?: number; overwrite?: boolean } = {}): Promise<string[]> {
+export async function applyToFile(
+  file: string,
+  input: string,
+  output: string,
+  opts: { multiplier?: number; overwrite?: boolean } = {},
+): Promise<string[]> {
   await useBackend("auto", { quiet: true });
   const net = loadHypernetwork(file);
   const src = SafetensorsFile.open(input);
@@ -56,7 +66,10 @@ export async function applyToFile(file: string, input: string, output: string, o
       if (!pair) throw new Error(`${file} has no module for dim ${dim} (it has ${net.dims.join(", ")})`);
       const x = src.read(key);
       const rows = dim === 0 ? 0 : x.data.length / dim;
-      for (const [j, which] of [[0, "k"], [1, "v"]] as const) {
+      for (const [j, which] of [
+        [0, "k"],
+        [1, "v"],
+      ] as const) {
         const y = tf.tidy(() => pair[j].forward(tf.tensor(x.data, [rows, dim], "float32"), { multiplier: opts.multiplier ?? 1 }));
         out.push([`${which}.${dim}`, { dtype: "F32", shape: [...x.shape], data: (await y.data()) as Float32Array }]);
         y.dispose();

@@ -62,7 +62,16 @@ function flag(args: Args, name: string): string | undefined {
 
 function parseDType(s: string | undefined): DType | undefined {
   if (s === undefined) return undefined;
-  const map: Record<string, DType> = { f32: "F32", float32: "F32", f16: "F16", fp16: "F16", float16: "F16", half: "F16", bf16: "BF16", bfloat16: "BF16" };
+  const map: Record<string, DType> = {
+    f32: "F32",
+    float32: "F32",
+    f16: "F16",
+    fp16: "F16",
+    float16: "F16",
+    half: "F16",
+    bf16: "BF16",
+    bfloat16: "BF16",
+  };
   const key = s.toLowerCase();
   const d = Object.hasOwn(map, key) ? map[key] : undefined; // not "constructor" & co. from the prototype
   if (!d) throw new UsageError(`--dtype ${s}: use f32, f16 or bf16`);

@@ -93,7 +93,12 @@ export function toGray(img: RawImage): Float32Array {
  * `quality · max λ_min`; strongest first, each at least `minDistance` from every stronger one kept.
  * Defaults as A1111: 100 corners, quality 0.04, distance 6 % of the short side.
  */
-export function cornerPoints(gray: Float32Array, width: number, height: number, opts: { maxCorners?: number; quality?: number; minDistance?: number } = {}): Point[] {
+export function cornerPoints(
+  gray: Float32Array,
+  width: number,
+  height: number,
+  opts: { maxCorners?: number; quality?: number; minDistance?: number } = {},
+): Point[] {
   const maxCorners = opts.maxCorners ?? 100;
   const quality = opts.quality ?? 0.04;
   const minDistance = opts.minDistance ?? Math.min(width, height) * 0.06;
@@ -198,7 +203,9 @@ export function entropyPoint(gray: Float32Array, width: number, height: number, 
   let best = 0;
   let bestE = -1;
   for (let off = 0; off <= room; off += 4) {
-    const e = alongX ? windowEntropy(gray, width, off, 0, cropW, Math.min(cropH, height)) : windowEntropy(gray, width, 0, off, Math.min(cropW, width), cropH);
+    const e = alongX
+      ? windowEntropy(gray, width, off, 0, cropW, Math.min(cropH, height))
+      : windowEntropy(gray, width, 0, off, Math.min(cropW, width), cropH);
     if (e > bestE) {
       bestE = e;
       best = off;
@@ -270,7 +277,13 @@ export interface FocalResult {
  * Find the focal point of an image already scaled by `focalScaleSize`, and the crop box around it.
  * Face focus is at the box's horizontal centre and a third of the way down (eyes, not chin).
  */
-export async function findFocalCrop(img: RawImage, cropW: number, cropH: number, weights: FocalWeights = DEFAULT_FOCAL_WEIGHTS, faceDetector?: FaceDetector): Promise<FocalResult> {
+export async function findFocalCrop(
+  img: RawImage,
+  cropW: number,
+  cropH: number,
+  weights: FocalWeights = DEFAULT_FOCAL_WEIGHTS,
+  faceDetector?: FaceDetector,
+): Promise<FocalResult> {
   const gray = toGray(img);
   const edges = weights.edges > 0 ? edgePoints(gray, img.width, img.height) : [];
   const ep = weights.entropy > 0 ? entropyPoint(gray, img.width, img.height, cropW, cropH) : undefined;

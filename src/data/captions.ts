@@ -20,7 +20,8 @@ export function captionFromFilename(stem: string, opts: FilenameCaptionOptions =
   let text = stem.replace(/^[-\d]+\s*/, "");
   if (opts.wordRegex !== undefined && opts.wordRegex !== "") {
     const src = typeof opts.wordRegex === "string" ? opts.wordRegex : opts.wordRegex.source;
-    const flags = typeof opts.wordRegex === "string" ? "g" : opts.wordRegex.flags.includes("g") ? opts.wordRegex.flags : opts.wordRegex.flags + "g";
+    const flags =
+      typeof opts.wordRegex === "string" ? "g" : opts.wordRegex.flags.includes("g") ? opts.wordRegex.flags : opts.wordRegex.flags + "g";
     const words = [...text.matchAll(new RegExp(src, flags))].map((m) => m[0]);
     text = words.join(opts.joinString ?? " ");
   }

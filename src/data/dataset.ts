@@ -171,7 +171,8 @@ export class TrainingDataset {
     const down = opts.latentDownscale ?? 8;
     const pixelLimit = opts.limitInputPixels ?? DEFAULT_LIMIT_INPUT_PIXELS;
     const maxChars = opts.maxCaptionChars ?? DEFAULT_MAX_CAPTION_CHARS;
-    if (!Number.isInteger(maxChars) || maxChars < 1) throw new Error(`dataset: maxCaptionChars must be a positive integer, got ${maxChars}`);
+    if (!Number.isInteger(maxChars) || maxChars < 1)
+      throw new Error(`dataset: maxCaptionChars must be a positive integer, got ${maxChars}`);
     const entries: Entry[] = [];
     const skipped: { file: string; reason: string }[] = [];
     const notes: string[] = [];
@@ -204,7 +205,12 @@ export class TrainingDataset {
           .resize(W, H, { fit: "fill", kernel: "cubic" })
           .raw()
           .toBuffer({ resolveWithObject: true });
-        img = { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height, channels: info.channels };
+        img = {
+          data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+          width: info.width,
+          height: info.height,
+          channels: info.channels,
+        };
       }
       const stem = path.parse(name).name;
       const txt = path.join(dir, stem + ".txt");
@@ -218,7 +224,9 @@ export class TrainingDataset {
           if (text.note) notes.push(text.note);
           const limited = limitCaption(caption, maxChars);
           if (limited.dropped > 0) {
-            notes.push(`${txt}: caption is ${caption.length.toLocaleString("en-US")} characters; only the first ${limited.text.length.toLocaleString("en-US")} are used (limit ${maxChars.toLocaleString("en-US")}: raise maxCaptionChars to keep more)`);
+            notes.push(
+              `${txt}: caption is ${caption.length.toLocaleString("en-US")} characters; only the first ${limited.text.length.toLocaleString("en-US")} are used (limit ${maxChars.toLocaleString("en-US")}: raise maxCaptionChars to keep more)`,
+            );
             caption = limited.text;
           }
         }
@@ -245,16 +253,25 @@ export class TrainingDataset {
         entry.pixels = pixels;
       }
       if (opts.alphaWeights) {
-        const [lh, lw] = opts.encode ? [entry.shape[0], entry.shape[1]] : [Math.max(1, Math.round(img.height / down)), Math.max(1, Math.round(img.width / down))];
+        const [lh, lw] = opts.encode
+          ? [entry.shape[0], entry.shape[1]]
+          : [Math.max(1, Math.round(img.height / down)), Math.max(1, Math.round(img.width / down))];
         const alpha = new Uint8Array(n);
         for (let i = 0; i < n; i++) alpha[i] = img.channels === 4 ? img.data[i * 4 + 3]! : 255;
-        const small = await sharp(alpha, { raw: { width: img.width, height: img.height, channels: 1 } }).resize(lw, lh, { fit: "fill", kernel: "cubic" }).extractChannel(0).raw().toBuffer();
+        const small = await sharp(alpha, { raw: { width: img.width, height: img.height, channels: 1 } })
+          .resize(lw, lh, { fit: "fill", kernel: "cubic" })
+          .extractChannel(0)
+          .raw()
+          .toBuffer();
         entry.weight = alphaToWeights(small);
         entry.weightShape = [lh, lw];
       }
       entries.push(entry);
     }
-    if (entries.length === 0) throw new Error(`dataset folder ${dir} has no usable images${skipped.length ? ` (skipped: ${skipped.map((s) => s.file).join(", ")})` : ""}`);
+    if (entries.length === 0)
+      throw new Error(
+        `dataset folder ${dir} has no usable images${skipped.length ? ` (skipped: ${skipped.map((s) => s.file).join(", ")})` : ""}`,
+      );
     const ds = new TrainingDataset(entries, lines, opts);
     ds.skipped.push(...skipped);
     ds.notes.push(...notes);
@@ -288,7 +305,8 @@ export class TrainingDataset {
   }
 
   private entry(index: number): Entry {
-    if (!Number.isInteger(index) || index < 0 || index >= this.length) throw new RangeError(`dataset index ${index} is outside 0…${this.length - 1}`);
+    if (!Number.isInteger(index) || index < 0 || index >= this.length)
+      throw new RangeError(`dataset index ${index} is outside 0…${this.length - 1}`);
     return this.entries[index % this.entries.length]!;
   }
 

@@ -20,8 +20,10 @@ export function statEntry(full: string): { stat: fs.Stats } | { problem: string 
     } catch {
       /* not a link */
     }
-    if (code === "ELOOP") return { problem: `a symbolic link loop (${target ?? "?"} leads back to itself); remove it or point it at a file` };
-    if (code === "ENOENT" && target !== undefined) return { problem: `a broken symbolic link (its target ${target} does not exist); remove it or fix the target` };
+    if (code === "ELOOP")
+      return { problem: `a symbolic link loop (${target ?? "?"} leads back to itself); remove it or point it at a file` };
+    if (code === "ENOENT" && target !== undefined)
+      return { problem: `a broken symbolic link (its target ${target} does not exist); remove it or fix the target` };
     return { problem: `cannot be read (${code ?? (err as Error).message})` };
   }
 }
@@ -81,7 +83,11 @@ export function readRegularFile(full: string, maxBytes: number, what = "file"): 
   if ("problem" in entry) return { problem: entry.problem, kind: "not-a-file" };
   const check = (st: fs.Stats): EntryProblem | undefined => {
     if (!st.isFile()) return { problem: describeNonFile(full, st), kind: "not-a-file" };
-    if (st.size > maxBytes) return { problem: `too large for ${what === "image" ? "an" : "a"} ${what} (${st.size.toLocaleString("en-US")} bytes; at most ${maxBytes.toLocaleString("en-US")} are read)`, kind: "too-large" };
+    if (st.size > maxBytes)
+      return {
+        problem: `too large for ${what === "image" ? "an" : "a"} ${what} (${st.size.toLocaleString("en-US")} bytes; at most ${maxBytes.toLocaleString("en-US")} are read)`,
+        kind: "too-large",
+      };
     return undefined;
   };
   const early = check(entry.stat);
@@ -124,6 +130,9 @@ export function readCaptionFile(file: string): { text: string; note?: string } |
   try {
     return { text: new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes) };
   } catch {
-    return { text: Buffer.from(bytes).toString("latin1"), note: `${file}: caption is not UTF-8; read it as Latin-1. Re-save it as UTF-8 if that is wrong` };
+    return {
+      text: Buffer.from(bytes).toString("latin1"),
+      note: `${file}: caption is not UTF-8; read it as Latin-1. Re-save it as UTF-8 if that is wrong`,
+    };
   }
 }

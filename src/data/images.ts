@@ -52,7 +52,8 @@ export function sniffFormat(bytes: Uint8Array): { format: string; decodable: boo
   if (b.length >= 2 && ascii(0, 2) === "BM") return { format: "bmp", decodable: false };
   if (b.length >= 4 && ascii(0, 4) === "8BPS") return { format: "psd", decodable: false };
   if (b.length >= 4 && b[0] === 0 && b[1] === 0 && b[2] === 1 && b[3] === 0) return { format: "ico", decodable: false };
-  if (b.length >= 12 && (ascii(0, 12) === "\0\0\0\x0cJXL \r\n\x87\n" || (b[0] === 0xff && b[1] === 0x0a))) return { format: "jxl", decodable: false };
+  if (b.length >= 12 && (ascii(0, 12) === "\0\0\0\x0cJXL \r\n\x87\n" || (b[0] === 0xff && b[1] === 0x0a)))
+    return { format: "jxl", decodable: false };
   const head = ascii(0, Math.min(b.length, 256)).trimStart().toLowerCase();
   if (head.startsWith("<svg") || (head.startsWith("<?xml") && head.includes("<svg"))) return { format: "svg", decodable: false };
   return undefined;
@@ -65,7 +66,12 @@ export function sniffFormat(bytes: Uint8Array): { format: string; decodable: boo
  * `false`: no limit) is refused before it is decoded, with a message saying how to raise the limit.
  * Throws `ImageDecodeError` naming the file and the problem.
  */
-export async function decodeImage(file: string, bytes: Uint8Array, keepAlpha = false, limitInputPixels: number | false = DEFAULT_LIMIT_INPUT_PIXELS): Promise<RawImage> {
+export async function decodeImage(
+  file: string,
+  bytes: Uint8Array,
+  keepAlpha = false,
+  limitInputPixels: number | false = DEFAULT_LIMIT_INPUT_PIXELS,
+): Promise<RawImage> {
   if (limitInputPixels !== false && !(Number.isInteger(limitInputPixels) && limitInputPixels >= 1)) {
     throw new Error(`limitInputPixels must be a positive integer (or false for no limit), got ${limitInputPixels}`);
   }
@@ -80,16 +86,28 @@ export async function decodeImage(file: string, bytes: Uint8Array, keepAlpha = f
     let pipe = sharp(bytes, { failOn: "warning", limitInputPixels }).autoOrient().toColourspace("srgb");
     pipe = keepAlpha ? pipe.ensureAlpha() : pipe.removeAlpha();
     const { data, info } = await pipe.raw({ depth: "uchar" }).toBuffer({ resolveWithObject: true });
-    return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height, channels: info.channels };
+    return {
+      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      width: info.width,
+      height: info.height,
+      channels: info.channels,
+    };
   } catch (err) {
     const message = (err as Error).message.split("\n")[0] ?? "";
-    if (limitInputPixels !== false && /pixel limit/i.test(message)) throw await tooManyPixels(file, bytes, kind.format, limitInputPixels, keepAlpha);
+    if (limitInputPixels !== false && /pixel limit/i.test(message))
+      throw await tooManyPixels(file, bytes, kind.format, limitInputPixels, keepAlpha);
     throw new ImageDecodeError(file, "corrupt", `corrupt ${kind.format.toUpperCase()} file (${message}); re-export or remove it`);
   }
 }
 
 /** The "too many pixels" error, with the image's claimed size and the option value that would admit it. */
-async function tooManyPixels(file: string, bytes: Uint8Array, format: string, limit: number, keepAlpha: boolean): Promise<ImageDecodeError> {
+async function tooManyPixels(
+  file: string,
+  bytes: Uint8Array,
+  format: string,
+  limit: number,
+  keepAlpha: boolean,
+): Promise<ImageDecodeError> {
   let size = "";
   let need: number | undefined;
   try {
@@ -117,7 +135,12 @@ function pipeOf(img: RawImage): Sharp {
 
 async function toRaw(pipe: Sharp): Promise<RawImage> {
   const { data, info } = await pipe.raw().toBuffer({ resolveWithObject: true });
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height, channels: info.channels };
+  return {
+    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    width: info.width,
+    height: info.height,
+    channels: info.channels,
+  };
 }
 
 /**

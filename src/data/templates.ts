@@ -33,7 +33,9 @@ export function templatesDir(): string {
     if (fs.existsSync(path.join(cand, "style_filewords.txt"))) return cand;
     dir = path.dirname(dir);
   }
-  throw new Error(`stock prompt templates not found above ${__dirname}; the package's templates/ folder is missing — reinstall hypernet-lab`);
+  throw new Error(
+    `stock prompt templates not found above ${__dirname}; the package's templates/ folder is missing — reinstall hypernet-lab`,
+  );
 }
 
 /**

@@ -124,7 +124,9 @@ export function summaryTable(s: PreprocessSummary): string {
     `<div class="hn-preprocess"><p>${s.made.length} image(s) made from ${e(s.source)} into ${e(s.destination)} at ${s.width}×${s.height}; ` +
     `${s.skipped.length} file(s) skipped; ${s.captionsFound} existing caption(s) read.</p>` +
     `<table><thead><tr><th>output</th><th>source</th><th>how</th><th>size</th><th>box</th><th>caption</th></tr></thead><tbody>${made}</tbody></table>` +
-    (s.skipped.length ? `<table><thead><tr><th>skipped</th><th>reason</th><th>detail</th></tr></thead><tbody>${skipped}</tbody></table>` : "") +
+    (s.skipped.length
+      ? `<table><thead><tr><th>skipped</th><th>reason</th><th>detail</th></tr></thead><tbody>${skipped}</tbody></table>`
+      : "") +
     `</div>`
   );
 }

@@ -63,20 +63,36 @@ export function demoChecks(after: readonly MultiplierScore[], fallback: Multipli
   const sorted = [...after].sort((a, b) => a.multiplier - b.multiplier);
   return {
     styleRisesWithMultiplier: sorted.every((s, i) => i === 0 || s.styleScore > sorted[i - 1]!.styleScore),
-    contentWithin15Points: after.every((s) => s.colorAccuracy >= ref.colorAccuracy - 0.15 - 1e-9 && s.shapeAccuracy >= ref.shapeAccuracy - 0.15 - 1e-9),
+    contentWithin15Points: after.every(
+      (s) => s.colorAccuracy >= ref.colorAccuracy - 0.15 - 1e-9 && s.shapeAccuracy >= ref.shapeAccuracy - 0.15 - 1e-9,
+    ),
   };
 }
 
 const pct = (x: number): string => `${(100 * x).toFixed(0)}%`.padStart(5);
 
 /** The summary table printed at the end (with the every-step comparison when there is one). */
-export function formatSummaryTable(s: Pick<DemoSummary, "before" | "after" | "styleSetScore"> & { afterEveryStep?: MultiplierScore[] | null; settings?: Pick<DemoSettings, "applyTimesteps"> }): string {
+export function formatSummaryTable(
+  s: Pick<DemoSummary, "before" | "after" | "styleSetScore"> & {
+    afterEveryStep?: MultiplierScore[] | null;
+    settings?: Pick<DemoSettings, "applyTimesteps">;
+  },
+): string {
   const every = s.afterEveryStep ?? null;
   const gate = s.settings?.applyTimesteps ?? null;
   const lines: string[] = [];
-  if (gate) lines.push(`trained network applied at timesteps [${gate[0]}, ${gate[1]}) of each sampling run (the last, low-noise steps); last column: applied in every step`);
-  lines.push("multiplier │ style (untrained → trained) │ colour acc. (untrained → trained) │ shape acc. (untrained → trained)" + (every ? " │ every step: style, colour, shape" : ""));
-  lines.push("───────────┼─────────────────────────────┼───────────────────────────────────┼──────────────────────────────────" + (every ? "┼──────────────────────────────────" : ""));
+  if (gate)
+    lines.push(
+      `trained network applied at timesteps [${gate[0]}, ${gate[1]}) of each sampling run (the last, low-noise steps); last column: applied in every step`,
+    );
+  lines.push(
+    "multiplier │ style (untrained → trained) │ colour acc. (untrained → trained) │ shape acc. (untrained → trained)" +
+      (every ? " │ every step: style, colour, shape" : ""),
+  );
+  lines.push(
+    "───────────┼─────────────────────────────┼───────────────────────────────────┼──────────────────────────────────" +
+      (every ? "┼──────────────────────────────────" : ""),
+  );
   s.after.forEach((a, i) => {
     const b = s.before[i]!;
     const e = every?.[i];
@@ -102,7 +118,11 @@ export function summaryLines(s: DemoSummary, trainingMessage: string, out: strin
 
 /** RGB bytes of one tiny image → PNG, upscaled `scale`× with nearest-neighbour so pixels stay crisp. */
 async function tinyPng(rgb: Uint8Array, scale: number): Promise<Buffer> {
-  return encodePngFrom(sharp(Buffer.from(rgb), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } }).resize(TINY_SIZE * scale, TINY_SIZE * scale, { kernel: "nearest" }));
+  return encodePngFrom(
+    sharp(Buffer.from(rgb), { raw: { width: TINY_SIZE, height: TINY_SIZE, channels: 3 } }).resize(TINY_SIZE * scale, TINY_SIZE * scale, {
+      kernel: "nearest",
+    }),
+  );
 }
 
 /** A grid with one row per prompt and one column per multiplier, as PNG bytes. */
@@ -115,8 +135,16 @@ export async function previewGrid(prompts: string[], multipliers: readonly numbe
 }
 
 /** The loss chart twice: an interactive Plotly page (bundle embedded, works offline) and a PNG. */
-export async function writeLossChart(points: LossPoint[], name: string, totalSteps: number, files: { html: string; png: string }): Promise<void> {
+export async function writeLossChart(
+  points: LossPoint[],
+  name: string,
+  totalSteps: number,
+  files: { html: string; png: string },
+): Promise<void> {
   const fig = lossFigure(points, { totalSteps, title: `${name}: training loss` });
-  fs.writeFileSync(files.html, `<!doctype html><html><head><meta charset="utf-8"><title>${name} loss</title></head><body>\n${plotlyLoaderHtml()}\n${figureHtml(fig, "loss")}\n</body></html>\n`);
+  fs.writeFileSync(
+    files.html,
+    `<!doctype html><html><head><meta charset="utf-8"><title>${name} loss</title></head><body>\n${plotlyLoaderHtml()}\n${figureHtml(fig, "loss")}\n</body></html>\n`,
+  );
   fs.writeFileSync(files.png, await lossChartPng(points, { title: `${name}: training loss (${points.length} steps)` }));
 }

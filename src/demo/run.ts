@@ -91,15 +91,23 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   // The demo owns these paths inside the output folder and replaces them on every run.
   fs.mkdirSync(r.out, { recursive: true });
   for (const d of ["style-images", "train", "run"]) fs.rmSync(file(d), { recursive: true, force: true });
-  for (const f of ["pastel.pt", "loss.csv", "loss.html", "loss.png", "preview-before.png", "preview-after.png", "summary.json"]) fs.rmSync(file(f), { force: true });
+  for (const f of ["pastel.pt", "loss.csv", "loss.html", "loss.png", "preview-before.png", "preview-after.png", "summary.json"])
+    fs.rmSync(file(f), { force: true });
 
   // 1. The style set as an image folder with content-only captions, then preprocessed.
   const modelDir = opts.modelDir ?? TINY_MODEL_DIR;
   const styleSet = pastelStyleSet(st.styleImages, st.styleSeed);
   await writeSampleFolder(file("style-images"), styleSet, { prefix: "pastel-" });
-  const pre = await preprocess(file("style-images"), file("train"), { width: TINY_SIZE, height: TINY_SIZE, existingCaption: "copy", filenameCaption: false });
+  const pre = await preprocess(file("style-images"), file("train"), {
+    width: TINY_SIZE,
+    height: TINY_SIZE,
+    existingCaption: "copy",
+    filenameCaption: false,
+  });
   const styleSetScore = styleScore(styleSet.map((s) => s.pixels));
-  log(`[${r.secs()}] style set: ${styleSet.length} pastel images → ${pre.made.length} training images in ${file("train")} (their style score: ${styleSetScore.toFixed(3)})`);
+  log(
+    `[${r.secs()}] style set: ${styleSet.length} pastel images → ${pre.made.length} training images in ${file("train")} (their style score: ${styleSetScore.toFixed(3)})`,
+  );
 
   // 2. Base model and a new hypernetwork with one module pair per attention width.
   const base = loadTinyModel(modelDir);
@@ -108,13 +116,25 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   const unknown = dims.filter((d) => !widths.includes(d));
   if (unknown.length) {
     base.dispose();
-    throw new Error(`demo: settings.dims ${JSON.stringify(unknown)} are not attention widths of ${modelDir} (it has ${widths.join(", ")}); use "all" or some of those`);
+    throw new Error(
+      `demo: settings.dims ${JSON.stringify(unknown)} are not attention widths of ${modelDir} (it has ${widths.join(", ")}); use "all" or some of those`,
+    );
   }
-  const net = createHypernetwork({ name: "pastel", dims, layerStructure: st.layerStructure, activation: st.activation, layerNorm: st.layerNorm, weightInit: st.weightInit, seed: st.trainSeed });
+  const net = createHypernetwork({
+    name: "pastel",
+    dims,
+    layerStructure: st.layerStructure,
+    activation: st.activation,
+    layerNorm: st.layerNorm,
+    weightInit: st.weightInit,
+    seed: st.trainSeed,
+  });
   try {
     const cfg = readTinyConfig(modelDir);
     const trainedSteps = typeof cfg.training?.steps === "number" ? cfg.training.steps : null;
-    log(`[${r.secs()}] base model ${base.name} (${trainedSteps ?? "?"} training steps${base.checkpointHash ? `, hash ${base.checkpointHash}` : ""}); hypernetwork "${net.name}": dims ${dims.join(", ")}, layers [${st.layerStructure.join(", ")}] ${st.activation}${st.layerNorm ? " + layer norm" : ""}, ${net.parameterCount().toLocaleString("en-US")} parameters`);
+    log(
+      `[${r.secs()}] base model ${base.name} (${trainedSteps ?? "?"} training steps${base.checkpointHash ? `, hash ${base.checkpointHash}` : ""}); hypernetwork "${net.name}": dims ${dims.join(", ")}, layers [${st.layerStructure.join(", ")}] ${st.activation}${st.layerNorm ? " + layer norm" : ""}, ${net.parameterCount().toLocaleString("en-US")} parameters`,
+    );
     const summary = await trainAndScore(r, opts, base, net);
     const full: DemoSummary = {
       backend: report.backend,
@@ -140,13 +160,19 @@ async function trainAndScore(
   opts: DemoOptions,
   base: BaseModel,
   net: Hypernetwork,
-): Promise<{ prompts: string[]; message: string; scores: Pick<DemoSummary, "training" | "before" | "after" | "afterEveryStep" | "checks" | "files"> }> {
+): Promise<{
+  prompts: string[];
+  message: string;
+  scores: Pick<DemoSummary, "training" | "before" | "after" | "afterEveryStep" | "checks" | "files">;
+}> {
   const { st, file, log } = r;
   // 3. Before: the fixed prompts with the untrained network.
   const set = demoPrompts(st.prompts);
   const prompts = set.map((p) => p.prompt);
   const expected = set.map((p) => p.expected);
-  log(`[${r.secs()}] sampling ${prompts.length} prompts × multipliers ${st.multipliers.join(", ")} with the untrained network (Euler a, ${st.sampleSteps} steps, CFG ${st.cfg})`);
+  log(
+    `[${r.secs()}] sampling ${prompts.length} prompts × multipliers ${st.multipliers.join(", ")} with the untrained network (Euler a, ${st.sampleSteps} steps, CFG ${st.cfg})`,
+  );
   const before = await sampleAt(base, net, prompts, st, st.applyTimesteps, log);
 
   // 4. Train, and draw the loss chart.
@@ -204,7 +230,12 @@ async function trainAndScore(
 }
 
 /** Train `net` on the style set with the demo's settings; copies the loss CSV out of the run folder. */
-async function trainNetwork(r: Run, base: BaseModel, net: Hypernetwork, progress: boolean): Promise<{ result: TrainResult; points: LossPoint[]; seconds: number }> {
+async function trainNetwork(
+  r: Run,
+  base: BaseModel,
+  net: Hypernetwork,
+  progress: boolean,
+): Promise<{ result: TrainResult; points: LossPoint[]; seconds: number }> {
   const { st, file, log } = r;
   log(`[${r.secs()}] training: ${st.maxSteps} steps, batch ${st.batchSize}, learning rate "${st.learningRate}"`);
   const t0 = Date.now();
@@ -257,7 +288,9 @@ async function sampleAt(
     } finally {
       attachment.detach();
     }
-    log(`  sampled ${prompts.length} prompts at ×${m}${gate ? ` (network at t ∈ [${gate[0]}, ${gate[1]}))` : ""} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+    log(
+      `  sampled ${prompts.length} prompts at ×${m}${gate ? ` (network at t ∈ [${gate[0]}, ${gate[1]}))` : ""} (${((Date.now() - t0) / 1000).toFixed(0)} s)`,
+    );
   }
   return out;
 }

@@ -110,6 +110,9 @@ export function demoPrompts(n: number): Array<{ prompt: string; expected: Expect
       position: POSITIONS[i % POSITIONS.length]!,
       centers: [],
     };
-    return { prompt: captionOf(scene), expected: { color: scene.color, shape: scene.shape, background: scene.background, count: scene.count } };
+    return {
+      prompt: captionOf(scene),
+      expected: { color: scene.color, shape: scene.shape, background: scene.background, count: scene.count },
+    };
   });
 }

@@ -86,7 +86,8 @@ export class A1111ImageNoise implements NoiseRng {
     const strength = o.subseedStrength ?? 0;
     if (!Number.isFinite(strength)) throw new Error(`a1111ImageNoise: subseedStrength must be a number (0 = off), got ${strength}`);
     const ensd = o.etaNoiseSeedDelta ?? 0;
-    if (!Number.isSafeInteger(ensd)) throw new Error(`a1111ImageNoise: etaNoiseSeedDelta must be an integer (A1111's ENSD, e.g. 31337), got ${ensd}`);
+    if (!Number.isSafeInteger(ensd))
+      throw new Error(`a1111ImageNoise: etaNoiseSeedDelta must be an integer (A1111's ENSD, e.g. 31337), got ${ensd}`);
     const resize = o.seedResizeFrom ?? { width: 0, height: 0 };
     if (!Number.isSafeInteger(resize.width) || !Number.isSafeInteger(resize.height)) {
       throw new Error(`a1111ImageNoise: seedResizeFrom must be {width, height} in pixels, got ${JSON.stringify(o.seedResizeFrom)}`);
@@ -94,9 +95,12 @@ export class A1111ImageNoise implements NoiseRng {
     let seeds: bigint[];
     let subseeds: bigint[] | undefined;
     if (o.seeds !== undefined) {
-      if (o.seeds.length !== batch) throw new Error(`a1111ImageNoise: ${o.seeds.length} seeds for a batch of ${batch}; give one per image, or a single seed`);
+      if (o.seeds.length !== batch)
+        throw new Error(`a1111ImageNoise: ${o.seeds.length} seeds for a batch of ${batch}; give one per image, or a single seed`);
       seeds = o.seeds.map((s, i) => toSeed(s, `seeds[${i}]`));
-      subseeds = o.subseeds?.map((s, i) => toSeed(s, `subseeds[${i}]`)) ?? (o.subseed !== undefined ? a1111BatchSeeds(0, batch, { subseed: o.subseed }).subseeds : undefined);
+      subseeds =
+        o.subseeds?.map((s, i) => toSeed(s, `subseeds[${i}]`)) ??
+        (o.subseed !== undefined ? a1111BatchSeeds(0, batch, { subseed: o.subseed }).subseeds : undefined);
     } else {
       if (o.seed === undefined) throw new Error("a1111ImageNoise: give a seed (e.g. seed: 1234, as in the infotext) or one seed per image");
       const b = a1111BatchSeeds(o.seed, batch, { subseed: o.subseed ?? 0, subseedStrength: strength });
@@ -104,7 +108,14 @@ export class A1111ImageNoise implements NoiseRng {
       subseeds = o.subseeds?.map((s, i) => toSeed(s, `subseeds[${i}]`)) ?? (o.subseed !== undefined ? b.subseeds : undefined);
     }
     const source = o.source ?? "CPU";
-    const full = { shape, subseedStrength: strength, seedResizeFrom: resize, etaNoiseSeedDelta: ensd, source, cpuKernel: o.cpuKernel ?? "avx2" };
+    const full = {
+      shape,
+      subseedStrength: strength,
+      seedResizeFrom: resize,
+      etaNoiseSeedDelta: ensd,
+      source,
+      cpuKernel: o.cpuKernel ?? "avx2",
+    };
     return new A1111ImageNoise(full, seeds, subseeds);
   }
 
@@ -145,7 +156,8 @@ export class A1111ImageNoise implements NoiseRng {
     if (this.isFirst) {
       this.isFirst = false;
       const delta = BigInt(this.opts.etaNoiseSeedDelta);
-      if (delta !== 0n) this.generators = this.seeds.map((s, i) => this.create(toSeed(s + delta, `seed + eta noise seed delta of image ${i}`)));
+      if (delta !== 0n)
+        this.generators = this.seeds.map((s, i) => this.create(toSeed(s + delta, `seed + eta noise seed delta of image ${i}`)));
     }
     return out;
   }

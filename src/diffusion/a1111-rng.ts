@@ -66,14 +66,18 @@ export function toSeed(seed: A1111Seed, what = "seed"): bigint {
   }
   const s = BigInt(seed);
   if (s < 0n || s >= 1n << 64n) {
-    throw new Error(`${what} must be in [0, 2^64), got ${s}; A1111 replaces −1 with a random seed before drawing — pass the seed it reports`);
+    throw new Error(
+      `${what} must be in [0, 2^64), got ${s}; A1111 replaces −1 with a random seed before drawing — pass the seed it reports`,
+    );
   }
   return s;
 }
 
 function checkSource(source: string): asserts source is A1111RngSource {
   if (source !== "CPU" && source !== "NV") {
-    throw new Error(`A1111 noise source must be "CPU" or "NV", got ${JSON.stringify(source)}; A1111's "GPU" draws on the graphics card — use "NV", its CPU imitation of NVIDIA's stream`);
+    throw new Error(
+      `A1111 noise source must be "CPU" or "NV", got ${JSON.stringify(source)}; A1111's "GPU" draws on the graphics card — use "NV", its CPU imitation of NVIDIA's stream`,
+    );
   }
 }
 
@@ -91,14 +95,19 @@ export class A1111Rng implements NoiseRng {
     checkSource(source);
     const s = toSeed(seed);
     const kernel = opts.cpuKernel ?? "avx2";
-    if (kernel !== "avx2" && kernel !== "default") throw new Error(`a1111Rng: cpuKernel must be "avx2" or "default", got ${JSON.stringify(kernel)}`);
-    return source === "CPU" ? new A1111Rng(source, s, TorchCpuGenerator.seeded(s, kernel), undefined) : new A1111Rng(source, s, undefined, new PhiloxNormal(s));
+    if (kernel !== "avx2" && kernel !== "default")
+      throw new Error(`a1111Rng: cpuKernel must be "avx2" or "default", got ${JSON.stringify(kernel)}`);
+    return source === "CPU"
+      ? new A1111Rng(source, s, TorchCpuGenerator.seeded(s, kernel), undefined)
+      : new A1111Rng(source, s, undefined, new PhiloxNormal(s));
   }
 
   /** A generator resumed from `getState()`. */
   static fromState(state: A1111RngState): A1111Rng {
     const bad = (): never => {
-      throw new Error(`A1111Rng.fromState: not a saved A1111 generator state (${JSON.stringify(state)?.slice(0, 120)}); pass what getState() returned`);
+      throw new Error(
+        `A1111Rng.fromState: not a saved A1111 generator state (${JSON.stringify(state)?.slice(0, 120)}); pass what getState() returned`,
+      );
     };
     if (typeof state !== "object" || state === null || typeof state.seed !== "string" || !/^\d+$/.test(state.seed)) return bad();
     if (state.source === "NV") {
@@ -116,7 +125,13 @@ export class A1111Rng implements NoiseRng {
   /** The state as plain JSON (save it beside a checkpoint, or around a preview). */
   getState(): A1111RngState {
     if (this.cpu) {
-      return { source: "CPU", seed: this.seed.toString(), kernel: this.cpu.kernel, engine: this.cpu.engine.getState(), cachedNormal: this.cpu.cachedNormal ?? null };
+      return {
+        source: "CPU",
+        seed: this.seed.toString(),
+        kernel: this.cpu.kernel,
+        engine: this.cpu.engine.getState(),
+        cachedNormal: this.cpu.cachedNormal ?? null,
+      };
     }
     return { source: "NV", seed: this.seed.toString(), offset: this.nv!.drawOffset };
   }
@@ -193,7 +208,8 @@ export function hwcToChw(data: Float32Array, c: number, h: number, w: number): F
  * vectorised acos/sin are not correctly rounded.
  */
 export function a1111Slerp(val: number, low: Float32Array, high: Float32Array, c: number, h: number, w: number): Float32Array {
-  if (low.length !== c * h * w || high.length !== c * h * w) throw new Error(`a1111Slerp: low and high must both hold [${c}, ${h}, ${w}] values`);
+  if (low.length !== c * h * w || high.length !== c * h * w)
+    throw new Error(`a1111Slerp: low and high must both hold [${c}, ${h}, ${w}] values`);
   if (!Number.isFinite(val)) throw new Error(`a1111Slerp: strength must be a finite number, got ${val}`);
   const f = Math.fround;
   const dots = new Float32Array(c * w);

@@ -109,7 +109,12 @@ class BrownianPath {
  * A k-diffusion `BrownianTreeNoiseSampler` for a batch of `shape[0]` images (NHWC `shape`): one
  * path per image over [sigmaMin, sigmaMax], seeded with `seeds[i]` (see the module comment).
  */
-export function brownianTreeNoiseSampler(shape: readonly number[], sigmaMin: number, sigmaMax: number, seeds: readonly number[]): NoiseSampler {
+export function brownianTreeNoiseSampler(
+  shape: readonly number[],
+  sigmaMin: number,
+  sigmaMax: number,
+  seeds: readonly number[],
+): NoiseSampler {
   const batch = shape[0]!;
   const per = shape.slice(1).reduce((a, b) => a * b, 1);
   if (!(sigmaMin > 0 && sigmaMax > sigmaMin && Number.isFinite(sigmaMax))) {
@@ -142,7 +147,8 @@ export function brownianSeedsFor(batch: number, seed: number | undefined, rng: {
   if (Array.isArray(own) && own.length === batch) {
     return own.map((s, i) => {
       const v = Number(s);
-      if (!Number.isSafeInteger(v) || v < 0) throw new Error(`Brownian noise: image ${i}'s seed ${String(s)} is not a non-negative integer below 2^53`);
+      if (!Number.isSafeInteger(v) || v < 0)
+        throw new Error(`Brownian noise: image ${i}'s seed ${String(s)} is not a non-negative integer below 2^53`);
       return v;
     });
   }

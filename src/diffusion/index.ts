@@ -12,6 +12,18 @@ export * from "./sampler-names";
 // A1111's noise: torch's CPU generator and A1111's "NV" Philox (a1111Rng), per-image batch noise
 // (a1111ImageNoise). This randn takes any NoiseRng, the project's Rng included, and replaces
 // random.ts's (an explicit export wins over `export *`).
-export { randn, a1111Rng, A1111Rng, a1111Slerp, chwToHwc, hwcToChw, type NoiseRng, type A1111RngSource, type A1111Seed, type A1111RngOptions, type A1111RngState } from "./a1111-rng";
+export {
+  randn,
+  a1111Rng,
+  A1111Rng,
+  a1111Slerp,
+  chwToHwc,
+  hwcToChw,
+  type NoiseRng,
+  type A1111RngSource,
+  type A1111Seed,
+  type A1111RngOptions,
+  type A1111RngState,
+} from "./a1111-rng";
 export { a1111ImageNoise, A1111ImageNoise, a1111BatchSeeds, type A1111NoiseOptions } from "./a1111-image-noise";
 export type { TorchCpuKernel } from "./torch-cpu-randn";

@@ -316,7 +316,12 @@ export interface KSamplerConfig {
  */
 export function kSampler(kind: KSamplerKind, config: KSamplerConfig): Sampler & { sample(opts: KSampleOptions): Promise<tf.Tensor4D> } {
   const spec = STEPPERS[kind];
-  if (!spec) throw new Error(`kSampler: unknown kind ${JSON.stringify(kind)}; use one of ${Object.keys(STEPPERS).map((k) => `"${k}"`).join(", ")}`);
+  if (!spec)
+    throw new Error(
+      `kSampler: unknown kind ${JSON.stringify(kind)}; use one of ${Object.keys(STEPPERS)
+        .map((k) => `"${k}"`)
+        .join(", ")}`,
+    );
   const eta = spec.eta === null ? 0 : (config.eta ?? spec.eta);
   if (!(eta >= 0) || !Number.isFinite(eta)) throw new Error(`${kind}: eta must be a finite number ≥ 0, got ${config.eta}`);
   return {
@@ -326,7 +331,13 @@ export function kSampler(kind: KSamplerKind, config: KSamplerConfig): Sampler & 
   };
 }
 
-async function runK(kind: KSamplerKind, spec: (typeof STEPPERS)[KSamplerKind], config: KSamplerConfig, eta: number, opts: KSampleOptions): Promise<tf.Tensor4D> {
+async function runK(
+  kind: KSamplerKind,
+  spec: (typeof STEPPERS)[KSamplerKind],
+  config: KSamplerConfig,
+  eta: number,
+  opts: KSampleOptions,
+): Promise<tf.Tensor4D> {
   const p = prepare(opts, kind);
   const sigmas = config.sigmas(p.schedule);
   const n = sigmas.length - 1;
@@ -335,13 +346,19 @@ async function runK(kind: KSamplerKind, spec: (typeof STEPPERS)[KSamplerKind], c
   if (spec.brownian && !noiseSampler) {
     let lo = Infinity;
     for (const s of sigmas) if (s > 0 && s < lo) lo = s;
-    noiseSampler = brownianTreeNoiseSampler(p.shape, lo, Math.max(...sigmas), opts.brownianSeeds ?? brownianSeedsFor(p.shape[0], opts.seed, p.rng));
+    noiseSampler = brownianTreeNoiseSampler(
+      p.shape,
+      lo,
+      Math.max(...sigmas),
+      opts.brownianSeeds ?? brownianSeedsFor(p.shape[0], opts.seed, p.rng),
+    );
   }
   const ctx: StepContext = {
     p,
     sigmas,
     eta,
-    denoise: (x, sigma) => tf.sub(x, tf.mul(guidedEps(p, tf.mul(x, 1 / Math.sqrt(sigma * sigma + 1)) as tf.Tensor4D, p.schedule.sigmaToT(sigma)), sigma)),
+    denoise: (x, sigma) =>
+      tf.sub(x, tf.mul(guidedEps(p, tf.mul(x, 1 / Math.sqrt(sigma * sigma + 1)) as tf.Tensor4D, p.schedule.sigmaToT(sigma)), sigma)),
     randn: () => randn(p.shape, p.rng) as tf.Tensor4D,
     brownian: (sigma, sigmaNext) => {
       const v = noiseSampler!(sigma, sigmaNext);

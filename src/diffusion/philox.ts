@@ -94,13 +94,15 @@ export class PhiloxNormal {
 
   /** Resume at a draw offset (the seed is fixed at construction). */
   setOffset(offset: number): void {
-    if (!Number.isInteger(offset) || offset < 0 || offset >= 2 ** 32) throw new Error(`PhiloxNormal: offset must be an integer in [0, 2^32), got ${offset}`);
+    if (!Number.isInteger(offset) || offset < 0 || offset >= 2 ** 32)
+      throw new Error(`PhiloxNormal: offset must be an integer in [0, 2^32), got ${offset}`);
     this.offset = offset;
   }
 
   /** `n` normals in A1111's order; advances the offset by one. */
   normal(n: number): Float32Array {
-    if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 32) throw new Error(`PhiloxNormal.normal: count must be an integer in [0, 2^32], got ${n}`);
+    if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 32)
+      throw new Error(`PhiloxNormal.normal: count must be an integer in [0, 2^32], got ${n}`);
     const out = new Float32Array(n);
     const offset = this.offset;
     for (let i = 0; i < n; i++) {

@@ -55,7 +55,9 @@ export class Rng {
    */
   constructor(seed: number) {
     if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new Error(`Rng: seed must be a non-negative integer below 2^53, got ${seed}; pick e.g. 1234 or Math.floor(Math.random() * 2 ** 32)`);
+      throw new Error(
+        `Rng: seed must be a non-negative integer below 2^53, got ${seed}; pick e.g. 1234 or Math.floor(Math.random() * 2 ** 32)`,
+      );
     }
     const lo = seed >>> 0;
     const hi = Math.floor(seed / TWO_POW_32) >>> 0;

@@ -32,7 +32,21 @@ import { a1111Ddim, a1111Plms } from "./timestep-samplers";
 import { a1111Unipc } from "./unipc";
 
 /** A1111's sampler names (1.10), in A1111's menu order. */
-export const A1111_SAMPLERS = ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC"] as const;
+export const A1111_SAMPLERS = [
+  "DPM++ 2M",
+  "DPM++ SDE",
+  "DPM++ 2M SDE",
+  "DPM++ 2S a",
+  "Euler a",
+  "Euler",
+  "LMS",
+  "Heun",
+  "DPM2",
+  "DPM2 a",
+  "DDIM",
+  "PLMS",
+  "UniPC",
+] as const;
 
 /** One of A1111's sampler names. */
 export type A1111SamplerName = (typeof A1111_SAMPLERS)[number];
@@ -57,7 +71,12 @@ const ENTRIES: Entry[] = [
   { name: "DPM++ SDE", aliases: ["k_dpmpp_sde"], spacing: "karras", discardPenultimate: false },
   { name: "DPM++ 2M SDE", aliases: ["k_dpmpp_2m_sde"], spacing: "exponential", discardPenultimate: false },
   { name: "DPM++ 2S a", aliases: ["k_dpmpp_2s_a"], spacing: "karras", discardPenultimate: false },
-  { name: "Euler a", aliases: ["k_euler_a", "k_euler_ancestral", "euler_a", "euler ancestral"], spacing: "discrete", discardPenultimate: false },
+  {
+    name: "Euler a",
+    aliases: ["k_euler_a", "k_euler_ancestral", "euler_a", "euler ancestral"],
+    spacing: "discrete",
+    discardPenultimate: false,
+  },
   { name: "Euler", aliases: ["k_euler"], spacing: "discrete", discardPenultimate: false },
   { name: "LMS", aliases: ["k_lms"], spacing: "discrete", discardPenultimate: false },
   { name: "Heun", aliases: ["k_heun"], spacing: "discrete", discardPenultimate: false },
@@ -80,7 +99,12 @@ const KARRAS_ALIASES: Record<string, A1111SamplerName> = {
 };
 
 /** Schedule labels as trailing words of a name, and what they choose (null: the sampler's default). */
-const SUFFIXES: Record<string, SigmaSpacing | null> = { automatic: null, uniform: "discrete", karras: "karras", exponential: "exponential" };
+const SUFFIXES: Record<string, SigmaSpacing | null> = {
+  automatic: null,
+  uniform: "discrete",
+  karras: "karras",
+  exponential: "exponential",
+};
 
 /** A1111 names and schedule labels this project does not implement, for a precise error. */
 const NOT_IMPLEMENTED_SAMPLERS = ["DPM fast", "DPM adaptive", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DDIM CFG++", "LCM"];
@@ -131,10 +155,32 @@ function spacingOf(option: SigmasOption): SigmaSpacing | null {
 
 function unknownName(name: string): Error {
   const lower = name.toLowerCase();
-  const known = [...NOT_IMPLEMENTED_SAMPLERS, ...NOT_IMPLEMENTED_SCHEDULES].find((k) => lower === k.toLowerCase() || lower.endsWith(` ${k.toLowerCase()}`));
-  const list = ["DDIM", "Euler a", "Euler", "Heun", "DPM2", "DPM2 a", "LMS", "DPM++ 2M", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "PLMS", "UniPC"].map((n) => `"${n}"`).join(", ");
-  const why = known ? `"${known}" is an A1111 ${NOT_IMPLEMENTED_SCHEDULES.includes(known) ? "schedule type" : "sampler"} this project does not implement` : `unknown sampler "${name}"`;
-  return new Error(`${why}; choose one of ${list}, optionally followed by a schedule type (Karras, Exponential, Uniform), e.g. "DPM++ 2M Karras"`);
+  const known = [...NOT_IMPLEMENTED_SAMPLERS, ...NOT_IMPLEMENTED_SCHEDULES].find(
+    (k) => lower === k.toLowerCase() || lower.endsWith(` ${k.toLowerCase()}`),
+  );
+  const list = [
+    "DDIM",
+    "Euler a",
+    "Euler",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "LMS",
+    "DPM++ 2M",
+    "DPM++ 2S a",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "PLMS",
+    "UniPC",
+  ]
+    .map((n) => `"${n}"`)
+    .join(", ");
+  const why = known
+    ? `"${known}" is an A1111 ${NOT_IMPLEMENTED_SCHEDULES.includes(known) ? "schedule type" : "sampler"} this project does not implement`
+    : `unknown sampler "${name}"`;
+  return new Error(
+    `${why}; choose one of ${list}, optionally followed by a schedule type (Karras, Exponential, Uniform), e.g. "DPM++ 2M Karras"`,
+  );
 }
 
 /**
@@ -163,7 +209,9 @@ export function resolveSamplerName(name: string, sigmas: SigmasOption = "automat
   if (!entry) throw unknownName(name.trim());
   const fromOption = spacingOf(sigmas);
   if (fromName !== undefined && fromName !== null && fromOption !== null && fromName !== fromOption) {
-    throw new Error(`sampler "${name}" names the ${fromName} schedule but sigmas is "${sigmas}"; drop one of them (e.g. "${entry.name}" with sigmas: "${sigmas}")`);
+    throw new Error(
+      `sampler "${name}" names the ${fromName} schedule but sigmas is "${sigmas}"; drop one of them (e.g. "${entry.name}" with sigmas: "${sigmas}")`,
+    );
   }
   const chosen = fromOption ?? fromName ?? null;
   return {
@@ -185,7 +233,8 @@ export function samplerByName(name: SamplerName | string, config: SamplerByNameO
   const r = resolveSamplerName(name, config.sigmas ?? "automatic");
   const { steps, eta } = config;
   const spacing = r.sigmaSpacing;
-  const sigmasOf = spacing === null ? () => null : (schedule = sd15Schedule()) => a1111Sigmas(spacing, steps, r.discardPenultimateSigma, schedule);
+  const sigmasOf =
+    spacing === null ? () => null : (schedule = sd15Schedule()) => a1111Sigmas(spacing, steps, r.discardPenultimateSigma, schedule);
   let base: Sampler;
   switch (r.name) {
     case "Euler a":

@@ -170,10 +170,17 @@ function checkTimesteps(fn: string, x: tf.Tensor, t: ArrayLike<number>, schedule
  */
 export function qSample(x0: tf.Tensor, noise: tf.Tensor, t: ArrayLike<number>, schedule: NoiseSchedule = sd15Schedule()): tf.Tensor {
   checkTimesteps("qSample", x0, t, schedule);
-  if (!tf.util.arraysEqual(x0.shape, noise.shape)) throw new Error(`qSample: x0 ${JSON.stringify(x0.shape)} and noise ${JSON.stringify(noise.shape)} differ in shape`);
+  if (!tf.util.arraysEqual(x0.shape, noise.shape))
+    throw new Error(`qSample: x0 ${JSON.stringify(x0.shape)} and noise ${JSON.stringify(noise.shape)} differ in shape`);
   return tf.tidy(() => {
-    const a = perBatch(Array.from(t, (ti) => schedule.sqrtAlphasCumprod[ti]!), x0.rank);
-    const b = perBatch(Array.from(t, (ti) => schedule.sqrtOneMinusAlphasCumprod[ti]!), x0.rank);
+    const a = perBatch(
+      Array.from(t, (ti) => schedule.sqrtAlphasCumprod[ti]!),
+      x0.rank,
+    );
+    const b = perBatch(
+      Array.from(t, (ti) => schedule.sqrtOneMinusAlphasCumprod[ti]!),
+      x0.rank,
+    );
     return tf.add(tf.mul(a, x0), tf.mul(b, noise));
   });
 }
@@ -184,16 +191,24 @@ export function qSample(x0: tf.Tensor, noise: tf.Tensor, t: ArrayLike<number>, s
  */
 export function vTarget(x0: tf.Tensor, noise: tf.Tensor, t: ArrayLike<number>, schedule: NoiseSchedule = sd15Schedule()): tf.Tensor {
   checkTimesteps("vTarget", x0, t, schedule);
-  if (!tf.util.arraysEqual(x0.shape, noise.shape)) throw new Error(`vTarget: x0 ${JSON.stringify(x0.shape)} and noise ${JSON.stringify(noise.shape)} differ in shape`);
+  if (!tf.util.arraysEqual(x0.shape, noise.shape))
+    throw new Error(`vTarget: x0 ${JSON.stringify(x0.shape)} and noise ${JSON.stringify(noise.shape)} differ in shape`);
   return tf.tidy(() => {
-    const a = perBatch(Array.from(t, (ti) => schedule.sqrtAlphasCumprod[ti]!), x0.rank);
-    const b = perBatch(Array.from(t, (ti) => schedule.sqrtOneMinusAlphasCumprod[ti]!), x0.rank);
+    const a = perBatch(
+      Array.from(t, (ti) => schedule.sqrtAlphasCumprod[ti]!),
+      x0.rank,
+    );
+    const b = perBatch(
+      Array.from(t, (ti) => schedule.sqrtOneMinusAlphasCumprod[ti]!),
+      x0.rank,
+    );
     return tf.sub(tf.mul(a, noise), tf.mul(b, x0));
   });
 }
 
 function checkSteps(fn: string, steps: number, max: number): void {
-  if (!Number.isSafeInteger(steps) || steps < 1 || steps > max) throw new Error(`${fn}: steps must be an integer in [1, ${max}], got ${steps}`);
+  if (!Number.isSafeInteger(steps) || steps < 1 || steps > max)
+    throw new Error(`${fn}: steps must be an integer in [1, ${max}], got ${steps}`);
 }
 
 /**
@@ -256,6 +271,9 @@ export function karrasSigmas(steps: number, schedule: NoiseSchedule = sd15Schedu
  */
 export function ancestralStep(sigmaFrom: number, sigmaTo: number, eta = 1): { sigmaDown: number; sigmaUp: number } {
   if (eta === 0 || sigmaTo === 0) return { sigmaDown: sigmaTo, sigmaUp: 0 };
-  const sigmaUp = Math.min(sigmaTo, eta * Math.sqrt((sigmaTo * sigmaTo * (sigmaFrom * sigmaFrom - sigmaTo * sigmaTo)) / (sigmaFrom * sigmaFrom)));
+  const sigmaUp = Math.min(
+    sigmaTo,
+    eta * Math.sqrt((sigmaTo * sigmaTo * (sigmaFrom * sigmaFrom - sigmaTo * sigmaTo)) / (sigmaFrom * sigmaFrom)),
+  );
   return { sigmaDown: Math.sqrt(sigmaTo * sigmaTo - sigmaUp * sigmaUp), sigmaUp };
 }

@@ -26,7 +26,8 @@ export const SIGMA_SPACINGS: readonly SigmaSpacing[] = ["discrete", "karras", "e
  * final 0. Descending, length n+1.
  */
 export function exponentialSigmas(steps: number, schedule: NoiseSchedule = sd15Schedule()): Float64Array {
-  if (!Number.isSafeInteger(steps) || steps < 1 || steps > 100000) throw new Error(`exponentialSigmas: steps must be an integer in [1, 100000], got ${steps}`);
+  if (!Number.isSafeInteger(steps) || steps < 1 || steps > 100000)
+    throw new Error(`exponentialSigmas: steps must be an integer in [1, 100000], got ${steps}`);
   const hi = Math.log(schedule.sigmaMax);
   const lo = Math.log(schedule.sigmaMin);
   const out = new Float64Array(steps + 1);
@@ -57,7 +58,12 @@ export function sigmasFor(spacing: SigmaSpacing, steps: number, schedule: NoiseS
  * with `discardPenultimate` (DPM2, DPM2 a) `sigmasFor(spacing, steps + 1)` without its
  * next-to-last entry. Either way `steps + 1` values, the last one 0.
  */
-export function a1111Sigmas(spacing: SigmaSpacing, steps: number, discardPenultimate: boolean, schedule: NoiseSchedule = sd15Schedule()): Float64Array {
+export function a1111Sigmas(
+  spacing: SigmaSpacing,
+  steps: number,
+  discardPenultimate: boolean,
+  schedule: NoiseSchedule = sd15Schedule(),
+): Float64Array {
   if (!discardPenultimate) return sigmasFor(spacing, steps, schedule);
   const full = sigmasFor(spacing, steps + 1, schedule);
   const out = new Float64Array(steps + 1);

@@ -38,8 +38,11 @@ const TWO_PI_F = f(2 * Math.PI);
 
 // avx_mathfun.h constants (`_PS256_CONST` stores each double literal as a float).
 const SQRTHF = f(0.707106781186547524);
-const LOG_P = [7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f);
-const LOG_Q1 = f(-2.12194440e-4);
+const LOG_P = [
+  7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+  3.3333331174e-1,
+].map(f);
+const LOG_Q1 = f(-2.1219444e-4);
 const LOG_Q2 = f(0.693359375);
 const DP1 = f(-0.78515625);
 const DP2 = f(-2.4187564849853515625e-4);
@@ -58,7 +61,7 @@ function nextFloat32(x: number, dir: number): number {
     return dir > 0 ? scratchF[0]! : -scratchF[0]!;
   }
   scratchF[0] = x;
-  scratchU[0] = (x > 0) === (dir > 0) ? scratchU[0]! + 1 : scratchU[0]! - 1;
+  scratchU[0] = x > 0 === dir > 0 ? scratchU[0]! + 1 : scratchU[0]! - 1;
   return scratchF[0]!;
 }
 

@@ -82,7 +82,11 @@ function solve(a: number[][], b: number[]): number[] {
 }
 
 /** The B(h) = h ("bh1") coefficients of one update of `order` (see the module comment). */
-export function unipcCoefficients(h: number, rks: number[], order: number): { rhosP: number[]; rhosC: number[]; hPhi1: number; bH: number } {
+export function unipcCoefficients(
+  h: number,
+  rks: number[],
+  order: number,
+): { rhosP: number[]; rhosC: number[]; hPhi1: number; bH: number } {
   const hh = -h;
   const hPhi1 = Math.expm1(hh);
   let hPhiK = hPhi1 / hh - 1;
@@ -97,7 +101,15 @@ export function unipcCoefficients(h: number, rks: number[], order: number): { rh
     fact *= i + 1;
     hPhiK = hPhiK / hh - 1 / fact;
   }
-  const rhosP = rks.length === 0 ? [] : order === 2 ? [0.5] : solve(R.slice(0, -1).map((row) => row.slice(0, -1)), b.slice(0, -1));
+  const rhosP =
+    rks.length === 0
+      ? []
+      : order === 2
+        ? [0.5]
+        : solve(
+            R.slice(0, -1).map((row) => row.slice(0, -1)),
+            b.slice(0, -1),
+          );
   const rhosC = order === 1 ? [0.5] : solve(R, b);
   return { rhosP, rhosC, hPhi1, bH };
 }
@@ -106,7 +118,8 @@ export function unipcCoefficients(h: number, rks: number[], order: number): { rh
 export function a1111Unipc(config: { steps: number }): Sampler {
   const steps = config.steps;
   const total = a1111Timesteps(steps).length;
-  if (total < ORDER) throw new Error(`UniPC: A1111 needs at least ${ORDER} timesteps (order ${ORDER}); ${steps} step(s) give ${total}. Use 3 or more steps`);
+  if (total < ORDER)
+    throw new Error(`UniPC: A1111 needs at least ${ORDER} timesteps (order ${ORDER}); ${steps} step(s) give ${total}. Use 3 or more steps`);
   return {
     name: "UniPC",
     steps,

@@ -51,13 +51,25 @@ export type ActivationName = (typeof ACTIVATION_NAMES)[number];
 
 /** Names A1111 lists but that fail when the network is built or run, with why. */
 const UNUSABLE: Partial<Record<ActivationName, string>> = {
-  threshold: "torch.nn.Threshold needs `threshold` and `value` arguments, and A1111 constructs activations without arguments, so A1111 itself cannot build it",
-  multiheadattention: "torch.nn.MultiheadAttention needs `embed_dim` and `num_heads` arguments and is not an elementwise activation, so A1111 itself cannot build it",
+  threshold:
+    "torch.nn.Threshold needs `threshold` and `value` arguments, and A1111 constructs activations without arguments, so A1111 itself cannot build it",
+  multiheadattention:
+    "torch.nn.MultiheadAttention needs `embed_dim` and `num_heads` arguments and is not an elementwise activation, so A1111 itself cannot build it",
   glu: "GLU halves the width, so the next Linear (or the residual add) gets the wrong shape in A1111 too",
 };
 
 /** Names ComfyUI's HypernetworkLoader accepts (others are refused there; see spec §1.4). */
-export const COMFYUI_ACTIVATIONS: ReadonlySet<string> = new Set(["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish"]);
+export const COMFYUI_ACTIVATIONS: ReadonlySet<string> = new Set([
+  "linear",
+  "relu",
+  "leakyrelu",
+  "elu",
+  "swish",
+  "tanh",
+  "sigmoid",
+  "softsign",
+  "mish",
+]);
 
 /** Check an activation name (case-insensitive, as stored lower-case) and return it normalised. */
 export function checkActivation(name: string | null | undefined): ActivationName {
@@ -150,7 +162,9 @@ export function applyActivation(name: ActivationName, x: tf.Tensor, training = f
     case "softmin":
       return softmaxOn(tf.neg(x), implicitSoftmaxAxis(x.rank));
     case "logsoftmax":
-      return tf.logSoftmax(moveAxisLast(x, implicitSoftmaxAxis(x.rank)), -1).transpose(inverseMoveAxisLast(x.rank, implicitSoftmaxAxis(x.rank)));
+      return tf
+        .logSoftmax(moveAxisLast(x, implicitSoftmaxAxis(x.rank)), -1)
+        .transpose(inverseMoveAxisLast(x.rank, implicitSoftmaxAxis(x.rank)));
     case "softmax2d": // softmax over dim −3 (channels of a 3-D/4-D input)
       if (x.rank !== 3 && x.rank !== 4) throw new Error(`softmax2d needs a 3-D or 4-D input, got rank ${x.rank}`);
       return softmaxOn(x, x.rank - 3);

@@ -144,11 +144,15 @@ export class Attachment {
       checkGate(e);
       const [lo, hi] = e.timesteps;
       if (t === undefined || t.length === 0) {
-        throw new Error(`hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but the UNet was called with its timesteps as a tensor; pass them as numbers`);
+        throw new Error(
+          `hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but the UNet was called with its timesteps as a tensor; pass them as numbers`,
+        );
       }
       const inside = t.map((x) => x >= lo && x < hi);
       if (inside.some((b) => b !== inside[0])) {
-        throw new Error(`hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but one UNet call mixes timesteps inside and outside that range (${Math.min(...t)}–${Math.max(...t)}); a gate is for sampling, where a call has one timestep. To train on part of the range use the trainer's \`timesteps\` option`);
+        throw new Error(
+          `hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but one UNet call mixes timesteps inside and outside that range (${Math.min(...t)}–${Math.max(...t)}); a gate is for sampling, where a call has one timestep. To train on part of the range use the trainer's \`timesteps\` option`,
+        );
       }
       return inside[0];
     });
@@ -172,7 +176,8 @@ export class Attachment {
   /** Set the multiplier of every entry whose network has this name (or of entry `index`). */
   setMultiplier(which: string | number, multiplier: number): void {
     const hits = typeof which === "number" ? [this.stack[which]] : this.stack.filter((e) => e.network.name === which);
-    if (hits.length === 0 || hits[0] === undefined) throw new Error(`no attached hypernetwork ${typeof which === "number" ? `at index ${which}` : `named "${which}"`}`);
+    if (hits.length === 0 || hits[0] === undefined)
+      throw new Error(`no attached hypernetwork ${typeof which === "number" ? `at index ${which}` : `named "${which}"`}`);
     for (const e of hits) e!.multiplier = multiplier;
   }
 
@@ -214,7 +219,12 @@ function checkGate(e: StackEntry): void {
 }
 
 /** Run the stack's k (or v) modules over a context, in order. */
-export function applyStack(stack: readonly StackEntry[], which: "k" | "v", context: tf.Tensor, opts: { training?: boolean; seed?: () => number | undefined } = {}): tf.Tensor {
+export function applyStack(
+  stack: readonly StackEntry[],
+  which: "k" | "v",
+  context: tf.Tensor,
+  opts: { training?: boolean; seed?: () => number | undefined } = {},
+): tf.Tensor {
   let c = context;
   for (const e of stack) c = e.network.apply(which, c, { multiplier: e.multiplier, training: opts.training, seed: opts.seed?.() });
   return c;
@@ -267,7 +277,9 @@ export function checkWidths(network: Hypernetwork, modelDims: readonly number[],
   if (seen.has(key)) return;
   seen.add(key);
   warnedWidths.set(network, seen);
-  warn(`hypernetwork "${network.name}": its modules for widths [${unused.join(", ")}] are never used (${has}); they are kept as they are and not trained`);
+  warn(
+    `hypernetwork "${network.name}": its modules for widths [${unused.join(", ")}] are never used (${has}); they are kept as they are and not trained`,
+  );
 }
 
 /**
@@ -275,12 +287,19 @@ export function checkWidths(network: Hypernetwork, modelDims: readonly number[],
  * Entries may be networks (multiplier 1) or `{ network, multiplier }`.
  */
 export function attachHypernetworks(unet: ProcessorHost, entries: Array<Hypernetwork | StackEntry>, opts: AttachOptions = {}): Attachment {
-  const stack: StackEntry[] = entries.map((e) => ("network" in e ? { network: e.network, multiplier: e.multiplier, ...(e.timesteps ? { timesteps: e.timesteps } : {}) } : { network: e, multiplier: 1 }));
+  const stack: StackEntry[] = entries.map((e) =>
+    "network" in e
+      ? { network: e.network, multiplier: e.multiplier, ...(e.timesteps ? { timesteps: e.timesteps } : {}) }
+      : { network: e, multiplier: 1 },
+  );
   if (unet.contextDims) for (const e of stack) checkWidths(e.network, unet.contextDims, opts.onWarning ?? ((m) => console.warn(m)));
   for (const e of stack) {
     if (e.timesteps === undefined) continue;
     checkGate(e);
-    if (!unet.addForwardHook) throw new Error(`hypernetwork "${e.network.name}" has a timestep gate, but this UNet reports no timesteps to its attention layers (no addForwardHook)`);
+    if (!unet.addForwardHook)
+      throw new Error(
+        `hypernetwork "${e.network.name}" has a timestep gate, but this UNet reports no timesteps to its attention layers (no addForwardHook)`,
+      );
   }
   const previous = unet.getProcessors();
   const attachment = new Attachment(unet, stack, previous);

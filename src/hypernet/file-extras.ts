@@ -71,7 +71,8 @@ export function encodeExtras(extra: ReadonlyMap<PyKey, PyValue>): EncodedExtras 
     const stack = new Set<object>();
     const enc = (v: PyValue, depth = 0): unknown => {
       if (depth > MAX_EXTRA_DEPTH) throw new Unencodable(`it is nested more than ${MAX_EXTRA_DEPTH} levels deep`);
-      if (++nodes > MAX_EXTRA_NODES) throw new Unencodable(`it expands to more than ${MAX_EXTRA_NODES} values (shared references repeated)`);
+      if (++nodes > MAX_EXTRA_NODES)
+        throw new Unencodable(`it expands to more than ${MAX_EXTRA_NODES} values (shared references repeated)`);
       if (v === null || typeof v === "boolean" || typeof v === "string") return v;
       if (typeof v === "number") return Number.isSafeInteger(v) ? v : { int: String(v) };
       if (typeof v === "bigint") return { int: v.toString() };
@@ -161,7 +162,9 @@ export function decodeExtras(text: string, tensor: (name: string) => HostTensor 
       if (v.has("state")) d.state = dec(v.get("state")!);
       return d;
     }
-    throw bad(`holds an object that is not one of the encodings (int, float, tuple, dict, bytes, tensor): keys ${[...v.keys()].join(", ")}`);
+    throw bad(
+      `holds an object that is not one of the encodings (int, float, tuple, dict, bytes, tensor): keys ${[...v.keys()].join(", ")}`,
+    );
   };
   const pyKey = (k: PyValue): PyKey => {
     if (isPyScalar(k)) return k;
@@ -201,11 +204,14 @@ export function extrasFromMetadata(
       throw new Error(`${file}: ${(err as Error).message}`);
     }
     for (const k of extra.keys()) {
-      if (typeof k === "number" || typeof k === "bigint") throw new Error(`${file}: metadata "extra" holds the key ${pyKeyText(k)}, which would be a width`);
-      if (a1111Keys.has(k)) throw new Error(`${file}: metadata "extra" holds the key ${pyKeyText(k)}, which is an A1111 metadata key of its own`);
+      if (typeof k === "number" || typeof k === "bigint")
+        throw new Error(`${file}: metadata "extra" holds the key ${pyKeyText(k)}, which would be a width`);
+      if (a1111Keys.has(k))
+        throw new Error(`${file}: metadata "extra" holds the key ${pyKeyText(k)}, which is an A1111 metadata key of its own`);
     }
   }
-  for (const name of tensors.keys()) if (!used.has(name)) throw new Error(`${file}: tensor "${name}" is not referred to by metadata "extra"`);
+  for (const name of tensors.keys())
+    if (!used.has(name)) throw new Error(`${file}: tensor "${name}" is not referred to by metadata "extra"`);
   for (const [k, v] of Object.entries(meta)) if (!a1111Keys.has(k) && k !== "format" && k !== "extra" && !extra.has(k)) extra.set(k, v);
   return extra;
 }
@@ -225,7 +231,9 @@ export function nonFiniteWarning(weights: Parameters<typeof nonFiniteTensors>[0]
  * Names of the float weight tensors that hold NaN or ±Inf, each with its counts, as
  * `<dim>.<0|1>.<key> (2 NaN, 1 Inf)` (the `.safetensors` tensor names; 0 = k, 1 = v).
  */
-export function nonFiniteTensors(weights: ReadonlyMap<number, readonly [ReadonlyMap<string, HostTensor>, ReadonlyMap<string, HostTensor>]>): string[] {
+export function nonFiniteTensors(
+  weights: ReadonlyMap<number, readonly [ReadonlyMap<string, HostTensor>, ReadonlyMap<string, HostTensor>]>,
+): string[] {
   const out: string[] = [];
   for (const [dim, pair] of weights) {
     pair.forEach((sd, j) => {

@@ -92,7 +92,7 @@ export function describe(v: PyValue): string {
 export function infoFromMeta(get: (key: string) => PyValue | undefined, file: string): HypernetworkInfo {
   const layerStructure = numberList(get("layer_structure"), file, "layer_structure") ?? [1, 2, 1];
   const activationRaw = str(get("activation_func"), file, "activation_func");
-  let activation;
+  let activation: ReturnType<typeof checkActivation>;
   try {
     activation = checkActivation(activationRaw ?? "linear");
   } catch (err) {
@@ -129,7 +129,7 @@ export function infoFromMeta(get: (key: string) => PyValue | undefined, file: st
 export function checkShapes(hf: HypernetworkFile, file: string): void {
   const s = structureOf(hf.info);
   for (const [dim, pair] of hf.weights) {
-    let plan;
+    let plan: ReturnType<typeof planLayers>;
     try {
       plan = planLayers(dim, s);
     } catch (err) {

@@ -180,7 +180,8 @@ export class HypernetworkModule extends Module {
           h = (module as Linear | LayerNorm).apply(h);
           break;
         case "activation":
-          h = plan.name === "prelu" ? (module as PReLU).apply(h) : applyActivation(plan.name, h, training, layerSeed(opts.seed, plan.index));
+          h =
+            plan.name === "prelu" ? (module as PReLU).apply(h) : applyActivation(plan.name, h, training, layerSeed(opts.seed, plan.index));
           break;
         case "dropout":
           if (training) h = tf.dropout(h, plan.p, undefined, layerSeed(opts.seed, plan.index));

@@ -64,7 +64,12 @@ export const DEFAULT_DIMS = [768, 320, 640, 1280] as const;
  * Without `use_dropout` it is all zeros; with it and no explicit list, the legacy rule
  * `[0] + [0.3]·(n−3) + [0.3 if last_layer_dropout else 0] + [0]` applies.
  */
-export function effectiveDropoutStructure(layerStructure: readonly number[], useDropout: boolean, lastLayerDropout: boolean, given?: readonly number[] | null): number[] {
+export function effectiveDropoutStructure(
+  layerStructure: readonly number[],
+  useDropout: boolean,
+  lastLayerDropout: boolean,
+  given?: readonly number[] | null,
+): number[] {
   const n = layerStructure.length;
   if (given && given.length > 0) return [...given];
   if (!useDropout) return new Array<number>(n).fill(0);
@@ -77,7 +82,10 @@ export function effectiveDropoutStructure(layerStructure: readonly number[], use
 
 /** Names become file names: A1111 keeps alphanumerics and `._- `. */
 export function sanitizeName(name: string): string {
-  const s = [...name].filter((c) => /[\p{L}\p{N}._\- ]/u.test(c)).join("").trim();
+  const s = [...name]
+    .filter((c) => /[\p{L}\p{N}._\- ]/u.test(c))
+    .join("")
+    .trim();
   if (!s) throw new Error(`hypernetwork name "${name}" has no usable characters (letters, digits, . _ - and spaces are kept)`);
   return s;
 }
@@ -169,12 +177,15 @@ export function createHypernetwork(opts: CreateOptions, model?: { readonly conte
   const layerStructure = opts.layerStructure ?? [1, 2, 1];
   const activation = checkActivation(opts.activation ?? "linear");
   const weightInit = opts.weightInit ?? "Normal";
-  if (!WEIGHT_INITS.includes(weightInit)) throw new Error(`unknown weight initialization "${weightInit}"; use one of ${WEIGHT_INITS.join(", ")}`);
+  if (!WEIGHT_INITS.includes(weightInit))
+    throw new Error(`unknown weight initialization "${weightInit}"; use one of ${WEIGHT_INITS.join(", ")}`);
   const useDropout = opts.useDropout ?? false;
   let dropout: number[];
   if (useDropout && opts.dropoutStructure) {
     if (opts.dropoutStructure.length !== layerStructure.length) {
-      throw new Error(`dropoutStructure has ${opts.dropoutStructure.length} entries but layerStructure has ${layerStructure.length}; give one probability per entry, e.g. [0, 0.05, 0]`);
+      throw new Error(
+        `dropoutStructure has ${opts.dropoutStructure.length} entries but layerStructure has ${layerStructure.length}; give one probability per entry, e.g. [0, 0.05, 0]`,
+      );
     }
     dropout = [...opts.dropoutStructure];
   } else {
@@ -205,7 +216,10 @@ export function createHypernetwork(opts: CreateOptions, model?: { readonly conte
   const modules = new Map<number, [HypernetworkModule, HypernetworkModule]>();
   dims.forEach((dim, i) => {
     const mk = (j: number): HypernetworkModule =>
-      new HypernetworkModule(dim, structure, { trainable: true, init: weightInitializer(weightInit, (seed * 1009 + i * 2 + j) * 100_003 + 1) });
+      new HypernetworkModule(dim, structure, {
+        trainable: true,
+        init: weightInitializer(weightInit, (seed * 1009 + i * 2 + j) * 100_003 + 1),
+      });
     modules.set(dim, [mk(0), mk(1)]);
   });
   return new Hypernetwork(info, modules);
@@ -215,6 +229,7 @@ export function createHypernetwork(opts: CreateOptions, model?: { readonly conte
 export function emptyHypernetwork(info: HypernetworkInfo, dims: number[], trainable = true): Hypernetwork {
   const structure = structureOf(info);
   const modules = new Map<number, [HypernetworkModule, HypernetworkModule]>();
-  for (const dim of dims) modules.set(dim, [new HypernetworkModule(dim, structure, { trainable }), new HypernetworkModule(dim, structure, { trainable })]);
+  for (const dim of dims)
+    modules.set(dim, [new HypernetworkModule(dim, structure, { trainable }), new HypernetworkModule(dim, structure, { trainable })]);
   return new Hypernetwork(info, modules);
 }

@@ -37,7 +37,8 @@ function neverStepped(p: ParamMoments): boolean {
  * updated get no state entry, as PyTorch writes them.
  */
 export function writeOptimizerFile(ptFile: string, state: OptimizerState, opts: WriteOptions = {}): string {
-  if (!fs.existsSync(ptFile)) throw new Error(`${ptFile}: save the hypernetwork before its optimizer state (the .optim is keyed to the .pt's hash)`);
+  if (!fs.existsSync(ptFile))
+    throw new Error(`${ptFile}: save the hypernetwork before its optimizer state (the .optim is keyed to the .pt's hash)`);
   const stateDict = new PyDict("dict");
   state.params.forEach((p, i) => {
     if (neverStepped(p)) return;
@@ -64,7 +65,13 @@ export function writeOptimizerFile(ptFile: string, state: OptimizerState, opts: 
   const root = new PyDict("dict", [
     ["optimizer_name", state.name],
     ["hash", shortHash(ptFile)],
-    ["optimizer_state_dict", new PyDict("dict", [["state", stateDict], ["param_groups", [group]]])],
+    [
+      "optimizer_state_dict",
+      new PyDict("dict", [
+        ["state", stateDict],
+        ["param_groups", [group]],
+      ]),
+    ],
   ]);
   const out = `${ptFile}.optim`;
   writeTorchFile(out, root, { overwrite: opts.overwrite });
@@ -105,7 +112,10 @@ export function readOptimizerFile(ptFile: string, opts: { shapes?: ReadonlyArray
     const expected = shortHash(ptFile);
     if (hash !== expected) {
       const shown = typeof hash === "string" ? printable(hash.slice(0, 40)) : String(typeof hash);
-      return { state: undefined, reason: `${file} belongs to another file (hash ${shown}, ${ptFile} has ${expected}); starting with a fresh optimizer` };
+      return {
+        state: undefined,
+        reason: `${file} belongs to another file (hash ${shown}, ${ptFile} has ${expected}); starting with a fresh optimizer`,
+      };
     }
     const name = root.get("optimizer_name");
     if (name !== undefined && name !== "AdamW") {
@@ -149,7 +159,7 @@ function parseAdamWState(root: PyDict, shapes: ReadonlyArray<readonly number[]> 
     return n;
   };
   const betas = pySequence(g.get("betas"));
-  if (!betas || betas.length !== 2) throw bad("betas is not a pair");
+  if (betas?.length !== 2) throw bad("betas is not a pair");
   const ids = pySequence(g.get("params"));
   if (!ids) throw bad("param_groups[0].params is not a list");
   const st = sd.get("state");
@@ -167,18 +177,26 @@ function parseAdamWState(root: PyDict, shapes: ReadonlyArray<readonly number[]> 
     const e = st.get(id);
     if (e === undefined) {
       const shape = shapes?.[i];
-      if (!shape || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(`no state for parameter ${id} (never updated; reading it needs the network's parameter shapes)`);
+      if (!shape?.every((d) => Number.isSafeInteger(d) && d >= 0))
+        throw bad(`no state for parameter ${id} (never updated; reading it needs the network's parameter shapes)`);
       return zeroMoments(shape);
     }
     if (!(e instanceof PyDict)) throw bad(`no state for parameter ${id}`);
-    for (const k of e.map.keys()) if (typeof k !== "string" || !ADAMW_STATE_KEYS.has(k)) throw bad(`parameter ${id} has state ${JSON.stringify(printable(String(k)).slice(0, 80))}, which AdamW does not keep`);
+    for (const k of e.map.keys())
+      if (typeof k !== "string" || !ADAMW_STATE_KEYS.has(k))
+        throw bad(`parameter ${id} has state ${JSON.stringify(printable(String(k)).slice(0, 80))}, which AdamW does not keep`);
     const stepV = e.get("step");
     let step: number;
     if (isTorchTensor(stepV) || isHostTensor(stepV)) {
-      if (numel(stepV.shape) !== 1) throw bad(`the step of parameter ${i} is a tensor of shape [${stepV.shape.join(", ")}], not one number`);
+      if (numel(stepV.shape) !== 1)
+        throw bad(`the step of parameter ${i} is a tensor of shape [${stepV.shape.join(", ")}], not one number`);
       step = tensor(stepV, "step").data[0]!;
     } else step = num(stepV, `the step of parameter ${i}`);
-    return { step, expAvg: tensor(e.get("exp_avg"), `exp_avg of parameter ${i}`), expAvgSq: tensor(e.get("exp_avg_sq"), `exp_avg_sq of parameter ${i}`) };
+    return {
+      step,
+      expAvg: tensor(e.get("exp_avg"), `exp_avg of parameter ${i}`),
+      expAvgSq: tensor(e.get("exp_avg_sq"), `exp_avg_sq of parameter ${i}`),
+    };
   });
   return {
     name: "AdamW",

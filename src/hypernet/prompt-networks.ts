@@ -67,7 +67,9 @@ export function resolvePromptHypernetworks(prompt: string, negativePrompt = "", 
   const parsed = parsePrompt(prompt);
   const negative = parsePrompt(negativePrompt);
   if (parsed.hypernets.length && !hypernetworkDir) {
-    throw new Error(`the prompt asks for ${parsed.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")} but no hypernetworkDir was given; pass the folder holding the .pt files`);
+    throw new Error(
+      `the prompt asks for ${parsed.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")} but no hypernetworkDir was given; pass the folder holding the .pt files`,
+    );
   }
   const networks = parsed.hypernets.map((tag): PromptHypernetwork => {
     const file = resolveHypernetwork(tag.name, hypernetworkDir!);

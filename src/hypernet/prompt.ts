@@ -51,7 +51,8 @@ export function parsePrompt(prompt: string, defaultMultiplier = 1): ParsedPrompt
     if (items.length > 1) {
       const text = items[1]!.trim();
       multiplier = Number(text);
-      if (text === "" || !Number.isFinite(multiplier)) throw new Error(`prompt tag ${whole}: multiplier "${text}" is not a number; write e.g. <hypernet:${name}:0.8>`);
+      if (text === "" || !Number.isFinite(multiplier))
+        throw new Error(`prompt tag ${whole}: multiplier "${text}" is not a number; write e.g. <hypernet:${name}:0.8>`);
     }
     hypernets.push({ name, multiplier });
     return "";
@@ -77,7 +78,8 @@ export const HYPERNET_EXTENSIONS = [".pt", ".safetensors"] as const;
  * Paths are visited in case-insensitive sorted order, as A1111 does.
  */
 export function listHypernetworks(folder: string): Map<string, string> {
-  if (!fs.existsSync(folder)) throw new Error(`hypernetwork folder ${folder} does not exist; create it or pass the folder that holds your .pt files`);
+  if (!fs.existsSync(folder))
+    throw new Error(`hypernetwork folder ${folder} does not exist; create it or pass the folder that holds your .pt files`);
   const files: string[] = [];
   const walk = (dir: string): void => {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
@@ -116,7 +118,10 @@ function levenshtein(a: string, b: string): number {
 export function closeMatches(name: string, known: Iterable<string>, n = 3): string[] {
   const lower = name.toLowerCase();
   return [...known]
-    .map((k) => ({ k, score: k.toLowerCase().includes(lower) || lower.includes(k.toLowerCase()) ? -1 : levenshtein(lower, k.toLowerCase()) }))
+    .map((k) => ({
+      k,
+      score: k.toLowerCase().includes(lower) || lower.includes(k.toLowerCase()) ? -1 : levenshtein(lower, k.toLowerCase()),
+    }))
     .filter((x) => x.score <= Math.max(2, Math.floor(name.length / 2)))
     .sort((a, b) => a.score - b.score || a.k.localeCompare(b.k))
     .slice(0, n)
@@ -132,6 +137,10 @@ export function resolveHypernetwork(name: string, folder: string): string {
   const file = all.get(name);
   if (file) return file;
   const close = closeMatches(name, all.keys());
-  const hint = close.length ? ` Did you mean ${close.map((c) => `"${c}"`).join(", ")}?` : all.size ? ` Known: ${[...all.keys()].slice(0, 10).join(", ")}${all.size > 10 ? ", …" : ""}.` : " The folder holds no .pt or .safetensors files.";
+  const hint = close.length
+    ? ` Did you mean ${close.map((c) => `"${c}"`).join(", ")}?`
+    : all.size
+      ? ` Known: ${[...all.keys()].slice(0, 10).join(", ")}${all.size > 10 ? ", …" : ""}.`
+      : " The folder holds no .pt or .safetensors files.";
   throw new Error(`no hypernetwork named "${name}" in ${folder}.${hint}`);
 }

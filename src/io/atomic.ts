@@ -131,16 +131,22 @@ function explainWriteError(file: string, err: unknown): Error {
     case "EPERM":
       return new Error(`${file}: cannot write there (${e.code}); ${unchanged} Choose a writable folder.`);
     case "ENAMETOOLONG": {
-      const long = path.resolve(file).split(path.sep).find((part) => Buffer.byteLength(part) > NAME_MAX);
+      const long = path
+        .resolve(file)
+        .split(path.sep)
+        .find((part) => Buffer.byteLength(part) > NAME_MAX);
       if (long !== undefined) {
-        return new Error(`file name too long: ${file} (${NAME_MAX} bytes max per name on this file system; "${long.slice(0, 40)}…" has ${Buffer.byteLength(long)}). Choose a shorter name.`);
+        return new Error(
+          `file name too long: ${file} (${NAME_MAX} bytes max per name on this file system; "${long.slice(0, 40)}…" has ${Buffer.byteLength(long)}). Choose a shorter name.`,
+        );
       }
       return new Error(`path too long: ${file} (${Buffer.byteLength(path.resolve(file))} bytes). Choose a folder with a shorter path.`);
     }
     case "ENOTDIR":
     case "EEXIST": {
       const blocker = firstNonFolder(path.dirname(path.resolve(file)));
-      if (blocker) return new Error(`${file}: ${blocker} is a file, not a folder, so nothing can be written inside it. Choose another folder.`);
+      if (blocker)
+        return new Error(`${file}: ${blocker} is a file, not a folder, so nothing can be written inside it. Choose another folder.`);
       return new Error(`${file}: cannot write there (${e.code}). Choose another name or folder.`);
     }
     case "EISDIR":
@@ -205,4 +211,3 @@ function isRunning(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
-

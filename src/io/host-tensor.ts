@@ -92,12 +92,12 @@ export function floatToHalf(value: number): number {
     const half = 1 << (shift - 1);
     const rest = mant & ((1 << shift) - 1);
     let m = mant >>> shift;
-    if (rest > half || (rest === half && (m & 1))) m++;
+    if (rest > half || (rest === half && m & 1)) m++;
     return sign | m;
   }
   const rest = mant & 0x1fff;
   let m = mant >>> 13;
-  if (rest > 0x1000 || (rest === 0x1000 && (m & 1))) {
+  if (rest > 0x1000 || (rest === 0x1000 && m & 1)) {
     m++;
     if (m === 0x400) {
       m = 0;
@@ -186,7 +186,9 @@ export function decodeTensor(bytes: Uint8Array, dtype: DType, shape: number[], w
  */
 export function allocValues(dtype: DType, n: number, shape: readonly number[], where: string): Float32Array | Int32Array {
   const tooBig = (): Error =>
-    new Error(`${where}: ${dtype} [${shape.join(", ")}] has ${n.toLocaleString("en-US")} elements, more than can be held in memory here (${(n * 4 / 2 ** 20).toFixed(0)} MiB as 32-bit values)`);
+    new Error(
+      `${where}: ${dtype} [${shape.join(", ")}] has ${n.toLocaleString("en-US")} elements, more than can be held in memory here (${((n * 4) / 2 ** 20).toFixed(0)} MiB as 32-bit values)`,
+    );
   if (!Number.isSafeInteger(n) || n < 0) throw tooBig();
   try {
     return isFloatDType(dtype) ? new Float32Array(n) : new Int32Array(n);
@@ -275,7 +277,10 @@ export function encodeTensor(t: HostTensor, dtype: DType = t.dtype): Uint8Array 
   try {
     out = new Uint8Array(n * DTYPE_BYTES[dtype]);
   } catch (err) {
-    if (err instanceof RangeError) throw new Error(`encodeTensor: ${n.toLocaleString("en-US")} ${dtype} values (${((n * DTYPE_BYTES[dtype]) / 2 ** 20).toFixed(0)} MiB) do not fit in one buffer`);
+    if (err instanceof RangeError)
+      throw new Error(
+        `encodeTensor: ${n.toLocaleString("en-US")} ${dtype} values (${((n * DTYPE_BYTES[dtype]) / 2 ** 20).toFixed(0)} MiB) do not fit in one buffer`,
+      );
     throw err;
   }
   const view = new DataView(out.buffer);

@@ -81,7 +81,8 @@ function chunks(png: Buffer, where: string, crcFor: (type: string) => boolean): 
     const len = png.readUInt32BE(pos);
     const type = png.toString("latin1", pos + 4, pos + 8);
     if (!/^[A-Za-z]{4}$/.test(type)) throw new Error(`${where}: damaged PNG (chunk at byte ${pos} has the type ${JSON.stringify(type)})`);
-    if (len > 0x7fffffff || pos + 12 + len > png.length) throw new Error(`${where}: the PNG is truncated (chunk ${type} at byte ${pos} claims ${len} bytes)`);
+    if (len > 0x7fffffff || pos + 12 + len > png.length)
+      throw new Error(`${where}: the PNG is truncated (chunk ${type} at byte ${pos} claims ${len} bytes)`);
     const data = png.subarray(pos + 8, pos + 8 + len);
     if (crcFor(type) && crc32(png.subarray(pos + 4, pos + 8), data) !== png.readUInt32BE(pos + 8 + len)) {
       throw new Error(`${where}: damaged PNG (chunk ${type} at byte ${pos} fails its CRC check)`);
@@ -138,9 +139,11 @@ export function readPngText(png: Uint8Array, where = "PNG"): Map<string, string>
       const [flag, method] = [rest[0], rest[1]];
       const lang = rest.indexOf(0, 2);
       const tkey = lang < 0 ? -1 : rest.indexOf(0, lang + 1);
-      if (flag === undefined || method === undefined || lang < 0 || tkey < 0) throw new Error(`${where}: damaged PNG (iTXt chunk "${key}" is cut short)`);
+      if (flag === undefined || method === undefined || lang < 0 || tkey < 0)
+        throw new Error(`${where}: damaged PNG (iTXt chunk "${key}" is cut short)`);
       const body = rest.subarray(tkey + 1);
-      if (flag !== 0 && method !== 0) throw new Error(`${where}: iTXt chunk "${key}" uses compression method ${method}; PNG defines only 0`);
+      if (flag !== 0 && method !== 0)
+        throw new Error(`${where}: iTXt chunk "${key}" uses compression method ${method}; PNG defines only 0`);
       text.set(key, (flag ? inflate(body, where, "iTXt") : body).toString("utf8"));
     }
   }

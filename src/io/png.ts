@@ -23,9 +23,12 @@ function checkPixels(img: PngPixels, what: string): 1 | 2 | 3 | 4 {
   if (!Number.isSafeInteger(width) || !Number.isSafeInteger(height) || width < 1 || height < 1) {
     throw new Error(`${what}: width and height must be positive integers, got ${width}×${height}`);
   }
-  if (channels !== 1 && channels !== 2 && channels !== 3 && channels !== 4) throw new Error(`${what}: channels must be 1, 2, 3 or 4, got ${channels}`);
+  if (channels !== 1 && channels !== 2 && channels !== 3 && channels !== 4)
+    throw new Error(`${what}: channels must be 1, 2, 3 or 4, got ${channels}`);
   if (data.length !== width * height * channels) {
-    throw new Error(`${what}: ${data.length} bytes do not make a ${width}×${height} image of ${channels} channel(s) (${width * height * channels} bytes)`);
+    throw new Error(
+      `${what}: ${data.length} bytes do not make a ${width}×${height} image of ${channels} channel(s) (${width * height * channels} bytes)`,
+    );
   }
   return channels;
 }

@@ -30,7 +30,8 @@ export interface SafeStem {
 // Characters never kept in a stem: C0/C1 controls and DEL, path separators, the characters Windows
 // refuses in names, and invisible format characters (bidi overrides, zero-width) that make a name
 // display as something else.
-const UNSAFE_CHARS = /[\u0000-\u001f\u007f-\u009f/\\:*?"<>|\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+const UNSAFE_CHARS =
+  /[\u0000-\u001f\u007f-\u009f/\\:*?"<>|\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 // Device names Windows reserves in every folder, with or without an extension.
 const RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\.|$)/i;
 
@@ -95,7 +96,9 @@ export class PathEscapeError extends Error {
     readonly folder: string,
     what: string,
   ) {
-    super(`${what} would be written to ${file}, outside the folder ${folder}; nothing was written there. A name read from a file must not choose the folder — please report this`);
+    super(
+      `${what} would be written to ${file}, outside the folder ${folder}; nothing was written there. A name read from a file must not choose the folder — please report this`,
+    );
     this.name = "PathEscapeError";
   }
 }
@@ -115,7 +118,8 @@ export function insideFolder(folder: string, file: string, what = "a training fi
 
 // What `printable` escapes: C0 controls (ESC, CR, LF, TAB, …), DEL, C1 controls (8-bit CSI
 // included), bidi and zero-width format characters, and unpaired surrogates.
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+const UNPRINTABLE =
+  /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
 /**
  * A string from a file, made safe to print to a terminal: every control or invisible format
@@ -140,5 +144,8 @@ export function printable(s: string, opts: { keepNewlines?: boolean } = {}): str
  */
 export function terminalSafeJson(json: string): string {
   // Not C0: inside strings JSON has escaped them already, outside them they are its own line breaks.
-  return json.replace(/[\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return json.replace(
+    /[\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }

@@ -134,7 +134,9 @@ function parseHeader(file: string, fd: number): { entries: Map<string, Safetenso
         const at = r.pos;
         const name = r.string();
         if (entries.has(name) || (name === "__metadata__" && metadata !== undefined)) {
-          throw bad(`${name === "__metadata__" ? "__metadata__" : `tensor "${name}"`} appears twice in the header (at byte ${8 + at}); the reference reader refuses such files`);
+          throw bad(
+            `${name === "__metadata__" ? "__metadata__" : `tensor "${name}"`} appears twice in the header (at byte ${8 + at}); the reference reader refuses such files`,
+          );
         }
         key = name;
         r.expect(":");
@@ -142,8 +144,7 @@ function parseHeader(file: string, fd: number): { entries: Map<string, Safetenso
         if (name === "__metadata__") {
           metadata = readMetadata(value, bad);
           metaCount = Object.keys(metadata).length;
-        }
-        else {
+        } else {
           const e = readEntry(file, name, value, dataStart, dataLen, bad);
           entries.set(name, e);
           ranges.push([e.begin - dataStart, e.end - dataStart, name]);
@@ -158,7 +159,9 @@ function parseHeader(file: string, fd: number): { entries: Map<string, Safetenso
     r.end();
   } catch (err) {
     if (err instanceof StrictJsonError) {
-      throw bad(`header is not strict JSON: ${err.reason} at header byte ${err.offset}${key !== undefined ? ` (in the entry for "${key}")` : ""}`);
+      throw bad(
+        `header is not strict JSON: ${err.reason} at header byte ${err.offset}${key !== undefined ? ` (in the entry for "${key}")` : ""}`,
+      );
     }
     throw err;
   }
@@ -202,11 +205,19 @@ function describeJson(v: StrictJson | undefined): string {
   return JSON.stringify(v);
 }
 
-function readEntry(file: string, name: string, v: StrictJson, dataStart: number, dataLen: number, bad: (what: string) => Error): SafetensorsEntry {
+function readEntry(
+  file: string,
+  name: string,
+  v: StrictJson,
+  dataStart: number,
+  dataLen: number,
+  bad: (what: string) => Error,
+): SafetensorsEntry {
   if (!(v instanceof Map)) throw bad(`entry "${name}" is not an object`);
   const dt = v.get("dtype");
   if (typeof dt !== "string" || !KNOWN_DTYPES.has(dt)) {
-    if (typeof dt === "string" && OTHER_FORMAT_DTYPES.has(dt)) throw new UnsupportedFileError(file, `tensor "${name}" has dtype ${dt}, which this reader does not decode`);
+    if (typeof dt === "string" && OTHER_FORMAT_DTYPES.has(dt))
+      throw new UnsupportedFileError(file, `tensor "${name}" has dtype ${dt}, which this reader does not decode`);
     throw bad(`tensor "${name}" has unknown dtype ${describeJson(dt)}`);
   }
   const dtype = dt as DType;
@@ -229,7 +240,8 @@ function readEntry(file: string, name: string, v: StrictJson, dataStart: number,
     if (n === 0 || n * width > e - b) break;
     n *= d;
   }
-  if (n * width !== e - b) throw bad(`tensor "${name}" is ${dtype} [${shape.join(", ")}] but its data range [${b}, ${e}) holds ${e - b} bytes`);
+  if (n * width !== e - b)
+    throw bad(`tensor "${name}" is ${dtype} [${shape.join(", ")}] but its data range [${b}, ${e}) holds ${e - b} bytes`);
   return { dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e };
 }
 
@@ -240,13 +252,16 @@ function checkTiling(ranges: Array<[number, number, string]>, dataLen: number, b
   let prev: string | undefined;
   for (const [b, e, name] of ranges) {
     if (b > at) {
-      throw bad(`${b - at} unused bytes before tensor "${name}" (data [${b}, ${e}); ${prev === undefined ? "the data section starts at 0" : `"${prev}" ends at ${at}`}); tensors must be stored end to end`);
+      throw bad(
+        `${b - at} unused bytes before tensor "${name}" (data [${b}, ${e}); ${prev === undefined ? "the data section starts at 0" : `"${prev}" ends at ${at}`}); tensors must be stored end to end`,
+      );
     }
     if (b < at) throw bad(`tensors "${prev}" and "${name}" overlap (data ending at ${at} and data [${b}, ${e}))`);
     at = e;
     prev = name;
   }
-  if (at !== dataLen) throw bad(`${dataLen - at} bytes after the last tensor's data (the data section is ${dataLen} bytes, the tensors end at ${at})`);
+  if (at !== dataLen)
+    throw bad(`${dataLen - at} bytes after the last tensor's data (the data section is ${dataLen} bytes, the tensors end at ${at})`);
 }
 
 /** Read a whole (small) safetensors file: tensors and metadata. */

@@ -40,7 +40,16 @@ export const MAX_JSON_DEPTH = 128;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The one-character escapes JSON allows, by the byte after the backslash. */
-const SIMPLE_ESCAPES: Readonly<Record<number, string>> = { 0x22: '"', 0x5c: "\\", 0x2f: "/", 0x62: "\b", 0x66: "\f", 0x6e: "\n", 0x72: "\r", 0x74: "\t" };
+const SIMPLE_ESCAPES: Readonly<Record<number, string>> = {
+  0x22: '"',
+  0x5c: "\\",
+  0x2f: "/",
+  0x62: "\b",
+  0x66: "\f",
+  0x6e: "\n",
+  0x72: "\r",
+  0x74: "\t",
+};
 
 /** Show a byte string the way a message can quote it: valid UTF-8 as text, other bytes as \xNN. */
 export function quoteBytes(b: Uint8Array, max = 80): string {
@@ -90,7 +99,8 @@ export class JsonReader {
 
   /** Consume `ch` (after optional whitespace) or fail. */
   expect(ch: string): void {
-    if (this.peek() !== ch.charCodeAt(0)) this.fail(this.pos < this.bytes.length ? `expected '${ch}'` : `expected '${ch}', found the end of the text`);
+    if (this.peek() !== ch.charCodeAt(0))
+      this.fail(this.pos < this.bytes.length ? `expected '${ch}'` : `expected '${ch}', found the end of the text`);
     this.pos++;
   }
 

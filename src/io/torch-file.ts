@@ -19,14 +19,7 @@ import * as path from "node:path";
 import { writeFileAtomic } from "./atomic";
 import { CorruptFileError, UnsupportedFileError } from "./errors";
 import { DTYPE_BYTES, type HostTensor, describedTensor, encodeTensor } from "./host-tensor";
-import {
-  type StorageHandle,
-  type StorageRequest,
-  StorageTensor,
-  TruncatedPickleError,
-  pickleTorch,
-  unpickle,
-} from "./pickle";
+import { type StorageHandle, type StorageRequest, StorageTensor, TruncatedPickleError, pickleTorch, unpickle } from "./pickle";
 import { PyDict, type PyKey, PyTuple, type PyValue, type TorchTensor, isTorchTensor } from "./pyvalue";
 import { ReadBudget } from "./view-budget";
 import { ZipReader, readAt, zipChunks, type ZipSource } from "./zip";
@@ -173,8 +166,7 @@ function openZip(file: string, fd: number, opts: OpenTorchOptions): TorchFile {
       numel: req.numel,
       file,
       budget,
-      readElements: (start, count) =>
-        start === 0 && count === req.numel ? zip.read(entry) : zip.readRange(entry, start * es, count * es),
+      readElements: (start, count) => (start === 0 && count === req.numel ? zip.read(entry) : zip.readRange(entry, start * es, count * es)),
     };
     storages.set(req.key, handle);
     return handle;
@@ -199,10 +191,16 @@ function openLegacy(file: string, fd: number, size: number): TorchFile {
     } catch (err) {
       if (!(err instanceof TruncatedPickleError) || prefixLen >= Math.min(size, LEGACY_PICKLE_LIMIT)) throw err;
       if (!(err.needed <= size)) {
-        throw new CorruptFileError(file, `${err.detail}; the file is only ${size} bytes long, so the pickle is damaged or its lengths are forged`);
+        throw new CorruptFileError(
+          file,
+          `${err.detail}; the file is only ${size} bytes long, so the pickle is damaged or its lengths are forged`,
+        );
       }
       if (err.needed > LEGACY_PICKLE_LIMIT) {
-        throw new UnsupportedFileError(file, `the legacy pickle needs ${err.needed} bytes before its storages, more than the ${LEGACY_PICKLE_LIMIT}-byte limit for a pickle`);
+        throw new UnsupportedFileError(
+          file,
+          `the legacy pickle needs ${err.needed} bytes before its storages, more than the ${LEGACY_PICKLE_LIMIT}-byte limit for a pickle`,
+        );
       }
       prefixLen = Math.min(size, LEGACY_PICKLE_LIMIT, Math.max(prefixLen * 8, err.needed));
     }

@@ -116,7 +116,8 @@ function openTorchWeights(file: string, where?: string): WeightSource {
   try {
     let dict = f.root;
     if (dict instanceof PyDict && dict.get("state_dict") instanceof PyDict) dict = dict.get("state_dict")!;
-    if (!(dict instanceof PyDict)) throw new Error(`${file}: expected a torch checkpoint holding a dict of tensors (optionally under "state_dict")`);
+    if (!(dict instanceof PyDict))
+      throw new Error(`${file}: expected a torch checkpoint holding a dict of tensors (optionally under "state_dict")`);
     const tensors = new Map<string, TorchTensor>();
     for (const [k, v] of dict.map) if (typeof k === "string" && isTorchTensor(v)) tensors.set(k, v);
     return {

@@ -130,10 +130,7 @@ export class ZipReader {
     if (verify ?? e.size <= this.crcLimit) {
       const c = crc32(bytes);
       if (c !== e.crc32) {
-        throw new CorruptFileError(
-          this.file,
-          `entry "${e.name}" is damaged: CRC-32 is ${hex(c)} but the directory says ${hex(e.crc32)}`,
-        );
+        throw new CorruptFileError(this.file, `entry "${e.name}" is damaged: CRC-32 is ${hex(c)} but the directory says ${hex(e.crc32)}`);
       }
     }
     return bytes;
@@ -188,7 +185,8 @@ export function readAt(file: string, fd: number, position: number, length: numbe
   try {
     buf = Buffer.allocUnsafe(length);
   } catch (err) {
-    if (err instanceof RangeError) throw new UnsupportedFileError(file, `cannot read ${length} bytes at once (more than one buffer can hold here)`);
+    if (err instanceof RangeError)
+      throw new UnsupportedFileError(file, `cannot read ${length} bytes at once (more than one buffer can hold here)`);
     throw err;
   }
   let got = 0;
@@ -301,7 +299,8 @@ function readDirectory(file: string, fd: number, fileSize: number): ZipEntry[] {
     names.add(name);
     if (flags & 1) throw new UnsupportedFileError(file, `entry "${name}" is encrypted`);
     if (method === 0 && csize !== usize) bad(`stored entry "${name}" has different sizes (${csize} vs ${usize})`);
-    if (headerOffset + LOCAL_SIZE + nameLen > cdOffset) bad(`entry "${name}" starts at ${headerOffset}, outside the data area (file size ${fileSize})`);
+    if (headerOffset + LOCAL_SIZE + nameLen > cdOffset)
+      bad(`entry "${name}" starts at ${headerOffset}, outside the data area (file size ${fileSize})`);
     const local = readAt(file, fd, headerOffset, LOCAL_SIZE + nameLen);
     if (local.readUInt32LE(0) !== SIG_LOCAL) bad(`entry "${name}" has no local header at offset ${headerOffset}`);
     // The local header must name the same entry, byte for byte (Python's zipfile refuses a mismatch
@@ -309,7 +308,9 @@ function readDirectory(file: string, fd: number, fileSize: number): ZipEntry[] {
     const localNameLen = local.readUInt16LE(26);
     if (localNameLen !== nameLen || !local.subarray(LOCAL_SIZE).equals(cd.subarray(p0 + CENTRAL_SIZE, p0 + CENTRAL_SIZE + nameLen))) {
       const localName = local.toString("utf8", LOCAL_SIZE, LOCAL_SIZE + Math.min(localNameLen, nameLen));
-      bad(`entry "${name}" is called ${JSON.stringify(localNameLen === nameLen ? localName : `${localName}…`)} in its local header (${localNameLen} bytes); the directory and the header must agree`);
+      bad(
+        `entry "${name}" is called ${JSON.stringify(localNameLen === nameLen ? localName : `${localName}…`)} in its local header (${localNameLen} bytes); the directory and the header must agree`,
+      );
     }
     const dataStart = headerOffset + LOCAL_SIZE + local.readUInt16LE(26) + local.readUInt16LE(28);
     if (dataStart + csize > cdOffset) {
@@ -397,11 +398,11 @@ export function* zipChunks(sources: Iterable<ZipSource>): Generator<Uint8Array> 
     cen.writeUInt16LE(big ? 45 : 20, 6);
     cen.writeUInt16LE(0x0800, 8);
     cen.writeUInt32LE(crc, 16);
-    cen.writeUInt32LE(Math.min(size , 0xffffffff), 20);
-    cen.writeUInt32LE(Math.min(size , 0xffffffff), 24);
+    cen.writeUInt32LE(Math.min(size, 0xffffffff), 20);
+    cen.writeUInt32LE(Math.min(size, 0xffffffff), 24);
     cen.writeUInt16LE(name.length, 28);
     cen.writeUInt16LE(z64Len, 30);
-    cen.writeUInt32LE(Math.min(pos , 0xffffffff), 42);
+    cen.writeUInt32LE(Math.min(pos, 0xffffffff), 42);
     name.copy(cen, CENTRAL_SIZE);
     if (z64Len) {
       cen.writeUInt16LE(1, CENTRAL_SIZE + name.length);

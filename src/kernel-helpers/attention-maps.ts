@@ -39,7 +39,11 @@ export interface LayerAttention {
  * normal output. `stack` is the hypernetwork stack to apply to the context (empty = none), so the
  * captured maps are those the attached networks produce. Self-attention layers are not recorded.
  */
-export function attentionCaptureProcessor(sink: LayerAttention[], paths: Map<object, string>, stack: readonly StackEntry[] = []): AttentionProcessor {
+export function attentionCaptureProcessor(
+  sink: LayerAttention[],
+  paths: Map<object, string>,
+  stack: readonly StackEntry[] = [],
+): AttentionProcessor {
   return (layer, x, context) => {
     const ctxK = context ? applyStack(stack, "k", context) : x;
     const ctxV = context ? applyStack(stack, "v", context) : x;
@@ -52,8 +56,15 @@ export function attentionCaptureProcessor(sink: LayerAttention[], paths: Map<obj
       const d = layer.dimHead;
       // probs[b·h, n, t] = softmax(q kᵀ / √d); mean over heads of batch item 0 → [t, n]
       const probs = tf.tidy(() => {
-        const qh = q.reshape([b, n, h, d]).transpose([0, 2, 1, 3]).reshape([b * h, n, d]).mul(layer.scale) as tf.Tensor3D;
-        const kt = k.reshape([b, t, h, d]).transpose([0, 2, 3, 1]).reshape([b * h, d, t]) as tf.Tensor3D;
+        const qh = q
+          .reshape([b, n, h, d])
+          .transpose([0, 2, 1, 3])
+          .reshape([b * h, n, d])
+          .mul(layer.scale) as tf.Tensor3D;
+        const kt = k
+          .reshape([b, t, h, d])
+          .transpose([0, 2, 3, 1])
+          .reshape([b * h, d, t]) as tf.Tensor3D;
         const p = tf.softmax(tf.matMul(qh, kt)).reshape([b, h, n, t]);
         return p.slice([0, 0, 0, 0], [1, h, n, t]).mean(1).reshape([n, t]).transpose();
       });
@@ -133,14 +144,20 @@ async function heatmapPng(map: Float32Array, size: number): Promise<Buffer> {
  * `prompt`, on the bare model and with each network attached, and show them as one grid: a row
  * per condition, a column per token. The UNet's processors are restored afterwards.
  */
-export async function attentionMaps(base: BaseModel, prompt: string, image: tf.Tensor4D, opts: AttentionMapOptions = {}): Promise<AttentionMapResult> {
+export async function attentionMaps(
+  base: BaseModel,
+  prompt: string,
+  image: tf.Tensor4D,
+  opts: AttentionMapOptions = {},
+): Promise<AttentionMapResult> {
   const unet = base.unet;
   const previous = unet.getProcessors();
   const paths = new Map<object, string>(unet.attentionLayers().map(([p, l]) => [l, p]));
   const labels = tokenLabels(base, prompt);
   const size = base.sampleSize;
   const conditions: Array<{ label: string; stack: StackEntry[] }> = [{ label: "no hypernetwork", stack: [] }];
-  for (const n of opts.networks ?? []) conditions.push({ label: `${n.network.name} ×${n.multiplier ?? 1}`, stack: [{ network: n.network, multiplier: n.multiplier ?? 1 }] });
+  for (const n of opts.networks ?? [])
+    conditions.push({ label: `${n.network.name} ×${n.multiplier ?? 1}`, stack: [{ network: n.network, multiplier: n.multiplier ?? 1 }] });
   const rows: AttentionMapResult["rows"] = [];
   const t = opts.timestep ?? 400;
   const x0 = base.encodeImages(image);
@@ -164,7 +181,8 @@ export async function attentionMaps(base: BaseModel, prompt: string, image: tf.T
   const tokens = labels.slice(0, rows[0]!.maps.length);
   const items: GridItem[] = [];
   for (const r of rows) {
-    for (let j = 0; j < tokens.length; j++) items.push({ image: await heatmapPng(r.maps[j]!, size), caption: j === 0 ? `${r.label}: ${tokens[j]}` : tokens[j] });
+    for (let j = 0; j < tokens.length; j++)
+      items.push({ image: await heatmapPng(r.maps[j]!, size), caption: j === 0 ? `${r.label}: ${tokens[j]}` : tokens[j] });
   }
   const png = await renderGrid(items, { cell: opts.cell ?? 72, columns: tokens.length, captionLines: 2, max: items.length });
   show("attention-maps", { png });

@@ -78,7 +78,14 @@ export function lossFigure(points: readonly LossPoint[], opts: LossFigureOptions
     { type: "scatter", mode: "lines", name: "loss", x: steps, y: losses, line: { color: "rgba(31,119,180,0.35)", width: 1 } },
   ];
   if (beta > 0) {
-    data.push({ type: "scatter", mode: "lines", name: `smoothed (β=${beta})`, x: steps, y: smoothEma(losses, beta), line: { color: "#1f77b4", width: 2.5 } });
+    data.push({
+      type: "scatter",
+      mode: "lines",
+      name: `smoothed (β=${beta})`,
+      x: steps,
+      y: smoothEma(losses, beta),
+      line: { color: "#1f77b4", width: 2.5 },
+    });
   }
   const ckpt = new Set(opts.checkpoints ?? []);
   if (ckpt.size > 0) {
@@ -110,11 +117,27 @@ export function lossFigure(points: readonly LossPoint[], opts: LossFigureOptions
     title: { text: opts.title ?? "Training loss" },
     xaxis: { title: { text: "step" }, ...(opts.totalSteps ? { range: [0, opts.totalSteps] } : {}) },
     yaxis: { title: { text: "loss (ε-MSE)" } },
-    yaxis2: { title: { text: "learning rate" }, overlaying: "y", side: "right", type: "log", showgrid: false, ...lrTicks(lrPoints.map((p) => p.lr!)) },
+    yaxis2: {
+      title: { text: "learning rate" },
+      overlaying: "y",
+      side: "right",
+      type: "log",
+      showgrid: false,
+      ...lrTicks(lrPoints.map((p) => p.lr!)),
+    },
     legend: { orientation: "h", y: -0.2 },
     margin: { l: 60, r: 60, t: 40, b: 40 },
     height: 360,
-    shapes: (opts.previews ?? []).map((s) => ({ type: "line", xref: "x", yref: "paper", x0: s, x1: s, y0: 0, y1: 1, line: { color: "rgba(0,0,0,0.12)", width: 1 } })),
+    shapes: (opts.previews ?? []).map((s) => ({
+      type: "line",
+      xref: "x",
+      yref: "paper",
+      x0: s,
+      x1: s,
+      y0: 0,
+      y1: 1,
+      line: { color: "rgba(0,0,0,0.12)", width: 1 },
+    })),
   };
   return { data, layout };
 }
@@ -142,11 +165,19 @@ export function lrTicks(lrs: readonly number[]): { tickvals?: number[]; ticktext
  * Bar chart of the mean output norm of each hypernetwork module (the size of the change it makes
  * to k or v, per context width). `norms` maps a label like "768 k" to a value.
  */
-export function normsFigure(norms: ReadonlyMap<string, number> | Record<string, number>, title = "Hypernetwork output norm per module"): Figure {
+export function normsFigure(
+  norms: ReadonlyMap<string, number> | Record<string, number>,
+  title = "Hypernetwork output norm per module",
+): Figure {
   const entries = norms instanceof Map ? [...norms.entries()] : Object.entries(norms);
   return {
     data: [{ type: "bar", x: entries.map(([k]) => k), y: entries.map(([, v]) => v), marker: { color: "#9467bd" } }],
-    layout: { title: { text: title }, yaxis: { title: { text: "mean ‖Δ‖ per token" } }, height: 300, margin: { l: 60, r: 20, t: 40, b: 60 } },
+    layout: {
+      title: { text: title },
+      yaxis: { title: { text: "mean ‖Δ‖ per token" } },
+      height: 300,
+      margin: { l: 60, r: 20, t: 40, b: 60 },
+    },
   };
 }
 
@@ -284,7 +315,9 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
 
   const parts: string[] = [];
   parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
-  parts.push(`<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">${escapeSvg(opts.title ?? "Training loss")}</text>`);
+  parts.push(
+    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">${escapeSvg(opts.title ?? "Training loss")}</text>`,
+  );
   // Grid and left axis (loss), bottom axis (step).
   for (const v of niceTicks(y0, y1)) {
     const y = sy(v).toFixed(1);
@@ -338,9 +371,13 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
     };
     const ticks = log ? logTicks() : niceTicks(a, b);
     for (const v of ticks.length ? ticks : [lo, hi]) {
-      parts.push(`<text x="${m.l + pw + 6}" y="${syr(v).toFixed(1)}" dominant-baseline="middle" font-size="11" fill="#2ca02c">${fmtTick(v)}</text>`);
+      parts.push(
+        `<text x="${m.l + pw + 6}" y="${syr(v).toFixed(1)}" dominant-baseline="middle" font-size="11" fill="#2ca02c">${fmtTick(v)}</text>`,
+      );
     }
-    parts.push(`<text transform="translate(${W - 12} ${m.t + ph / 2}) rotate(90)" text-anchor="middle" font-size="12" fill="#2ca02c">learning rate${log ? " (log)" : ""}</text>`);
+    parts.push(
+      `<text transform="translate(${W - 12} ${m.t + ph / 2}) rotate(90)" text-anchor="middle" font-size="12" fill="#2ca02c">learning rate${log ? " (log)" : ""}</text>`,
+    );
     legend.push(["learning rate", "#2ca02c", ` stroke-dasharray="4 3"`]);
   }
   let lx = m.l;

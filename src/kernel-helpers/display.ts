@@ -95,11 +95,15 @@ export function mimeBundle(content: Content, name = "output"): Record<string, st
   const data: Record<string, string> = {};
   if ("html" in content) data["text/html"] = content.html;
   if (content.png) data["image/png"] = Buffer.from(content.png).toString("base64");
-  data["text/plain"] = `[${name}: ${"html" in content ? "HTML" : ""}${"html" in content && content.png ? " + " : ""}${content.png ? `PNG ${content.png.length} bytes` : ""}]`;
+  data["text/plain"] =
+    `[${name}: ${"html" in content ? "HTML" : ""}${"html" in content && content.png ? " + " : ""}${content.png ? `PNG ${content.png.length} bytes` : ""}]`;
   return data;
 }
 
-type WriteDisplayData = (msg: { data: Record<string, string>; metadata: object; transient: { display_id?: string } }, update: boolean) => void;
+type WriteDisplayData = (
+  msg: { data: Record<string, string>; metadata: object; transient: { display_id?: string } },
+  update: boolean,
+) => void;
 
 /**
  * tslab's writer for the cell running now (`jupyter.lastWriteDisplayData`). tslab's own `Display`

@@ -81,7 +81,12 @@ export function resumedLossCsv(resumeFrom: string, logDir?: string): string {
 }
 
 /** The loss chart's final output: the figure's HTML with a PNG of the chart inside it and beside it. */
-export async function finalLossChart(fig: Figure, divId: string, points: readonly LossPoint[], title: string): Promise<{ html: string; png: Buffer }> {
+export async function finalLossChart(
+  fig: Figure,
+  divId: string,
+  points: readonly LossPoint[],
+  title: string,
+): Promise<{ html: string; png: Buffer }> {
   const png = await lossChartPng(points, { title });
   return { html: figureHtml(fig, divId, { fallbackPng: png }), png };
 }

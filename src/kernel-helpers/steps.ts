@@ -69,7 +69,11 @@ export async function loadBaseModel(source?: string, opts: LoadBaseModelOptions 
  * Preprocess `src` into `dst` (see `data.preprocess`) and show the result: a contact sheet of the
  * training images with their captions, and the per-file summary table (what was made, skipped, why).
  */
-export async function preprocess(src: string, dst: string, opts: PreprocessOptions & { gridCell?: number; gridMax?: number } = {}): Promise<PreprocessSummary> {
+export async function preprocess(
+  src: string,
+  dst: string,
+  opts: PreprocessOptions & { gridCell?: number; gridMax?: number } = {},
+): Promise<PreprocessSummary> {
   const summary = await preprocessFolder(src, dst, opts);
   if (summary.made.length > 0) {
     const png = await renderGrid(dst, { cell: opts.gridCell ?? 96, columns: 6, max: opts.gridMax ?? 24 });
@@ -119,7 +123,12 @@ export function inspectHypernetwork(net: Hypernetwork): void {
   const settings = `layer structure [${i.layerStructure.join(", ")}], activation ${i.activation}, layer norm ${i.layerNorm}, init ${i.weightInit}, dropout ${i.useDropout ? `[${i.dropoutStructure.join(", ")}]` : "off"}, step ${i.step}`;
   const fp32Bytes = total * 4;
   if (displayMode() === "notebook") {
-    const body = rows.map((r) => `<tr><td>${r.dim}</td><td>${r.which}</td><td style="text-align:left">${r.layers.map(escapeHtml).join("<br>")}</td><td>${r.parameters.toLocaleString("en")}</td></tr>`).join("");
+    const body = rows
+      .map(
+        (r) =>
+          `<tr><td>${r.dim}</td><td>${r.which}</td><td style="text-align:left">${r.layers.map(escapeHtml).join("<br>")}</td><td>${r.parameters.toLocaleString("en")}</td></tr>`,
+      )
+      .join("");
     show("hypernetwork", {
       html: `<p><b>${escapeHtml(net.name)}</b>: ${escapeHtml(settings)}; ${total.toLocaleString("en")} parameters (≈${(fp32Bytes / 1024).toFixed(0)} KiB as float32)</p><table><tr><th>width</th><th>k/v</th><th>layers</th><th>parameters</th></tr>${body}</table>`,
     });
@@ -189,7 +198,16 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
     chart.update({ html: (displayMode() === "notebook" ? "" : plotlyFileScriptTag() + "\n") + figureHtml(fig, chartId) });
     lastDraw = Date.now();
   };
-  const progressLine = (s: { step: number; maxSteps: number; loss: number; lossAverage: number; lr: number; epoch: number; stepsPerSecond: number; etaSeconds: number }): string =>
+  const progressLine = (s: {
+    step: number;
+    maxSteps: number;
+    loss: number;
+    lossAverage: number;
+    lr: number;
+    epoch: number;
+    stepsPerSecond: number;
+    etaSeconds: number;
+  }): string =>
     `step ${s.step}/${s.maxSteps}  epoch ${s.epoch}  loss ${s.loss.toFixed(4)} (avg ${s.lossAverage.toFixed(4)})  lr ${s.lr.toExponential(2)}  ${s.stepsPerSecond.toFixed(2)} step/s  ETA ${formatSeconds(s.etaSeconds)}`;
 
   const run = runTraining(base, net, {
@@ -216,7 +234,9 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
     onPreview: async (e) => {
       previews.push(e.step);
       if (displayMode() === "notebook") {
-        const imgs = e.png.map((p, i) => pngImgTag(p, { width: Math.max(128, e.images[i]?.width ?? 128), alt: e.prompts[i] ?? "" })).join(" ");
+        const imgs = e.png
+          .map((p, i) => pngImgTag(p, { width: Math.max(128, e.images[i]?.width ?? 128), alt: e.prompts[i] ?? "" }))
+          .join(" ");
         previewDisplay.update({ html: `<div><b>preview at step ${e.step}</b>: ${escapeHtml(e.prompts[0] ?? "")}<br>${imgs}</div>` });
       } else if (e.png[0]) {
         previewDisplay.update({ png: e.png[0] });
@@ -239,14 +259,21 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
     const last = points[points.length - 1];
     const summary = `${result.message}${last ? ` — final loss ${last.loss.toFixed(4)}` : ""}`;
     if (displayMode() === "notebook") {
-      progress.update({ text: `${last ? progressLine({ ...last, lr: last.lr ?? 0, maxSteps: totalSteps, lossAverage: NaN, epoch: NaN, stepsPerSecond: NaN, etaSeconds: NaN }).replace(/ +epoch NaN| +\(avg NaN\)| +NaN step\/s| +ETA \?/g, "") + "\n" : ""}${summary}${messages.some((m) => m !== result.message) ? "\n" + messages.filter((m) => m !== result.message).join("\n") : ""}` });
+      progress.update({
+        text: `${last ? progressLine({ ...last, lr: last.lr ?? 0, maxSteps: totalSteps, lossAverage: NaN, epoch: NaN, stepsPerSecond: NaN, etaSeconds: NaN }).replace(/ +epoch NaN| +\(avg NaN\)| +NaN step\/s| +ETA \?/g, "") + "\n" : ""}${summary}${messages.some((m) => m !== result.message) ? "\n" + messages.filter((m) => m !== result.message).join("\n") : ""}`,
+      });
     } else if (messages.includes(result.message) && !opts.onLog) {
       // The trainer's own log line already printed the message: add only the final loss.
       if (last) console.log(`final loss ${last.loss.toFixed(4)}`);
     } else {
       console.log(summary);
     }
-    return { ...result, points, checkpoints, displayUpdates: { chart: chart.updates, progress: progress.updates, preview: previewDisplay.updates } };
+    return {
+      ...result,
+      points,
+      checkpoints,
+      displayUpdates: { chart: chart.updates, progress: progress.updates, preview: previewDisplay.updates },
+    };
   });
   return { done, stop: () => run.stop() };
 }
@@ -280,10 +307,15 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgShowOptions): Promis
     attachment?.detach();
   }
   const width = displayWidth ?? Math.max(128, 4 * base.imageSize > 512 ? base.imageSize : 4 * base.imageSize);
-  if (displayMode() === "notebook") show("preview", { html: imagesHtml(result, prompt + (network ? `  [+ ${network.name} × ${multiplier ?? 1}]` : ""), width) });
+  if (displayMode() === "notebook")
+    show("preview", { html: imagesHtml(result, prompt + (network ? `  [+ ${network.name} × ${multiplier ?? 1}]` : ""), width) });
   else result.png.forEach((p, i) => show(`sample-${result.seed}-${i}`, { png: p }));
   // Shown above already: echo the value as one line, not its pixel arrays and PNG bytes.
-  return compactInspect(result, (r) => `Txt2ImgResult { ${r.png.length} image(s) ${r.shape[2]}×${r.shape[1]}, seed ${r.seed}${r.hypernetworks.length ? `, hypernetworks ${r.hypernetworks.map((h) => h.name).join(", ")}` : ""} }`);
+  return compactInspect(
+    result,
+    (r) =>
+      `Txt2ImgResult { ${r.png.length} image(s) ${r.shape[2]}×${r.shape[1]}, seed ${r.seed}${r.hypernetworks.length ? `, hypernetworks ${r.hypernetworks.map((h) => h.name).join(", ")}` : ""} }`,
+  );
 }
 
 /** Save a network (A1111 `.pt`, or `.safetensors` by extension) and show its size and hash. */
@@ -329,7 +361,10 @@ export async function multiplierSweep(
   }
   const png = await renderGrid(items, { cell: cell ?? 96, columns: multipliers.length, captionLines: 1, max: items.length });
   show("multiplier-sweep", { png });
-  return compactInspect(png, (b) => `[multiplier sweep PNG, ${b.length} bytes: ${seeds.length} seed(s) × multipliers ${multipliers.join(", ")}]`);
+  return compactInspect(
+    png,
+    (b) => `[multiplier sweep PNG, ${b.length} bytes: ${seeds.length} seed(s) × multipliers ${multipliers.join(", ")}]`,
+  );
 }
 
 export type { LiveDisplay };

@@ -27,7 +27,8 @@ export class Linear extends Module {
     let y: tf.Tensor;
     // On webgpu the bias add rides in the matmul's epilogue (one dispatch instead of two) when no
     // gradient is recorded: tfjs's fused ops always compute every gradient, frozen weights' too.
-    if (this.bias && fusedKernelsActive() && !recordingGradients()) y = tf.fused.matMul({ a: flat as tf.Tensor2D, b: this.weight.value as tf.Tensor2D, bias: this.bias.value });
+    if (this.bias && fusedKernelsActive() && !recordingGradients())
+      y = tf.fused.matMul({ a: flat as tf.Tensor2D, b: this.weight.value as tf.Tensor2D, bias: this.bias.value });
     else {
       y = tf.matMul(flat as tf.Tensor2D, this.weight.value as tf.Tensor2D);
       if (this.bias) y = tf.add(y, this.bias.value);
@@ -64,9 +65,16 @@ export class Conv2d extends Module {
     if (p > 0) {
       // For stride 1 and "half" padding, tfjs `same` is symmetric and saves a pad copy.
       if (this.stride === 1 && 2 * p === this.kernelSize - 1) pad = "same";
-      else inp = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]]);
+      else
+        inp = tf.pad(x, [
+          [0, 0],
+          [p, p],
+          [p, p],
+          [0, 0],
+        ]);
     }
-    if (this.bias && fusedKernelsActive() && !recordingGradients()) return tf.fused.conv2d({ x: inp, filter: this.weight.value as tf.Tensor4D, strides: this.stride, pad, bias: this.bias.value });
+    if (this.bias && fusedKernelsActive() && !recordingGradients())
+      return tf.fused.conv2d({ x: inp, filter: this.weight.value as tf.Tensor4D, strides: this.stride, pad, bias: this.bias.value });
     let y = tf.conv2d(inp, this.weight.value as tf.Tensor4D, this.stride, pad);
     if (this.bias) y = tf.add(y, this.bias.value);
     return y;
@@ -98,7 +106,8 @@ export class GroupNorm extends Module {
     const b = shape[0]!;
     const c = shape[shape.length - 1]!;
     const g = this.numGroups;
-    if (fusedKernelsActive()) return fusedGroupNorm(x.reshape([b, -1, c]), this.weight.value, this.bias.value, g, this.eps, false).reshape(shape);
+    if (fusedKernelsActive())
+      return fusedGroupNorm(x.reshape([b, -1, c]), this.weight.value, this.bias.value, g, this.eps, false).reshape(shape);
     const grouped = x.reshape([b, -1, g, c / g]);
     const { mean, variance } = tf.moments(grouped, [1, 3], true);
     const normed = tf.div(tf.sub(grouped, mean), tf.sqrt(tf.add(variance, this.eps))).reshape(shape);
@@ -109,7 +118,9 @@ export class GroupNorm extends Module {
   applySilu(x: tf.Tensor): tf.Tensor {
     if (!fusedKernelsActive()) return silu(this.apply(x));
     const c = x.shape[x.shape.length - 1]!;
-    return fusedGroupNorm(x.reshape([x.shape[0]!, -1, c]), this.weight.value, this.bias.value, this.numGroups, this.eps, true).reshape(x.shape);
+    return fusedGroupNorm(x.reshape([x.shape[0]!, -1, c]), this.weight.value, this.bias.value, this.numGroups, this.eps, true).reshape(
+      x.shape,
+    );
   }
 }
 
@@ -134,7 +145,8 @@ export class LayerNorm extends Module {
 
 /** `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
-  if (fusedKernelsActive()) return fusedGroupNorm(x.reshape([-1, 1, x.shape[x.shape.length - 1]!]), weight, bias, 1, eps, false).reshape(x.shape);
+  if (fusedKernelsActive())
+    return fusedGroupNorm(x.reshape([-1, 1, x.shape[x.shape.length - 1]!]), weight, bias, 1, eps, false).reshape(x.shape);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, eps))), weight), bias);
 }

@@ -219,7 +219,9 @@ export class StateDictError extends Error {
     if (report.missing.length) parts.push(`missing keys: ${list(report.missing)}`);
     if (report.unexpected.length) parts.push(`unexpected keys: ${list(report.unexpected)}`);
     if (report.mismatched.length) parts.push(`shape mismatches: ${list(report.mismatched)}`);
-    super(`${where}: weights do not match the model (${parts.join("; ")}). Check that the file is for this architecture/config, or load with { strict: false }.`);
+    super(
+      `${where}: weights do not match the model (${parts.join("; ")}). Check that the file is for this architecture/config, or load with { strict: false }.`,
+    );
     this.name = "StateDictError";
   }
 }

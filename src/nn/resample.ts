@@ -38,7 +38,16 @@ export class DownsamplePadBottomRight extends Module {
     this.conv = this.child("conv", new Conv2d(channels, channels, 3, 2, 0, this.childOptions));
   }
   apply(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => this.conv.apply(tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])));
+    return tf.tidy(() =>
+      this.conv.apply(
+        tf.pad(x, [
+          [0, 0],
+          [0, 1],
+          [0, 1],
+          [0, 0],
+        ]),
+      ),
+    );
   }
 }
 

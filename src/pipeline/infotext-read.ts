@@ -129,17 +129,56 @@ const NOT_REPRODUCED: Record<string, string> = {
 };
 /** Fields read into settings or checked below, and fields that do not change the image. */
 const HANDLED = new Set([
-  "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
-  "Variation seed", "Variation seed strength", "Seed resize from-1", "Seed resize from-2", "ENSD", "RNG", "Clip skip",
-  "Emphasis", "Hypernet timesteps", "Model hash", "Model", "TI hashes", "Version", "Hires sampler", "Hires checkpoint", "Hires prompt",
-  "Hires negative prompt", "Mask mode", "Masked content", "Inpaint area", "Masked area padding", "Cache FP16 weight for LoRA",
-  "Hypernet", "Hypernet strength", "Hypernet hash", "Batch size", "Batch pos", "User", "VAE hash", "VAE",
+  "Prompt",
+  "Negative prompt",
+  "Steps",
+  "Sampler",
+  "Schedule type",
+  "CFG scale",
+  "Seed",
+  "Size-1",
+  "Size-2",
+  "Variation seed",
+  "Variation seed strength",
+  "Seed resize from-1",
+  "Seed resize from-2",
+  "ENSD",
+  "RNG",
+  "Clip skip",
+  "Emphasis",
+  "Hypernet timesteps",
+  "Model hash",
+  "Model",
+  "TI hashes",
+  "Version",
+  "Hires sampler",
+  "Hires checkpoint",
+  "Hires prompt",
+  "Hires negative prompt",
+  "Mask mode",
+  "Masked content",
+  "Inpaint area",
+  "Masked area padding",
+  "Cache FP16 weight for LoRA",
+  "Hypernet",
+  "Hypernet strength",
+  "Hypernet hash",
+  "Batch size",
+  "Batch pos",
+  "User",
+  "VAE hash",
+  "VAE",
   // A prompt and negative prompt of different lengths are always padded to the same length here.
   "Pad conds",
 ]);
 
 /** A number field; `what` goes into the note when it is not a valid one. */
-function num(d: Map<string, InfotextValue>, key: string, problems: string[], check: (n: number) => boolean = Number.isFinite): number | undefined {
+function num(
+  d: Map<string, InfotextValue>,
+  key: string,
+  problems: string[],
+  check: (n: number) => boolean = Number.isFinite,
+): number | undefined {
   const v = d.get(key);
   if (v === undefined) return undefined;
   const n = typeof v === "number" ? v : Number(String(v).trim());
@@ -198,7 +237,10 @@ function checkResources(d: Map<string, InfotextValue>, opts: ReadInfotextOptions
   const prompt = parsePrompt(String(d.get("Prompt") ?? ""));
   for (const tag of prompt.ignored) cannot.push(`prompt tag ${tag}: only hypernetworks are applied here; it is removed from the prompt`);
   if (prompt.hypernets.length) {
-    if (!opts.hypernetworkDir) notes.push(`the prompt uses ${prompt.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")}: pass hypernetworkDir to txt2img (and to readInfotext to check they exist)`);
+    if (!opts.hypernetworkDir)
+      notes.push(
+        `the prompt uses ${prompt.hypernets.map((h) => `<hypernet:${h.name}>`).join(", ")}: pass hypernetworkDir to txt2img (and to readInfotext to check they exist)`,
+      );
     else {
       const known = listHypernetworks(opts.hypernetworkDir);
       for (const h of prompt.hypernets) if (!known.has(h.name)) cannot.push(`hypernetwork "${h.name}" is not in ${opts.hypernetworkDir}`);
@@ -207,13 +249,17 @@ function checkResources(d: Map<string, InfotextValue>, opts: ReadInfotextOptions
   const ti = d.get("TI hashes");
   if (ti !== undefined) {
     const wanted = parseTiHashes(String(ti));
-    if (!opts.embeddingDir) notes.push(`the run used embeddings ${wanted.map(([n]) => n).join(", ")}: pass embeddingDir to txt2img (and to readInfotext to check them)`);
+    if (!opts.embeddingDir)
+      notes.push(
+        `the run used embeddings ${wanted.map(([n]) => n).join(", ")}: pass embeddingDir to txt2img (and to readInfotext to check them)`,
+      );
     else if (opts.base) {
       const db = loadEmbeddings(opts.embeddingDir, opts.base.tokenizer, { width: opts.base.textEncoder.config.width });
       for (const [name, hash] of wanted) {
         const e = db.get(name);
         if (!e) cannot.push(`embedding "${name}" is not in ${opts.embeddingDir} (or cannot be used with this model)`);
-        else if (!e.hash.startsWith(hash) && !hash.startsWith(e.hash)) cannot.push(`embedding "${name}": ${e.file} has hash ${e.hash}, the image was made with ${hash}`);
+        else if (!e.hash.startsWith(hash) && !hash.startsWith(e.hash))
+          cannot.push(`embedding "${name}": ${e.file} has hash ${e.hash}, the image was made with ${hash}`);
       }
     } else notes.push("TI hashes: pass base as well as embeddingDir to check the embeddings");
   }
@@ -222,8 +268,12 @@ function checkResources(d: Map<string, InfotextValue>, opts: ReadInfotextOptions
     const own = opts.base.checkpointHash;
     const h = String(hash);
     if (!own) notes.push(`Model hash ${h}: the loaded model "${opts.base.name}" has no file hash to compare`);
-    else if (h.length === 8) notes.push(`Model hash ${h} is A1111's old 8-digit hash, which cannot be compared with the file's SHA-256 (${own})`);
-    else if (!own.startsWith(h) && !h.startsWith(own)) cannot.push(`Model hash ${h}${d.has("Model") ? ` (${String(d.get("Model"))})` : ""} differs from the loaded model's ${own} (${opts.base.name})`);
+    else if (h.length === 8)
+      notes.push(`Model hash ${h} is A1111's old 8-digit hash, which cannot be compared with the file's SHA-256 (${own})`);
+    else if (!own.startsWith(h) && !h.startsWith(own))
+      cannot.push(
+        `Model hash ${h}${d.has("Model") ? ` (${String(d.get("Model"))})` : ""} differs from the loaded model's ${own} (${opts.base.name})`,
+      );
   }
 }
 
@@ -231,7 +281,10 @@ function checkResources(d: Map<string, InfotextValue>, opts: ReadInfotextOptions
  * txt2img settings from A1111's parsed fields (see the module comment), with what cannot be
  * honoured and the notes. `readInfotext` is this plus reading the text.
  */
-export function settingsFromParameters(d: Map<string, InfotextValue>, opts: ReadInfotextOptions = {}): InfotextSettings & { cannotHonour: string[]; notes: string[] } {
+export function settingsFromParameters(
+  d: Map<string, InfotextValue>,
+  opts: ReadInfotextOptions = {},
+): InfotextSettings & { cannotHonour: string[]; notes: string[] } {
   const cannot: string[] = [];
   const notes: string[] = [];
   const s: InfotextSettings = { prompt: String(d.get("Prompt") ?? ""), negativePrompt: String(d.get("Negative prompt") ?? "") };
@@ -257,7 +310,10 @@ export function settingsFromParameters(d: Map<string, InfotextValue>, opts: Read
   if (rng === "CPU" || rng === "NV") s.noiseSource = rng;
   else {
     s.noiseSource = "NV";
-    if (rng === "GPU") notes.push("RNG: GPU (A1111's default) — drawn with the NV source, which is what NVIDIA cards draw; images made on AMD, Intel or Apple GPUs differ");
+    if (rng === "GPU")
+      notes.push(
+        "RNG: GPU (A1111's default) — drawn with the NV source, which is what NVIDIA cards draw; images made on AMD, Intel or Apple GPUs differ",
+      );
     else cannot.push(`RNG: ${rng} is not an A1111 noise source this project knows; NV is used`);
   }
   const clip = num(d, "Clip skip", cannot, isCount);
@@ -270,14 +326,27 @@ export function settingsFromParameters(d: Map<string, InfotextValue>, opts: Read
   const gate = /^(\d+)-(\d+)$/.exec(String(d.get("Hypernet timesteps") ?? ""));
   if (gate) s.hypernetworkTimesteps = [Number(gate[1]), Number(gate[2])];
   else if (d.has("Hypernet timesteps")) cannot.push(`Hypernet timesteps: ${JSON.stringify(d.get("Hypernet timesteps"))} is not "min-max"`);
-  if (d.has("Denoising strength") && (Number(d.get("Hires resize-1")) !== 0 || d.has("Hires upscale") || d.has("Hires upscaler") || d.has("Hires steps"))) {
-    const defaults: Record<string, InfotextValue> = { "Hires sampler": "Use same sampler", "Hires checkpoint": "Use same checkpoint", "Hires prompt": "", "Hires negative prompt": "", "Hires resize-1": 0, "Hires resize-2": 0 };
+  if (
+    d.has("Denoising strength") &&
+    (Number(d.get("Hires resize-1")) !== 0 || d.has("Hires upscale") || d.has("Hires upscaler") || d.has("Hires steps"))
+  ) {
+    const defaults: Record<string, InfotextValue> = {
+      "Hires sampler": "Use same sampler",
+      "Hires checkpoint": "Use same checkpoint",
+      "Hires prompt": "",
+      "Hires negative prompt": "",
+      "Hires resize-1": 0,
+      "Hires resize-2": 0,
+    };
     const hires = [...d].filter(([k, v]) => k.startsWith("Hires ") && !(k in defaults && defaults[k] === v));
-    cannot.push(`hires fix (${hires.map(([k, v]) => `${k}: ${String(v)}`).join(", ")}, Denoising strength: ${String(d.get("Denoising strength"))}): only the first pass is made here, at ${s.width ?? "?"}x${s.height ?? "?"}`);
+    cannot.push(
+      `hires fix (${hires.map(([k, v]) => `${k}: ${String(v)}`).join(", ")}, Denoising strength: ${String(d.get("Denoising strength"))}): only the first pass is made here, at ${s.width ?? "?"}x${s.height ?? "?"}`,
+    );
   }
   for (const [k, v] of d) {
     if (k in MUST_BE_DEFAULT) {
-      if (String(v) !== String(MUST_BE_DEFAULT[k])) cannot.push(`${k}: ${String(v)} (this project does not reproduce a value other than ${String(MUST_BE_DEFAULT[k])})`);
+      if (String(v) !== String(MUST_BE_DEFAULT[k]))
+        cannot.push(`${k}: ${String(v)} (this project does not reproduce a value other than ${String(MUST_BE_DEFAULT[k])})`);
     } else if (k in NOT_REPRODUCED) {
       cannot.push(`${k}: ${String(v)} — ${NOT_REPRODUCED[k]} is not reproduced here`);
     } else if (!HANDLED.has(k) && !k.startsWith("Hires ") && k !== "Denoising strength") {
@@ -292,7 +361,10 @@ export function settingsFromParameters(d: Map<string, InfotextValue>, opts: Read
 function infotextOf(source: string | Uint8Array): string {
   if (typeof source !== "string") {
     const text = readPngText(source, "PNG image").get("parameters");
-    if (text === undefined) throw new Error("PNG image: it has no A1111 \"parameters\" text (the generation parameters); was it saved by A1111 or txt2img with its infotext?");
+    if (text === undefined)
+      throw new Error(
+        'PNG image: it has no A1111 "parameters" text (the generation parameters); was it saved by A1111 or txt2img with its infotext?',
+      );
     return text;
   }
   if (!source.includes("\n") && /\.png$/i.test(source.trim())) {
@@ -301,7 +373,8 @@ function infotextOf(source: string | Uint8Array): string {
     const bytes = fs.readFileSync(file);
     if (!isPng(bytes)) throw new Error(`${file}: not a PNG image`);
     const text = readPngText(bytes, file).get("parameters");
-    if (text === undefined) throw new Error(`${file}: the PNG has no A1111 "parameters" text; was it saved by A1111 or txt2img with its infotext?`);
+    if (text === undefined)
+      throw new Error(`${file}: the PNG has no A1111 "parameters" text; was it saved by A1111 or txt2img with its infotext?`);
     return text;
   }
   return source;

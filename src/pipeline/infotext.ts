@@ -122,7 +122,10 @@ function fieldText(v: string | number | bigint): string {
 /** A1111's infotext for one image (see the module comment). */
 export function formatInfotext(p: InfotextParams): string {
   const strength = p.subseedStrength ?? 0;
-  const resize = p.seedResizeFrom && p.seedResizeFrom.width > 0 && p.seedResizeFrom.height > 0 ? `${p.seedResizeFrom.width}x${p.seedResizeFrom.height}` : null;
+  const resize =
+    p.seedResizeFrom && p.seedResizeFrom.width > 0 && p.seedResizeFrom.height > 0
+      ? `${p.seedResizeFrom.width}x${p.seedResizeFrom.height}`
+      : null;
   const ensd = p.etaNoiseSeedDelta && samplerUsesEnsd(p.sampler) ? p.etaNoiseSeedDelta : null;
   const fields: Array<readonly [string, InfotextFieldValue]> = [
     ["Steps", p.steps],
@@ -161,14 +164,18 @@ function findParams(line: string): Array<[string, string]> {
 
 /** A PEP 440 version (packaging's pattern), as a comparable key; undefined when it is not one. */
 function versionKey(text: string): number[] | undefined {
-  const m = /^\s*v?(?:(\d+)!)?(\d+(?:\.\d+)*)(?:[-_.]?(a|b|c|rc|alpha|beta|pre|preview)[-_.]?(\d+)?)?(?:-(\d+)|[-_.]?(post|rev|r)[-_.]?(\d+)?)?(?:[-_.]?(dev)[-_.]?(\d+)?)?(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?\s*$/i.exec(text);
+  const m =
+    /^\s*v?(?:(\d+)!)?(\d+(?:\.\d+)*)(?:[-_.]?(a|b|c|rc|alpha|beta|pre|preview)[-_.]?(\d+)?)?(?:-(\d+)|[-_.]?(post|rev|r)[-_.]?(\d+)?)?(?:[-_.]?(dev)[-_.]?(\d+)?)?(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?\s*$/i.exec(
+      text,
+    );
   if (!m) return undefined;
   const release = m[2]!.split(".").map(Number);
   while (release.length > 1 && release[release.length - 1] === 0) release.pop();
   const INF = Number.MAX_SAFE_INTEGER;
   const preRank: Record<string, number> = { a: 0, alpha: 0, b: 1, beta: 1, c: 2, rc: 2, pre: 2, preview: 2 };
   const hasPost = m[5] !== undefined || m[6] !== undefined;
-  const pre = m[3] !== undefined ? [preRank[m[3].toLowerCase()]!, Number(m[4] ?? 0)] : !hasPost && m[8] !== undefined ? [-INF, 0] : [INF, 0];
+  const pre =
+    m[3] !== undefined ? [preRank[m[3].toLowerCase()]!, Number(m[4] ?? 0)] : !hasPost && m[8] !== undefined ? [-INF, 0] : [INF, 0];
   const post = hasPost ? Number(m[5] ?? m[7] ?? 0) : -INF;
   const dev = m[8] !== undefined ? Number(m[9] ?? 0) : INF;
   // Fixed-width key: epoch, 8 release parts (padded with 0), pre (2), post, dev.
@@ -298,7 +305,8 @@ export function parseGenerationParameters(text: string): Map<string, InfotextVal
   }
   if (!res.has("Clip skip")) res.set("Clip skip", "1");
   const hypernet = res.get("Hypernet");
-  if (hypernet !== undefined) res.set("Prompt", `${String(res.get("Prompt"))}<hypernet:${String(hypernet)}:${String(res.get("Hypernet strength") ?? "1.0")}>`);
+  if (hypernet !== undefined)
+    res.set("Prompt", `${String(res.get("Prompt"))}<hypernet:${String(hypernet)}:${String(res.get("Hypernet strength") ?? "1.0")}>`);
   if (!res.has("Hires resize-1")) {
     res.set("Hires resize-1", 0);
     res.set("Hires resize-2", 0);

@@ -133,7 +133,7 @@ export const SCHEDULE_BUFFER_KEYS: readonly string[] = [
 const TOKENIZER_HELP =
   "Single-file checkpoints do not contain CLIP's BPE vocabulary. Get vocab.json and merges.txt from the " +
   '"tokenizer/" folder of the stable-diffusion-v1-5/stable-diffusion-v1-5 repository (or openai/clip-vit-large-patch14) ' +
-  "on the Hugging Face hub, put them in a folder, and pass { tokenizer: \"that/folder\" } — or place the folder, named " +
+  'on the Hugging Face hub, put them in a folder, and pass { tokenizer: "that/folder" } — or place the folder, named ' +
   '"tokenizer", next to the checkpoint.';
 
 /** A weight source over one file (`dtypeOf` tells each tensor's stored dtype). */
@@ -215,7 +215,14 @@ function loadSingleFile(file: string, opts: LoadBaseModelOptions): LoadedBaseMod
       family: "SD 1.x",
       unet: component(file, `LDM prefix "${LDM_UNET_PREFIX}"`, unetReport.loaded, raw),
       textEncoder: component(file, `LDM prefix "${parts.text.prefix}"`, parts.text.report.loaded, raw),
-      vae: opts.vae ? vaeComponent(opts.vae, parts.vae) : component(file, `LDM prefix "${vaePrefix}"`, parts.vae.report.loaded.map((k) => vaePrefix + k), raw),
+      vae: opts.vae
+        ? vaeComponent(opts.vae, parts.vae)
+        : component(
+            file,
+            `LDM prefix "${vaePrefix}"`,
+            parts.vae.report.loaded.map((k) => vaePrefix + k),
+            raw,
+          ),
       tokenizer: tokenizerDir,
       ignored,
       hash: opts.hash === false ? null : shortHash(file),
@@ -249,10 +256,16 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
   const textFile = firstExisting(dir, ["text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"]);
   if (!textFile) {
     const bin = fs.existsSync(path.join(dir, "text_encoder", "pytorch_model.bin"));
-    throw new Error(`${dir}: no text encoder found (looked for text_encoder/model[.fp16].safetensors)${bin ? "; text_encoder/pytorch_model.bin is a pickle — convert it to .safetensors first" : ""}`);
+    throw new Error(
+      `${dir}: no text encoder found (looked for text_encoder/model[.fp16].safetensors)${bin ? "; text_encoder/pytorch_model.bin is a pickle — convert it to .safetensors first" : ""}`,
+    );
   }
-  const vaeFile = opts.vae ?? firstExisting(dir, ["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]);
-  if (!vaeFile) throw new Error(`${dir}: no VAE found (looked for vae/diffusion_pytorch_model[.fp16].safetensors); pass { vae: "path/to/vae.safetensors" }`);
+  const vaeFile =
+    opts.vae ?? firstExisting(dir, ["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]);
+  if (!vaeFile)
+    throw new Error(
+      `${dir}: no VAE found (looked for vae/diffusion_pytorch_model[.fp16].safetensors); pass { vae: "path/to/vae.safetensors" }`,
+    );
   const tokenizerDir = findTokenizer(dir, opts.tokenizer, path.join(dir, "tokenizer"));
 
   const unetSrc = openCheckpoint(unetFile);
@@ -261,7 +274,11 @@ function loadDiffusersFolder(dir: string, opts: LoadBaseModelOptions): LoadedBas
   try {
     const keys = [...unetSrc.keys()];
     refuseOtherFamilies(dir, unetSrc, keys, "");
-    config = inferUNetConfig(unetSrc, { kind: "diffusers", json: readJson(path.join(path.dirname(unetFile), "config.json")) }, opts.unetConfig);
+    config = inferUNetConfig(
+      unetSrc,
+      { kind: "diffusers", json: readJson(path.join(path.dirname(unetFile), "config.json")) },
+      opts.unetConfig,
+    );
     unetDtypes = new Map(keys.map((k) => [k, unetSrc.dtypeOf(k)]));
   } finally {
     unetSrc.close();
@@ -340,7 +357,9 @@ function openCheckpoint(file: string): CheckpointSource {
 /** Throw a clear error for SD 2.x / SDXL files, which this loader does not build yet. */
 function refuseOtherFamilies(where: string, src: WeightSource, keys: string[], unetPrefix: string): void {
   if (keys.some((k) => k.startsWith("conditioner.embedders."))) {
-    throw new Error(`${where}: this is an SDXL checkpoint (it has "conditioner.embedders.*" keys); only SD 1.x (1.4/1.5 and their fine-tunes) is supported`);
+    throw new Error(
+      `${where}: this is an SDXL checkpoint (it has "conditioner.embedders.*" keys); only SD 1.x (1.4/1.5 and their fine-tunes) is supported`,
+    );
   }
   const family = detectFamily(src, unetPrefix);
   const openClip = keys.some((k) => k.startsWith("cond_stage_model.model."));
@@ -361,14 +380,18 @@ function findTokenizer(source: string, given: string | undefined, fallback: stri
     return given;
   }
   if (ok(fallback)) return fallback;
-  throw new Error(`${source}: no CLIP tokenizer found (no { tokenizer } option and no ${fallback}/vocab.json + merges.txt). ${TOKENIZER_HELP}`);
+  throw new Error(
+    `${source}: no CLIP tokenizer found (no { tokenizer } option and no ${fallback}/vocab.json + merges.txt). ${TOKENIZER_HELP}`,
+  );
 }
 
 /** The tokenizer's ids must fit the text encoder's embedding table. */
 function checkTokenizer(dir: string, tok: ClipTokenizer, text: LoadedTextEncoder): void {
   const vocab = text.model.config.vocabSize;
   if (tok.vocabSize > vocab || tok.eosId >= vocab || tok.bosId >= vocab) {
-    throw new Error(`tokenizer ${dir}: ${tok.vocabSize} tokens (end-of-text id ${tok.eosId}) but the text encoder has only ${vocab} embeddings; use the tokenizer that belongs to this model`);
+    throw new Error(
+      `tokenizer ${dir}: ${tok.vocabSize} tokens (end-of-text id ${tok.eosId}) but the text encoder has only ${vocab} embeddings; use the tokenizer that belongs to this model`,
+    );
   }
 }
 
@@ -389,12 +412,19 @@ function vaeComponent(file: string, vae: LoadedVae): ComponentReport {
     const dtypes: Partial<Record<DType, number>> = {};
     let tensors = 0;
     for (const k of src.keys()) {
-      if (!k.startsWith(vae.layout.prefix) || !/^(encoder|decoder|quant_conv|post_quant_conv)\./.test(k.slice(vae.layout.prefix.length))) continue;
+      if (!k.startsWith(vae.layout.prefix) || !/^(encoder|decoder|quant_conv|post_quant_conv)\./.test(k.slice(vae.layout.prefix.length)))
+        continue;
       const d = src.dtypeOf(k);
       if (d) dtypes[d] = (dtypes[d] ?? 0) + 1;
       tensors++;
     }
-    return { file, layout: vae.layout.kind === "ldm" ? `LDM prefix "${vae.layout.prefix}"` : "diffusers", tensors, parameters: paramCount(vae.model), dtypes };
+    return {
+      file,
+      layout: vae.layout.kind === "ldm" ? `LDM prefix "${vae.layout.prefix}"` : "diffusers",
+      tensors,
+      parameters: paramCount(vae.model),
+      dtypes,
+    };
   } finally {
     src.close();
   }
@@ -430,7 +460,8 @@ function checkBackendCapacity(file: string, src: WeightSource, keys: string[], v
   if (tf.getBackend() !== "wasm") return;
   let n = 0;
   for (const k of keys) {
-    if (k.startsWith(LDM_UNET_PREFIX) || k.startsWith(textPrefix) || (vaePrefix !== undefined && k.startsWith(vaePrefix))) n += numel(src.shapeOf(k) ?? []);
+    if (k.startsWith(LDM_UNET_PREFIX) || k.startsWith(textPrefix) || (vaePrefix !== undefined && k.startsWith(vaePrefix)))
+      n += numel(src.shapeOf(k) ?? []);
   }
   const bytes = 4 * n;
   if (bytes > WASM_MODEL_LIMIT_BYTES) {

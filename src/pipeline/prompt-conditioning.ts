@@ -160,7 +160,10 @@ export class PromptConditioning {
   at(call: number): ConditioningAt {
     const sel = this.entriesAt(call);
     // Keyed by the encoded rows chosen, so entries with the same text (alternation) share a stack.
-    const key = JSON.stringify([this.subs.map((list, j) => list.map((s, k) => s.schedule.rowOf[sel.subs[j]![k]!])), this.negative.rowOf[sel.negative]]);
+    const key = JSON.stringify([
+      this.subs.map((list, j) => list.map((s, k) => s.schedule.rowOf[sel.subs[j]![k]!])),
+      this.negative.rowOf[sel.negative],
+    ]);
     const hit = this.cache.get(key);
     if (hit) return hit;
     const row = (e: EncodedSchedule, entry: number): tf.Tensor3D => tf.slice(e.context, [e.rowOf[entry]!, 0, 0], [1, -1, -1]);
@@ -171,7 +174,10 @@ export class PromptConditioning {
         weights.push(list.map((s, k) => [rows.push(row(s.schedule, sel.subs[j]![k]!)) - 1, s.weight]));
       });
       const condLen = Math.max(...rows.map((r) => r.shape[1]));
-      let conds = tf.concat(rows.map((r) => padLast(r, condLen)), 0) as tf.Tensor3D;
+      let conds = tf.concat(
+        rows.map((r) => padLast(r, condLen)),
+        0,
+      ) as tf.Tensor3D;
       let uncond = row(this.negative, sel.negative);
       const len = Math.max(condLen, uncond.shape[1]);
       conds = padEmpty(conds, len, this.empty);

@@ -80,9 +80,11 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
   const count = opts.count ?? prompts.length;
   if (prompts.length === 0) throw new Error("sampleImages: give at least one prompt");
   if (!Number.isSafeInteger(count) || count < 1) throw new Error(`sampleImages: count must be a positive integer, got ${count}`);
-  if (prompts.length !== 1 && prompts.length !== count) throw new Error(`sampleImages: ${prompts.length} prompts for ${count} images; give one prompt per image, or one prompt for all`);
+  if (prompts.length !== 1 && prompts.length !== count)
+    throw new Error(`sampleImages: ${prompts.length} prompts for ${count} images; give one prompt per image, or one prompt for all`);
   const batchSize = opts.batchSize ?? count;
-  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new Error(`sampleImages: batchSize must be a positive integer, got ${batchSize}`);
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1)
+    throw new Error(`sampleImages: batchSize must be a positive integer, got ${batchSize}`);
   const width = opts.width ?? base.imageSize;
   const height = opts.height ?? base.imageSize;
   const sampler = samplerByName(opts.sampler ?? "Euler a", { steps: opts.steps ?? 20 });
@@ -97,7 +99,15 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
   for (const chunk of batchesOf(prompts, count, batchSize)) {
     const n = Math.min(batchSize, count - done);
     if (opts.promptSyntax && PromptConditioning.needed(chunk, negative, a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20))) {
-      const images = await sampleScheduled(base, opts, sampler, rng, chunk.length === 1 ? new Array<string>(n).fill(chunk[0]!) : chunk, [n, h, w, base.channels], opts.promptSyntax.encode);
+      const images = await sampleScheduled(
+        base,
+        opts,
+        sampler,
+        rng,
+        chunk.length === 1 ? new Array<string>(n).fill(chunk[0]!) : chunk,
+        [n, h, w, base.channels],
+        opts.promptSyntax.encode,
+      );
       pixels.set(images, done * height * width * 3);
       done += n;
       continue;

@@ -109,13 +109,8 @@ export interface Txt2ImgResult {
   ignoredTags: string[];
 }
 
-/**
- * Generate images from a prompt (see the module comment). The networks in `hypernetworks` — or,
- * when that is absent, the ones the prompt's tags name — are attached for this call and detached
- * afterwards, even when sampling fails; the base model is left exactly as it was. All intermediate
- * tensors are freed.
- */
-export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
+/** txt2img's plain settings with their defaults, checked before anything is loaded or sampled. */
+function resolveBasics(base: BaseModel, opts: Txt2ImgOptions) {
   const steps = opts.steps ?? 20;
   const cfgScale = opts.cfgScale ?? 7;
   const samplerName = opts.sampler ?? "Euler a";
@@ -127,10 +122,27 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   if (!Number.isInteger(batch) || batch < 1) throw new Error(`txt2img: batch must be a positive integer, got ${batch}`);
   if (!Number.isFinite(cfgScale)) throw new Error(`txt2img: cfgScale must be a number, got ${cfgScale}`);
   const step = base.downscale * 2 ** (base.unet.config.channel_mult.length - 1);
-  for (const [name, v] of [["width", width], ["height", height]] as const) {
-    if (!Number.isInteger(v) || v <= 0 || v % step !== 0) throw new Error(`txt2img: ${name} ${v} must be a positive multiple of ${step} for this model (e.g. ${Math.max(step, Math.round(v / step) * step)})`);
+  for (const [name, v] of [
+    ["width", width],
+    ["height", height],
+  ] as const) {
+    if (!Number.isInteger(v) || v <= 0 || v % step !== 0)
+      throw new Error(
+        `txt2img: ${name} ${v} must be a positive multiple of ${step} for this model (e.g. ${Math.max(step, Math.round(v / step) * step)})`,
+      );
   }
   samplerByName(samplerName, { steps }); // a wrong sampler name fails before any network is loaded
+  return { steps, cfgScale, samplerName, batch, width, height, seed };
+}
+
+/**
+ * Generate images from a prompt (see the module comment). The networks in `hypernetworks` — or,
+ * when that is absent, the ones the prompt's tags name — are attached for this call and detached
+ * afterwards, even when sampling fails; the base model is left exactly as it was. All intermediate
+ * tensors are freed.
+ */
+export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
+  const { steps, cfgScale, samplerName, batch, width, height, seed } = resolveBasics(base, opts);
 
   // The networks to apply: given, or the prompt tags' networks (in tag order).
   const parsed = parsePrompt(opts.prompt);
@@ -140,7 +152,9 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const gate = opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {};
   const stack: StackEntry[] = resolved.map((h) => ({ network: h.network, multiplier: h.multiplier, ...gate }));
 
-  const embeddings = opts.embeddings ?? (opts.embeddingDir ? loadEmbeddings(opts.embeddingDir, base.tokenizer, { width: base.textEncoder.config.width }) : undefined);
+  const embeddings =
+    opts.embeddings ??
+    (opts.embeddingDir ? loadEmbeddings(opts.embeddingDir, base.tokenizer, { width: base.textEncoder.config.width }) : undefined);
   const emphasis = opts.emphasis ?? "Original";
   const clipSkip = opts.clipSkip ?? base.clipSkip;
   const noiseSource = opts.noiseSource ?? "NV";
@@ -178,7 +192,19 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   try {
     // The samplers only call `normal(n)`, which A1111's per-image noise answers (see a1111-image-noise.ts).
     const rng = noise as unknown as Rng;
-    sampled = await sampleImages(view, { prompts: [parsed.prompt], count: batch, negativePrompt: negative.prompt, sampler: samplerName, steps, cfgScale, rng, width, height, callback: opts.callback, promptSyntax: { encode: encodeBatch } });
+    sampled = await sampleImages(view, {
+      prompts: [parsed.prompt],
+      count: batch,
+      negativePrompt: negative.prompt,
+      sampler: samplerName,
+      steps,
+      cfgScale,
+      rng,
+      width,
+      height,
+      callback: opts.callback,
+      promptSyntax: { encode: encodeBatch },
+    });
     if (scheduledUsed.size > 0) used = [[...scheduledUsed.values()]];
   } finally {
     attachment?.detach();
@@ -189,8 +215,18 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const seeds = a1111BatchSeeds(seed, batch, { subseed: opts.subseed ?? 0, subseedStrength: opts.subseedStrength ?? 0 });
   // Networks passed in without a tag in the prompt get one in the infotext, as A1111 adds its default network's.
   const tagged = new Set(parsed.hypernets.map((t) => t.name));
-  const promptText = opts.prompt + resolved.filter((n) => !tagged.has(n.name)).map((n) => `<hypernet:${n.name}:${n.multiplier}>`).join("");
-  const extra = infotextExtras({ emphasis, prompts: [parsed.prompt, negative.prompt], used, hypernetworkTimesteps: opts.hypernetworkTimesteps });
+  const promptText =
+    opts.prompt +
+    resolved
+      .filter((n) => !tagged.has(n.name))
+      .map((n) => `<hypernet:${n.name}:${n.multiplier}>`)
+      .join("");
+  const extra = infotextExtras({
+    emphasis,
+    prompts: [parsed.prompt, negative.prompt],
+    used,
+    hypernetworkTimesteps: opts.hypernetworkTimesteps,
+  });
   const infotexts = Array.from({ length: batch }, (_, i) => {
     const sampler = resolveSamplerName(samplerName);
     return formatInfotext({
@@ -215,7 +251,11 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
     });
   });
   const png = await Promise.all(
-    Array.from({ length: batch }, async (_, i) => addPngText(await encodePng({ data: unitToBytes(pixels, i, width, height), width, height, channels: 3 }), [["parameters", infotexts[i]!]])),
+    Array.from({ length: batch }, async (_, i) =>
+      addPngText(await encodePng({ data: unitToBytes(pixels, i, width, height), width, height, channels: 3 }), [
+        ["parameters", infotexts[i]!],
+      ]),
+    ),
   );
   const usedAll = [...new Map(used.flat().map((e) => [e.name, e])).values()];
   return { pixels, shape, png, infotexts, seed, hypernetworks: applied, embeddings: usedAll, ignoredTags: ignoredTags(parsed, negative) };
@@ -241,7 +281,8 @@ function infotextExtras(p: {
   hypernetworkTimesteps?: [number, number];
 }): Array<[string, InfotextFieldValue]> {
   const extra: Array<[string, InfotextFieldValue]> = [];
-  const hashes = (list: TextualInversionEmbedding[] = []): string => list.map((e) => `${e.name.replace(/[:,]/g, "")}: ${e.hash}`).join(", ");
+  const hashes = (list: TextualInversionEmbedding[] = []): string =>
+    list.map((e) => `${e.name.replace(/[:,]/g, "")}: ${e.hash}`).join(", ");
   const ti = [hashes(p.used[0]), hashes(p.used[1])].filter((x) => x).join(", ");
   if (ti) extra.push(["TI hashes", ti]);
   if (p.emphasis !== "Original" && p.prompts.some((x) => x.includes("(") || x.includes("["))) extra.push(["Emphasis", p.emphasis]);

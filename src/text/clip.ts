@@ -45,7 +45,17 @@ export const CLIP_VIT_L14_TEXT: Readonly<ClipTextConfig> = Object.freeze({
 
 /** A small text tower with the same structure, for tests and the embedded tiny model. */
 export function tinyClipTextConfig(overrides: Partial<ClipTextConfig> = {}): ClipTextConfig {
-  return { vocabSize: 64, maxPositions: 77, width: 32, layers: 2, heads: 4, mlpWidth: 128, activation: "quick_gelu", eps: 1e-5, ...overrides };
+  return {
+    vocabSize: 64,
+    maxPositions: 77,
+    width: 32,
+    layers: 2,
+    heads: 4,
+    mlpWidth: 128,
+    activation: "quick_gelu",
+    eps: 1e-5,
+    ...overrides,
+  };
 }
 
 /** A lookup table `weight [num, dim]` (PyTorch `nn.Embedding`). */
@@ -217,7 +227,9 @@ function replaceTokenVectors(tok: tf.Tensor, vectors: readonly TokenVectors[], n
   const values = new Float32Array(n * t * width);
   for (const v of vectors) {
     if (!Number.isSafeInteger(v.row) || v.row < 0 || v.row >= n || !Number.isSafeInteger(v.start) || v.start < 0 || v.start >= t) {
-      throw new Error(`ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${n}, ${t}] token grid`);
+      throw new Error(
+        `ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${n}, ${t}] token grid`,
+      );
     }
     if (v.values.length === 0 || v.values.length % width !== 0) {
       throw new Error(`ClipTextModel.encode: embedding vectors must be whole vectors of width ${width}, got ${v.values.length} values`);
@@ -257,12 +269,16 @@ export class ClipTextModel extends Module {
   encode(ids: number[][] | tf.Tensor2D, opts: ClipEncodeOptions = {}): tf.Tensor3D {
     const skip = opts.clipSkip ?? 1;
     const nLayers = this.config.layers;
-    if (!Number.isInteger(skip) || skip < 1 || skip > nLayers) throw new Error(`ClipTextModel.encode: clipSkip must be an integer in 1..${nLayers}, got ${skip}`);
+    if (!Number.isInteger(skip) || skip < 1 || skip > nLayers)
+      throw new Error(`ClipTextModel.encode: clipSkip must be an integer in 1..${nLayers}, got ${skip}`);
     return tf.tidy(() => {
       if (Array.isArray(ids)) {
         const v = this.config.vocabSize;
         const bad = ids.flat().find((id) => !Number.isInteger(id) || id < 0 || id >= v);
-        if (bad !== undefined) throw new Error(`ClipTextModel.encode: token id ${bad} is outside the vocabulary 0..${v - 1}; was the prompt tokenized for another model?`);
+        if (bad !== undefined)
+          throw new Error(
+            `ClipTextModel.encode: token id ${bad} is outside the vocabulary 0..${v - 1}; was the prompt tokenized for another model?`,
+          );
       }
       const idsT = Array.isArray(ids) ? tokenIdsTensor(ids) : ids;
       if (idsT.rank !== 2) throw new Error(`ClipTextModel.encode: ids must be [batch, tokens], got shape [${idsT.shape.join(", ")}]`);
@@ -271,7 +287,8 @@ export class ClipTextModel extends Module {
       let windows: tf.Tensor2D = idsT.toInt();
       let k = 1;
       if (len > win) {
-        if (len % win !== 0) throw new Error(`ClipTextModel.encode: a row of ${len} ids is neither ≤ ${win} nor a whole number of ${win}-id windows`);
+        if (len % win !== 0)
+          throw new Error(`ClipTextModel.encode: a row of ${len} ids is neither ≤ ${win} nor a whole number of ${win}-id windows`);
         k = len / win;
         windows = windows.reshape([b * k, win]);
       }
@@ -280,7 +297,9 @@ export class ClipTextModel extends Module {
       // Window j of row r is row r·k + j of the window grid; positions restart at 0 in each window.
       const vectors = (opts.embeddings ?? []).map((v) => {
         if (!Number.isSafeInteger(v.row) || v.row < 0 || v.row >= b || !Number.isSafeInteger(v.start) || v.start < 0 || v.start >= len) {
-          throw new Error(`ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${b}, ${len}] ids`);
+          throw new Error(
+            `ClipTextModel.encode: embedding vectors at row ${v.row}, position ${v.start} are outside the [${b}, ${len}] ids`,
+          );
         }
         return { row: v.row * k + Math.floor(v.start / t), start: v.start % t, values: v.values };
       });

@@ -66,10 +66,12 @@ function refuse(file: string, what: string): Error {
 function embeddingShape(file: string, key: string, dtype: DType, shape: readonly number[]): [number, number] {
   if (!FLOAT_DTYPES.has(dtype)) throw refuse(file, `tensor "${key}" is ${dtype}; an embedding holds float vectors`);
   if (shape.length === 1) return [1, shape[0]!];
-  if (shape.length !== 2) throw refuse(file, `tensor "${key}" has shape [${shape.join(", ")}]; an embedding is [vectors, width] (or one vector [width])`);
+  if (shape.length !== 2)
+    throw refuse(file, `tensor "${key}" has shape [${shape.join(", ")}]; an embedding is [vectors, width] (or one vector [width])`);
   const [n, w] = shape as [number, number];
   if (n < 1 || w < 1) throw refuse(file, `tensor "${key}" has shape [${n}, ${w}], which holds no vectors`);
-  if (n > MAX_EMBEDDING_VECTORS) throw refuse(file, `tensor "${key}" holds ${n} vectors, more than the ${MAX_EMBEDDING_VECTORS} an embedding can use`);
+  if (n > MAX_EMBEDDING_VECTORS)
+    throw refuse(file, `tensor "${key}" holds ${n} vectors, more than the ${MAX_EMBEDDING_VECTORS} an embedding can use`);
   return [n, w];
 }
 
@@ -84,7 +86,11 @@ function embeddingHash(file: string): string {
 
 /** The vectors of an opened torch pickle, as A1111's `create_embedding_from_data` finds them. */
 function fromTorch(file: string, root: PyValue): Omit<TextualInversionEmbedding, "name" | "file" | "hash"> {
-  if (!(root instanceof PyDict)) throw refuse(file, "not an embedding: the pickle holds no dict; expected A1111's {string_to_param: {*: tensor}} or a diffusers {token: tensor}");
+  if (!(root instanceof PyDict))
+    throw refuse(
+      file,
+      "not an embedding: the pickle holds no dict; expected A1111's {string_to_param: {*: tensor}} or a diffusers {token: tensor}",
+    );
   const meta = {
     storedName: stringOrNull(root.get("name")),
     step: pyNumber(root.get("step")) ?? null,
@@ -97,7 +103,8 @@ function fromTorch(file: string, root: PyValue): Omit<TextualInversionEmbedding,
   const params = root.get("string_to_param");
   if (params !== undefined) {
     if (!(params instanceof PyDict)) throw refuse(file, "string_to_param is not a dict of tensors");
-    if (params.map.size !== 1) throw refuse(file, `string_to_param has ${params.map.size} terms; an embedding file holds exactly one (A1111 refuses it too)`);
+    if (params.map.size !== 1)
+      throw refuse(file, `string_to_param has ${params.map.size} terms; an embedding file holds exactly one (A1111 refuses it too)`);
     const [k, v] = [...params.map][0]!;
     key = `string_to_param.${String(k)}`;
     tensor = v;
@@ -125,8 +132,13 @@ function fromSafetensors(file: string): Omit<TextualInversionEmbedding, "name" |
   const st = SafetensorsFile.open(file);
   try {
     const keys = st.keys();
-    if (keys.includes("clip_g") && keys.includes("clip_l")) throw refuse(file, "an SDXL embedding (clip_g and clip_l); this project runs SD 1.x, whose embeddings hold one tensor");
-    if (keys.length !== 1) throw refuse(file, `holds ${keys.length} tensors (${keys.slice(0, 5).join(", ")}); an SD 1.x embedding holds exactly one (e.g. "emb_params")`);
+    if (keys.includes("clip_g") && keys.includes("clip_l"))
+      throw refuse(file, "an SDXL embedding (clip_g and clip_l); this project runs SD 1.x, whose embeddings hold one tensor");
+    if (keys.length !== 1)
+      throw refuse(
+        file,
+        `holds ${keys.length} tensors (${keys.slice(0, 5).join(", ")}); an SD 1.x embedding holds exactly one (e.g. "emb_params")`,
+      );
     const key = keys[0]!;
     const e = st.entries.get(key)!;
     const [count, width] = embeddingShape(file, key, e.dtype, e.shape);
@@ -157,7 +169,11 @@ export function readEmbeddingFile(file: string, opts: { name?: string } = {}): T
       torchFile = openTorchFile(file);
     } catch (err) {
       const msg = (err as Error).message;
-      if (/ParameterDict/.test(msg)) throw refuse(file, `${msg.replace(`${file}: `, "")} — this embedding keeps its vectors in a torch.nn.ParameterDict (saved by torch 1.11 or older), which the safe reader does not build; re-save it as a plain dict (or .safetensors)`);
+      if (/ParameterDict/.test(msg))
+        throw refuse(
+          file,
+          `${msg.replace(`${file}: `, "")} — this embedding keeps its vectors in a torch.nn.ParameterDict (saved by torch 1.11 or older), which the safe reader does not build; re-save it as a plain dict (or .safetensors)`,
+        );
       throw err;
     }
     try {
@@ -232,14 +248,17 @@ export class EmbeddingDatabase {
       return false;
     };
     if (this.opts.width !== undefined && embedding.width !== this.opts.width) {
-      return skip(`its vectors are ${embedding.width} wide but the text encoder is ${this.opts.width} wide (an embedding for another model family)`);
+      return skip(
+        `its vectors are ${embedding.width} wide but the text encoder is ${this.opts.width} wide (an embedding for another model family)`,
+      );
     }
     const chunk = this.tokenizer.maxLength - 2;
     if (embedding.count > chunk) return skip(`it has ${embedding.count} vectors, more than the ${chunk} token slots of a prompt chunk`);
     const ids = this.tokenizer.tokenize(embedding.name);
     const unk = (this.tokenizer as { unkId?: number }).unkId;
     if (ids.length === 0) return skip(`its name "${embedding.name}" gives no tokens, so no prompt can call it`);
-    if (unk !== undefined && ids.includes(unk)) return skip(`its name "${embedding.name}" has words the tokenizer does not know, so no prompt can call it; rename the file`);
+    if (unk !== undefined && ids.includes(unk))
+      return skip(`its name "${embedding.name}" has words the tokenizer does not know, so no prompt can call it; rename the file`);
     const old = this.byName.get(embedding.name);
     if (old) {
       const list = this.lookup.get(old.ids[0]!)!.filter((x) => x.embedding.name !== embedding.name);
@@ -291,8 +310,12 @@ function embeddingFiles(dir: string): string[] {
  */
 export function loadEmbeddings(dir: string, tokenizer: Tokenizer, opts: EmbeddingDatabaseOptions = {}): EmbeddingDatabase {
   const st = fs.statSync(dir, { throwIfNoEntry: false });
-  if (!st) throw new Error(`embedding folder ${dir} does not exist; create it or pass the folder that holds your .pt/.bin/.safetensors embeddings`);
-  if (!st.isDirectory()) throw new Error(`embedding folder ${dir} is a file, not a folder; pass the folder that holds it (or load it with readEmbeddingFile)`);
+  if (!st)
+    throw new Error(
+      `embedding folder ${dir} does not exist; create it or pass the folder that holds your .pt/.bin/.safetensors embeddings`,
+    );
+  if (!st.isDirectory())
+    throw new Error(`embedding folder ${dir} is a file, not a folder; pass the folder that holds it (or load it with readEmbeddingFile)`);
   const db = new EmbeddingDatabase(tokenizer, opts);
   for (const file of embeddingFiles(dir)) {
     const name = path.basename(file, path.extname(file));

@@ -65,7 +65,12 @@ function commaIdOf(tokenizer: Tokenizer): number | undefined {
  * Encode prompts the A1111 way (see the module comment). With `opts.embeddings`, a prompt word
  * equal to an embedding's name is replaced by the embedding's vectors.
  */
-export function encodePrompts(textModel: ClipTextModel, tokenizer: Tokenizer, prompts: readonly string[], opts: EncodePromptsOptions = {}): EncodedPrompts {
+export function encodePrompts(
+  textModel: ClipTextModel,
+  tokenizer: Tokenizer,
+  prompts: readonly string[],
+  opts: EncodePromptsOptions = {},
+): EncodedPrompts {
   if (prompts.length === 0) throw new Error("encodePrompts: give at least one prompt");
   const db = opts.embeddings;
   const emphasis = opts.emphasis ?? "Original";
@@ -104,7 +109,10 @@ export function encodePrompts(textModel: ClipTextModel, tokenizer: Tokenizer, pr
     const z = textModel.encode(ids, { clipSkip: opts.clipSkip, embeddings: vectors });
     if (opts.emphasisScope === "batch") return applyEmphasisTensor(z, multipliers, emphasis, win);
     const rows = tf.split(z, prompts.length, 0) as tf.Tensor3D[];
-    return tf.concat(rows.map((zr, r) => applyEmphasisTensor(zr, [multipliers[r]!], emphasis, win)), 0) as tf.Tensor3D;
+    return tf.concat(
+      rows.map((zr, r) => applyEmphasisTensor(zr, [multipliers[r]!], emphasis, win)),
+      0,
+    ) as tf.Tensor3D;
   });
   return { context, used: used.map((m) => [...m.values()]), tokenCount, chunks };
 }

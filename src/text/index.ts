@@ -6,7 +6,14 @@ export * from "./embeddings";
 export * from "./encode-prompts";
 // AUTOMATIC1111's prompt syntax: emphasis, prompt editing and alternation, AND, 75-token chunks.
 export { parsePromptAttention, isBreak, type WeightedText } from "./prompt-attention";
-export { promptSchedules, scheduleIndexAt, multicondPromptList, type ScheduleEntry, type ScheduleOptions, type MulticondPrompts } from "./prompt-schedule";
+export {
+  promptSchedules,
+  scheduleIndexAt,
+  multicondPromptList,
+  type ScheduleEntry,
+  type ScheduleOptions,
+  type MulticondPrompts,
+} from "./prompt-schedule";
 export {
   tokenizeLine,
   chunkBatch,

@@ -89,7 +89,9 @@ export function loadTextEncoder(input: WeightInput, opts: LoadTextEncoderOptions
   try {
     const prefix = opts.prefix ?? detectClipTextPrefix(src);
     if (prefix === undefined) {
-      throw new Error(`${src.where}: no CLIP text encoder found (looked for "embeddings.token_embedding.weight" under ${CLIP_TEXT_PREFIXES.map((p) => JSON.stringify(p)).join(", ")}); pass { prefix } if it uses another`);
+      throw new Error(
+        `${src.where}: no CLIP text encoder found (looked for "embeddings.token_embedding.weight" under ${CLIP_TEXT_PREFIXES.map((p) => JSON.stringify(p)).join(", ")}); pass { prefix } if it uses another`,
+      );
     }
     const config = inferClipTextConfig(src, prefix, opts.config);
     const ignoredSet = new Set(CLIP_IGNORED_KEYS.map((k) => prefix + k));
@@ -101,7 +103,11 @@ export function loadTextEncoder(input: WeightInput, opts: LoadTextEncoderOptions
     };
     const model = new ClipTextModel(config, { init: zerosInit, trainable: opts.trainable ?? false });
     try {
-      const report = loadStateDict(model, filtered, { prefix, strict: opts.strict ?? true, where: `${src.where} (text encoder, prefix "${prefix}")` });
+      const report = loadStateDict(model, filtered, {
+        prefix,
+        strict: opts.strict ?? true,
+        where: `${src.where} (text encoder, prefix "${prefix}")`,
+      });
       return { model, prefix, report, ignored };
     } catch (err) {
       model.dispose();

@@ -99,7 +99,9 @@ export function parsePromptAttention(text: string): WeightedText[] {
     } else if (weight !== undefined && round.length > 0) {
       const w = pyFloat(weight);
       if (Number.isNaN(w)) {
-        throw new Error(`prompt: the emphasis weight ${JSON.stringify(weight)} in ${JSON.stringify(piece)} is not a number; write e.g. (word:1.2)`);
+        throw new Error(
+          `prompt: the emphasis weight ${JSON.stringify(weight)} in ${JSON.stringify(piece)} is not a number; write e.g. (word:1.2)`,
+        );
       }
       multiplyRange(round.pop()!, w);
     } else if (piece === ")" && round.length > 0) {

@@ -64,7 +64,11 @@ function checkInt(v: number, what: string, min: number): void {
 /** A1111's `empty_chunk`: BOS, then EOS to the end, every weight 1. */
 export function emptyChunk<E = unknown>(opts: Pick<ChunkOptions, "bosId" | "eosId" | "chunkLength">): PromptChunk<E> {
   const len = opts.chunkLength ?? 75;
-  return { tokens: [opts.bosId, ...new Array<number>(len + 1).fill(opts.eosId)], multipliers: new Array<number>(len + 2).fill(1), fixes: [] };
+  return {
+    tokens: [opts.bosId, ...new Array<number>(len + 1).fill(opts.eosId)],
+    multipliers: new Array<number>(len + 2).fill(1),
+    fixes: [],
+  };
 }
 
 /**
@@ -139,7 +143,10 @@ export function tokenizeLine<E = unknown>(line: string, opts: ChunkOptions<E>): 
  * A batch of prompts → chunks, every prompt padded with empty chunks to the longest one's count
  * (A1111 encodes chunk k of every prompt together). `tokenCount` is the largest prompt's.
  */
-export function chunkBatch<E = unknown>(lines: readonly string[], opts: ChunkOptions<E>): { chunks: PromptChunk<E>[][]; tokenCount: number } {
+export function chunkBatch<E = unknown>(
+  lines: readonly string[],
+  opts: ChunkOptions<E>,
+): { chunks: PromptChunk<E>[][]; tokenCount: number } {
   const cache = new Map<string, { chunks: PromptChunk<E>[]; tokenCount: number }>();
   let tokenCount = 0;
   const per = lines.map((line) => {
@@ -161,7 +168,12 @@ export function chunkBatch<E = unknown>(lines: readonly string[], opts: ChunkOpt
  * module comment for the modes. Means are accumulated in float64 (torch sums float32 in its own
  * order, so results agree to float32 rounding, not bit for bit).
  */
-export function applyEmphasis(z: Float32Array, shape: readonly [number, number, number], multipliers: readonly (readonly number[])[], mode: EmphasisMode = "Original"): Float32Array {
+export function applyEmphasis(
+  z: Float32Array,
+  shape: readonly [number, number, number],
+  multipliers: readonly (readonly number[])[],
+  mode: EmphasisMode = "Original",
+): Float32Array {
   const [b, t, c] = shape;
   if (z.length !== b * t * c) throw new Error(`applyEmphasis: ${z.length} values do not make [${b}, ${t}, ${c}]`);
   if (multipliers.length !== b || multipliers.some((row) => row.length !== t)) {
@@ -193,11 +205,18 @@ export function applyEmphasis(z: Float32Array, shape: readonly [number, number, 
  * weighted and re-normalised over the batch on its own, as A1111 encodes them one at a time.
  * `multipliers` are B rows of k·chunk weights. The caller owns the returned tensor.
  */
-export function applyEmphasisTensor(z: tf.Tensor3D, multipliers: readonly (readonly number[])[], mode: EmphasisMode = "Original", chunk = 77): tf.Tensor3D {
+export function applyEmphasisTensor(
+  z: tf.Tensor3D,
+  multipliers: readonly (readonly number[])[],
+  mode: EmphasisMode = "Original",
+  chunk = 77,
+): tf.Tensor3D {
   const [b, len, c] = z.shape;
   if (len % chunk !== 0) throw new Error(`applyEmphasisTensor: ${len} positions are not whole chunks of ${chunk}`);
   if (multipliers.length !== b || multipliers.some((row) => row.length !== len)) {
-    throw new Error(`applyEmphasisTensor: need ${b} rows of ${len} weights (one per token), got ${multipliers.map((r) => r.length).join(", ")}`);
+    throw new Error(
+      `applyEmphasisTensor: need ${b} rows of ${len} weights (one per token), got ${multipliers.map((r) => r.length).join(", ")}`,
+    );
   }
   if (mode === "Ignore" || mode === "None") return z.clone();
   return tf.tidy(() => {

@@ -187,7 +187,8 @@ export function promptSchedules(prompts: readonly string[], steps: number, opts:
         let v = Number(s);
         if (old) v = v < 1 ? v * total : v;
         else v = s.includes(".") ? (v - fltOffset) * total : v - intOffset;
-        if (!Number.isFinite(v)) throw new Error(`prompt ${JSON.stringify(prompt)}: the step ${s} in a [from:to:step] edit is out of range`);
+        if (!Number.isFinite(v))
+          throw new Error(`prompt ${JSON.stringify(prompt)}: the step ${s} in a [from:to:step] edit is out of range`);
         return Math.min(total, Math.trunc(v));
       });
       cache.set(prompt, hit);

@@ -142,8 +142,10 @@ function encodeBatch(tok: Tokenizer, comma: number | undefined, texts: string | 
   const list = typeof texts === "string" ? [texts] : texts;
   const mode = opts.longPrompts ?? "chunk";
   const backtrack = opts.commaBacktrack ?? 20;
-  if (mode !== "chunk" && mode !== "truncate") throw new Error(`encode: longPrompts must be "chunk" or "truncate", got ${JSON.stringify(mode)}`);
-  if (!Number.isInteger(backtrack) || backtrack < 0) throw new Error(`encode: commaBacktrack must be a non-negative integer, got ${backtrack}`);
+  if (mode !== "chunk" && mode !== "truncate")
+    throw new Error(`encode: longPrompts must be "chunk" or "truncate", got ${JSON.stringify(mode)}`);
+  if (!Number.isInteger(backtrack) || backtrack < 0)
+    throw new Error(`encode: commaBacktrack must be a non-negative integer, got ${backtrack}`);
   const f: FrameIds = { bos: tok.bosId, eos: tok.eosId, pad: tok.padId, comma, maxLength: tok.maxLength };
   const window = tok.maxLength - 2;
   const warnings: string[] = [];
@@ -228,7 +230,8 @@ export class ClipTokenizer implements Tokenizer {
     const where = opts.source ?? "ClipTokenizer";
     this.vocab = new Map(Object.entries(vocab));
     for (const [k, v] of this.vocab) {
-      if (!Number.isInteger(v) || v < 0) throw new Error(`${where}: vocab entry ${JSON.stringify(k)} has id ${JSON.stringify(v)}, expected a non-negative integer`);
+      if (!Number.isInteger(v) || v < 0)
+        throw new Error(`${where}: vocab entry ${JSON.stringify(k)} has id ${JSON.stringify(v)}, expected a non-negative integer`);
     }
     const bos = this.vocab.get("<|startoftext|>");
     const eos = this.vocab.get("<|endoftext|>");
@@ -244,7 +247,8 @@ export class ClipTokenizer implements Tokenizer {
     this.ranks = new Map();
     merges.forEach((line, i) => {
       const parts = line.split(" ");
-      if (parts.length !== 2 || !parts[0] || !parts[1]) throw new Error(`${where}: merge rule ${i + 1} ${JSON.stringify(line)} is not two symbols separated by one space`);
+      if (parts.length !== 2 || !parts[0] || !parts[1])
+        throw new Error(`${where}: merge rule ${i + 1} ${JSON.stringify(line)} is not two symbols separated by one space`);
       if (!this.ranks.has(line)) this.ranks.set(line, i);
     });
   }
@@ -277,7 +281,8 @@ export class ClipTokenizer implements Tokenizer {
       if ((err as Error).message.includes("cannot read")) throw err;
       throw new Error(`${vocabPath}: not valid JSON (${(err as Error).message})`);
     }
-    if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab)) throw new Error(`${vocabPath}: expected a JSON object mapping tokens to ids`);
+    if (typeof vocab !== "object" || vocab === null || Array.isArray(vocab))
+      throw new Error(`${vocabPath}: expected a JSON object mapping tokens to ids`);
     const lines = read(merges)
       .split(/\r?\n/)
       .filter((l, i) => l.length > 0 && !(i === 0 && l.startsWith("#version")));
@@ -369,7 +374,8 @@ export class SimpleTokenizer implements Tokenizer {
     if (this.maxLength < 3) throw new Error("SimpleTokenizer: maxLength must be at least 3");
     this.words = [...words];
     words.forEach((w, i) => {
-      if (w !== cleanText(w) || /\s/.test(w) || w.length === 0) throw new Error(`SimpleTokenizer: word ${i} ${JSON.stringify(w)} must be a non-empty lower-case token without spaces`);
+      if (w !== cleanText(w) || /\s/.test(w) || w.length === 0)
+        throw new Error(`SimpleTokenizer: word ${i} ${JSON.stringify(w)} must be a non-empty lower-case token without spaces`);
       if (this.index.has(w)) throw new Error(`SimpleTokenizer: word ${JSON.stringify(w)} appears twice`);
       this.index.set(w, SIMPLE_SPECIAL_TOKENS.length + i);
     });
@@ -396,6 +402,8 @@ export class SimpleTokenizer implements Tokenizer {
 
   /** Ids back to words (special tokens by name), for display. */
   decode(ids: number[]): string[] {
-    return ids.map((id) => (id < SIMPLE_SPECIAL_TOKENS.length ? SIMPLE_SPECIAL_TOKENS[id]! : (this.words[id - SIMPLE_SPECIAL_TOKENS.length] ?? "<unk>")));
+    return ids.map((id) =>
+      id < SIMPLE_SPECIAL_TOKENS.length ? SIMPLE_SPECIAL_TOKENS[id]! : (this.words[id - SIMPLE_SPECIAL_TOKENS.length] ?? "<unk>"),
+    );
   }
 }

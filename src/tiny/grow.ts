@@ -40,8 +40,12 @@ export function addAttentionLevel(srcDir: string, dstDir: string, level: number,
   const cfg = readTinyConfig(srcDir);
   const levels = cfg.unet.attention_resolutions;
   const possible = cfg.unet.channel_mult.map((_, i) => 2 ** i);
-  if (!possible.includes(level)) throw new Error(`addAttentionLevel: level ${level} is not a UNet level of ${srcDir} (its levels are ${possible.join(", ")})`);
-  if (levels.includes(level)) throw new Error(`addAttentionLevel: ${srcDir} already has attention at level ${level} (attention_resolutions ${JSON.stringify(levels)})`);
+  if (!possible.includes(level))
+    throw new Error(`addAttentionLevel: level ${level} is not a UNet level of ${srcDir} (its levels are ${possible.join(", ")})`);
+  if (levels.includes(level))
+    throw new Error(
+      `addAttentionLevel: ${srcDir} already has attention at level ${level} (attention_resolutions ${JSON.stringify(levels)})`,
+    );
   const attentionResolutions = [...levels, level].sort((a, b) => a - b);
   const grown = { ...cfg, unet: { ...cfg.unet, attention_resolutions: attentionResolutions } };
 

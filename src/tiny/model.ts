@@ -82,7 +82,11 @@ export function defaultTinyConfig(): TinyModelConfig {
     version: 1,
     name: "tiny-shapes",
     imageSize: TINY_SIZE,
-    unet: { ...TINY_MODEL_UNET, channel_mult: [...TINY_MODEL_UNET.channel_mult], attention_resolutions: [...TINY_MODEL_UNET.attention_resolutions] },
+    unet: {
+      ...TINY_MODEL_UNET,
+      channel_mult: [...TINY_MODEL_UNET.channel_mult],
+      attention_resolutions: [...TINY_MODEL_UNET.attention_resolutions],
+    },
     text: tinyTextConfig(4 + vocabulary.length),
     vocabulary,
   };
@@ -102,14 +106,22 @@ export function buildTinyModel(config: TinyModelConfig, opts: ModuleOptions = {}
   const textEncoder = new ClipTextModel(config.text, opts);
   const tokenizer = new SimpleTokenizer(config.vocabulary, { maxLength: config.text.maxPositions });
   if (tokenizer.vocabSize !== config.text.vocabSize) {
-    throw new Error(`tiny model config: the vocabulary has ${tokenizer.vocabSize} tokens (with 4 specials) but the text encoder expects ${config.text.vocabSize}`);
+    throw new Error(
+      `tiny model config: the vocabulary has ${tokenizer.vocabSize} tokens (with 4 specials) but the text encoder expects ${config.text.vocabSize}`,
+    );
   }
   return { config, unet, textEncoder, tokenizer };
 }
 
 /** Wrap tiny-model parts as the `BaseModel` every other part of the project uses. */
 export function tinyBaseModel(parts: TinyModelParts): BaseModel {
-  return new BaseModel({ name: parts.config.name, unet: parts.unet, textEncoder: parts.textEncoder, tokenizer: parts.tokenizer, imageSize: parts.config.imageSize });
+  return new BaseModel({
+    name: parts.config.name,
+    unet: parts.unet,
+    textEncoder: parts.textEncoder,
+    tokenizer: parts.tokenizer,
+    imageSize: parts.config.imageSize,
+  });
 }
 
 /** Where the shipped weights live: `<package root>/models/tiny`. */
@@ -120,7 +132,10 @@ export const TINY_WEIGHTS_FILE = "model.safetensors";
 /** Read and check `config.json` of a tiny model folder. */
 export function readTinyConfig(dir: string = TINY_MODEL_DIR): TinyModelConfig {
   const file = path.join(dir, TINY_CONFIG_FILE);
-  if (!fs.existsSync(file)) throw new Error(`${file}: not found; the tiny model folder needs ${TINY_CONFIG_FILE} and ${TINY_WEIGHTS_FILE} (train one with \`npm run train-base\`)`);
+  if (!fs.existsSync(file))
+    throw new Error(
+      `${file}: not found; the tiny model folder needs ${TINY_CONFIG_FILE} and ${TINY_WEIGHTS_FILE} (train one with \`npm run train-base\`)`,
+    );
   let json: unknown;
   try {
     json = JSON.parse(fs.readFileSync(file, "utf8"));
@@ -128,8 +143,10 @@ export function readTinyConfig(dir: string = TINY_MODEL_DIR): TinyModelConfig {
     throw new Error(`${file}: not valid JSON (${(e as Error).message})`);
   }
   const c = json as Partial<TinyModelConfig>;
-  if (c.format !== "hypernet-lab/tiny-base-model" || c.version !== 1) throw new Error(`${file}: not a tiny-model config (expected format "hypernet-lab/tiny-base-model", version 1)`);
-  if (!c.unet || !c.text || !Array.isArray(c.vocabulary) || typeof c.imageSize !== "number") throw new Error(`${file}: missing unet, text, vocabulary or imageSize`);
+  if (c.format !== "hypernet-lab/tiny-base-model" || c.version !== 1)
+    throw new Error(`${file}: not a tiny-model config (expected format "hypernet-lab/tiny-base-model", version 1)`);
+  if (!c.unet || !c.text || !Array.isArray(c.vocabulary) || typeof c.imageSize !== "number")
+    throw new Error(`${file}: missing unet, text, vocabulary or imageSize`);
   return c as TinyModelConfig;
 }
 
@@ -157,7 +174,10 @@ export function loadTinyWeights(parts: Pick<TinyModelParts, "unet" | "textEncode
 /** All weights of the tiny model as host tensors keyed `unet.…` / `text.…`, stored as `dtype`. */
 export function tinyStateDict(parts: Pick<TinyModelParts, "unet" | "textEncoder">, dtype: "F16" | "F32" = "F32"): Map<string, HostTensor> {
   const out = new Map<string, HostTensor>();
-  for (const [prefix, m] of [["unet.", parts.unet], ["text.", parts.textEncoder]] as Array<[string, Module]>) {
+  for (const [prefix, m] of [
+    ["unet.", parts.unet],
+    ["text.", parts.textEncoder],
+  ] as Array<[string, Module]>) {
     for (const [k, t] of stateDict(m, prefix)) out.set(k, { ...t, dtype });
   }
   return out;
@@ -175,7 +195,12 @@ export function saveTinyModel(parts: TinyModelParts, dir: string, opts: { overwr
  * `saveTinyModel` for weights already read to the host (keys `unet.…` / `text.…`, PyTorch layout),
  * e.g. read with `await` on a backend that cannot read synchronously (WebGPU in Node). Written fp16.
  */
-export function writeTinyModel(dir: string, config: TinyModelConfig, weights: Map<string, HostTensor>, opts: { overwrite?: boolean } = {}): void {
+export function writeTinyModel(
+  dir: string,
+  config: TinyModelConfig,
+  weights: Map<string, HostTensor>,
+  opts: { overwrite?: boolean } = {},
+): void {
   fs.mkdirSync(dir, { recursive: true });
   const cfgFile = path.join(dir, TINY_CONFIG_FILE);
   if (fs.existsSync(cfgFile) && !opts.overwrite) throw new Error(`${cfgFile} exists; pass overwrite: true to replace it`);
@@ -193,7 +218,8 @@ export function writeTinyModel(dir: string, config: TinyModelConfig, weights: Ma
 export function loadTinyModel(dir: string = TINY_MODEL_DIR): BaseModel {
   const config = readTinyConfig(dir);
   const weights = path.join(dir, TINY_WEIGHTS_FILE);
-  if (!fs.existsSync(weights)) throw new Error(`${weights}: not found; the tiny model folder needs ${TINY_WEIGHTS_FILE} (train one with \`npm run train-base\`)`);
+  if (!fs.existsSync(weights))
+    throw new Error(`${weights}: not found; the tiny model folder needs ${TINY_WEIGHTS_FILE} (train one with \`npm run train-base\`)`);
   const parts = buildTinyModel(config, { init: zerosInit });
   try {
     loadTinyWeights(parts, weights);

@@ -26,7 +26,8 @@ export interface TinySampleOptions {
  * Returns RGB bytes `[size, size, 3]` per prompt. Leaves no tensors behind.
  */
 export async function sampleTiny(base: BaseModel, prompts: string[], opts: TinySampleOptions): Promise<Uint8Array[]> {
-  if (base.space !== "pixel") throw new Error(`sampleTiny: ${base.name} works in latent space; this helper is for pixel-space models like the tiny one`);
+  if (base.space !== "pixel")
+    throw new Error(`sampleTiny: ${base.name} works in latent space; this helper is for pixel-space models like the tiny one`);
   if (prompts.length === 0) return [];
   const { pixels } = await sampleImages(base, {
     prompts,

@@ -67,14 +67,16 @@ export class AdamW {
    * PyTorch's AdamW skips a parameter whose `.grad` is None (e.g. a module the model never calls).
    */
   step(grads: ReadonlyArray<tf.Tensor | null>, lr = this.lr): void {
-    if (grads.length !== this.params.length) throw new Error(`AdamW.step: got ${grads.length} gradients for ${this.params.length} parameters`);
+    if (grads.length !== this.params.length)
+      throw new Error(`AdamW.step: got ${grads.length} gradients for ${this.params.length} parameters`);
     this.lr = lr;
     const [b1, b2] = this.betas;
     for (let i = 0; i < this.params.length; i++) {
       const p = this.params[i]!.value;
       const g = grads[i];
       if (g === null || g === undefined) continue;
-      if (!tf.util.arraysEqual(g.shape, p.shape)) throw new Error(`AdamW.step: gradient ${i} has shape [${g.shape}] but its parameter is [${p.shape}]`);
+      if (!tf.util.arraysEqual(g.shape, p.shape))
+        throw new Error(`AdamW.step: gradient ${i} has shape [${g.shape}] but its parameter is [${p.shape}]`);
       const k = ++this.steps[i]!;
       const bc1 = 1 - b1 ** k;
       const bc2Sqrt = Math.sqrt(1 - b2 ** k);
@@ -125,7 +127,10 @@ export class AdamW {
    * one entry per parameter with moments of the parameter's PyTorch shape.
    */
   checkState(state: OptimizerState): string | undefined {
-    return optimizerStateProblem(state, this.params.map((p) => p.torchShape));
+    return optimizerStateProblem(
+      state,
+      this.params.map((p) => p.torchShape),
+    );
   }
 
   /**

@@ -28,7 +28,12 @@ export interface LossBatch {
  * The loss of one micro-batch (see the module comment). Returns a scalar the caller owns;
  * differentiable through whatever attention processors (hypernetworks) the UNet has.
  */
-export function diffusionLoss(unet: UNetModel, batch: LossBatch, prediction: Prediction = "epsilon", schedule: NoiseSchedule = sd15Schedule()): tf.Scalar {
+export function diffusionLoss(
+  unet: UNetModel,
+  batch: LossBatch,
+  prediction: Prediction = "epsilon",
+  schedule: NoiseSchedule = sd15Schedule(),
+): tf.Scalar {
   return tf.tidy(() => {
     const xt = qSample(batch.x0, batch.noise, batch.t, schedule) as tf.Tensor4D;
     const out = unet.forward(xt, batch.t, batch.cond);

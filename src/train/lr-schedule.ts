@@ -73,15 +73,18 @@ function pyFloat(s: string): number | undefined {
  */
 export function parseSchedule(schedule: string, maxSteps: number, startStep = 0, what = "learning rate"): ParsedSchedule {
   if (typeof schedule !== "string") throw new ScheduleError(what, String(schedule), "it must be a string");
-  if (!Number.isSafeInteger(maxSteps) || maxSteps < 1) throw new Error(`${what} schedule: Max steps must be a positive integer, got ${maxSteps}`);
+  if (!Number.isSafeInteger(maxSteps) || maxSteps < 1)
+    throw new Error(`${what} schedule: Max steps must be a positive integer, got ${maxSteps}`);
   const entries: ScheduleEntry[] = [];
   const warnings: string[] = [];
   const parts = schedule.split(",");
   let stoppedAt = -1;
   const rateOf = (text: string, entry: string): number => {
     const r = pyFloat(text);
-    if (r === undefined) throw new ScheduleError(what, schedule, `${JSON.stringify(text.trim())} in entry ${JSON.stringify(entry.trim())} is not a number`);
-    if (!Number.isFinite(r) || r < 0) throw new ScheduleError(what, schedule, `the rate ${JSON.stringify(text.trim())} must be a finite number ≥ 0`);
+    if (r === undefined)
+      throw new ScheduleError(what, schedule, `${JSON.stringify(text.trim())} in entry ${JSON.stringify(entry.trim())} is not a number`);
+    if (!Number.isFinite(r) || r < 0)
+      throw new ScheduleError(what, schedule, `the rate ${JSON.stringify(text.trim())} must be a finite number ≥ 0`);
     return r;
   };
   for (let i = 0; i < parts.length; i++) {
@@ -90,7 +93,12 @@ export function parseSchedule(schedule: string, maxSteps: number, startStep = 0,
     const bits = entry.split(":");
     if (bits.length === 2) {
       const step = pyInt(bits[1]!);
-      if (step === undefined) throw new ScheduleError(what, schedule, `the step ${JSON.stringify(bits[1]!.trim())} in entry ${JSON.stringify(entry.trim())} is not a whole number (write 1000, not 1e3 or 1000.0)`);
+      if (step === undefined)
+        throw new ScheduleError(
+          what,
+          schedule,
+          `the step ${JSON.stringify(bits[1]!.trim())} in entry ${JSON.stringify(entry.trim())} is not a whole number (write 1000, not 1e3 or 1000.0)`,
+        );
       const rate = rateOf(bits[0]!, entry);
       if (step > startStep) {
         entries.push({ rate, end: Math.min(step, maxSteps) });
@@ -112,17 +120,25 @@ export function parseSchedule(schedule: string, maxSteps: number, startStep = 0,
   }
   if (stoppedAt >= 0) {
     const rest = parts.slice(stoppedAt + 1).filter((p) => p.trim());
-    if (rest.length) warnings.push(`${what} schedule: entries after ${JSON.stringify(parts[stoppedAt]!.trim())} are ignored (${rest.map((r) => r.trim()).join(", ")}): that entry already runs to step ${maxSteps}`);
+    if (rest.length)
+      warnings.push(
+        `${what} schedule: entries after ${JSON.stringify(parts[stoppedAt]!.trim())} are ignored (${rest.map((r) => r.trim()).join(", ")}): that entry already runs to step ${maxSteps}`,
+      );
   }
   if (entries.length === 0) {
     throw new ScheduleError(
       what,
       schedule,
-      startStep > 0 ? `every entry ends at or before step ${startStep}, where this network already is; add an entry that ends later (or -1 for "to the end")` : "it has no entries",
+      startStep > 0
+        ? `every entry ends at or before step ${startStep}, where this network already is; add an entry that ends later (or -1 for "to the end")`
+        : "it has no entries",
     );
   }
   const end = entries[entries.length - 1]!.end;
-  if (end < maxSteps) warnings.push(`${what} schedule ends at step ${end}, before Max steps ${maxSteps}; training will stop at step ${end} (end the last entry with :-1 to train to Max steps)`);
+  if (end < maxSteps)
+    warnings.push(
+      `${what} schedule ends at step ${end}, before Max steps ${maxSteps}; training will stop at step ${end} (end the last entry with :-1 to train to Max steps)`,
+    );
   return { entries, end, warnings };
 }
 

@@ -55,7 +55,8 @@ export function optimizerStateProblem(state: OptimizerState, shapes?: ReadonlyAr
       ["exp_avg_sq", p.expAvgSq],
     ] as const) {
       if (!isFloatDType(t.dtype)) return `${what} of parameter ${i} has dtype ${t.dtype}, not a float type`;
-      if (t.data.length !== numel(t.shape)) return `${what} of parameter ${i} has ${t.data.length} values for shape [${t.shape.join(", ")}]`;
+      if (t.data.length !== numel(t.shape))
+        return `${what} of parameter ${i} has ${t.data.length} values for shape [${t.shape.join(", ")}]`;
       const want = shapes?.[i];
       if (want && (t.shape.length !== want.length || t.shape.some((d, k) => d !== want[k]))) {
         return `${what} of parameter ${i} is [${t.shape.join(", ")}] but the parameter is [${want.join(", ")}]`;

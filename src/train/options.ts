@@ -149,7 +149,6 @@ export interface PreviewOptions {
   save?: boolean;
 }
 
-
 /** Everything a run uses, checked and with the defaults filled in. */
 export interface RunConfig {
   /** The network's name as stored; `shownName` with control characters escaped, for messages. */
@@ -231,19 +230,31 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
   const prediction = opts.prediction ?? "epsilon";
   const clipMode = opts.gradientClipping ?? "disabled";
   const timesteps = checkTimesteps(opts.timesteps, sd15Schedule().numTimesteps);
-  if (!["disabled", "value", "norm"].includes(clipMode)) throw new Error(`train: gradientClipping must be "disabled", "value" or "norm", got ${JSON.stringify(clipMode)}`);
+  if (!["disabled", "value", "norm"].includes(clipMode))
+    throw new Error(`train: gradientClipping must be "disabled", "value" or "norm", got ${JSON.stringify(clipMode)}`);
   const logDir = opts.logDir ?? insideFolder("textual_inversion", path.join("textual_inversion", today(), stem), "the run folder");
-  if (safe.changed) warn(`the network's name "${shownName}" is not a plain file name (${safe.problems.join("; ")}); its files are named "${stem}-<step>.pt" instead`);
+  if (safe.changed)
+    warn(
+      `the network's name "${shownName}" is not a plain file name (${safe.problems.join("; ")}); its files are named "${stem}-<step>.pt" instead`,
+    );
 
   // Frozen base model: only the hypernetwork may be trained.
-  const frozenLeak = [...base.unet.trainableVariables(), ...base.textEncoder.trainableVariables(), ...(base.vae?.trainableVariables() ?? [])];
-  if (frozenLeak.length) throw new Error(`train: the base model has ${frozenLeak.length} trainable variables (e.g. ${frozenLeak[0]!.name}); build it with trainable: false (the default) so only the hypernetwork is trained`);
+  const frozenLeak = [
+    ...base.unet.trainableVariables(),
+    ...base.textEncoder.trainableVariables(),
+    ...(base.vae?.trainableVariables() ?? []),
+  ];
+  if (frozenLeak.length)
+    throw new Error(
+      `train: the base model has ${frozenLeak.length} trainable variables (e.g. ${frozenLeak[0]!.name}); build it with trainable: false (the default) so only the hypernetwork is trained`,
+    );
   const named = net.namedParameters();
   const params = named.map(([, p]) => p);
   const modelDims = new Set(base.contextDims);
   // Parameter names start with their module's width ("768.0.linear.0.weight").
   const trained = named.map(([n]) => modelDims.has(Number(n.slice(0, n.indexOf(".")))));
-  if (params.some((p) => !p.value.trainable)) throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
+  if (params.some((p) => !p.value.trainable))
+    throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
 
   return {
     name,

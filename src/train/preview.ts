@@ -22,7 +22,13 @@ export interface PreviewImages {
  * attached network in inference mode. `prompt` is used when the options name none (the trainer
  * passes the first prompt of the step's batch); `size` is the default image size.
  */
-export async function previewImages(base: BaseModel, attachment: Attachment, opts: PreviewOptions, prompt: string, size: { width: number; height: number }): Promise<PreviewImages> {
+export async function previewImages(
+  base: BaseModel,
+  attachment: Attachment,
+  opts: PreviewOptions,
+  prompt: string,
+  size: { width: number; height: number },
+): Promise<PreviewImages> {
   const prompts = [opts.prompt ?? prompt];
   const width = opts.width ?? size.width;
   const height = opts.height ?? size.height;

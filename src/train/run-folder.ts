@@ -102,8 +102,10 @@ export function readCheckpointState(ptFile: string): CheckpointState | undefined
   const o = (typeof s === "object" && s !== null && !Array.isArray(s) ? s : {}) as Record<string, unknown>;
   if (o.format !== "hypernet-lab/train-state") throw fail(`not a training state file (format ${JSON.stringify(o.format) ?? "missing"})`);
   const wholeNumber = (k: string): boolean => Number.isSafeInteger(o[k]) && (o[k] as number) >= 0;
-  for (const k of ["step", "seed", "stepsInAverage"]) if (!wholeNumber(k)) throw fail(`"${k}" is ${JSON.stringify(o[k]) ?? "missing"}, not a whole number ≥ 0`);
-  if (o.lossAverage !== null && !Number.isFinite(o.lossAverage)) throw fail(`"lossAverage" is ${JSON.stringify(o.lossAverage) ?? "missing"}, not a number or null`);
+  for (const k of ["step", "seed", "stepsInAverage"])
+    if (!wholeNumber(k)) throw fail(`"${k}" is ${JSON.stringify(o[k]) ?? "missing"}, not a whole number ≥ 0`);
+  if (o.lossAverage !== null && !Number.isFinite(o.lossAverage))
+    throw fail(`"lossAverage" is ${JSON.stringify(o.lossAverage) ?? "missing"}, not a number or null`);
   return o as unknown as CheckpointState;
 }
 
@@ -113,7 +115,11 @@ export function assignWeights(net: Hypernetwork, hf: HypernetworkFile, where: st
     const mods = net.pair(dim);
     if (!mods) throw new Error(`${where}: has dim ${dim}, which the network does not`);
     pair.forEach((sd, j) => {
-      loadStateDict(mods[j]!, { keys: () => sd.keys(), get: (k) => sd.get(k)!, shapeOf: (k) => sd.get(k)?.shape }, { where: `${where}: dim ${dim} ${j === 0 ? "k" : "v"}` });
+      loadStateDict(
+        mods[j]!,
+        { keys: () => sd.keys(), get: (k) => sd.get(k)!, shapeOf: (k) => sd.get(k)?.shape },
+        { where: `${where}: dim ${dim} ${j === 0 ? "k" : "v"}` },
+      );
     });
   }
 }
@@ -137,7 +143,10 @@ export interface RunSettings {
 }
 
 /** The fields of a checkpoint's state file that the loop knows (the rest come from the run config). */
-export type CheckpointProgress = Pick<CheckpointState, "step" | "lrEntry" | "lr" | "batchSize" | "gradientAccumulation" | "stepsPerEpoch" | "datasetSize" | "lossAverage" | "stepsInAverage">;
+export type CheckpointProgress = Pick<
+  CheckpointState,
+  "step" | "lrEntry" | "lr" | "batchSize" | "gradientAccumulation" | "stepsPerEpoch" | "datasetSize" | "lossAverage" | "stepsInAverage"
+>;
 
 /** A run folder opened for writing; see the module comment. */
 export class RunFolder {
@@ -160,7 +169,10 @@ export class RunFolder {
     const csv = folder.csvFile;
     if (cfg.csvEvery > 0) {
       if (fs.existsSync(csv)) {
-        const lines = fs.readFileSync(csv, "utf8").split("\n").filter((l) => l.trim());
+        const lines = fs
+          .readFileSync(csv, "utf8")
+          .split("\n")
+          .filter((l) => l.trim());
         const keep = lines.filter((l, i) => i === 0 || Number(l.split(",")[0]) <= cfg.startStep);
         if (keep.length !== lines.length) writeFileAtomic(csv, [Buffer.from(keep.join("\n") + "\n")], { overwrite: true });
       } else {
@@ -192,12 +204,15 @@ export class RunFolder {
       gradient_accumulation_used: s.gradientAccumulation,
       steps_per_epoch: s.stepsPerEpoch,
     };
-    writeFileAtomic(path.join(this.cfg.logDir, `settings-${stamp()}.json`), [Buffer.from(JSON.stringify(settings, null, 2))], { overwrite: true });
+    writeFileAtomic(path.join(this.cfg.logDir, `settings-${stamp()}.json`), [Buffer.from(JSON.stringify(settings, null, 2))], {
+      overwrite: true,
+    });
   }
 
   /** Append one CSV row (A1111's columns) when this step is a multiple of `csvEvery`. */
   appendLoss(step: number, epoch: number, epochStep: number, loss: number, lr: number): void {
-    if (this.cfg.csvEvery > 0 && step % this.cfg.csvEvery === 0) fs.appendFileSync(this.csvFile, `${step},${epoch},${epochStep},${loss.toFixed(7)},${lr}\n`);
+    if (this.cfg.csvEvery > 0 && step % this.cfg.csvEvery === 0)
+      fs.appendFileSync(this.csvFile, `${step},${epoch},${epochStep},${loss.toFixed(7)},${lr}\n`);
   }
 
   /**
@@ -206,7 +221,12 @@ export class RunFolder {
    * stop may roll back to. A file at this step from an abandoned run (killed after it) is stale and
    * replaced.
    */
-  async saveCheckpoint(net: Hypernetwork, base: BaseModel, optimizer: AdamW, progress: CheckpointProgress): Promise<{ file: string; optimFile?: string }> {
+  async saveCheckpoint(
+    net: Hypernetwork,
+    base: BaseModel,
+    optimizer: AdamW,
+    progress: CheckpointProgress,
+  ): Promise<{ file: string; optimFile?: string }> {
     const { cfg } = this;
     const file = checkpointPath(cfg.logDir, cfg.name, progress.step);
     net.info.sdCheckpoint = base.checkpointHash;

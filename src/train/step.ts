@@ -65,7 +65,10 @@ export interface GradientContext {
  * prompt of the step. Each micro-batch's dropout masks come from its own derived seed. The caller
  * owns (and disposes) the returned gradients.
  */
-export async function accumulateGradients(ctx: GradientContext, step: number): Promise<{ grads: tf.Tensor[]; loss: number; prompt: string }> {
+export async function accumulateGradients(
+  ctx: GradientContext,
+  step: number,
+): Promise<{ grads: tf.Tensor[]; loss: number; prompt: string }> {
   const batches = ctx.feed.batchesOfStep(step);
   let grads: tf.Tensor[] | undefined;
   let loss = 0;
@@ -109,7 +112,14 @@ export class RunningLoss {
  * Why step `step + 1` must not be applied, or undefined when it may: a non-finite loss or gradient
  * norm, or (after `warmup` steps, with `factor` > 0) a loss above `factor` × the running average.
  */
-export function unsafeStep(loss: number, gradNorm: number, step: number, average: RunningLoss, factor: number, warmup: number): string | undefined {
+export function unsafeStep(
+  loss: number,
+  gradNorm: number,
+  step: number,
+  average: RunningLoss,
+  factor: number,
+  warmup: number,
+): string | undefined {
   if (!Number.isFinite(loss)) return `the loss became ${loss} at step ${step + 1}`;
   if (!Number.isFinite(gradNorm)) return `the gradient became non-finite at step ${step + 1} (loss ${loss.toFixed(6)})`;
   const avg = average.value;
@@ -125,13 +135,23 @@ export function unsafeStep(loss: number, gradNorm: number, step: number, average
  * at all). `clip` is the mode and this step's value (absent: no clipping); `gradNorm` is ‖g‖₂,
  * already known. Disposes `grads`.
  */
-export function applyUpdate(optimizer: AdamW, grads: tf.Tensor[], trained: readonly boolean[], lr: number, clip: { mode: Exclude<ClipMode, "disabled">; value: number } | undefined, gradNorm: number): void {
+export function applyUpdate(
+  optimizer: AdamW,
+  grads: tf.Tensor[],
+  trained: readonly boolean[],
+  lr: number,
+  clip: { mode: Exclude<ClipMode, "disabled">; value: number } | undefined,
+  gradNorm: number,
+): void {
   let g = grads;
   if (clip) {
     g = clipGradients(grads, clip.mode, clip.value, gradNorm);
     for (const t of grads) t.dispose();
   }
   let k = 0;
-  optimizer.step(trained.map((t) => (t ? g[k++]! : null)), lr);
+  optimizer.step(
+    trained.map((t) => (t ? g[k++]! : null)),
+    lr,
+  );
   for (const t of g) t.dispose();
 }

@@ -51,7 +51,7 @@ import { type CheckpointState, RunFolder, readCheckpointState, rollBack } from "
 import { RunningLoss, accumulateGradients, applyUpdate, gradientNorm, unsafeStep, weightsFinite } from "./step";
 
 export * from "./events";
-export { type ClipMode, type PreviewOptions, type TrainOptions } from "./options";
+export type { ClipMode, PreviewOptions, TrainOptions } from "./options";
 export { type LossBatch, type Prediction, diffusionLoss, stackConds } from "./loss";
 export { deriveSeed } from "./seeds";
 export { clipGradients } from "./step";
@@ -76,7 +76,11 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainOptions): T
 }
 
 /** Load the network from a checkpoint and continue training it (`train` with `resumeFrom`). */
-export function resumeTraining(base: BaseModel, checkpoint: string, opts: Omit<TrainOptions, "resumeFrom">): TrainingRun & { network: Hypernetwork } {
+export function resumeTraining(
+  base: BaseModel,
+  checkpoint: string,
+  opts: Omit<TrainOptions, "resumeFrom">,
+): TrainingRun & { network: Hypernetwork } {
   const network = toNetwork(readHypernetworkFile(checkpoint), { trainable: true, where: checkpoint });
   return { ...train(base, network, { ...opts, resumeFrom: checkpoint }), network };
 }
@@ -168,7 +172,17 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
   const feed = await TrainingFeed.open(base, cfg, opts, out);
   const folder = RunFolder.open(cfg, out.log);
   const { batchSize, accumulation: gradientAccumulation, stepsPerEpoch } = feed;
-  if (opts.saveSettings ?? true) folder.writeSettings({ base, net, dataset: feed.dataset, opts, startStep: cfg.startStep, batchSize, gradientAccumulation, stepsPerEpoch });
+  if (opts.saveSettings ?? true)
+    folder.writeSettings({
+      base,
+      net,
+      dataset: feed.dataset,
+      opts,
+      startStep: cfg.startStep,
+      batchSize,
+      gradientAccumulation,
+      stepsPerEpoch,
+    });
   const start = await fromNetworkAsync(net);
   // Modules for widths the model never uses are warned about (once) and left out of training.
   const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: 1 }], { onWarning: out.warn });
@@ -178,7 +192,8 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
   if (optim) {
     // The file passed its own checks; these add the network's parameter count and shapes.
     const problem = optimizer.checkState(optim.state);
-    if (problem) out.warn(`${optim.file}: not usable AdamW state: ${printable(problem)}; AdamW starts fresh, which can make a resumed run jump`);
+    if (problem)
+      out.warn(`${optim.file}: not usable AdamW state: ${printable(problem)}; AdamW starts fresh, which can make a resumed run jump`);
     else {
       try {
         optimizer.importState(optim.state, optim.file);
@@ -191,7 +206,25 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
     }
   }
   const average = new RunningLoss(resumed.state?.lossAverage ?? null, resumed.state?.stepsInAverage ?? 0);
-  return { base, net, opts, cfg, out, lr, clip, feed, folder, attachment, optimizer, noise: sd15Schedule(), start, step: cfg.startStep, losses: [], average, lastCheckpoint: opts.resumeFrom };
+  return {
+    base,
+    net,
+    opts,
+    cfg,
+    out,
+    lr,
+    clip,
+    feed,
+    folder,
+    attachment,
+    optimizer,
+    noise: sd15Schedule(),
+    start,
+    step: cfg.startStep,
+    losses: [],
+    average,
+    lastCheckpoint: opts.resumeFrom,
+  };
 }
 
 /**
@@ -199,12 +232,20 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
  * back the loss average (and the seed it was trained with); its `.optim` AdamW's moments. A side
  * file that cannot be used is warned about and training goes on without it.
  */
-function readResumeFiles(cfg: RunConfig, resumeFrom: string | undefined, warn: (m: string) => void): { state?: CheckpointState; optim?: { state: OptimizerState; file: string } } {
+function readResumeFiles(
+  cfg: RunConfig,
+  resumeFrom: string | undefined,
+  warn: (m: string) => void,
+): { state?: CheckpointState; optim?: { state: OptimizerState; file: string } } {
   if (!resumeFrom) return {};
   const hf = readHypernetworkFile(resumeFrom);
-  if (hf.info.step !== cfg.startStep) throw new Error(`train: resumeFrom ${resumeFrom} is at step ${hf.info.step} but the network passed in is at step ${cfg.startStep}; load the network from that file (resumeTraining does this)`);
+  if (hf.info.step !== cfg.startStep)
+    throw new Error(
+      `train: resumeFrom ${resumeFrom} is at step ${hf.info.step} but the network passed in is at step ${cfg.startStep}; load the network from that file (resumeTraining does this)`,
+    );
   const state = readCheckpointState(resumeFrom);
-  if (state && state.seed !== cfg.seed) warn(`${resumeFrom} was trained with seed ${state.seed}, this run uses ${cfg.seed}: the loss curve will not continue the original one`);
+  if (state && state.seed !== cfg.seed)
+    warn(`${resumeFrom} was trained with seed ${state.seed}, this run uses ${cfg.seed}: the loss curve will not continue the original one`);
   let optim: ReturnType<typeof readOptimizerFile>;
   try {
     optim = readOptimizerFile(resumeFrom, { shapes: cfg.params.map((p) => p.torchShape) });
@@ -220,7 +261,15 @@ function readResumeFiles(cfg: RunConfig, resumeFrom: string | undefined, warn: (
 async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd> {
   const { cfg, opts, out, feed } = run;
   const vars = cfg.params.filter((_, i) => cfg.trained[i]).map((p) => p.value);
-  const grad = { unet: run.base.unet, attachment: run.attachment, feed, vars, prediction: cfg.prediction, schedule: run.noise, seed: cfg.seed };
+  const grad = {
+    unet: run.base.unet,
+    attachment: run.attachment,
+    feed,
+    vars,
+    prediction: cfg.prediction,
+    schedule: run.noise,
+    seed: cfg.seed,
+  };
   const clock = new StepClock();
   let lrIndex = -1;
   try {
@@ -268,12 +317,29 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
       run.folder.appendLoss(run.step, epoch, epochStep, loss, lr);
       const timing = clock.tick(endStep - run.step);
       const lossAverage = run.average.value!;
-      opts.onStep?.({ step: run.step, maxSteps: cfg.maxSteps, endStep, loss, lossAverage, lr, epoch, epochStep, stepsPerEpoch: feed.stepsPerEpoch, gradNorm, ...timing, prompt });
+      opts.onStep?.({
+        step: run.step,
+        maxSteps: cfg.maxSteps,
+        endStep,
+        loss,
+        lossAverage,
+        lr,
+        epoch,
+        epochStep,
+        stepsPerEpoch: feed.stepsPerEpoch,
+        gradNorm,
+        ...timing,
+        prompt,
+      });
 
       // A checkpoint every `saveEvery` steps. A finite loss can still come with an update that made
       // the weights non-finite; such weights are never saved (nor rolled back to, nor recommended).
       if (cfg.saveEvery > 0 && run.step % cfg.saveEvery === 0) {
-        if (!(await weightsFinite(cfg.params))) return { reason: "unsafe", unsafe: `the weights became non-finite in the update of step ${run.step} (its loss was ${loss.toPrecision(4)})` };
+        if (!(await weightsFinite(cfg.params)))
+          return {
+            reason: "unsafe",
+            unsafe: `the weights became non-finite in the update of step ${run.step} (its loss was ${loss.toPrecision(4)})`,
+          };
         await saveCheckpoint(run, false);
       }
       // A preview every `previewEvery` steps, of the first prompt of this step's batch by default.
@@ -339,7 +405,17 @@ async function finishRun(run: Run, end: LoopEnd): Promise<TrainResult> {
     unsafe = `the weights became non-finite by step ${run.step}`;
     reason = "unsafe";
   }
-  const result = (message: string, extra: Partial<TrainResult>): TrainResult => ({ reason, message, startStep: cfg.startStep, step: net.info.step, losses: run.losses, logDir: cfg.logDir, warnings: out.warnings, lastCheckpoint: run.lastCheckpoint, ...extra });
+  const result = (message: string, extra: Partial<TrainResult>): TrainResult => ({
+    reason,
+    message,
+    startStep: cfg.startStep,
+    step: net.info.step,
+    losses: run.losses,
+    logDir: cfg.logDir,
+    warnings: out.warnings,
+    lastCheckpoint: run.lastCheckpoint,
+    ...extra,
+  });
   if (reason === "unsafe") {
     const rolledTo = rollBack(net, run.lastCheckpoint, run.start, cfg.startStep);
     const message =
@@ -351,18 +427,26 @@ async function finishRun(run: Run, end: LoopEnd): Promise<TrainResult> {
   }
 
   const last = run.lastCheckpoint;
-  if (run.step > cfg.startStep && !(last && readCheckpointState(last)?.step === run.step && last !== opts.resumeFrom)) await saveCheckpoint(run, true);
+  if (run.step > cfg.startStep && !(last && readCheckpointState(last)?.step === run.step && last !== opts.resumeFrom))
+    await saveCheckpoint(run, true);
   let finalFile: string | undefined;
   if (opts.finalFile) {
     if (opts.resumeFrom && path.resolve(opts.finalFile) === path.resolve(opts.resumeFrom) && !opts.overwrite) {
-      out.warn(`finalFile ${opts.finalFile} is the file training resumed from; not replacing it (pass overwrite: true). The result is in ${run.lastCheckpoint}`);
+      out.warn(
+        `finalFile ${opts.finalFile} is the file training resumed from; not replacing it (pass overwrite: true). The result is in ${run.lastCheckpoint}`,
+      );
     } else {
       await saveHypernetworkAsync(net, opts.finalFile, { overwrite: opts.overwrite });
       if (cfg.saveOptimizer) writeOptimizerFile(opts.finalFile, await run.optimizer.exportState(), { overwrite: true });
       finalFile = opts.finalFile;
     }
   }
-  const why = reason === "stopped" ? `stopped at step ${run.step}` : reason === "schedule-end" ? `the learning-rate schedule ended at step ${run.step}` : `reached Max steps ${cfg.maxSteps}`;
+  const why =
+    reason === "stopped"
+      ? `stopped at step ${run.step}`
+      : reason === "schedule-end"
+        ? `the learning-rate schedule ended at step ${run.step}`
+        : `reached Max steps ${cfg.maxSteps}`;
   const message = `training ${why}; saved ${run.lastCheckpoint ?? "nothing (no step was taken)"}${finalFile ? ` and ${finalFile}` : ""}`;
   out.log(message);
   return result(message, { finalFile, step: run.step });

@@ -105,7 +105,10 @@ export function attend(layer: CrossAttention, q: tf.Tensor, k: tf.Tensor, v: tf.
       groups.push(pieces.length === 1 ? pieces[0]! : tf.concat(pieces, 1));
     }
     const out = groups.length === 1 ? groups[0]! : tf.concat(groups, 0);
-    const merged = out.reshape([b, h, n, d]).transpose([0, 2, 1, 3]).reshape([b, n, h * d]);
+    const merged = out
+      .reshape([b, h, n, d])
+      .transpose([0, 2, 1, 3])
+      .reshape([b, n, h * d]);
     return layer.to_out.at(0).apply(merged);
   });
 }
@@ -187,7 +190,13 @@ export class FeedForward extends Module {
     const inner = dim * mult;
     this.geglu = new GEGLU(dim, inner, this.childOptions);
     this.out = new Linear(inner, dim, this.childOptions);
-    this.child("net", new IndexedModules([[0, this.geglu], [2, this.out]]));
+    this.child(
+      "net",
+      new IndexedModules([
+        [0, this.geglu],
+        [2, this.out],
+      ]),
+    );
   }
   apply(x: tf.Tensor): tf.Tensor {
     return this.out.apply(this.geglu.apply(x));

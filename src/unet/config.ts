@@ -133,7 +133,10 @@ export function validateConfig(cfg: UNetConfig, where = "UNet config"): UNetConf
   if (!Array.isArray(cfg.channel_mult) || cfg.channel_mult.length === 0 || !cfg.channel_mult.every((m) => Number.isInteger(m) && m > 0)) {
     errs.push(`channel_mult must be a non-empty list of positive integers (got ${JSON.stringify(cfg.channel_mult)})`);
   }
-  if (!Array.isArray(cfg.attention_resolutions) || !cfg.attention_resolutions.every((r) => Number.isInteger(r) && r > 0 && (r & (r - 1)) === 0)) {
+  if (
+    !Array.isArray(cfg.attention_resolutions) ||
+    !cfg.attention_resolutions.every((r) => Number.isInteger(r) && r > 0 && (r & (r - 1)) === 0)
+  ) {
     errs.push(`attention_resolutions must be a list of downsample factors 1, 2, 4, … (got ${JSON.stringify(cfg.attention_resolutions)})`);
   }
   if (cfg.use_spatial_transformer !== true) {
@@ -143,19 +146,25 @@ export function validateConfig(cfg: UNetConfig, where = "UNet config"): UNetConf
   const nhc = cfg.num_head_channels;
   if (!Number.isInteger(nh) || !Number.isInteger(nhc)) errs.push("num_heads and num_head_channels must be integers (-1 for unset)");
   else if (nh === -1 && nhc === -1) errs.push("set num_heads (SD 1.x: 8) or num_head_channels (SD 2.x: 64); both are -1");
-  else if ((nhc === -1 && nh <= 0) || (nhc !== -1 && nhc <= 0)) errs.push(`num_heads (${nh}) / num_head_channels (${nhc}) must be positive or -1`);
+  else if ((nhc === -1 && nh <= 0) || (nhc !== -1 && nhc <= 0))
+    errs.push(`num_heads (${nh}) / num_head_channels (${nhc}) must be positive or -1`);
   const groups = normGroups(cfg);
-  if (!Number.isInteger(groups) || groups <= 0) errs.push(`norm_num_groups must be a positive integer (got ${JSON.stringify(cfg.norm_num_groups)})`);
+  if (!Number.isInteger(groups) || groups <= 0)
+    errs.push(`norm_num_groups must be a positive integer (got ${JSON.stringify(cfg.norm_num_groups)})`);
   if (errs.length === 0) {
     const widths = new Set<number>(cfg.channel_mult.map((_, l) => levelWidth(cfg, l)));
     for (const w of [...widths].sort((a, b) => a - b)) {
-      if (w % groups !== 0) errs.push(`level width ${w} is not a multiple of ${groups} (GroupNorm uses ${groups} groups); pick model_channels/channel_mult (or norm_num_groups) so every width is`);
+      if (w % groups !== 0)
+        errs.push(
+          `level width ${w} is not a multiple of ${groups} (GroupNorm uses ${groups} groups); pick model_channels/channel_mult (or norm_num_groups) so every width is`,
+        );
     }
     const levelsWithAttn = cfg.channel_mult.map((_, l) => l).filter((l) => cfg.attention_resolutions.includes(2 ** l));
     const attnWidths = new Set([...levelsWithAttn.map((l) => levelWidth(cfg, l)), levelWidth(cfg, cfg.channel_mult.length - 1)]);
     for (const w of attnWidths) {
       const { heads, dimHead } = headsFor(cfg, w);
-      if (heads * dimHead !== w) errs.push(`attention width ${w} does not split into ${heads} heads of ${dimHead} channels; change num_heads/num_head_channels`);
+      if (heads * dimHead !== w)
+        errs.push(`attention width ${w} does not split into ${heads} heads of ${dimHead} channels; change num_heads/num_head_channels`);
     }
     const maxDs = 2 ** (cfg.channel_mult.length - 1);
     for (const r of cfg.attention_resolutions) {
@@ -190,18 +199,21 @@ const FIXED_KEYS: Record<string, (v: unknown, raw: Record<string, unknown>) => b
  * and unsupported variants are errors, so a typo cannot silently build a different network.
  */
 export function fromJson(json: unknown, where = "UNet config JSON"): UNetConfig {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new Error(`${where}: expected a JSON object of LDM unet_config params`);
+  if (typeof json !== "object" || json === null || Array.isArray(json))
+    throw new Error(`${where}: expected a JSON object of LDM unet_config params`);
   const raw = json as Record<string, unknown>;
   const required = ["model_channels", "channel_mult", "attention_resolutions", "num_res_blocks", "context_dim"];
   const missing = required.filter((k) => !(k in raw));
-  if (missing.length) throw new Error(`${where}: missing ${missing.join(", ")} (these define the model's size; copy them from the model's yaml)`);
+  if (missing.length)
+    throw new Error(`${where}: missing ${missing.join(", ")} (these define the model's size; copy them from the model's yaml)`);
   const known = new Set([...Object.keys(SD15_UNET), "norm_num_groups"]);
   const cfg: Record<string, unknown> = { ...SD15_UNET, num_heads: -1, num_head_channels: -1 };
   for (const [k, v] of Object.entries(raw)) {
     if (known.has(k)) cfg[k] = v;
     else if (IGNORED_KEYS.has(k)) continue;
     else if (k in FIXED_KEYS) {
-      if (!FIXED_KEYS[k]!(v, raw)) throw new Error(`${where}: ${k} = ${JSON.stringify(v)} is not supported (this UNet implements the Stable Diffusion variant only)`);
+      if (!FIXED_KEYS[k]!(v, raw))
+        throw new Error(`${where}: ${k} = ${JSON.stringify(v)} is not supported (this UNet implements the Stable Diffusion variant only)`);
     } else {
       throw new Error(`${where}: unknown key "${k}" (expected LDM unet_config names such as ${[...known].slice(0, 5).join(", ")}, …)`);
     }

@@ -47,7 +47,8 @@ export function inferUNetConfig(src: ShapeSource, layout: UNetKeyLayout, overrid
   const prefix = layout.kind === "ldm" ? layout.prefix : "";
   const shape = (k: string): number[] => {
     const s = src.shapeOf(prefix + k);
-    if (!s) throw new Error(`UNet weights: no tensor "${prefix}${k}"; the file is not ${layout.kind === "ldm" ? "an LDM" : "a diffusers"} UNet`);
+    if (!s)
+      throw new Error(`UNet weights: no tensor "${prefix}${k}"; the file is not ${layout.kind === "ldm" ? "an LDM" : "a diffusers"} UNet`);
     return s;
   };
   const keys = new Set([...src.keys()].map((k) => (k.startsWith(prefix) ? k.slice(prefix.length) : "")));

@@ -82,7 +82,9 @@ export function resolveUNetFile(source: string): string {
     const candidates = [...names.map((n) => path.join(source, "unet", n)), ...names.map((n) => path.join(source, n))];
     const found = candidates.find((c) => fs.existsSync(c));
     if (found) return found;
-    const bin = [path.join(source, "unet", "diffusion_pytorch_model.bin"), path.join(source, "diffusion_pytorch_model.bin")].find((c) => fs.existsSync(c));
+    const bin = [path.join(source, "unet", "diffusion_pytorch_model.bin"), path.join(source, "diffusion_pytorch_model.bin")].find((c) =>
+      fs.existsSync(c),
+    );
     throw new Error(
       `${source}: no diffusers UNet found (looked for unet/diffusion_pytorch_model[.fp16].safetensors)` +
         (bin ? `; ${bin} is a pickle — convert it to .safetensors first` : ""),
@@ -108,7 +110,12 @@ function recognise(file: string, src: FileSource, cfg: UNetConfig): { layout: UN
   }
   throw new Error(
     `${file}: no UNet weights found (looked for "${LDM_UNET_PREFIX}*", "input_blocks.*" and diffusers "down_blocks.*" keys; ` +
-      `the file starts with ${keys.slice(0, 3).map((k) => `"${k}"`).join(", ") || "no tensors"})`,
+      `the file starts with ${
+        keys
+          .slice(0, 3)
+          .map((k) => `"${k}"`)
+          .join(", ") || "no tensors"
+      })`,
   );
 }
 
@@ -128,7 +135,12 @@ function diffusersView(file: string, src: FileSource, cfg: UNetConfig): FileSour
     if (f === undefined) throw new Error(`${file}: no tensor maps to "${k}"`);
     return f;
   };
-  return { keys: () => toFile.keys(), get: (k) => src.get(fileKey(k)), shapeOf: (k) => (toFile.has(k) ? src.shapeOf(fileKey(k)) : undefined), close: () => src.close() };
+  return {
+    keys: () => toFile.keys(),
+    get: (k) => src.get(fileKey(k)),
+    shapeOf: (k) => (toFile.has(k) ? src.shapeOf(fileKey(k)) : undefined),
+    close: () => src.close(),
+  };
 }
 
 /**
@@ -156,10 +168,15 @@ function familyMismatch(f: UNetFamily, cfg: UNetConfig): string {
   const parts: string[] = [];
   if (f.contextDim !== undefined && f.contextDim !== cfg.context_dim) parts.push(`context_dim ${f.contextDim} (model: ${cfg.context_dim})`);
   if (f.linearProj !== undefined && f.linearProj !== cfg.use_linear_in_transformer) {
-    parts.push(`${f.linearProj ? "Linear" : "1×1-conv"} proj_in/proj_out (model: ${cfg.use_linear_in_transformer ? "Linear" : "1×1 conv"})`);
+    parts.push(
+      `${f.linearProj ? "Linear" : "1×1-conv"} proj_in/proj_out (model: ${cfg.use_linear_in_transformer ? "Linear" : "1×1 conv"})`,
+    );
   }
   if (!parts.length) return "";
-  const advice = f.name === "SD 2.x" ? " — build the UNet with an SD 2.x config (context_dim 1024, num_head_channels 64, use_linear_in_transformer true)" : "";
+  const advice =
+    f.name === "SD 2.x"
+      ? " — build the UNet with an SD 2.x config (context_dim 1024, num_head_channels 64, use_linear_in_transformer true)"
+      : "";
   return `the file looks like ${f.name === "custom" ? "a different model" : `an ${f.name} UNet`}: ${parts.join(", ")}${advice}`;
 }
 

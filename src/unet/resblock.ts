@@ -34,12 +34,24 @@ export class ResBlock extends Module {
     const o = this.childOptions;
     this.norm1 = new GroupNorm(groups, inChannels, 1e-5, o);
     this.conv1 = new Conv2d(inChannels, outChannels, 3, 1, 1, o);
-    this.child("in_layers", new IndexedModules([[0, this.norm1], [2, this.conv1]]));
+    this.child(
+      "in_layers",
+      new IndexedModules([
+        [0, this.norm1],
+        [2, this.conv1],
+      ]),
+    );
     this.embProj = new Linear(embChannels, outChannels, o);
     this.child("emb_layers", new IndexedModules([[1, this.embProj]]));
     this.norm2 = new GroupNorm(groups, outChannels, 1e-5, o);
     this.conv2 = new Conv2d(outChannels, outChannels, 3, 1, 1, o);
-    this.child("out_layers", new IndexedModules([[0, this.norm2], [3, this.conv2]]));
+    this.child(
+      "out_layers",
+      new IndexedModules([
+        [0, this.norm2],
+        [3, this.conv2],
+      ]),
+    );
     this.skip = inChannels === outChannels ? undefined : this.child("skip_connection", new Conv2d(inChannels, outChannels, 1, 1, 0, o));
   }
 

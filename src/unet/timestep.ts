@@ -18,7 +18,11 @@ export function timestepEmbedding(t: tf.Tensor1D, dim: number, maxPeriod = 10000
     for (let i = 0; i < half; i++) freqs[i] = Math.exp((-Math.log(maxPeriod) * i) / half);
     const args = tf.mul(t.toFloat().reshape([-1, 1]), tf.tensor2d(freqs, [1, half]));
     let emb = tf.concat([tf.cos(args), tf.sin(args)], 1);
-    if (dim % 2 === 1) emb = tf.pad(emb, [[0, 0], [0, 1]]);
+    if (dim % 2 === 1)
+      emb = tf.pad(emb, [
+        [0, 0],
+        [0, 1],
+      ]);
     return emb as tf.Tensor2D;
   });
 }

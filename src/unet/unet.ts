@@ -67,7 +67,11 @@ export class UNetModel extends Module {
    */
   constructor(config: UNetConfig, opts: ModuleOptions = {}) {
     super(opts);
-    const cfg = validateConfig({ ...config, channel_mult: [...config.channel_mult], attention_resolutions: [...config.attention_resolutions] });
+    const cfg = validateConfig({
+      ...config,
+      channel_mult: [...config.channel_mult],
+      attention_resolutions: [...config.attention_resolutions],
+    });
     this.config = Object.freeze(cfg);
     const o = this.childOptions;
     const mc = cfg.model_channels;
@@ -86,7 +90,13 @@ export class UNetModel extends Module {
 
     this.timeEmbed1 = new Linear(mc, embDim, o);
     this.timeEmbed2 = new Linear(embDim, embDim, o);
-    this.child("time_embed", new IndexedModules([[0, this.timeEmbed1], [2, this.timeEmbed2]]));
+    this.child(
+      "time_embed",
+      new IndexedModules([
+        [0, this.timeEmbed1],
+        [2, this.timeEmbed2],
+      ]),
+    );
 
     // Down: record the width of every stage's output; the up path consumes them in reverse.
     this.input_blocks = this.child("input_blocks", new ModuleList<UNetStage>());
@@ -109,7 +119,10 @@ export class UNetModel extends Module {
       }
     }
 
-    this.middle_block = this.child("middle_block", stage(new ResBlock(ch, ch, embDim, o, groups), transformer(ch), new ResBlock(ch, ch, embDim, o, groups)));
+    this.middle_block = this.child(
+      "middle_block",
+      stage(new ResBlock(ch, ch, embDim, o, groups), transformer(ch), new ResBlock(ch, ch, embDim, o, groups)),
+    );
 
     this.output_blocks = this.child("output_blocks", new ModuleList<UNetStage>());
     for (let level = levels - 1; level >= 0; level--) {
@@ -128,7 +141,13 @@ export class UNetModel extends Module {
 
     this.outNorm = new GroupNorm(groups, ch, 1e-5, o);
     this.outConv = new Conv2d(mc, cfg.out_channels, 3, 1, 1, o);
-    this.child("out", new IndexedModules([[0, this.outNorm], [2, this.outConv]]));
+    this.child(
+      "out",
+      new IndexedModules([
+        [0, this.outNorm],
+        [2, this.outConv],
+      ]),
+    );
 
     this.attention = this.namedModules()
       .filter((e): e is [string, CrossAttention] => e[1] instanceof CrossAttention)
@@ -182,10 +201,15 @@ export class UNetModel extends Module {
     const f = 2 ** (cfg.channel_mult.length - 1);
     const shape = (s: readonly number[]): string => `[${s.join(", ")}]`;
     if (x.rank !== 4 || x.shape[3] !== cfg.in_channels) {
-      throw new Error(`UNet.forward: x must be NHWC [B, H, W, ${cfg.in_channels}], got ${shape(x.shape)} (from NCHW data, transpose with [0, 2, 3, 1])`);
+      throw new Error(
+        `UNet.forward: x must be NHWC [B, H, W, ${cfg.in_channels}], got ${shape(x.shape)} (from NCHW data, transpose with [0, 2, 3, 1])`,
+      );
     }
     const [b, h, w] = x.shape as number[];
-    if (h! % f !== 0 || w! % f !== 0) throw new Error(`UNet.forward: latent size ${h}×${w} must be divisible by ${f} (the UNet halves it ${cfg.channel_mult.length - 1} times)`);
+    if (h! % f !== 0 || w! % f !== 0)
+      throw new Error(
+        `UNet.forward: latent size ${h}×${w} must be divisible by ${f} (the UNet halves it ${cfg.channel_mult.length - 1} times)`,
+      );
     if (context.rank !== 3 || context.shape[0] !== b || context.shape[2] !== cfg.context_dim) {
       throw new Error(`UNet.forward: context must be [${b}, T, ${cfg.context_dim}], got ${shape(context.shape)}`);
     }
@@ -212,7 +236,9 @@ export class UNetModel extends Module {
     const byPath = new Map(this.attention);
     const unknown = [...p.keys()].filter((k) => !byPath.has(k));
     if (unknown.length) {
-      throw new Error(`setProcessor: no attention layer at ${unknown.slice(0, 5).join(", ")}${unknown.length > 5 ? ", …" : ""} (paths look like "${this.attention[0]?.[0]}"; see attentionLayers())`);
+      throw new Error(
+        `setProcessor: no attention layer at ${unknown.slice(0, 5).join(", ")}${unknown.length > 5 ? ", …" : ""} (paths look like "${this.attention[0]?.[0]}"; see attentionLayers())`,
+      );
     }
     for (const [path, proc] of p) byPath.get(path)!.processor = proc;
   }

@@ -49,7 +49,17 @@ export const SD15_VAE: Readonly<VaeConfig> = Object.freeze({
 
 /** A small autoencoder with the same structure (two levels: images 2× the latent size), for tests. */
 export function tinyVaeConfig(overrides: Partial<VaeConfig> = {}): VaeConfig {
-  return { inChannels: 3, ch: 8, chMult: [1, 2], numResBlocks: 1, zChannels: 4, normGroups: 4, normEps: 1e-6, scaleFactor: 0.18215, ...overrides };
+  return {
+    inChannels: 3,
+    ch: 8,
+    chMult: [1, 2],
+    numResBlocks: 1,
+    zChannels: 4,
+    normGroups: 4,
+    normEps: 1e-6,
+    scaleFactor: 0.18215,
+    ...overrides,
+  };
 }
 
 /** `mid`: ResnetBlock → self-attention → ResnetBlock at the lowest resolution. */
@@ -221,7 +231,8 @@ export class AutoencoderKL extends Module {
   encode(image: tf.Tensor4D): LatentDistribution {
     const f = this.downFactor;
     const [, h, w, c] = image.shape;
-    if (h % f !== 0 || w % f !== 0) throw new Error(`AutoencoderKL.encode: image ${h}×${w} is not a multiple of ${f}; resize or crop it first`);
+    if (h % f !== 0 || w % f !== 0)
+      throw new Error(`AutoencoderKL.encode: image ${h}×${w} is not a multiple of ${f}; resize or crop it first`);
     if (c !== this.config.inChannels) throw new Error(`AutoencoderKL.encode: expected ${this.config.inChannels} channels (NHWC), got ${c}`);
     const moments = tf.tidy(() => this.quant_conv.apply(this.encoder.apply(image)));
     const z = this.config.zChannels;
@@ -264,8 +275,12 @@ export class AutoencoderKL extends Module {
    */
   decode(latents: tf.Tensor4D, opts: DecodeOptions = {}): tf.Tensor4D {
     const [, , , c] = latents.shape;
-    if (c !== this.config.zChannels) throw new Error(`AutoencoderKL.decode: expected ${this.config.zChannels} latent channels (NHWC), got ${c}`);
-    const img = opts.tileSize === undefined ? this.decodeWhole(latents) : this.decodeTiled(latents, opts.tileSize, opts.tileOverlap ?? Math.floor(opts.tileSize / 4));
+    if (c !== this.config.zChannels)
+      throw new Error(`AutoencoderKL.decode: expected ${this.config.zChannels} latent channels (NHWC), got ${c}`);
+    const img =
+      opts.tileSize === undefined
+        ? this.decodeWhole(latents)
+        : this.decodeTiled(latents, opts.tileSize, opts.tileOverlap ?? Math.floor(opts.tileSize / 4));
     if (opts.clamp === false) return img;
     const clamped = tf.clipByValue(img, -1, 1) as tf.Tensor4D;
     img.dispose();
@@ -285,7 +300,8 @@ export class AutoencoderKL extends Module {
   private decodeTiled(latents: tf.Tensor4D, tile: number, overlap: number): tf.Tensor4D {
     const [b, h, w] = latents.shape;
     if (!Number.isInteger(tile) || tile < 1) throw new Error(`AutoencoderKL.decode: tileSize must be a positive integer, got ${tile}`);
-    if (!Number.isInteger(overlap) || overlap < 0 || overlap >= tile) throw new Error(`AutoencoderKL.decode: tileOverlap must be an integer in [0, tileSize), got ${overlap}`);
+    if (!Number.isInteger(overlap) || overlap < 0 || overlap >= tile)
+      throw new Error(`AutoencoderKL.decode: tileOverlap must be an integer in [0, tileSize), got ${overlap}`);
     if (h <= tile && w <= tile) return this.decodeWhole(latents);
     const f = this.downFactor;
     const starts = (n: number): number[] => {

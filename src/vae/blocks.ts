@@ -38,7 +38,8 @@ export class ResnetBlock extends Module {
     this.conv1 = this.child("conv1", new Conv2d(inChannels, outChannels, 3, 1, 1, o));
     this.norm2 = this.child("norm2", new GroupNorm(norm.groups, outChannels, norm.eps, o));
     this.conv2 = this.child("conv2", new Conv2d(outChannels, outChannels, 3, 1, 1, o));
-    this.nin_shortcut = inChannels !== outChannels ? this.child("nin_shortcut", new Conv2d(inChannels, outChannels, 1, 1, 0, o)) : undefined;
+    this.nin_shortcut =
+      inChannels !== outChannels ? this.child("nin_shortcut", new Conv2d(inChannels, outChannels, 1, 1, 0, o)) : undefined;
   }
 
   apply(x: tf.Tensor4D): tf.Tensor4D {

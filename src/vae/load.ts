@@ -41,7 +41,12 @@ export function diffusersVaeKeyToLdm(key: string, levels: number): string | unde
   if ((m = /^(encoder|decoder)\.mid_block\.resnets\.([01])\.(\w+)\.(weight|bias)$/.exec(key))) {
     return `${m[1]}.mid.block_${Number(m[2]) + 1}.${RESNET_DIFFUSERS_TO_LDM[m[3]!] ?? m[3]}.${m[4]}`;
   }
-  if ((m = /^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.(weight|bias)$/.exec(key))) {
+  if (
+    (m =
+      /^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.(weight|bias)$/.exec(
+        key,
+      ))
+  ) {
     return `${m[1]}.mid.attn_1.${ATTN_DIFFUSERS_TO_LDM[m[2]!]}.${m[3]}`;
   }
   if ((m = /^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)$/.exec(key))) {
@@ -57,7 +62,8 @@ export function diffusersVaeKeyToLdm(key: string, levels: number): string | unde
     return `decoder.up.${levels - 1 - Number(m[1])}.upsample.conv.${m[2]}`;
   }
   if ((m = /^(encoder|decoder)\.conv_norm_out\.(weight|bias)$/.exec(key))) return `${m[1]}.norm_out.${m[2]}`;
-  if (/^(encoder|decoder)\.(conv_in|conv_out)\.(weight|bias)$/.test(key) || /^(quant_conv|post_quant_conv)\.(weight|bias)$/.test(key)) return key;
+  if (/^(encoder|decoder)\.(conv_in|conv_out)\.(weight|bias)$/.test(key) || /^(quant_conv|post_quant_conv)\.(weight|bias)$/.test(key))
+    return key;
   return undefined;
 }
 
@@ -65,12 +71,18 @@ export function diffusersVaeKeyToLdm(key: string, levels: number): string | unde
 export function ldmVaeKeyToDiffusers(key: string, levels: number): string {
   let m: RegExpExecArray | null;
   const resnet = (n: string): string => (n === "nin_shortcut" ? "conv_shortcut" : n);
-  if ((m = /^(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)$/.exec(key))) return `${m[1]}.mid_block.resnets.${Number(m[2]) - 1}.${resnet(m[3]!)}.${m[4]}`;
-  if ((m = /^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$/.exec(key))) return `${m[1]}.mid_block.attentions.0.${ATTN_LDM_TO_DIFFUSERS[m[2]!]}.${m[3]}`;
-  if ((m = /^encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$/.exec(key))) return `encoder.down_blocks.${m[1]}.resnets.${m[2]}.${resnet(m[3]!)}.${m[4]}`;
-  if ((m = /^encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)$/.exec(key))) return `encoder.down_blocks.${m[1]}.downsamplers.0.conv.${m[2]}`;
-  if ((m = /^decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$/.exec(key))) return `decoder.up_blocks.${levels - 1 - Number(m[1])}.resnets.${m[2]}.${resnet(m[3]!)}.${m[4]}`;
-  if ((m = /^decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)$/.exec(key))) return `decoder.up_blocks.${levels - 1 - Number(m[1])}.upsamplers.0.conv.${m[2]}`;
+  if ((m = /^(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)$/.exec(key)))
+    return `${m[1]}.mid_block.resnets.${Number(m[2]) - 1}.${resnet(m[3]!)}.${m[4]}`;
+  if ((m = /^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$/.exec(key)))
+    return `${m[1]}.mid_block.attentions.0.${ATTN_LDM_TO_DIFFUSERS[m[2]!]}.${m[3]}`;
+  if ((m = /^encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$/.exec(key)))
+    return `encoder.down_blocks.${m[1]}.resnets.${m[2]}.${resnet(m[3]!)}.${m[4]}`;
+  if ((m = /^encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)$/.exec(key)))
+    return `encoder.down_blocks.${m[1]}.downsamplers.0.conv.${m[2]}`;
+  if ((m = /^decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)$/.exec(key)))
+    return `decoder.up_blocks.${levels - 1 - Number(m[1])}.resnets.${m[2]}.${resnet(m[3]!)}.${m[4]}`;
+  if ((m = /^decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)$/.exec(key)))
+    return `decoder.up_blocks.${levels - 1 - Number(m[1])}.upsamplers.0.conv.${m[2]}`;
   if ((m = /^(encoder|decoder)\.norm_out\.(weight|bias)$/.exec(key))) return `${m[1]}.conv_norm_out.${m[2]}`;
   return key;
 }
@@ -169,7 +181,10 @@ export function loadVae(input: WeightInput, opts: LoadVaeOptions = {}): LoadedVa
     const config = inferVaeConfig(src, opts.config);
     const model = new AutoencoderKL(config, { init: zerosInit, trainable: opts.trainable ?? false });
     try {
-      const report = loadStateDict(model, src, { strict: opts.strict ?? true, where: `${raw.where} (VAE, ${layout.kind} layout, prefix "${layout.prefix}")` });
+      const report = loadStateDict(model, src, {
+        strict: opts.strict ?? true,
+        where: `${raw.where} (VAE, ${layout.kind} layout, prefix "${layout.prefix}")`,
+      });
       return { model, layout, report };
     } catch (err) {
       model.dispose();

@@ -32,7 +32,9 @@ export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
     }
   }
   if (worst >= 0) {
-    throw new Error(`arrays differ at index ${worst}: got ${actual[worst]}, expected ${expected[worst]} (excess error ${worstErr}, atol ${atol})`);
+    throw new Error(
+      `arrays differ at index ${worst}: got ${actual[worst]}, expected ${expected[worst]} (excess error ${worstErr}, atol ${atol})`,
+    );
   }
 }
 

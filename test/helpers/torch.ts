@@ -14,7 +14,8 @@ export function torchMissing(): string | null {
   if (!fs.existsSync("/usr/bin/python3")) cached = "/usr/bin/python3 not found";
   else {
     const r = spawnSync("/usr/bin/python3", ["-c", "import torch"], { encoding: "utf8" });
-    cached = r.status === 0 ? null : `/usr/bin/python3 cannot import torch (${(r.stderr || String(r.error ?? "")).trim().split("\n").pop()})`;
+    cached =
+      r.status === 0 ? null : `/usr/bin/python3 cannot import torch (${(r.stderr || String(r.error ?? "")).trim().split("\n").pop()})`;
   }
   return cached;
 }

@@ -14,7 +14,10 @@ import { CORPUS, ROUND_TRIP } from "./infotext-cases";
 
 /** Run A1111's parser over `texts`: one ordered [key, value] list per text, and `quote(text)`. */
 export function a1111Parse(texts: string[]): { parsed: Array<Array<[string, string | number | boolean]>>; quoted: string[] } {
-  const out = execFileSync("/usr/bin/python3", [path.join(__dirname, "a1111_infotext_ref.py")], { input: JSON.stringify(texts), encoding: "utf8" });
+  const out = execFileSync("/usr/bin/python3", [path.join(__dirname, "a1111_infotext_ref.py")], {
+    input: JSON.stringify(texts),
+    encoding: "utf8",
+  });
   return JSON.parse(out) as { parsed: Array<Array<[string, string | number | boolean]>>; quoted: string[] };
 }
 

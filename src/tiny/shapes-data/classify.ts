@@ -18,7 +18,19 @@
  *    whose template overlaps the component best (intersection over union) wins.
  * 5. Count: components at least half the size of the largest.
  */
-import { BACKGROUNDS, BACKGROUND_NAMES, COLORS, COLOR_NAMES, SHAPES, TINY_SIZE, shapeCoverage, type BackgroundName, type ColorName, type Scene, type ShapeName } from "./shapes";
+import {
+  BACKGROUNDS,
+  BACKGROUND_NAMES,
+  COLORS,
+  COLOR_NAMES,
+  SHAPES,
+  TINY_SIZE,
+  shapeCoverage,
+  type BackgroundName,
+  type ColorName,
+  type Scene,
+  type ShapeName,
+} from "./shapes";
 
 /** What the classifier sees in one image. */
 export interface ImageClass {
@@ -152,7 +164,12 @@ export function components(mask: ArrayLike<boolean | number>): number[][] {
       comp.push(i);
       const x = i % s;
       const y = (i - x) / s;
-      for (const [nx, ny] of [[x - 1, y], [x + 1, y], [x, y - 1], [x, y + 1]] as const) {
+      for (const [nx, ny] of [
+        [x - 1, y],
+        [x + 1, y],
+        [x, y - 1],
+        [x, y + 1],
+      ] as const) {
         if (nx < 0 || ny < 0 || nx >= s || ny >= s) continue;
         const j = ny * s + nx;
         if (mask[j] && !seen[j]) {
@@ -192,7 +209,16 @@ const UNIT_BOX: ReadonlyMap<ShapeName, { minU: number; maxU: number; minV: numbe
 })();
 
 /** Radius factors and centre nudges (pixels) tried around the bounding-box fit. */
-const FITS: ReadonlyArray<[number, number, number]> = [0.88, 1, 1.12].flatMap((f) => [[f, 0, 0], [f, 0.5, 0], [f, -0.5, 0], [f, 0, 0.5], [f, 0, -0.5]] as Array<[number, number, number]>);
+const FITS: ReadonlyArray<[number, number, number]> = [0.88, 1, 1.12].flatMap(
+  (f) =>
+    [
+      [f, 0, 0],
+      [f, 0.5, 0],
+      [f, -0.5, 0],
+      [f, 0, 0.5],
+      [f, 0, -0.5],
+    ] as Array<[number, number, number]>,
+);
 
 /** Best template match for one component: shape name and IoU. */
 export function matchShape(comp: readonly number[]): { shape: ShapeName; iou: number } {
@@ -293,8 +319,20 @@ export function contentAccuracy(expected: readonly ExpectedContent[], images: re
   const perImage = images.map((img, i): ContentCheck => {
     const want = expected[i]!;
     const got = classifyImage(img);
-    return { ...got, colorOk: got.color === want.color, shapeOk: got.shape === want.shape, backgroundOk: got.background === want.background, countOk: got.count === want.count };
+    return {
+      ...got,
+      colorOk: got.color === want.color,
+      shapeOk: got.shape === want.shape,
+      backgroundOk: got.background === want.background,
+      countOk: got.count === want.count,
+    };
   });
   const frac = (f: (c: ContentCheck) => boolean): number => perImage.filter(f).length / perImage.length;
-  return { colorAccuracy: frac((c) => c.colorOk), shapeAccuracy: frac((c) => c.shapeOk), backgroundAccuracy: frac((c) => c.backgroundOk), countAccuracy: frac((c) => c.countOk), perImage };
+  return {
+    colorAccuracy: frac((c) => c.colorOk),
+    shapeAccuracy: frac((c) => c.shapeOk),
+    backgroundAccuracy: frac((c) => c.backgroundOk),
+    countAccuracy: frac((c) => c.countOk),
+    perImage,
+  };
 }

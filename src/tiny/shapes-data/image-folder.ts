@@ -28,7 +28,8 @@ export async function writeSampleFolder(dir: string, samples: readonly ShapeSamp
   const stems = samples.map((_, i) => path.join(dir, `${prefix}${String(i).padStart(3, "0")}`));
   if (!opts.overwrite) {
     const taken = stems.flatMap((s) => [`${s}.png`, `${s}.txt`]).find((f) => fs.existsSync(f));
-    if (taken) throw new Error(`${taken} already exists; pass { overwrite: true } to replace the sample files in ${dir}, or choose an empty folder`);
+    if (taken)
+      throw new Error(`${taken} already exists; pass { overwrite: true } to replace the sample files in ${dir}, or choose an empty folder`);
   }
   fs.mkdirSync(dir, { recursive: true });
   for (const [i, s] of samples.entries()) {

@@ -72,7 +72,14 @@ export interface ShapeSample {
   pixels: Uint8Array;
 }
 
-const PLURAL: Readonly<Record<ShapeName, string>> = { circle: "circles", square: "squares", triangle: "triangles", star: "stars", ring: "rings", cross: "crosses" };
+const PLURAL: Readonly<Record<ShapeName, string>> = {
+  circle: "circles",
+  square: "squares",
+  triangle: "triangles",
+  star: "stars",
+  ring: "rings",
+  cross: "crosses",
+};
 const POSITION_PHRASE: Readonly<Record<PositionName, string>> = {
   left: "on the left",
   right: "on the right",
@@ -83,7 +90,10 @@ const POSITION_PHRASE: Readonly<Record<PositionName, string>> = {
 
 /** The caption of a scene: content words only, in a fixed order. */
 export function captionOf(scene: Scene): string {
-  const what = scene.count === 1 ? `a ${scene.size} ${scene.color} ${scene.shape} ${POSITION_PHRASE[scene.position!]}` : `two ${scene.size} ${scene.color} ${PLURAL[scene.shape]}`;
+  const what =
+    scene.count === 1
+      ? `a ${scene.size} ${scene.color} ${scene.shape} ${POSITION_PHRASE[scene.position!]}`
+      : `two ${scene.size} ${scene.color} ${PLURAL[scene.shape]}`;
   return `${what}, ${scene.background} background`;
 }
 
