@@ -24,6 +24,7 @@
  */
 import * as os from "node:os";
 import * as tf from "@tensorflow/tfjs";
+import { fusedKernelsActive } from "../src/backend/webgpu-fused";
 import { installWebgpuLaunchPatches, removeWebgpuLaunchPatches } from "../src/backend/webgpu-launch";
 import { CrossAttention } from "../src/unet/attention";
 import { type BenchArgs, type BenchModel, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, timeAsync, trainStep, trainStepAsync } from "./harness";
@@ -148,7 +149,7 @@ async function reportLaunches(m: BenchModel, args: BenchArgs, base: Record<strin
   const runs = Math.max(3, args.steps);
   const train = await measureLaunches(() => trainStepSplit(m), runs);
   const sample = await measureLaunches(() => sampleStepSplit(m), runs);
-  emit({ ...base, case: "webgpu_launches", config: args.config, batch: args.batch, size: args.size, launch_patches: patches, runs, train_step: train, sample_step: sample });
+  emit({ ...base, case: "webgpu_launches", config: args.config, batch: args.batch, size: args.size, launch_patches: patches, fused_kernels: fusedKernelsActive(), runs, train_step: train, sample_step: sample });
 }
 
 async function main(): Promise<void> {
@@ -158,11 +159,15 @@ async function main(): Promise<void> {
   const report = nullDevice ? await useWebgpuNull() : await selectBackend(args.backend);
   const webgpu = tf.getBackend() === "webgpu";
   let patches: string[] = [];
-  if (webgpu && extra.webgpuPatches) {
+  if (webgpu) {
+    // As useBackend("webgpu") does (also for the null device): the launch patches, and with them
+    // the fused kernels unless HYPERNET_WEBGPU_FUSED=0; --no-webgpu-patches then takes the launch
+    // patches off again, so the two runs differ in the launch patches only.
     const r = installWebgpuLaunchPatches();
-    if (!r.installed) throw new Error(`WebGPU launch patches not installed: ${r.reason}`);
-    patches = r.patches!.applied;
-  } else if (webgpu) removeWebgpuLaunchPatches();
+    if (extra.webgpuPatches && !r.installed) throw new Error(`WebGPU launch patches not installed: ${r.reason}`);
+    if (extra.webgpuPatches) patches = r.patches!.applied;
+    else removeWebgpuLaunchPatches();
+  }
   const { config, contextLen, name } = loadConfig(args.config, args.contextLen);
   const base = {
     backend: report.backend,
@@ -192,7 +197,7 @@ async function main(): Promise<void> {
     tensors_before: modelTensors,
     tensors_after: tf.memory().numTensors,
     peak_rss_mb: Math.round(peakRssMb()),
-    ...(webgpu ? { launch_patches: patches } : {}),
+    ...(webgpu ? { launch_patches: patches, fused_kernels: fusedKernelsActive() } : {}),
   });
   if (webgpu) await reportLaunches(m, args, base, patches);
   if (args.profile) {
