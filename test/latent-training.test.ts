@@ -5,12 +5,11 @@
  * synchronously. The WebGPU part runs only where that driver is present; elsewhere it says why.
  */
 import * as fs from "node:fs";
-import { createRequire } from "node:module";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
+import { useBackend } from "../src/backend/backend";
 import { Rng } from "../src/diffusion/random";
 import { readHypernetworkFile } from "../src/hypernet/file";
 import type { Initializer } from "../src/nn/module";
@@ -22,6 +21,7 @@ import { UNetModel } from "../src/unet/unet";
 import { AutoencoderKL, tinyVaeConfig } from "../src/vae";
 import { TOY_TEMPLATE, TOY_UNET, makeToyBase, makeToyDataset, makeToyNet } from "./helpers/train-setup";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
+import { webgpuSetup } from "./helpers/webgpu";
 
 /** PyTorch-like U(±1/√fan_in) weights from a seeded host generator: the same model on every backend. */
 function seededInit(seed: number): Initializer {
@@ -105,22 +105,7 @@ describe("latent training (wasm)", () => {
   });
 });
 
-function webgpuPackageInstalled(): boolean {
-  try {
-    createRequire(__filename).resolve("webgpu");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const icd = findPrivateLavapipe();
-const skipReason = !webgpuPackageInstalled()
-  ? "the optional `webgpu` package is not installed"
-  : icd === null
-    ? "no private lavapipe in .cache/lavapipe (run environment/setup-webgpu-cpu.sh)"
-    : null;
-if (skipReason) console.warn(`latent-training.test.ts: WebGPU part skipped: ${skipReason}`);
+const { skipReason } = webgpuSetup("latent-training.test.ts: WebGPU part");
 
 describe.runIf(skipReason === null)("latent training on WebGPU (Dawn on private lavapipe)", () => {
   it("trains through the VAE with no synchronous read-back, and matches the wasm run's losses", async () => {

@@ -5,30 +5,16 @@
  * kernels only while they are installed and the backend is webgpu, one dispatch per forward,
  * and nothing leaks. Skips (saying why) where the driver or the `webgpu` package is absent.
  */
-import { createRequire } from "node:module";
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
-import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
+import { useBackend } from "../src/backend/backend";
 import { fusedGeglu, fusedGroupNorm, fusedKernelsActive, useFusedKernels } from "../src/backend/webgpu-fused";
 import { Conv2d, GroupNorm, LayerNorm, Linear, gelu, silu } from "../src/nn/layers";
 import { GEGLU } from "../src/unet/attention";
 import { expectClose, expectNoLeak } from "./helpers/tf";
+import { webgpuSetup } from "./helpers/webgpu";
 
-function webgpuPackageInstalled(): boolean {
-  try {
-    createRequire(__filename).resolve("webgpu");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const skipReason = !webgpuPackageInstalled()
-  ? "the optional `webgpu` package is not installed"
-  : findPrivateLavapipe() === null
-    ? "no private lavapipe in .cache/lavapipe (run environment/setup-webgpu-cpu.sh)"
-    : null;
-if (skipReason) console.warn(`webgpu-fused.test.ts skipped: ${skipReason}`);
+const { skipReason } = webgpuSetup("webgpu-fused.test.ts");
 
 /** Deterministic, non-trivial values (not symmetric around zero, different per tensor). */
 function values(shape: number[], seed: number): tf.Tensor {

@@ -18,7 +18,7 @@ import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
+import { useBackend } from "../src/backend/backend";
 import { installWebgpuCounters, type WebgpuCounts } from "../src/backend/webgpu-counters";
 import { type UniformField, installWebgpuLaunchPatches, missingWebgpuInternals, removeWebgpuLaunchPatches, uniformBytes } from "../src/backend/webgpu-launch";
 import { attachHypernetworks } from "../src/hypernet/attach";
@@ -33,22 +33,10 @@ import { fromJson } from "../src/unet/config";
 import { loadUNetWeights } from "../src/unet/load";
 import { UNetModel } from "../src/unet/unet";
 import { expectClose, expectNoLeak, fixture } from "./helpers/tf";
+import { webgpuSetup } from "./helpers/webgpu";
 
 const nodeRequire = createRequire(__filename);
-function webgpuPackageInstalled(): boolean {
-  try {
-    nodeRequire.resolve("webgpu");
-    return true;
-  } catch {
-    return false;
-  }
-}
-const skipReason = !webgpuPackageInstalled()
-  ? "the optional `webgpu` package is not installed"
-  : findPrivateLavapipe() === null
-    ? "no private lavapipe in .cache/lavapipe (run environment/setup-webgpu-cpu.sh)"
-    : null;
-if (skipReason) console.warn(`webgpu-launch.test.ts skipped: ${skipReason}`);
+const { skipReason } = webgpuSetup("webgpu-launch.test.ts");
 
 /** tfjs's WebGPUBackend as these tests poke at it. */
 interface Backend {

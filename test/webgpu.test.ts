@@ -16,7 +16,7 @@ import { loadHypernetwork } from "../src/hypernet/file";
 import type { Hypernetwork } from "../src/hypernet/network";
 import type { HostTensor } from "../src/io/host-tensor";
 import { readSafetensors } from "../src/io/safetensors";
-import { findPrivateLavapipe, useBackend } from "../src/backend/backend";
+import { useBackend } from "../src/backend/backend";
 import { zerosInit } from "../src/nn/module";
 import { AdamW } from "../src/train/adamw";
 import { diffusionLoss } from "../src/train/trainer";
@@ -24,23 +24,9 @@ import { fromJson } from "../src/unet/config";
 import { loadUNetWeights } from "../src/unet/load";
 import { UNetModel } from "../src/unet/unet";
 import { expectClose, expectNoLeak, fixture } from "./helpers/tf";
+import { webgpuSetup } from "./helpers/webgpu";
 
-function webgpuPackageInstalled(): boolean {
-  try {
-    createRequire(__filename).resolve("webgpu");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const icd = findPrivateLavapipe();
-const skipReason = !webgpuPackageInstalled()
-  ? "the optional `webgpu` package is not installed"
-  : icd === null
-    ? "no private lavapipe in .cache/lavapipe (run environment/setup-webgpu-cpu.sh)"
-    : null;
-if (skipReason) console.warn(`webgpu.test.ts skipped: ${skipReason}`);
+const { skipReason, icd } = webgpuSetup("webgpu.test.ts");
 
 const io: Map<string, HostTensor> = readSafetensors(fixture("ldm-tiny.io.safetensors")).tensors;
 const config = (): ReturnType<typeof fromJson> => fromJson(JSON.parse(fs.readFileSync(fixture("ldm-tiny.config.json"), "utf8")));
