@@ -10,38 +10,23 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { useBackend } from "../src/backend/backend";
-import { Rng } from "../src/diffusion/random";
 import { readHypernetworkFile } from "../src/hypernet/file";
-import type { Initializer } from "../src/nn/module";
 import { BaseModel } from "../src/pipeline/base-model";
 import { ClipTextModel, tinyClipTextConfig } from "../src/text/clip";
 import { SimpleTokenizer } from "../src/text/tokenizer";
 import { type TrainResult, train } from "../src/train";
 import { UNetModel } from "../src/unet/unet";
 import { AutoencoderKL, tinyVaeConfig } from "../src/vae";
-import { TOY_TEMPLATE, TOY_UNET, makeToyBase, makeToyDataset, makeToyNet } from "./helpers/train-setup";
+import { TOY_TEMPLATE, TOY_UNET, TOY_WORDS, makeToyBase, makeToyDataset, makeToyNet, seededInit } from "./helpers/train-setup";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 import { webgpuSetup } from "./helpers/webgpu";
-
-/** PyTorch-like U(±1/√fan_in) weights from a seeded host generator: the same model on every backend. */
-function seededInit(seed: number): Initializer {
-  const rng = new Rng(seed);
-  return (shape, torchShape) => {
-    const fanIn = torchShape.length > 1 ? torchShape.slice(1).reduce((a, b) => a * b, 1) : torchShape[0]!;
-    const b = 1 / Math.sqrt(Math.max(1, fanIn));
-    const n = shape.reduce((a, c) => a * c, 1);
-    return tf.tensor(Float32Array.from(rng.uniform(n), (u) => (2 * u - 1) * b), shape);
-  };
-}
-
-const WORDS = ["a", "photo", "of", "red", "blue", "green", "yellow", "art", "by", "toy", ","];
 
 /** A latent-space toy model: the toy UNet on 4 latent channels behind a two-level VAE (16×16 images → 8×8×4 latents). */
 function makeLatentBase(): BaseModel {
   const unet = new UNetModel({ ...TOY_UNET, in_channels: 4, out_channels: 4 }, { init: seededInit(11) });
-  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(12) });
+  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(12) });
   const vae = new AutoencoderKL(tinyVaeConfig(), { init: seededInit(13) });
-  return new BaseModel({ name: "toy-latent", unet, textEncoder, tokenizer: new SimpleTokenizer(WORDS, { maxLength: 8 }), vae, imageSize: 16 });
+  return new BaseModel({ name: "toy-latent", unet, textEncoder, tokenizer: new SimpleTokenizer(TOY_WORDS, { maxLength: 8 }), vae, imageSize: 16 });
 }
 
 /** Three steps of latent training on the toy images (deterministic latents, so the run depends on the model only). */

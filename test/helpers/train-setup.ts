@@ -34,10 +34,11 @@ export const TOY_UNET: UNetConfig = {
   use_spatial_transformer: true,
 };
 
-const WORDS = ["a", "photo", "of", "red", "blue", "green", "yellow", "art", "by", "toy", ","];
+/** The toy tokenizer's vocabulary (captions of the toy dataset use only these words). */
+export const TOY_WORDS = ["a", "photo", "of", "red", "blue", "green", "yellow", "art", "by", "toy", ","];
 
 /** PyTorch-like U(±1/√fan_in) init from a seeded host generator: the same weights in every process. */
-function seededInit(seed: number): Initializer {
+export function seededInit(seed: number): Initializer {
   const rng = new Rng(seed);
   return (shape, torchShape) => {
     const fanIn = torchShape.length > 1 ? torchShape.slice(1).reduce((a, b) => a * b, 1) : torchShape[0]!;
@@ -50,8 +51,8 @@ function seededInit(seed: number): Initializer {
 /** The toy base model (frozen). */
 export function makeToyBase(seed = 1): BaseModel {
   const unet = new UNetModel(TOY_UNET, { init: seededInit(seed) });
-  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(seed + 1) });
-  const tokenizer = new SimpleTokenizer(WORDS, { maxLength: 8 });
+  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(seed + 1) });
+  const tokenizer = new SimpleTokenizer(TOY_WORDS, { maxLength: 8 });
   return new BaseModel({ name: "toy", unet, textEncoder, tokenizer, imageSize: 8 });
 }
 
