@@ -17,6 +17,7 @@ import { PyDict, PyTuple } from "../src/io/pyvalue";
 import { SafetensorsFile } from "../src/io/safetensors";
 import { openTorchFile, readTorchFile, writeTorchFile } from "../src/io/torch-file";
 import { ZipReader, writeZip } from "../src/io/zip";
+import { thrown } from "./helpers/errors";
 
 const fx = (name: string): string => path.join(__dirname, "fixtures", name);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hostile-tables-"));
@@ -24,15 +25,6 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const PROTO_NAMES = ["constructor", "__proto__", "toString", "valueOf", "hasOwnProperty", "isPrototypeOf"];
 const MiB = 2 ** 20;
-
-function thrown(fn: () => unknown): Error {
-  try {
-    fn();
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error("expected an error");
-}
 
 /** Replace every occurrence of `from` by `to` in a buffer (lengths may differ). */
 function replaceAll(b: Buffer, from: string, to: string): Buffer {
@@ -51,7 +43,11 @@ function replaceAll(b: Buffer, from: string, to: string): Buffer {
 function editZipPickle(src: string, out: string, edit: (pkl: Buffer) => Buffer): string {
   const z = ZipReader.open(src);
   try {
-    writeZip(out, z.entries.map((e) => ({ name: e.name, data: e.name.endsWith("/data.pkl") ? edit(z.read(e)) : z.read(e) })), { overwrite: true });
+    writeZip(
+      out,
+      z.entries.map((e) => ({ name: e.name, data: e.name.endsWith("/data.pkl") ? edit(z.read(e)) : z.read(e) })),
+      { overwrite: true },
+    );
   } finally {
     z.close();
   }
@@ -124,7 +120,14 @@ describe("prototype names never pass a whitelist", () => {
           [name, t([1])],
         ]);
       const file = path.join(tmp, `proto-key-${name}.pt`);
-      writeTorchFile(file, new PyDict("dict", [[4, new PyTuple([sd(), sd()])], ["layer_structure", [1, 2, 1]]]), { overwrite: true });
+      writeTorchFile(
+        file,
+        new PyDict("dict", [
+          [4, new PyTuple([sd(), sd()])],
+          ["layer_structure", [1, 2, 1]],
+        ]),
+        { overwrite: true },
+      );
       const err = thrown(() => readHypernetworkFile(file));
       expect(err.message).toContain(file);
       expect(err.message).toContain(`unexpected key "${name}"`);
@@ -230,7 +233,11 @@ describe("a legacy pickle whose lengths claim more than the file holds", () => {
     const err = thrown(() => openTorchFile(file));
     const grown = process.memoryUsage().arrayBuffers - before;
     expect(err).toBeInstanceOf(CorruptFileError);
-    expect(err.message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: pickle is truncated: needs 4294967280 more bytes .*the file is only 734003200 bytes long`));
+    expect(err.message).toMatch(
+      new RegExp(
+        `^${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: pickle is truncated: needs 4294967280 more bytes .*the file is only 734003200 bytes long`,
+      ),
+    );
     expect(grown).toBeLessThan(8 * MiB); // was: a 512 MB then a 700 MB prefix (1.4 GB RSS)
   });
 });

@@ -19,6 +19,7 @@ import type { PyDict, PyValue } from "../src/io/pyvalue";
 import { describeTorchFile, openTorchFile, readTorchFile } from "../src/io/torch-file";
 import { TOTAL_FACTOR, TOTAL_FLOOR_BYTES, VIEW_FLOOR_BYTES } from "../src/io/view-budget";
 import { openWeights } from "../src/io/weight-source";
+import { thrown } from "./helpers/errors";
 
 const fx = (name: string): string => path.join(__dirname, "fixtures", name);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hostile-views-"));
@@ -29,16 +30,6 @@ function arrayBufferGrowth<T>(fn: () => T): { value: T; grown: number } {
   const before = process.memoryUsage().arrayBuffers;
   const value = fn();
   return { value, grown: process.memoryUsage().arrayBuffers - before };
-}
-
-/** Run fn, expecting it to throw; return the error. */
-function thrown(fn: () => unknown): Error {
-  try {
-    fn();
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error("expected an error");
 }
 
 const HOSTILE = [
@@ -113,7 +104,9 @@ describe("reading values refuses views that expand past the budget", () => {
     const f = fx("views-hn-a1111.pt");
     const err = thrown(() => readHypernetworkFile(f));
     expect(err).toBeInstanceOf(UnsupportedFileError);
-    expect(err.message).toContain(`${f}: tensor "1280/0/linear.0.weight" is a view of 6,553,600 elements (shape [5120, 1280], stride (0, 0)) over a storage of 1 element`);
+    expect(err.message).toContain(
+      `${f}: tensor "1280/0/linear.0.weight" is a view of 6,553,600 elements (shape [5120, 1280], stride (0, 0)) over a storage of 1 element`,
+    );
     const out = path.join(tmp, "converted.pt");
     const errors: string[] = [];
     const saved = console.error;
@@ -141,7 +134,7 @@ describe("reading values refuses views that expand past the budget", () => {
 
   it("no typed-array length error escapes: impossible sizes become errors naming the tensor", () => {
     for (const n of [2 ** 33, 2 ** 53, -1, 0.5]) {
-      const err = thrown(() => allocValues("F32", n, [n], "big.pt: tensor \"x\""));
+      const err = thrown(() => allocValues("F32", n, [n], 'big.pt: tensor "x"'));
       expect(err.constructor).toBe(Error);
       expect(err.message).toMatch(/^big\.pt: tensor "x": F32 \[.*\] has .* elements, more than can be held in memory here/);
     }
@@ -149,7 +142,10 @@ describe("reading values refuses views that expand past the budget", () => {
 });
 
 describe("legitimate views load exactly as torch reads them", () => {
-  const expected = JSON.parse(fs.readFileSync(fx("views-legit.json"), "utf8")) as Record<string, { dtype: string; shape: number[]; stride: number[]; values: number[] }>;
+  const expected = JSON.parse(fs.readFileSync(fx("views-legit.json"), "utf8")) as Record<
+    string,
+    { dtype: string; shape: number[]; stride: number[]; values: number[] }
+  >;
   const DT: Record<string, string> = { "torch.float32": "F32", "torch.float16": "F16", "torch.int64": "I64" };
 
   for (const file of ["views-legit.pt", "views-legit-legacy.pt"]) {
@@ -192,11 +188,22 @@ describe("the fuzzer's mutation kinds for these classes make the cases they name
   const rand = (seed: number) => {
     const next = rng32(seed);
     const int = (n: number): number => Math.floor(next() * n);
-    return { next, int, range: (lo: number, hi: number) => lo + int(hi - lo + 1), pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!, chance: (p: number) => next() < p };
+    return {
+      next,
+      int,
+      range: (lo: number, hi: number) => lo + int(hi - lo + 1),
+      pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!,
+      chance: (p: number) => next() < p,
+    };
   };
   const seed = (name: string, kind: string) => ({ name, kind, ext: ".pt", bytes: fs.readFileSync(fx(name)) });
   // Small storages (views-legit*: ≤ 77 elements) and large ones (hypernetwork weights, 24-element legacy).
-  const seeds = [seed("views-legit.pt", "zip"), seed("views-legit-legacy.pt", "legacy"), seed("hn-half.pt", "zip"), seed("legacy-format.pt", "legacy")];
+  const seeds = [
+    seed("views-legit.pt", "zip"),
+    seed("views-legit-legacy.pt", "legacy"),
+    seed("hn-half.pt", "zip"),
+    seed("legacy-format.pt", "legacy"),
+  ];
   /** Apply mutation `name` with case seeds 1…n to each seed; return [file, error or undefined]. */
   const cases = (name: string, n: number, kinds = ["zip", "legacy"]): Array<[string, Error | undefined]> => {
     const out: Array<[string, Error | undefined]> = [];
@@ -229,14 +236,18 @@ describe("the fuzzer's mutation kinds for these classes make the cases they name
   it("pkl-proto-global: every case is refused as unsafe, naming an Object.prototype member", () => {
     for (const [file, err] of cases("pkl-proto-global", 10)) {
       expect(err, file).toBeInstanceOf(UnsafePickleError);
-      expect((err as UnsafePickleError).global).toMatch(/constructor|__proto__|toString|valueOf|hasOwnProperty|isPrototypeOf|__defineGetter__|propertyIsEnumerable/);
+      expect((err as UnsafePickleError).global).toMatch(
+        /constructor|__proto__|toString|valueOf|hasOwnProperty|isPrototypeOf|__defineGetter__|propertyIsEnumerable/,
+      );
     }
   });
 
   it("zip-name-mismatch: every case is refused because the local header names another entry", () => {
     for (const [file, err] of cases("zip-name-mismatch", 10, ["zip"])) {
       expect(err, file).toBeInstanceOf(CorruptFileError);
-      expect(err!.message).toMatch(/in its local header .*the directory and the header must agree|has no local header|outside the data area|runs past the data area|overlap/);
+      expect(err!.message).toMatch(
+        /in its local header .*the directory and the header must agree|has no local header|outside the data area|runs past the data area|overlap/,
+      );
     }
   });
 });
