@@ -45,7 +45,18 @@ export const DEFAULT_CONFIG = "test/fixtures/ldm-tiny.config.json";
 
 /** Parse `--name value` / `--flag` arguments; unknown names are an error that lists the known ones. */
 export function parseArgs(argv: string[], defaults: Partial<BenchArgs> = {}): BenchArgs {
-  const a: BenchArgs = { config: DEFAULT_CONFIG, batch: 4, size: 32, steps: 5, backend: "auto", contextLen: 77, noMicro: false, profile: false, noCache: false, ...defaults };
+  const a: BenchArgs = {
+    config: DEFAULT_CONFIG,
+    batch: 4,
+    size: 32,
+    steps: 5,
+    backend: "auto",
+    contextLen: 77,
+    noMicro: false,
+    profile: false,
+    noCache: false,
+    ...defaults,
+  };
   const num = (name: string, v: string | undefined): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} needs a positive integer (got ${JSON.stringify(v)})`);
@@ -55,17 +66,43 @@ export function parseArgs(argv: string[], defaults: Partial<BenchArgs> = {}): Be
     const k = argv[i]!;
     const v = argv[i + 1];
     switch (k) {
-      case "--config": a.config = v ?? ""; i++; break;
-      case "--batch": a.batch = num("batch", v); i++; break;
-      case "--size": a.size = num("size", v); i++; break;
-      case "--steps": a.steps = num("steps", v); i++; break;
-      case "--context-len": a.contextLen = num("context-len", v); i++; break;
-      case "--backend": a.backend = (v ?? "") as BackendChoice; i++; break;
-      case "--no-micro": a.noMicro = true; break;
-      case "--profile": a.profile = true; break;
-      case "--no-cache": a.noCache = true; break;
+      case "--config":
+        a.config = v ?? "";
+        i++;
+        break;
+      case "--batch":
+        a.batch = num("batch", v);
+        i++;
+        break;
+      case "--size":
+        a.size = num("size", v);
+        i++;
+        break;
+      case "--steps":
+        a.steps = num("steps", v);
+        i++;
+        break;
+      case "--context-len":
+        a.contextLen = num("context-len", v);
+        i++;
+        break;
+      case "--backend":
+        a.backend = (v ?? "") as BackendChoice;
+        i++;
+        break;
+      case "--no-micro":
+        a.noMicro = true;
+        break;
+      case "--profile":
+        a.profile = true;
+        break;
+      case "--no-cache":
+        a.noCache = true;
+        break;
       default:
-        throw new Error(`unknown argument ${k}; use --config tiny|sd15|FILE.json, --batch N, --size N, --steps N, --context-len N, --backend auto|wasm|cpu|webgpu|tensorflow|tensorflow-gpu, --no-micro, --profile, --no-cache`);
+        throw new Error(
+          `unknown argument ${k}; use --config tiny|sd15|FILE.json, --batch N, --size N, --steps N, --context-len N, --backend auto|wasm|cpu|webgpu|tensorflow|tensorflow-gpu, --no-micro, --profile, --no-cache`,
+        );
     }
   }
   return a;
@@ -103,7 +140,10 @@ export function buildModel(config: UNetConfig, batch: number, size: number, cont
   const attachment = attachHypernetworks(unet, [net]);
   attachment.training = true;
   attachment.cacheCrossAttention = cache;
-  const optimizer = new AdamW(net.namedParameters().map(([, p]) => p), { lr: 1e-5 });
+  const optimizer = new AdamW(
+    net.namedParameters().map(([, p]) => p),
+    { lr: 1e-5 },
+  );
   // Latents and text context are cached by the trainer, so they are made once here too.
   const x0 = tf.randomNormal([batch, size, size, config.in_channels], 0, 1, "float32", 2) as tf.Tensor4D;
   const cond = tf.randomNormal([batch, contextLen, config.context_dim], 0, 1, "float32", 3) as tf.Tensor3D;
@@ -166,7 +206,11 @@ export async function sampleStepAsync(m: BenchModel): Promise<void> {
 }
 
 /** {@link time} for functions that finish asynchronously. */
-export async function timeAsync(fn: () => Promise<unknown>, runs: number, warmup = 1): Promise<{ median: number; min: number; all: number[] }> {
+export async function timeAsync(
+  fn: () => Promise<unknown>,
+  runs: number,
+  warmup = 1,
+): Promise<{ median: number; min: number; all: number[] }> {
   for (let i = 0; i < warmup; i++) await fn();
   const all: number[] = [];
   for (let i = 0; i < runs; i++) {

@@ -45,7 +45,13 @@ async function child(file: string, tokenizer: string, backend: string): Promise<
     );
     m.dispose();
   } catch (err) {
-    console.log(JSON.stringify({ backend: tf.getBackend(), error: (err as Error).message, maxRssMB: Math.round(process.resourceUsage().maxRSS / 1024) }));
+    console.log(
+      JSON.stringify({
+        backend: tf.getBackend(),
+        error: (err as Error).message,
+        maxRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
+      }),
+    );
   }
 }
 
@@ -79,14 +85,20 @@ async function main(): Promise<void> {
   fs.ftruncateSync(fd, 8 + Buffer.byteLength(json) + offset);
   fs.closeSync(fd);
   const size = fs.statSync(file).size;
-  console.log(`file: ${file}: ${shapes.length} tensors, ${(offset / 4).toLocaleString()} float32 values, ${(size / 1e9).toFixed(2)} GB (sparse)`);
+  console.log(
+    `file: ${file}: ${shapes.length} tensors, ${(offset / 4).toLocaleString()} float32 values, ${(size / 1e9).toFixed(2)} GB (sparse)`,
+  );
   const tokenizer = path.join(__dirname, "..", "test", "fixtures", "tokenizer");
   try {
     for (const backend of ["wasm", "cpu"]) {
-      const out = execFileSync(process.execPath, [...process.execArgv, "-r", "ts-node/register/transpile-only", __filename, "--child", file, tokenizer, backend], {
-        encoding: "utf8",
-        maxBuffer: 1 << 24,
-      });
+      const out = execFileSync(
+        process.execPath,
+        [...process.execArgv, "-r", "ts-node/register/transpile-only", __filename, "--child", file, tokenizer, backend],
+        {
+          encoding: "utf8",
+          maxBuffer: 1 << 24,
+        },
+      );
       console.log(out.trim().split("\n").pop());
     }
   } finally {

@@ -39,7 +39,8 @@ async function main(): Promise<void> {
     e[1]++;
     agg.set(k.name, e);
   }
-  for (const [k, v] of [...agg.entries()].sort((a, b) => b[1][0] - a[1][0]).slice(0, 20)) console.log(k.padEnd(28), v[0].toFixed(1).padStart(8), String(v[1]).padStart(6));
+  for (const [k, v] of [...agg.entries()].sort((a, b) => b[1][0] - a[1][0]).slice(0, 20))
+    console.log(k.padEnd(28), v[0].toFixed(1).padStart(8), String(v[1]).padStart(6));
 }
 
 void main();

@@ -24,7 +24,11 @@ import { readHypernetworkFile, writeHypernetworkFile } from "../src/hypernet/fil
 const ROOT = path.join(__dirname, "..");
 
 function shapesFromTsv(file: string): Array<[string, number[]]> {
-  const lines = fs.readFileSync(file, "utf8").split("\n").slice(1).filter((l) => l.trim());
+  const lines = fs
+    .readFileSync(file, "utf8")
+    .split("\n")
+    .slice(1)
+    .filter((l) => l.trim());
   return lines.map((l) => {
     const cols = l.split("\t");
     return [cols[1]!, JSON.parse(cols[3]!) as number[]];
@@ -73,7 +77,10 @@ function main(argv: string[]): void {
   const emit = (o: Record<string, unknown>): void => console.log(JSON.stringify({ ...o, load: os.loadavg()[0]!.toFixed(2) }));
   try {
     const sd = path.join(dir, "sd15-zeros.safetensors");
-    const n = sparseSafetensors(sd, [...shapesFromTsv(path.join(ROOT, "test/fixtures/sd15-keys.tsv")), ...shapesFromTsv(path.join(ROOT, "test/fixtures/sd15-keys-clip-vae.tsv"))]);
+    const n = sparseSafetensors(sd, [
+      ...shapesFromTsv(path.join(ROOT, "test/fixtures/sd15-keys.tsv")),
+      ...shapesFromTsv(path.join(ROOT, "test/fixtures/sd15-keys-clip-vae.tsv")),
+    ]);
     emit({ case: "sd15_header_open", tensors: n, ...time(runs, () => SafetensorsFile.open(sd).close()) });
     const tiny = path.join(ROOT, "models/tiny/model.safetensors");
     emit({

@@ -43,7 +43,15 @@ async function main(): Promise<void> {
       const rss = settledRssMb();
       if (!at100) at100 = { tensors: tf.memory().numTensors, rss };
       worstRss = Math.max(worstRss, rss);
-      console.log(JSON.stringify({ step, loss: Number(loss.toFixed(5)), tensors: tf.memory().numTensors, rss_mb: rss, ms_per_step: Math.round((performance.now() - t0) / step) }));
+      console.log(
+        JSON.stringify({
+          step,
+          loss: Number(loss.toFixed(5)),
+          tensors: tf.memory().numTensors,
+          rss_mb: rss,
+          ms_per_step: Math.round((performance.now() - t0) / step),
+        }),
+      );
     }
   }
   const growth = at100 ? (worstRss - at100.rss) / at100.rss : NaN;

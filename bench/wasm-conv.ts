@@ -25,7 +25,11 @@ async function main(): Promise<void> {
   await tf.setBackend("wasm");
   const x = tf.randomNormal([1, 64, 64, 128]) as tf.Tensor4D;
   const w = tf.randomNormal([3, 3, 128, 128]).mul(0.05) as tf.Tensor4D;
-  const loss = (a: tf.Tensor, b: tf.Tensor): tf.Scalar => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, "same").square().mean();
+  const loss = (a: tf.Tensor, b: tf.Tensor): tf.Scalar =>
+    tf
+      .conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, "same")
+      .square()
+      .mean();
   const fwd = (): tf.Tensor[] => [tf.conv2d(x, w, 1, "same")];
   const dx = (): tf.Tensor[] => [tf.grad((a: tf.Tensor) => loss(a, w))(x)];
   const full = (): tf.Tensor[] => tf.grads(loss)([x, w]);

@@ -27,16 +27,20 @@ export async function useWebgpuNull(): Promise<{ backend: string; device: string
   try {
     webgpu = nodeRequire("webgpu") as typeof webgpu;
   } catch (e) {
-    throw new Error(`--backend webgpu-null needs the optional \`webgpu\` package (npm install webgpu): ${(e as Error).message.split("\n")[0]}`);
+    throw new Error(
+      `--backend webgpu-null needs the optional \`webgpu\` package (npm install webgpu): ${(e as Error).message.split("\n")[0]}`,
+    );
   }
   Object.assign(globalThis, webgpu.globals);
   const g = globalThis as { navigator?: object };
   const gpu = webgpu.create(["backend=null"]);
-  if (g.navigator && typeof g.navigator === "object") Object.defineProperty(g.navigator, "gpu", { value: gpu, configurable: true, writable: true });
+  if (g.navigator && typeof g.navigator === "object")
+    Object.defineProperty(g.navigator, "gpu", { value: gpu, configurable: true, writable: true });
   else g.navigator = { gpu };
   nodeRequire("@tensorflow/tfjs-backend-webgpu");
   tf.enableProdMode(); // as useBackend does: the same tfjs checks as a real run
-  if (!(await tf.setBackend("webgpu"))) throw new Error("--backend webgpu-null: tfjs could not initialise the webgpu backend on Dawn's null adapter");
+  if (!(await tf.setBackend("webgpu")))
+    throw new Error("--backend webgpu-null: tfjs could not initialise the webgpu backend on Dawn's null adapter");
   return { backend: "webgpu-null", device: "Dawn null backend (no GPU work; host cost only)" };
 }
 

@@ -19,7 +19,10 @@ const { skipReason } = webgpuSetup("webgpu-fused.test.ts");
 /** Deterministic, non-trivial values (not symmetric around zero, different per tensor). */
 function values(shape: number[], seed: number): tf.Tensor {
   const n = shape.reduce((p, v) => p * v, 1);
-  return tf.tensor(Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.731 + seed) * 1.7 + Math.cos(i * 0.19 * seed) * 0.4 + 0.1 * seed), shape);
+  return tf.tensor(
+    Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.731 + seed) * 1.7 + Math.cos(i * 0.19 * seed) * 0.4 + 0.1 * seed),
+    shape,
+  );
 }
 
 /** The composite GroupNorm (+SiLU) over `[B, S, C]`, written out independently of src/nn. */
@@ -64,7 +67,9 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
       const x = values(shape, 1);
       const gamma = values([c], 2);
       const beta = values([c], 3);
-      const fused = await expectNoLeak(() => valueAndGrads((a, g, b) => fusedGroupNorm(a as tf.Tensor3D, g!, b!, groups, eps, act), [x, gamma, beta], 4));
+      const fused = await expectNoLeak(() =>
+        valueAndGrads((a, g, b) => fusedGroupNorm(a as tf.Tensor3D, g!, b!, groups, eps, act), [x, gamma, beta], 4),
+      );
       const ref = await valueAndGrads((a, g, b) => compositeNorm(a, g!, b!, groups, eps, act), [x, gamma, beta], 4);
       expect(fused.length).toBe(4);
       fused.forEach((f, i) => expectClose(f, ref[i]!, 1e-4));
@@ -98,12 +103,14 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
     const seq = values([2, 3, 8], 8);
     const viaLayers = await read(tf.tidy(() => [gn.apply(x), gn.applySilu(x), ln.apply(seq), geglu.apply(seq)]));
     const proj = tf.tidy(() => geglu.proj.apply(seq).reshape([-1, 8]));
-    const ref = await read(tf.tidy(() => [
-      compositeNorm(x.reshape([1, 9, 8]), gn.weight.value, gn.bias.value, 2, 1e-5, false),
-      compositeNorm(x.reshape([1, 9, 8]), gn.weight.value, gn.bias.value, 2, 1e-5, true),
-      compositeNorm(seq.reshape([6, 1, 8]), ln.weight.value, ln.bias.value, 1, 1e-5, false),
-      tf.mul(proj.slice([0, 0], [-1, 4]), gelu(proj.slice([0, 4], [-1, 4]))),
-    ]));
+    const ref = await read(
+      tf.tidy(() => [
+        compositeNorm(x.reshape([1, 9, 8]), gn.weight.value, gn.bias.value, 2, 1e-5, false),
+        compositeNorm(x.reshape([1, 9, 8]), gn.weight.value, gn.bias.value, 2, 1e-5, true),
+        compositeNorm(seq.reshape([6, 1, 8]), ln.weight.value, ln.bias.value, 1, 1e-5, false),
+        tf.mul(proj.slice([0, 0], [-1, 4]), gelu(proj.slice([0, 4], [-1, 4]))),
+      ]),
+    );
     viaLayers.forEach((v, i) => expectClose(v, ref[i]!, 1e-4));
     const prof = await tf.profile(() => gn.applySilu(x));
     expect(prof.kernelNames.filter((k) => k !== "Reshape")).toEqual(["HnFusedNorm"]); // reshapes are views, not dispatches
@@ -123,10 +130,12 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
     const seq = values([6, 8], 13);
     const img = values([1, 5, 5, 3], 14);
     const fusedOut = await read(tf.tidy(() => [lin.apply(seq), conv.apply(img as tf.Tensor4D)]));
-    const ref = await read(tf.tidy(() => [
-      tf.add(tf.matMul(seq, lin.weight.value as tf.Tensor2D), lin.bias!.value),
-      tf.add(tf.conv2d(img as tf.Tensor4D, conv.weight.value as tf.Tensor4D, 1, "same"), conv.bias!.value),
-    ]));
+    const ref = await read(
+      tf.tidy(() => [
+        tf.add(tf.matMul(seq, lin.weight.value as tf.Tensor2D), lin.bias!.value),
+        tf.add(tf.conv2d(img as tf.Tensor4D, conv.weight.value as tf.Tensor4D, 1, "same"), conv.bias!.value),
+      ]),
+    );
     fusedOut.forEach((v, i) => expectClose(v, ref[i]!, 1e-4));
     const prof = await tf.profile(() => lin.apply(seq));
     expect(prof.kernelNames).toContain("_FusedMatMul");
@@ -154,7 +163,9 @@ describe.runIf(skipReason === null)("fused WebGPU kernels (lavapipe)", () => {
 
   it("a channel count that does not split into the groups is refused with the numbers", () => {
     const x = tf.zeros([1, 2, 6]) as tf.Tensor3D;
-    expect(() => tf.tidy(() => fusedGroupNorm(x, tf.ones([6]), tf.zeros([6]), 4, 1e-5, false))).toThrow(/6 channels do not split into 4 groups/);
+    expect(() => tf.tidy(() => fusedGroupNorm(x, tf.ones([6]), tf.zeros([6]), 4, 1e-5, false))).toThrow(
+      /6 channels do not split into 4 groups/,
+    );
     x.dispose();
   });
 });

@@ -20,7 +20,13 @@ import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { useBackend } from "../src/backend/backend";
 import { installWebgpuCounters, type WebgpuCounts } from "../src/backend/webgpu-counters";
-import { type UniformField, installWebgpuLaunchPatches, missingWebgpuInternals, removeWebgpuLaunchPatches, uniformBytes } from "../src/backend/webgpu-launch";
+import {
+  type UniformField,
+  installWebgpuLaunchPatches,
+  missingWebgpuInternals,
+  removeWebgpuLaunchPatches,
+  uniformBytes,
+} from "../src/backend/webgpu-launch";
 import { attachHypernetworks } from "../src/hypernet/attach";
 import { loadHypernetwork } from "../src/hypernet/file";
 import type { Hypernetwork } from "../src/hypernet/network";
@@ -42,9 +48,19 @@ const { skipReason } = webgpuSetup("webgpu-launch.test.ts");
 interface Backend {
   uploadToGPU(dataId: object): void;
   makeUniforms(fields: UniformField[]): { offset: number; size: number; buffer: { size: number } };
-  runWebGPUProgram(program: object, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: UniformField[], output?: tf.TensorInfo): tf.TensorInfo;
+  runWebGPUProgram(
+    program: object,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: UniformField[],
+    output?: tf.TensorInfo,
+  ): tf.TensorInfo;
   tensorMap: { get(id: object): { resource: unknown; external?: boolean } };
-  bufferManager: { freeBuffers: Map<string, unknown[]>; acquireBuffer(size: number, usage: number): { size: number; usage: number }; releaseBuffer(b: object): void };
+  bufferManager: {
+    freeBuffers: Map<string, unknown[]>;
+    acquireBuffer(size: number, usage: number): { size: number; usage: number };
+    releaseBuffer(b: object): void;
+  };
 }
 const backend = (): Backend => tf.findBackend("webgpu") as unknown as Backend;
 const stockProto = (): Backend => Object.getPrototypeOf(backend()) as Backend;
@@ -67,12 +83,22 @@ function buildRig(tensors: Map<string, HostTensor>): Rig {
   loadUNetWeights(unet, fixture("ldm-tiny.unet.safetensors"));
   const net = loadHypernetwork(fixture("ldm-a.pt"), { trainable: true });
   const xs = tensors.get("x")!;
-  const x = tf.tidy(() => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose([0, 2, 3, 1]) as tf.Tensor4D);
+  const x = tf.tidy(
+    () => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose([0, 2, 3, 1]) as tf.Tensor4D,
+  );
   const c = tensors.get("context")!;
   const ctx = tf.tensor3d(c.data as Float32Array, c.shape as [number, number, number]);
-  const noise = tf.tensor4d(Float32Array.from({ length: x.size }, (_, i) => Math.sin(i * 1.618 + 0.3) * 1.2), x.shape);
+  const noise = tf.tensor4d(
+    Float32Array.from({ length: x.size }, (_, i) => Math.sin(i * 1.618 + 0.3) * 1.2),
+    x.shape,
+  );
   return {
-    unet, net, x, t: [...tensors.get("t")!.data], ctx, noise,
+    unet,
+    net,
+    x,
+    t: [...tensors.get("t")!.data],
+    ctx,
+    noise,
     dispose() {
       tf.dispose([x, ctx, noise]);
       net.dispose();
@@ -97,7 +123,10 @@ async function trainingStep(r: Rig): Promise<{ loss: number; grads: Float32Array
   const before = vars.map((v) => v.clone());
   const { value, grads } = tf.variableGrads(() => diffusionLoss(r.unet, { x0: r.x, noise: r.noise, t: r.t, cond: r.ctx }), vars);
   const list = vars.map((v) => grads[v.name]!);
-  const opt = new AdamW(r.net.namedParameters().map(([, p]) => p), { lr: 1e-3 });
+  const opt = new AdamW(
+    r.net.namedParameters().map(([, p]) => p),
+    { lr: 1e-3 },
+  );
   opt.step(list);
   const loss = (await value.data())[0]!;
   const g = await Promise.all(list.map(async (t) => (await t.data()) as Float32Array));
@@ -149,7 +178,18 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     // (what the lean recorder reproduces).
     expect(String(p.uploadToGPU)).toMatch(/MAP_WRITE/);
     const recSource = String(rec);
-    for (const part of ["NaN", "Infinity", "computeStrides", "makeUniforms", "createBindGroup", "getBindGroupLayout(0)", "dispatchWorkgroups", "WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", "submitQueue", "commandQueueOwnedIds"]) {
+    for (const part of [
+      "NaN",
+      "Infinity",
+      "computeStrides",
+      "makeUniforms",
+      "createBindGroup",
+      "getBindGroupLayout(0)",
+      "dispatchWorkgroups",
+      "WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE",
+      "submitQueue",
+      "commandQueueOwnedIds",
+    ]) {
       expect(recSource, `stock recordAndSubmit no longer mentions ${part}`).toContain(part);
     }
     // The pool's free lists are keyed `${size}_${usage}` (the bind-group patch keeps them sorted).
@@ -161,24 +201,54 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
 
   it("uniformBytes lays out uniforms exactly as tfjs's makeUniforms", () => {
     const cases: UniformField[][] = [
-      [{ type: "float32", data: [NaN] }, { type: "float32", data: [Infinity] }, { type: "int32", data: [2, 3, 4, 5] }, { type: "int32", data: [60, 20, 5] }, { type: "int32", data: [120] }],
-      [{ type: "int32", data: [1, 2] }, { type: "int32", data: [3] }, { type: "uint32", data: [7, 8, 9] }, { type: "float32", data: [-0, 0.1] }],
-      [{ type: "int32", data: [1, 2, 3, 4, 5] }, { type: "int32", data: [6] }, { type: "int32", data: [1, 2, 3, 4, 5, 6] }, { type: "float32", data: [0.5] }],
-      [{ type: "int32", data: [] }, { type: "float32", data: [1e-7, 2, 3] }],
+      [
+        { type: "float32", data: [NaN] },
+        { type: "float32", data: [Infinity] },
+        { type: "int32", data: [2, 3, 4, 5] },
+        { type: "int32", data: [60, 20, 5] },
+        { type: "int32", data: [120] },
+      ],
+      [
+        { type: "int32", data: [1, 2] },
+        { type: "int32", data: [3] },
+        { type: "uint32", data: [7, 8, 9] },
+        { type: "float32", data: [-0, 0.1] },
+      ],
+      [
+        { type: "int32", data: [1, 2, 3, 4, 5] },
+        { type: "int32", data: [6] },
+        { type: "int32", data: [1, 2, 3, 4, 5, 6] },
+        { type: "float32", data: [0.5] },
+      ],
+      [
+        { type: "int32", data: [] },
+        { type: "float32", data: [1e-7, 2, 3] },
+      ],
     ];
     for (let s = 0; s < 40; s++) {
       // Random field lists of every length 1–6 and every type.
       const n = 1 + ((s * 7) % 6);
-      cases.push(Array.from({ length: n }, (_, i) => ({ type: ["int32", "uint32", "float32"][(s + i) % 3]!, data: Array.from({ length: 1 + ((s * 5 + i * 3) % 6) }, (_, j) => (s * 31 + i * 17 + j) % 97) })));
+      cases.push(
+        Array.from({ length: n }, (_, i) => ({
+          type: ["int32", "uint32", "float32"][(s + i) % 3]!,
+          data: Array.from({ length: 1 + ((s * 5 + i * 3) % 6) }, (_, j) => (s * 31 + i * 17 + j) % 97),
+        })),
+      );
     }
     for (const fields of cases) {
       let written: Uint8Array | null = null;
       const fake = {
         bufferManager: { acquireBuffer: (size: number) => ({ size }) },
-        queue: { writeBuffer: (_b: unknown, _o: number, data: ArrayBuffer, off: number, size: number) => void (written = new Uint8Array(data.slice(off, off + size))) },
+        queue: {
+          writeBuffer: (_b: unknown, _o: number, data: ArrayBuffer, off: number, size: number) =>
+            void (written = new Uint8Array(data.slice(off, off + size))),
+        },
         uniformPendingDisposal: [] as unknown[],
       };
-      const r = stockProto().makeUniforms.call(fake, fields.map((f) => ({ ...f, data: [...f.data] })));
+      const r = stockProto().makeUniforms.call(
+        fake,
+        fields.map((f) => ({ ...f, data: [...f.data] })),
+      );
       expect(written, JSON.stringify(fields)).not.toBeNull();
       expect(new Uint8Array(uniformBytes(fields)), JSON.stringify(fields)).toEqual(written);
       expect(r.size).toBe(written!.length);
@@ -194,18 +264,26 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     }
     const r = installWebgpuLaunchPatches();
     expect(r.installed).toBe(true);
-    expect(r.patches!.applied).toEqual(["writeBuffer uploads", "shared constant buffers", "cached uniform buffers", "cached bind groups and layouts", "lean launch recording"]);
+    expect(r.patches!.applied).toEqual([
+      "writeBuffer uploads",
+      "shared constant buffers",
+      "cached uniform buffers",
+      "cached bind groups and layouts",
+      "lean launch recording",
+    ]);
     expect(installWebgpuLaunchPatches().patches).toBe(r.patches); // idempotent
     expect(backend().uploadToGPU).not.toBe(stockProto().uploadToGPU);
     removeWebgpuLaunchPatches();
     expect(backend().uploadToGPU).toBe(stockProto().uploadToGPU);
-    expect(Object.prototype.hasOwnProperty.call(backend(), "makeUniforms")).toBe(false);
+    expect(Object.hasOwn(backend(), "makeUniforms")).toBe(false);
   });
 
-  it("useBackend(\"webgpu\") applies the patches and says so in its report", async () => {
+  it('useBackend("webgpu") applies the patches and says so in its report', async () => {
     removeWebgpuLaunchPatches();
     const report = await useBackend("webgpu", { quiet: true });
-    expect(report.notes.join("\n")).toMatch(/WebGPU launch patches: writeBuffer uploads, shared constant buffers, cached uniform buffers, cached bind groups and layouts, lean launch recording/);
+    expect(report.notes.join("\n")).toMatch(
+      /WebGPU launch patches: writeBuffer uploads, shared constant buffers, cached uniform buffers, cached bind groups and layouts, lean launch recording/,
+    );
     expect(backend().uploadToGPU).not.toBe(stockProto().uploadToGPU);
     removeWebgpuLaunchPatches();
   }, 60_000);
@@ -251,11 +329,20 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
     expect(tm.get(z.dataId).resource).toBe(tm.get(z2.dataId).resource);
     // A program that writes A + 5 into an explicit output tensor (as tfjs's atomics kernels do).
     const program = {
-      variableNames: ["A"], outputShape: [64], shaderKey: "hypernetTestAddFive", size: true, workgroupSize: [64, 1, 1],
-      dispatchLayout: { x: [0] }, dispatch: [1, 1, 1],
+      variableNames: ["A"],
+      outputShape: [64],
+      shaderKey: "hypernetTestAddFive",
+      size: true,
+      workgroupSize: [64, 1, 1],
+      dispatchLayout: { x: [0] },
+      dispatch: [1, 1, 1],
       getUserCode: () => `fn main(index : i32) { if (index < uniforms.size) { setOutputAtIndex(index, getAByOutputIndex(index) + 5.0); } }`,
     };
-    backend().runWebGPUProgram(program, [{ dataId: x.dataId, shape: x.shape, dtype: x.dtype }], "float32", undefined, { dataId: z.dataId, shape: z.shape, dtype: "float32" });
+    backend().runWebGPUProgram(program, [{ dataId: x.dataId, shape: x.shape, dtype: x.dtype }], "float32", undefined, {
+      dataId: z.dataId,
+      shape: z.shape,
+      dtype: "float32",
+    });
     expect(tm.get(z.dataId).resource).not.toBe(tm.get(z2.dataId).resource);
     expect(Array.from(await z.data())).toEqual(Array.from({ length: 64 }, (_, i) => i + 5));
     expect(Array.from(await z2.data())).toEqual(new Array(64).fill(0));
@@ -295,7 +382,9 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
       stock.result.updated.forEach((w, i) => expectSameBits(patched.result.updated[i]!, w, `updated weight ${i}`));
       const s = stock.counts;
       const p = patched.counts;
-      console.log(`training step counts, stock → patched: dispatches ${s.dispatches} → ${p.dispatches}, uploads ${s.uploads} (${s.scalarUploads} scalars) → ${p.uploads} (${p.scalarUploads}), uniform writes ${s.uniformWrites} → ${p.uniformWrites}, bind groups ${s.createBindGroup} → ${p.createBindGroup}, buffers created ${s.createBuffer} → ${p.createBuffer}`);
+      console.log(
+        `training step counts, stock → patched: dispatches ${s.dispatches} → ${p.dispatches}, uploads ${s.uploads} (${s.scalarUploads} scalars) → ${p.uploads} (${p.scalarUploads}), uniform writes ${s.uniformWrites} → ${p.uniformWrites}, bind groups ${s.createBindGroup} → ${p.createBindGroup}, buffers created ${s.createBuffer} → ${p.createBuffer}`,
+      );
       expect(p.dispatches).toBe(s.dispatches); // no fusion here: the same launches, made cheaper
       expect(Math.abs(p.submits - s.submits)).toBeLessThanOrEqual(Math.ceil(s.submits / 100));
       expect(s.createBufferMapped).toBeGreaterThan(100); // the stock path stages each upload
@@ -308,7 +397,11 @@ describe.runIf(skipReason === null)("WebGPU launch patches (Dawn on private lava
       removeWebgpuLaunchPatches();
       installWebgpuLaunchPatches({ record: false });
       const tfjsRecorder = await counted(() => trainingStep(rig));
-      expect([tfjsRecorder.counts.dispatches, tfjsRecorder.counts.submits, tfjsRecorder.counts.computePasses]).toEqual([p.dispatches, p.submits, p.computePasses]);
+      expect([tfjsRecorder.counts.dispatches, tfjsRecorder.counts.submits, tfjsRecorder.counts.computePasses]).toEqual([
+        p.dispatches,
+        p.submits,
+        p.computePasses,
+      ]);
       tfjsRecorder.result.grads.forEach((g, i) => expectSameBits(patched.result.grads[i]!, g, `gradient ${i}, lean vs tfjs recorder`));
     } finally {
       rig.dispose();

@@ -47,11 +47,16 @@ function buildRig(): Rig {
   loadUNetWeights(unet, fixture("ldm-tiny.unet.safetensors"));
   const net = loadHypernetwork(fixture("ldm-a.pt"), { trainable: true });
   const xs = io.get("x")!;
-  const x = tf.tidy(() => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose([0, 2, 3, 1]) as tf.Tensor4D);
+  const x = tf.tidy(
+    () => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose([0, 2, 3, 1]) as tf.Tensor4D,
+  );
   const c = io.get("context")!;
   const ctx = tf.tensor3d(c.data as Float32Array, c.shape as [number, number, number]);
   // A fixed, non-trivial ε (the same values on both backends), NHWC like x.
-  const noise = tf.tensor4d(Float32Array.from({ length: x.size }, (_, i) => Math.sin(i * 1.618 + 0.3) * 1.2), x.shape);
+  const noise = tf.tensor4d(
+    Float32Array.from({ length: x.size }, (_, i) => Math.sin(i * 1.618 + 0.3) * 1.2),
+    x.shape,
+  );
   return {
     unet,
     net,
@@ -85,7 +90,10 @@ async function trainingStep(r: Rig): Promise<{ loss: number; grads: Float32Array
   const list = vars.map((v) => grads[v.name]!);
   const loss = (await value.data())[0]!;
   const g = await Promise.all(list.map(async (t) => (await t.data()) as Float32Array));
-  const opt = new AdamW(r.net.namedParameters().map(([, p]) => p), { lr: 1e-3 }); // lr: see the comparison below
+  const opt = new AdamW(
+    r.net.namedParameters().map(([, p]) => p),
+    { lr: 1e-3 },
+  ); // lr: see the comparison below
   opt.step(list);
   const updated = await Promise.all(vars.map(async (v) => (await v.data()) as Float32Array));
   tf.dispose([value, ...list]);
@@ -153,7 +161,9 @@ describe.runIf(skipReason === null)("WebGPU (Dawn on private lavapipe)", () => {
       expectClose(gpuStep.grads[i]!, g, 1e-4 * scale);
       g.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - gpuStep.grads[i]![j]!))));
     });
-    console.log(`webgpu vs wasm: loss ${gpuStep.loss} vs ${ref.loss}; max |Δgrad| ${worst.toExponential(2)} (largest gradient ${scale.toExponential(2)})`);
+    console.log(
+      `webgpu vs wasm: loss ${gpuStep.loss} vs ${ref.loss}; max |Δgrad| ${worst.toExponential(2)} (largest gradient ${scale.toExponential(2)})`,
+    );
     // AdamW's first step moves each weight by lr·g/(|g|+ε) ≈ ±lr: the same update wherever the
     // gradient is clearly non-zero; where it is rounding noise the sign may differ, and Adam bounds
     // the difference by 2·lr.
@@ -181,8 +191,17 @@ describe.runIf(skipReason === null)("train() on WebGPU", () => {
     const base = makeToyBase();
     const net = makeToyNet();
     const r = await train(base, net, {
-      dataDir: path.join(tmp, "data"), template: TOY_TEMPLATE, maxSteps: 3, saveEvery: 3, batchSize: 2,
-      learningRate: "1e-3", seed: 5, logDir: path.join(tmp, "log"), onLog: () => {}, progress: false, handleSigint: false,
+      dataDir: path.join(tmp, "data"),
+      template: TOY_TEMPLATE,
+      maxSteps: 3,
+      saveEvery: 3,
+      batchSize: 2,
+      learningRate: "1e-3",
+      seed: 5,
+      logDir: path.join(tmp, "log"),
+      onLog: () => {},
+      progress: false,
+      handleSigint: false,
     }).done;
     expect(r.reason).toBe("max-steps");
     expect(r.losses.every(Number.isFinite)).toBe(true);
@@ -192,7 +211,6 @@ describe.runIf(skipReason === null)("train() on WebGPU", () => {
     fs.rmSync(tmp, { recursive: true, force: true });
   }, 180_000);
 });
-
 
 describe.runIf(skipReason === null)("train-base and the global gradient norm on WebGPU", () => {
   it("globalNorm over more tensors than a shader may bind (8) matches the hand-computed norm", async () => {
@@ -217,10 +235,39 @@ describe.runIf(skipReason === null)("train-base and the global gradient norm on 
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "train-base-webgpu-"));
     const run = (backend: string): { rows: number[][]; weights: Map<string, HostTensor> } => {
       const dir = path.join(tmp, backend);
-      execFileSync(process.execPath, [createRequire(__filename).resolve("ts-node/dist/bin.js"), "--transpile-only", "scripts/train-base.ts",
-        "--backend", backend, "--workers", "1", "--batch", "2", "--steps", "2", "--warmup", "1", "--lr", "1e-3", "--init", "models/tiny",
-        "--run", path.join(dir, "run"), "--export", path.join(dir, "model")], { encoding: "utf8", timeout: 240_000, stdio: "pipe" });
-      const rows = fs.readFileSync(path.join(dir, "run", "loss.csv"), "utf8").trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
+      execFileSync(
+        process.execPath,
+        [
+          createRequire(__filename).resolve("ts-node/dist/bin.js"),
+          "--transpile-only",
+          "scripts/train-base.ts",
+          "--backend",
+          backend,
+          "--workers",
+          "1",
+          "--batch",
+          "2",
+          "--steps",
+          "2",
+          "--warmup",
+          "1",
+          "--lr",
+          "1e-3",
+          "--init",
+          "models/tiny",
+          "--run",
+          path.join(dir, "run"),
+          "--export",
+          path.join(dir, "model"),
+        ],
+        { encoding: "utf8", timeout: 240_000, stdio: "pipe" },
+      );
+      const rows = fs
+        .readFileSync(path.join(dir, "run", "loss.csv"), "utf8")
+        .trim()
+        .split("\n")
+        .slice(1)
+        .map((r) => r.split(",").map(Number));
       return { rows, weights: readSafetensors(path.join(dir, "model", "model.safetensors")).tensors };
     };
     try {

@@ -92,16 +92,29 @@ interface BackendWithDevice {
 
 function zeroCounts(): WebgpuCounts {
   return {
-    dispatches: 0, submits: 0, commandBuffers: 0, uploads: 0, scalarUploads: 0, uploadBytes: 0, uniformWrites: 0,
-    createBuffer: 0, createBufferMapped: 0, createBindGroup: 0, getBindGroupLayout: 0, createComputePipeline: 0,
-    computePasses: 0, copies: 0, readbacks: 0, nativeMs: 0,
+    dispatches: 0,
+    submits: 0,
+    commandBuffers: 0,
+    uploads: 0,
+    scalarUploads: 0,
+    uploadBytes: 0,
+    uniformWrites: 0,
+    createBuffer: 0,
+    createBufferMapped: 0,
+    createBindGroup: 0,
+    getBindGroupLayout: 0,
+    createComputePipeline: 0,
+    computePasses: 0,
+    copies: 0,
+    readbacks: 0,
+    nativeMs: 0,
   };
 }
 
 /** The tfjs `webgpu` backend instance, or a clear error when it is not initialised. */
 export function webgpuBackendInstance(): BackendWithDevice {
   const b = tf.findBackend("webgpu") as unknown as Partial<BackendWithDevice> | null;
-  if (!b || !b.device) {
+  if (!b?.device) {
     throw new Error('the tfjs "webgpu" backend is not initialised: call useBackend("webgpu") (or tf.setBackend("webgpu")) first');
   }
   return b as BackendWithDevice;
@@ -139,7 +152,8 @@ export function installWebgpuCounters(opts: CounterOptions = {}): WebgpuCounters
   const wrap = (proto: Proto | undefined, name: string, count: (args: unknown[]) => void): void => {
     if (!proto) return;
     const original = proto[name];
-    if (typeof original !== "function") throw new Error(`WebGPU counters: ${name} is not a method of the Dawn object (webgpu package changed?)`);
+    if (typeof original !== "function")
+      throw new Error(`WebGPU counters: ${name} is not a method of the Dawn object (webgpu package changed?)`);
     const orig = original as Fn;
     const timed = opts.timeNative === true;
     const slot = (native[name] ??= { calls: 0, ms: 0 });
@@ -200,7 +214,11 @@ export function installWebgpuCounters(opts: CounterOptions = {}): WebgpuCounters
     if ((Number(a[0]) & USAGE_MAP_READ) !== 0) counts.readbacks++; // GPUMapMode.READ = 1
   });
   // getBindGroupLayout lives on GPUComputePipeline; its prototype is reached through the global class.
-  wrap((globalThis as unknown as { GPUComputePipeline?: { prototype: Proto } }).GPUComputePipeline?.prototype, "getBindGroupLayout", () => counts.getBindGroupLayout++);
+  wrap(
+    (globalThis as unknown as { GPUComputePipeline?: { prototype: Proto } }).GPUComputePipeline?.prototype,
+    "getBindGroupLayout",
+    () => counts.getBindGroupLayout++,
+  );
   let stopped = false;
   const counters: WebgpuCounters = {
     counts,

@@ -35,7 +35,12 @@ interface Program {
 
 /** The one backend method these kernels call. */
 interface WebgpuBackendLike {
-  runWebGPUProgram(program: Program, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: { type: string; data: number[] }[]): tf.TensorInfo;
+  runWebGPUProgram(
+    program: Program,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: { type: string; data: number[] }[],
+  ): tf.TensorInfo;
 }
 
 /** Spread `groups` workgroups over x and y (each dimension holds at most 65,535). */
@@ -279,17 +284,26 @@ function elementwise(variableNames: string[], outputShape: number[], key: string
 /** GEGLU forward: h `[N, 2n]` → `h[:, :n] · GELU(h[:, n:])`, `[N, n]`. */
 function gegluProgram(shape: number[]): Program {
   const half = shape[1]! / 2;
-  return elementwise(["h"], [shape[0]!, half], "hn_geglu", `
+  return elementwise(
+    ["h"],
+    [shape[0]!, half],
+    "hn_geglu",
+    `
       let r = index / uniforms.half;
       let k = index % uniforms.half;
       let v = h[r * 2 * uniforms.half + k];
       let gt = h[r * 2 * uniforms.half + uniforms.half + k];
-      setOutputAtIndex(index, v * geluA(gt));`);
+      setOutputAtIndex(index, v * geluA(gt));`,
+  );
 }
 
 /** GEGLU backward: dh `[N, 2n]` = [dy·GELU(gate), dy·value·GELU'(gate)]. */
 function gegluGradProgram(shape: number[]): Program {
-  return elementwise(["h", "dy"], shape, "hn_geglu_grad", `
+  return elementwise(
+    ["h", "dy"],
+    shape,
+    "hn_geglu_grad",
+    `
       let w = 2 * uniforms.half;
       let r = index / w;
       let k = index % w;
@@ -298,7 +312,8 @@ function gegluGradProgram(shape: number[]): Program {
       let gt = h[r * w + uniforms.half + j];
       let d = dy[r * uniforms.half + j];
       if (k < uniforms.half) { setOutputAtIndex(index, d * geluA(gt)); }
-      else { setOutputAtIndex(index, d * v * geluGrad(gt)); }`);
+      else { setOutputAtIndex(index, d * v * geluGrad(gt)); }`,
+  );
 }
 
 function run(backend: unknown, program: Program, inputs: tf.TensorInfo[], uniforms: { type: string; data: number[] }[]): tf.TensorInfo {
@@ -317,29 +332,44 @@ export function useFusedKernels(): void {
   const env = process.env.HYPERNET_WEBGPU_FUSED?.trim().toLowerCase();
   if (env === "0" || env === "off" || env === "false") return; // the composite path, for comparisons
   const kernels: [string, tf.KernelFunc][] = [
-    [NORM, ({ inputs, backend, attrs }) => {
-      const a = normAttrs(attrs);
-      const x = inputs.x!;
-      return run(backend, normProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!], normUniformData(x.shape, a));
-    }],
-    [NORM_GRAD_X, ({ inputs, backend, attrs }) => {
-      const a = normAttrs(attrs);
-      const x = inputs.x!;
-      return run(backend, normGradXProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], normUniformData(x.shape, a));
-    }],
-    [NORM_GRAD_AFFINE, ({ inputs, backend, attrs }) => {
-      const a = normAttrs(attrs);
-      const x = inputs.x!;
-      return run(backend, normGradAffineProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], normUniformData(x.shape, a));
-    }],
-    [GEGLU, ({ inputs, backend }) => {
-      const h = inputs.h!;
-      return run(backend, gegluProgram(h.shape), [h], [{ type: "int32", data: [h.shape[1]! / 2] }]);
-    }],
-    [GEGLU_GRAD, ({ inputs, backend }) => {
-      const h = inputs.h!;
-      return run(backend, gegluGradProgram(h.shape), [h, inputs.dy!], [{ type: "int32", data: [h.shape[1]! / 2] }]);
-    }],
+    [
+      NORM,
+      ({ inputs, backend, attrs }) => {
+        const a = normAttrs(attrs);
+        const x = inputs.x!;
+        return run(backend, normProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!], normUniformData(x.shape, a));
+      },
+    ],
+    [
+      NORM_GRAD_X,
+      ({ inputs, backend, attrs }) => {
+        const a = normAttrs(attrs);
+        const x = inputs.x!;
+        return run(backend, normGradXProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], normUniformData(x.shape, a));
+      },
+    ],
+    [
+      NORM_GRAD_AFFINE,
+      ({ inputs, backend, attrs }) => {
+        const a = normAttrs(attrs);
+        const x = inputs.x!;
+        return run(backend, normGradAffineProgram(x.shape, a), [x, inputs.gamma!, inputs.beta!, inputs.dy!], normUniformData(x.shape, a));
+      },
+    ],
+    [
+      GEGLU,
+      ({ inputs, backend }) => {
+        const h = inputs.h!;
+        return run(backend, gegluProgram(h.shape), [h], [{ type: "int32", data: [h.shape[1]! / 2] }]);
+      },
+    ],
+    [
+      GEGLU_GRAD,
+      ({ inputs, backend }) => {
+        const h = inputs.h!;
+        return run(backend, gegluGradProgram(h.shape), [h, inputs.dy!], [{ type: "int32", data: [h.shape[1]! / 2] }]);
+      },
+    ],
   ];
   for (const [kernelName, kernelFunc] of kernels) tf.registerKernel({ kernelName, backendName: "webgpu", kernelFunc });
   tf.registerGradient({

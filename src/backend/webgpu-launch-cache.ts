@@ -158,9 +158,15 @@ function cacheUniform(device: GpuDevice, cache: LaunchCaches, stats: CacheStats,
  * offsets, sizes). Bind groups are immutable and may be reused across submits; a cached one is
  * only found again when exactly the same buffer objects are bound.
  */
-export function patchBindGroups(device: GpuDevice, pipelineCache: Record<string, unknown> | undefined, cache: LaunchCaches, stats: CacheStats, own: Own): void {
+export function patchBindGroups(
+  device: GpuDevice,
+  pipelineCache: Record<string, unknown> | undefined,
+  cache: LaunchCaches,
+  stats: CacheStats,
+  own: Own,
+): void {
   const memoLayout = (p: GpuPipeline): GpuPipeline => {
-    if (Object.prototype.hasOwnProperty.call(p, "getBindGroupLayout")) return p; // already memoised
+    if (Object.hasOwn(p, "getBindGroupLayout")) return p; // already memoised
     const layouts = new Map<number, object>();
     const get = p.getBindGroupLayout.bind(p);
     (p as { getBindGroupLayout(i: number): object }).getBindGroupLayout = (i: number): object => {
@@ -279,18 +285,31 @@ export function makeRecorder(backend: RecorderInternals, cache: LaunchCaches, st
   // A GPUBuffer (not a texture): it has mapAsync. A prototype lookup, cheaper than `instanceof`
   // against Dawn's native class.
   const isBuffer = (r: unknown): r is object => r != null && typeof (r as { mapAsync?: unknown }).mapAsync === "function";
-  return function recordAndSubmit(this: RecorderInternals, p: object, output: tf.TensorInfo, inputs: tf.TensorInfo[], defined?: UniformField[]): void {
+  return function recordAndSubmit(
+    this: RecorderInternals,
+    p: object,
+    output: tf.TensorInfo,
+    inputs: tf.TensorInfo[],
+    defined?: UniformField[],
+  ): void {
     const program = p as Program;
     if (program.pixelsOpType != null || this.activeTimers != null || program.pipeline instanceof Promise) {
-      return stock.call(this, p, output, inputs, defined);
+      stock.call(this, p, output, inputs, defined);
+      return;
     }
     const buffers: object[] = [];
     const outBuffer = this.tensorMap.get(output.dataId)?.resource;
-    if (!isBuffer(outBuffer)) return stock.call(this, p, output, inputs, defined);
+    if (!isBuffer(outBuffer)) {
+      stock.call(this, p, output, inputs, defined);
+      return;
+    }
     buffers.push(outBuffer);
     for (const t of inputs) {
       const b = this.tensorMap.get(t.dataId)?.resource;
-      if (!isBuffer(b)) return stock.call(this, p, output, inputs, defined); // a texture input
+      if (!isBuffer(b)) {
+        stock.call(this, p, output, inputs, defined);
+        return;
+      } // a texture input
       buffers.push(b);
     }
     // The uniform buffer, keyed by what its content is made of.
@@ -307,8 +326,12 @@ export function makeRecorder(backend: RecorderInternals, cache: LaunchCaches, st
     let uniform = cache.uniforms.get(key);
     if (uniform) stats.uniformHits++;
     else {
-      const fields: UniformField[] = [{ type: "float32", data: [NaN] }, { type: "float32", data: [Infinity] }];
-      for (const t of [...inputs, output]) fields.push({ type: "int32", data: t.shape }, { type: "int32", data: tf.util.computeStrides(t.shape) });
+      const fields: UniformField[] = [
+        { type: "float32", data: [NaN] },
+        { type: "float32", data: [Infinity] },
+      ];
+      for (const t of [...inputs, output])
+        fields.push({ type: "int32", data: t.shape }, { type: "int32", data: tf.util.computeStrides(t.shape) });
       if (size >= 0) fields.push({ type: "int32", data: [size] });
       if (defined) fields.push(...defined);
       uniform = cacheUniform(device, cache, stats, key, fields);

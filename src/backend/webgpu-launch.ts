@@ -31,8 +31,17 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import {
-  type GpuBuffer, type GpuDevice, type GpuQueue, type LaunchCaches, type RecorderInternals, type UniformField, type BufferPool,
-  makeRecorder, makeUniformCache, patchBindGroups, patchBufferPool,
+  type GpuBuffer,
+  type GpuDevice,
+  type GpuQueue,
+  type LaunchCaches,
+  type RecorderInternals,
+  type UniformField,
+  type BufferPool,
+  makeRecorder,
+  makeUniformCache,
+  patchBindGroups,
+  patchBufferPool,
 } from "./webgpu-launch-cache";
 import { useFusedKernels } from "./webgpu-fused";
 
@@ -64,7 +73,13 @@ interface BackendInternals {
   endComputePassEncoder(): void;
   uploadToGPU(dataId: object): void;
   makeUniforms(fields: UniformField[]): { offset: number; size: number; buffer: GpuBuffer };
-  runWebGPUProgram(program: unknown, inputs: tf.TensorInfo[], dtype: tf.DataType, uniforms?: UniformField[], output?: tf.TensorInfo): tf.TensorInfo;
+  runWebGPUProgram(
+    program: unknown,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: UniformField[],
+    output?: tf.TensorInfo,
+  ): tf.TensorInfo;
   recordAndSubmit: RecorderInternals["recordAndSubmit"];
   /** Compiled pipelines by shader key (a Promise while compiling in parallel mode). */
   pipelineCache?: Record<string, unknown>;
@@ -111,7 +126,15 @@ export interface LaunchPatchResult {
   patches?: LaunchPatches;
 }
 
-const METHODS = ["uploadToGPU", "makeUniforms", "runWebGPUProgram", "recordAndSubmit", "submitQueue", "ensureCommandEncoderReady", "endComputePassEncoder"] as const;
+const METHODS = [
+  "uploadToGPU",
+  "makeUniforms",
+  "runWebGPUProgram",
+  "recordAndSubmit",
+  "submitQueue",
+  "ensureCommandEncoderReady",
+  "endComputePassEncoder",
+] as const;
 
 /**
  * The tfjs internals this module needs, or the first one missing. A non-null answer means the
@@ -120,7 +143,8 @@ const METHODS = ["uploadToGPU", "makeUniforms", "runWebGPUProgram", "recordAndSu
 export function missingWebgpuInternals(backend: unknown): string | null {
   const b = backend as Partial<Record<string, unknown>>;
   for (const m of METHODS) if (typeof b[m] !== "function") return `method ${m}`;
-  for (const f of ["device", "queue", "tensorMap", "bufferManager", "commandQueueOwnedIds", "pipelineCache"]) if (b[f] == null) return `field ${f}`;
+  for (const f of ["device", "queue", "tensorMap", "bufferManager", "commandQueueOwnedIds", "pipelineCache"])
+    if (b[f] == null) return `field ${f}`;
   if (typeof b.dispatchCountInPass !== "number") return "field dispatchCountInPass";
   const bm = b.bufferManager as { acquireBuffer?: unknown };
   if (typeof bm.acquireBuffer !== "function") return "method bufferManager.acquireBuffer";
@@ -140,7 +164,11 @@ export function installWebgpuLaunchPatches(opts: LaunchPatchOptions = {}): Launc
   if (!backend) return { installed: false, reason: 'the tfjs "webgpu" backend is not initialised' };
   if (backend.__launchPatches) return { installed: true, patches: backend.__launchPatches };
   const missing = missingWebgpuInternals(backend);
-  if (missing) return { installed: false, reason: `tfjs-backend-webgpu ${tf.version_core} lacks the ${missing} these patches were written for (4.22)` };
+  if (missing)
+    return {
+      installed: false,
+      reason: `tfjs-backend-webgpu ${tf.version_core} lacks the ${missing} these patches were written for (4.22)`,
+    };
   const patches = applyPatches(backend, { uploads: true, constants: true, uniforms: true, bindGroups: true, record: true, ...opts });
   backend.__launchPatches = patches;
   return { installed: true, patches };
@@ -154,8 +182,15 @@ export function removeWebgpuLaunchPatches(): void {
 
 function applyPatches(backend: BackendInternals, opts: Required<LaunchPatchOptions>): LaunchPatches {
   const stats: LaunchPatchStats = {
-    writeBufferUploads: 0, constantHits: 0, constantMisses: 0, constantBytes: 0, privatisedOutputs: 0,
-    uniformHits: 0, uniformMisses: 0, bindGroupHits: 0, bindGroupMisses: 0,
+    writeBufferUploads: 0,
+    constantHits: 0,
+    constantMisses: 0,
+    constantBytes: 0,
+    privatisedOutputs: 0,
+    uniformHits: 0,
+    uniformMisses: 0,
+    bindGroupHits: 0,
+    bindGroupMisses: 0,
   };
   const restores: Array<() => void> = [];
   const applied: string[] = [];
@@ -268,14 +303,25 @@ class ConstantBuffers {
 }
 
 /** `uploadToGPU` through `queue.writeBuffer` into a pooled buffer, or a shared constant buffer. */
-function makeUpload(backend: BackendInternals, opts: Required<LaunchPatchOptions>, constants: ConstantBuffers, stats: LaunchPatchStats): (dataId: object) => void {
+function makeUpload(
+  backend: BackendInternals,
+  opts: Required<LaunchPatchOptions>,
+  constants: ConstantBuffers,
+  stats: LaunchPatchStats,
+): (dataId: object) => void {
   const stock = backend.uploadToGPU;
   return function uploadToGPU(this: BackendInternals, dataId: object): void {
     const d = this.tensorMap.get(dataId);
-    if (!d || d.resource != null) return stock.call(this, dataId);
+    if (!d || d.resource != null) {
+      stock.call(this, dataId);
+      return;
+    }
     const n = tf.util.sizeFromShape(d.shape);
     const data = n > 0 ? gpuArray(d, n) : null;
-    if (!data) return stock.call(this, dataId); // no values yet (an output), empty, or not a 32-bit type
+    if (!data) {
+      stock.call(this, dataId);
+      return;
+    } // no values yet (an output), empty, or not a 32-bit type
     if (opts.constants && !writtenOutputs.has(dataId)) {
       const bits = commonBits(data);
       if (bits !== null) {
@@ -285,7 +331,10 @@ function makeUpload(backend: BackendInternals, opts: Required<LaunchPatchOptions
         return;
       }
     }
-    if (!opts.uploads) return stock.call(this, dataId);
+    if (!opts.uploads) {
+      stock.call(this, dataId);
+      return;
+    }
     const buffer = this.bufferManager.acquireBuffer(data.byteLength, STORAGE_USAGE);
     // Ordered before every command submitted after this call, after every one submitted before;
     // a pooled buffer is only free once the commands that used it were submitted.
@@ -310,7 +359,7 @@ function makeRun(backend: BackendInternals, constants: ConstantBuffers, stats: L
     if (output) {
       writtenOutputs.add(output.dataId);
       const d = this.tensorMap.get(output.dataId);
-      if (d && d.external && constants.shared.has(d.resource as GpuBuffer)) {
+      if (d?.external && constants.shared.has(d.resource as GpuBuffer)) {
         const src = d.resource as GpuBuffer;
         const dst = this.bufferManager.acquireBuffer(src.size, STORAGE_USAGE);
         this.ensureCommandEncoderReady();

@@ -104,8 +104,7 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
       );
     dimKeys.set(dim, key);
     const pair = pySequence(value);
-    if (pair?.length !== 2)
-      throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
+    if (pair?.length !== 2) throw fail(file, `entry for dim ${dim} should be a (k, v) pair of state dicts, found ${describe(value)}`);
     if (Array.isArray(value)) sawList = true;
     const dicts = pair.map((sd, j) => {
       if (!(sd instanceof PyDict)) throw fail(file, `dim ${dim} ${j === 0 ? "k" : "v"} module is ${describe(sd)}, expected a state dict`);
