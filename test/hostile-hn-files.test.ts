@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { main } from "../src/cli/main";
+import { runCli } from "./helpers/cli";
 import { type HypernetworkFile, loadHypernetwork, readHypernetworkFile, writeHypernetworkFile } from "../src/hypernet/file";
 import type { HostTensor } from "../src/io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor } from "../src/io/pyvalue";
@@ -27,19 +27,7 @@ import { skipWithoutTorch } from "./helpers/torch";
 const tmp = (): string => fs.mkdtempSync(path.join(os.tmpdir(), "hostile-hn-"));
 
 /** One CLI call in-process, with its console output. */
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => void out.push(a.join(" "));
-  console.error = (...a: unknown[]) => void err.push(a.join(" "));
-  try {
-    return { code: await main(argv), out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+const run = runCli;
 
 /** A hypernetwork safetensors file rewritten with its tensors renamed/added by `edit`. */
 function rewriteSafetensors(src: string, dst: string, edit: (tensors: Array<[string, HostTensor]>) => void): void {
@@ -52,7 +40,19 @@ function rewriteSafetensors(src: string, dst: string, edit: (tensors: Array<[str
 /** A structural, type-aware comparison of two Python values as read (tensors by dtype, shape, data). */
 function samePy(a: PyValue | undefined, b: PyValue | undefined, where: string, out: string[]): void {
   const kind = (v: PyValue | undefined): string =>
-    v === null ? "None" : Array.isArray(v) ? "list" : v instanceof PyTuple ? "tuple" : v instanceof PyDict ? v.kind : v instanceof PyFloat ? "float" : isHostTensor(v) ? "tensor" : typeof v;
+    v === null
+      ? "None"
+      : Array.isArray(v)
+        ? "list"
+        : v instanceof PyTuple
+          ? "tuple"
+          : v instanceof PyDict
+            ? v.kind
+            : v instanceof PyFloat
+              ? "float"
+              : isHostTensor(v)
+                ? "tensor"
+                : typeof v;
   if (kind(a) !== kind(b)) return void out.push(`${where}: ${kind(a)} became ${kind(b)}`);
   if (a instanceof PyFloat) {
     if (!Object.is(a.value, (b as PyFloat).value)) out.push(`${where}: ${a.value} became ${(b as PyFloat).value}`);
@@ -66,14 +66,39 @@ function samePy(a: PyValue | undefined, b: PyValue | undefined, where: string, o
     for (const [k, v] of a.map) samePy(v, bm.get(k), `${where}[${String(k)}]`, out);
   } else if (isHostTensor(a)) {
     const t = b as typeof a;
-    if (a.dtype !== t.dtype || a.shape.join() !== t.shape.join() || a.data.length !== t.data.length || a.data.some((v, i) => !Object.is(v, t.data[i]))) out.push(`${where}: tensor changed`);
+    if (
+      a.dtype !== t.dtype ||
+      a.shape.join() !== t.shape.join() ||
+      a.data.length !== t.data.length ||
+      a.data.some((v, i) => !Object.is(v, t.data[i]))
+    )
+      out.push(`${where}: tensor changed`);
   } else if (a !== b) out.push(`${where}: ${String(a)} became ${String(b)}`);
 }
 
 /** The top-level keys of a `.pt` root that are neither widths nor A1111's metadata. */
 const extrasOf = (root: PyValue): Map<PyKey, PyValue> => {
   const m = new Map<PyKey, PyValue>();
-  for (const [k, v] of (root as PyDict).map) if (typeof k !== "number" && !["step", "name", "layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "sd_checkpoint", "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure", "last_layer_dropout", "optional_info"].includes(k as string)) m.set(k, v);
+  for (const [k, v] of (root as PyDict).map)
+    if (
+      typeof k !== "number" &&
+      ![
+        "step",
+        "name",
+        "layer_structure",
+        "activation_func",
+        "is_layer_norm",
+        "weight_initialization",
+        "sd_checkpoint",
+        "sd_checkpoint_name",
+        "activate_output",
+        "use_dropout",
+        "dropout_structure",
+        "last_layer_dropout",
+        "optional_info",
+      ].includes(k as string)
+    )
+      m.set(k, v);
   return m;
 };
 
@@ -84,16 +109,23 @@ describe("widths and weights named two ways are refused", () => {
     writeHypernetworkFile(readHypernetworkFile(fixture("hn-plain121.pt")), st);
     const alias = path.join(dir, "alias.safetensors");
     rewriteSafetensors(st, alias, (list) => {
-      for (const [name, t] of [...list]) if (name.startsWith("24.")) list.push([`0${name}`, { ...t, data: t.data.map((x) => -x) as Float32Array }]);
+      for (const [name, t] of [...list])
+        if (name.startsWith("24.")) list.push([`0${name}`, { ...t, data: t.data.map((x) => -x) as Float32Array }]);
     });
-    expect(() => readHypernetworkFile(alias)).toThrow(/tensor "024\.0\.linear\.0\.weight" writes width 24 as "024", and "24\.0\.linear\.0\.weight" names the same weight.*refused/);
+    expect(() => readHypernetworkFile(alias)).toThrow(
+      /tensor "024\.0\.linear\.0\.weight" writes width 24 as "024", and "24\.0\.linear\.0\.weight" names the same weight.*refused/,
+    );
     const renamed = path.join(dir, "renamed.safetensors");
     rewriteSafetensors(st, renamed, (list) => list.forEach((e) => (e[0] = e[0].replace(/^40\./, "0040."))));
-    expect(() => readHypernetworkFile(renamed)).toThrow(/renamed\.safetensors: tensor "0040\.0\.linear\.0\.weight" writes width 40 as "0040"; widths are written without leading zeros/);
+    expect(() => readHypernetworkFile(renamed)).toThrow(
+      /renamed\.safetensors: tensor "0040\.0\.linear\.0\.weight" writes width 40 as "0040"; widths are written without leading zeros/,
+    );
   });
 
   it(".pt: one weight under NovelAI's and A1111's names (hn-dupwidth.pt, written by torch)", () => {
-    expect(() => readHypernetworkFile(fixture("hn-dupwidth.pt"))).toThrow(/hn-dupwidth\.pt: dim 8 k module: "linear\.0\.weight" and "linear1\.weight" both name the weight "linear\.0\.weight"/);
+    expect(() => readHypernetworkFile(fixture("hn-dupwidth.pt"))).toThrow(
+      /hn-dupwidth\.pt: dim 8 k module: "linear\.0\.weight" and "linear1\.weight" both name the weight "linear\.0\.weight"/,
+    );
   });
 });
 
@@ -112,7 +144,13 @@ describe("convert keeps what A1111 does not interpret", () => {
     expect(byKey.get('"floats"')).toEqual([{ float: "nan" }, { float: "-0" }, { float: "inf" }, { float: 0.1 }]);
     expect(byKey.get('"pair"')).toEqual({ tuple: [1, { float: 2.5 }, "x"] });
     expect(byKey.get("true")).toBe("a bool key");
-    expect(byKey.get('"ordered"')).toEqual({ dict: [["b", 1], ["a", [null, true, { dict: [["deep", { tuple: [false] }]] }]]], ordered: true });
+    expect(byKey.get('"ordered"')).toEqual({
+      dict: [
+        ["b", 1],
+        ["a", [null, true, { dict: [["deep", { tuple: [false] }]] }]],
+      ],
+      ordered: true,
+    });
     // the optimizer's tensors are stored as tensors: 2 widths × 2 modules × 4 params × (exp_avg, exp_avg_sq, step)
     expect([...tensors.keys()].filter((k) => k.startsWith("__extra__.")).length).toBe(48);
     const r2 = await run(["convert", st, back]);
@@ -124,7 +162,9 @@ describe("convert keeps what A1111 does not interpret", () => {
     expect(diffs).toEqual([]);
     // and as torch sees it
     skipWithoutTorch(ctx, "torch.load comparison of the round-tripped extras");
-    const py = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "compare_extras.py"), fixture("hn-extras.pt"), back], { encoding: "utf8" });
+    const py = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "compare_extras.py"), fixture("hn-extras.pt"), back], {
+      encoding: "utf8",
+    });
     expect(py.status, py.stderr).toBe(0);
     const cmp = JSON.parse(py.stdout) as { keys: string[]; differences: string[] };
     expect(cmp.keys).toEqual(["'optimizer_name'", "'optimizer_state_dict'", "'huge_int'", "'floats'", "'pair'", "'ordered'", "True"]);
@@ -135,7 +175,13 @@ describe("convert keeps what A1111 does not interpret", () => {
     const hf = readHypernetworkFile(fixture("hn-plain121.pt"));
     const loop: PyValue[] = [1];
     loop.push(loop);
-    const withExtra: HypernetworkFile = { ...hf, extra: new Map<PyKey, PyValue>([["loop", loop], ["ok", "kept"]]) };
+    const withExtra: HypernetworkFile = {
+      ...hf,
+      extra: new Map<PyKey, PyValue>([
+        ["loop", loop],
+        ["ok", "kept"],
+      ]),
+    };
     const file = path.join(tmp(), "y.safetensors");
     const report = writeHypernetworkFile(withExtra, file);
     expect(report.dropped).toEqual(['top-level key "loop": not kept, because it contains itself']);
@@ -152,7 +198,9 @@ describe("convert keeps what A1111 does not interpret", () => {
     expect(readHypernetworkFile(foreign).extra.get("modelspec.title")).toBe("mine");
     const broken = path.join(dir, "broken.safetensors");
     writeSafetensors(broken, tensors, { ...metadata, extra: '[["x", {"tensor": "__extra__.0"}]]' });
-    expect(() => readHypernetworkFile(broken)).toThrow(/broken\.safetensors: metadata "extra" refers to a tensor "__extra__\.0" that the file does not have/);
+    expect(() => readHypernetworkFile(broken)).toThrow(
+      /broken\.safetensors: metadata "extra" refers to a tensor "__extra__\.0" that the file does not have/,
+    );
     const width = path.join(dir, "width.safetensors");
     writeSafetensors(width, tensors, { ...metadata, extra: "[[24, 1]]" });
     expect(() => readHypernetworkFile(width)).toThrow(/holds the key 24, which would be a width/);
@@ -161,7 +209,9 @@ describe("convert keeps what A1111 does not interpret", () => {
 
 describe("steps are kept exactly or refused", () => {
   it("2^60 + 1 written by torch is refused, not rounded to 2^60", () => {
-    expect(() => readHypernetworkFile(fixture("hn-bigstep.pt"))).toThrow(/hn-bigstep\.pt: metadata "step" should be a whole number from 0 to 2\^53 - 1, found bigint "1152921504606846977"; a step beyond 2\^53 - 1 cannot be kept exactly/);
+    expect(() => readHypernetworkFile(fixture("hn-bigstep.pt"))).toThrow(
+      /hn-bigstep\.pt: metadata "step" should be a whole number from 0 to 2\^53 - 1, found bigint "1152921504606846977"; a step beyond 2\^53 - 1 cannot be kept exactly/,
+    );
   });
 
   it("safetensors steps: past 2^53, fractional, boolean refused; 2^53 - 1 round-trips", () => {
@@ -175,7 +225,9 @@ describe("steps are kept exactly or refused", () => {
       return f;
     };
     expect(JSON.parse("9007199254740993")).toBe(9007199254740992); // what JSON.parse made of it before
-    expect(() => readHypernetworkFile(withStep("a.safetensors", "9007199254740993"))).toThrow(/found bigint "9007199254740993"; a step beyond/);
+    expect(() => readHypernetworkFile(withStep("a.safetensors", "9007199254740993"))).toThrow(
+      /found bigint "9007199254740993"; a step beyond/,
+    );
     expect(() => readHypernetworkFile(withStep("b.safetensors", "5.5"))).toThrow(/found float 5\.5/);
     expect(() => readHypernetworkFile(withStep("c.safetensors", "1.0"))).toThrow(/found float 1/);
     expect(() => readHypernetworkFile(withStep("d.safetensors", "true"))).toThrow(/found boolean true/);
@@ -212,7 +264,9 @@ describe("convert: targets and leftovers", () => {
     fs.symlinkSync(path.join(dir, "gone", "x.safetensors"), link);
     const r = await run(["convert", fixture("hn-plain121.pt"), link]);
     expect(r.code).toBe(1);
-    expect(r.err).toContain(`${link} is a symbolic link to ${path.join(dir, "gone", "x.safetensors")}, which does not exist (a dangling link); pass { overwrite: true } (CLI: --overwrite)`);
+    expect(r.err).toContain(
+      `${link} is a symbolic link to ${path.join(dir, "gone", "x.safetensors")}, which does not exist (a dangling link); pass { overwrite: true } (CLI: --overwrite)`,
+    );
     expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
     expect((await run(["convert", fixture("hn-plain121.pt"), link, "--overwrite"])).code).toBe(0);
     expect(fs.lstatSync(link).isFile()).toBe(true);

@@ -10,11 +10,11 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { main } from "../src/cli/main";
 import { readHypernetworkFile, saveHypernetwork } from "../src/hypernet/file";
 import { MAX_STEM_BYTES, PathEscapeError, insideFolder, printable, safeFileStem, terminalSafeJson } from "../src/io/safe-name";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { checkpointPath, listCheckpoints, resumeTraining, train } from "../src/train";
+import { runCli } from "./helpers/cli";
 import { setupBackend } from "./helpers/tf";
 import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
@@ -48,7 +48,8 @@ describe("safeFileStem: a stored name becomes one plain file-name component", ()
   });
 
   it("keeps plain names as they are, including non-ASCII and inner dots", () => {
-    for (const name of ["toy", "my-style_v2.1", "Aquarelle 水彩", "a.b"]) expect(safeFileStem(name)).toEqual({ stem: name, changed: false, problems: [] });
+    for (const name of ["toy", "my-style_v2.1", "Aquarelle 水彩", "a.b"])
+      expect(safeFileStem(name)).toEqual({ stem: name, changed: false, problems: [] });
   });
 
   it("cuts long names on UTF-8 character boundaries, never splitting a character", () => {
@@ -62,8 +63,27 @@ describe("safeFileStem: a stored name becomes one plain file-name component", ()
 
   it("whatever the name, the stem is a single safe component (2,000 random names)", () => {
     let seed = 7;
-    const rnd = (n: number): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
-    const alphabet = ["a", ".", "/", "\\", "\u001b", "\u009b", ":", " ", "\u202e", "\ud800", "é", "😀", "con", "nul", "\n", "\u0000", "-", "_"];
+    const rnd = (n: number): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
+    const alphabet = [
+      "a",
+      ".",
+      "/",
+      "\\",
+      "\u001b",
+      "\u009b",
+      ":",
+      " ",
+      "\u202e",
+      "\ud800",
+      "é",
+      "😀",
+      "con",
+      "nul",
+      "\n",
+      "\u0000",
+      "-",
+      "_",
+    ];
     for (let i = 0; i < 2000; i++) {
       const name = Array.from({ length: rnd(40) }, () => alphabet[rnd(alphabet.length)]).join("");
       const { stem } = safeFileStem(name);
@@ -151,7 +171,13 @@ describe("training writes only inside logDir, whatever the network's stored name
     return planted;
   };
 
-  const check = (logDir: string, name: string, before: Map<string, string>, res: { warnings: string[]; lastCheckpoint?: string }, firstStep: number): void => {
+  const check = (
+    logDir: string,
+    name: string,
+    before: Map<string, string>,
+    res: { warnings: string[]; lastCheckpoint?: string },
+    firstStep: number,
+  ): void => {
     expect(snapshot(tmp, logDir), `files outside ${logDir}`).toEqual(before);
     const stem = safeFileStem(name).stem;
     const listed = listCheckpoints(logDir);
@@ -166,42 +192,58 @@ describe("training writes only inside logDir, whatever the network's stored name
     expect(warning).not.toContain(ESC);
   };
 
-  it.each(HOSTILE.map((n) => [JSON.stringify(n.length > 20 ? `${n.slice(0, 8)}…(${n.length})` : n), n]))("train with name %s", async (_label, name) => {
-    const logDir = path.join(tmp, "a", "b", "c", `run-train-${HOSTILE.indexOf(name)}`);
-    const planted = plantSentinels(logDir, name, [1, 2]);
-    const before = snapshot(tmp, logDir);
-    const net = makeToyNet();
-    net.info.name = name; // as read from a downloaded file
-    const res = await train(base, net, toyTrainOptions(dataDir, logDir, { maxSteps: 2, saveEvery: 1, previewEvery: 2, preview: { steps: 2 } })).done;
-    expect(res.reason).toBe("max-steps");
-    check(logDir, name, before, res, 1);
-    for (const f of planted) expect(fs.readFileSync(f, "utf8")).toBe(`sentinel ${f}`);
-    if (name === "../../../x") expect(planted.length).toBeGreaterThan(0);
-    net.dispose();
-  }, 60_000);
+  it.each(HOSTILE.map((n) => [JSON.stringify(n.length > 20 ? `${n.slice(0, 8)}…(${n.length})` : n), n]))(
+    "train with name %s",
+    async (_label, name) => {
+      const logDir = path.join(tmp, "a", "b", "c", `run-train-${HOSTILE.indexOf(name)}`);
+      const planted = plantSentinels(logDir, name, [1, 2]);
+      const before = snapshot(tmp, logDir);
+      const net = makeToyNet();
+      net.info.name = name; // as read from a downloaded file
+      const res = await train(
+        base,
+        net,
+        toyTrainOptions(dataDir, logDir, { maxSteps: 2, saveEvery: 1, previewEvery: 2, preview: { steps: 2 } }),
+      ).done;
+      expect(res.reason).toBe("max-steps");
+      check(logDir, name, before, res, 1);
+      for (const f of planted) expect(fs.readFileSync(f, "utf8")).toBe(`sentinel ${f}`);
+      if (name === "../../../x") expect(planted.length).toBeGreaterThan(0);
+      net.dispose();
+    },
+    60_000,
+  );
 
-  it.each([".pt", ".safetensors"])("resume from a %s whose stored name is ../../../x", async (ext) => {
-    const name = "../../../x";
-    const src = path.join(tmp, `evil-src${ext.replace(".", "-")}`);
-    fs.mkdirSync(src, { recursive: true });
-    const file = path.join(src, `evil${ext}`);
-    const net = makeToyNet();
-    net.info.name = name;
-    net.info.step = 3;
-    saveHypernetwork(net, file);
-    net.dispose();
-    expect(readHypernetworkFile(file).info.name).toBe(name);
-    const logDir = path.join(tmp, "p", "q", "r", `run-resume${ext}`);
-    const planted = plantSentinels(logDir, name, [4, 5]);
-    expect(planted.length).toBeGreaterThan(0);
-    const before = snapshot(tmp, logDir);
-    const run = resumeTraining(base, file, toyTrainOptions(dataDir, logDir, { maxSteps: 5, saveEvery: 1, previewEvery: 5, preview: { steps: 2 } }));
-    const res = await run.done;
-    run.network.dispose();
-    expect(res.reason).toBe("max-steps");
-    check(logDir, name, before, res, 4);
-    for (const f of planted) expect(fs.readFileSync(f, "utf8")).toBe(`sentinel ${f}`);
-  }, 60_000);
+  it.each([".pt", ".safetensors"])(
+    "resume from a %s whose stored name is ../../../x",
+    async (ext) => {
+      const name = "../../../x";
+      const src = path.join(tmp, `evil-src${ext.replace(".", "-")}`);
+      fs.mkdirSync(src, { recursive: true });
+      const file = path.join(src, `evil${ext}`);
+      const net = makeToyNet();
+      net.info.name = name;
+      net.info.step = 3;
+      saveHypernetwork(net, file);
+      net.dispose();
+      expect(readHypernetworkFile(file).info.name).toBe(name);
+      const logDir = path.join(tmp, "p", "q", "r", `run-resume${ext}`);
+      const planted = plantSentinels(logDir, name, [4, 5]);
+      expect(planted.length).toBeGreaterThan(0);
+      const before = snapshot(tmp, logDir);
+      const run = resumeTraining(
+        base,
+        file,
+        toyTrainOptions(dataDir, logDir, { maxSteps: 5, saveEvery: 1, previewEvery: 5, preview: { steps: 2 } }),
+      );
+      const res = await run.done;
+      run.network.dispose();
+      expect(res.reason).toBe("max-steps");
+      check(logDir, name, before, res, 4);
+      for (const f of planted) expect(fs.readFileSync(f, "utf8")).toBe(`sentinel ${f}`);
+    },
+    60_000,
+  );
 
   it("the default run folder (no logDir) is textual_inversion/<date>/<stem>, inside the working folder", async () => {
     const cwd = process.cwd();
@@ -235,19 +277,7 @@ describe("training writes only inside logDir, whatever the network's stored name
 
 describe("inspect prints no terminal escapes from a file", () => {
   /** Capture console output of one in-process CLI call. */
-  async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    const { log, error } = console;
-    console.log = (...a: unknown[]) => void out.push(a.join(" "));
-    console.error = (...a: unknown[]) => void err.push(a.join(" "));
-    try {
-      return { code: await main(argv), out: out.join("\n"), err: err.join("\n") };
-    } finally {
-      console.log = log;
-      console.error = error;
-    }
-  }
+  const run = runCli;
 
   it("text and --json output of a network named with escape sequences", async () => {
     await setupBackend();
