@@ -68,7 +68,13 @@ describe("regressions found by the fuzzer", () => {
         ["linear.1.bias", t([4])],
         ["constructor", t([1])],
       ]);
-    writeTorchFile(file, new PyDict("dict", [[4, new PyTuple([sd(), sd()])], ["layer_structure", [1, 2, 1]]]));
+    writeTorchFile(
+      file,
+      new PyDict("dict", [
+        [4, new PyTuple([sd(), sd()])],
+        ["layer_structure", [1, 2, 1]],
+      ]),
+    );
     expect(() => readHypernetworkFile(file)).toThrow(/unexpected key "constructor"/);
   });
 });
@@ -86,7 +92,11 @@ function readPkl(file: string): Buffer {
 // ---- malicious pickles not covered by pickle-security.test.ts ------------------------------------
 
 const proto2 = (...parts: (string | number[])[]): Buffer =>
-  Buffer.concat([Buffer.from([0x80, 0x02]), ...parts.map((p) => (typeof p === "string" ? Buffer.from(p, "latin1") : Buffer.from(p))), Buffer.from(".")]);
+  Buffer.concat([
+    Buffer.from([0x80, 0x02]),
+    ...parts.map((p) => (typeof p === "string" ? Buffer.from(p, "latin1") : Buffer.from(p))),
+    Buffer.from("."),
+  ]);
 const short = (s: string): number[] => [0x8c, s.length, ...Buffer.from(s)];
 const run = (b: Buffer) => () => unpickle(b, 0, { file: "evil.pkl" });
 
@@ -108,7 +118,14 @@ describe("more malicious pickles are refused before anything runs", () => {
     refused(run(b), "os.system", /refusing to load os\.system/);
   });
   it("Python 2 and platform spellings: __builtin__.eval, nt.system, builtins.__import__, builtins.getattr", () => {
-    for (const [mod, name] of [["__builtin__", "eval"], ["nt", "system"], ["builtins", "__import__"], ["builtins", "getattr"], ["copyreg", "_reconstructor"], ["numpy.core.multiarray", "_reconstruct"]]) {
+    for (const [mod, name] of [
+      ["__builtin__", "eval"],
+      ["nt", "system"],
+      ["builtins", "__import__"],
+      ["builtins", "getattr"],
+      ["copyreg", "_reconstructor"],
+      ["numpy.core.multiarray", "_reconstruct"],
+    ]) {
       refused(run(proto2(`c${mod}\n${name}\n`, ")R")), `${mod}.${name}`, new RegExp(`refusing to load ${mod}\\.${name}`));
     }
   });
@@ -147,7 +164,17 @@ describe("more malicious pickles are refused before anything runs", () => {
   });
   it("a dangerous global where a storage type belongs (inside the persistent id)", () => {
     const pid = proto2("(", short("storage"), "cos\nsystem\n", short("0"), short("cpu"), "K", [1], "tQ");
-    refused(() => unpickle(pid, 0, { file: "p.pkl", persistentLoad: () => { throw new Error("must not be reached"); } }), "os.system", /refusing/);
+    refused(
+      () =>
+        unpickle(pid, 0, {
+          file: "p.pkl",
+          persistentLoad: () => {
+            throw new Error("must not be reached");
+          },
+        }),
+      "os.system",
+      /refusing/,
+    );
   });
 });
 
@@ -162,9 +189,20 @@ describe("content mutations: hostile stored names and poisoned .optim state", ()
   });
 
   it("the classifier flags accepted poisoned optimizer state and passes clean state", () => {
-    const t = (v: number[]): { dtype: "F32"; shape: number[]; data: Float32Array } => ({ dtype: "F32", shape: [v.length], data: Float32Array.from(v) });
+    const t = (v: number[]): { dtype: "F32"; shape: number[]; data: Float32Array } => ({
+      dtype: "F32",
+      shape: [v.length],
+      data: Float32Array.from(v),
+    });
     const state = (p: Partial<{ lr: number; step: number; sq: number[]; name: string }>) => ({
-      state: { name: p.name ?? "AdamW", lr: p.lr ?? 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01, params: [{ step: p.step ?? 3, expAvg: t([0.1, -0.2]), expAvgSq: t(p.sq ?? [0.01, 0.04]) }] },
+      state: {
+        name: p.name ?? "AdamW",
+        lr: p.lr ?? 1e-3,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weightDecay: 0.01,
+        params: [{ step: p.step ?? 3, expAvg: t([0.1, -0.2]), expAvgSq: t(p.sq ?? [0.01, 0.04]) }],
+      },
     });
     expect(trustProblem("optim", state({}))).toBeUndefined();
     expect(trustProblem("optim", { state: undefined, reason: "x" })).toBeUndefined();
@@ -177,7 +215,7 @@ describe("content mutations: hostile stored names and poisoned .optim state", ()
 
   it("the classifier checks the very paths training derives from a loaded name", () => {
     const hf = (name: string, step = 5) => ({ info: { name, step } });
-    for (const name of ["toy", "../../../x", "/abs/x", "a\u001b[31mb", "..", "", "con", "n".repeat(300)]) expect(trustProblem("hypernet", hf(name))).toBeUndefined();
+    for (const name of ["toy", "../../../x", "/abs/x", "a\u001b[31mb", "..", "", "con", "n".repeat(300)])
+      expect(trustProblem("hypernet", hf(name))).toBeUndefined();
   });
 });
-

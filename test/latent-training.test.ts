@@ -24,9 +24,19 @@ import { webgpuSetup } from "./helpers/webgpu";
 /** A latent-space toy model: the toy UNet on 4 latent channels behind a two-level VAE (16×16 images → 8×8×4 latents). */
 function makeLatentBase(): BaseModel {
   const unet = new UNetModel({ ...TOY_UNET, in_channels: 4, out_channels: 4 }, { init: seededInit(11) });
-  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(12) });
+  const textEncoder = new ClipTextModel(
+    tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }),
+    { init: seededInit(12) },
+  );
   const vae = new AutoencoderKL(tinyVaeConfig(), { init: seededInit(13) });
-  return new BaseModel({ name: "toy-latent", unet, textEncoder, tokenizer: new SimpleTokenizer(TOY_WORDS, { maxLength: 8 }), vae, imageSize: 16 });
+  return new BaseModel({
+    name: "toy-latent",
+    unet,
+    textEncoder,
+    tokenizer: new SimpleTokenizer(TOY_WORDS, { maxLength: 8 }),
+    vae,
+    imageSize: 16,
+  });
 }
 
 /** Three steps of latent training on the toy images (deterministic latents, so the run depends on the model only). */
@@ -35,8 +45,18 @@ async function trainLatent(dataDir: string, logDir: string): Promise<{ result: T
   const net = makeToyNet();
   try {
     const result = await train(base, net, {
-      dataDir, template: TOY_TEMPLATE, maxSteps: 3, saveEvery: 3, batchSize: 2, latentSampling: "deterministic",
-      learningRate: "1e-3", seed: 5, logDir, onLog: () => {}, progress: false, handleSigint: false,
+      dataDir,
+      template: TOY_TEMPLATE,
+      maxSteps: 3,
+      saveEvery: 3,
+      batchSize: 2,
+      latentSampling: "deterministic",
+      learningRate: "1e-3",
+      seed: 5,
+      logDir,
+      onLog: () => {},
+      progress: false,
+      handleSigint: false,
     }).done;
     return { result, file: path.join(logDir, "hypernetworks", "toy-3.pt") };
   } finally {
@@ -65,8 +85,17 @@ describe("latent training (wasm)", () => {
       const logvar = await dist.logvar.data();
       tf.dispose([dist.mean, dist.logvar]);
       const s = 0.18215;
-      expectClose(post.mean, Array.from(mean, (m) => m * s), 1e-7);
-      expectClose(post.std!, Array.from(logvar, (v) => Math.exp(v / 2) * s), 1e-7, 1e-6);
+      expectClose(
+        post.mean,
+        Array.from(mean, (m) => m * s),
+        1e-7,
+      );
+      expectClose(
+        post.std!,
+        Array.from(logvar, (v) => Math.exp(v / 2) * s),
+        1e-7,
+        1e-6,
+      );
       expect(post.std!.every((v) => v > 0)).toBe(true);
     } finally {
       base.dispose();

@@ -30,7 +30,8 @@ afterAll(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-const opts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => toyTrainOptions(dataDir, logDir, { maxSteps: 4, learningRate: "1e-2", ...extra });
+const opts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions =>
+  toyTrainOptions(dataDir, logDir, { maxSteps: 4, learningRate: "1e-2", ...extra });
 
 describe("clipGradients (torch clip_grad_value_ / clip_grad_norm_)", () => {
   it("by value clamps each element; by norm scales everything by c / (‖g‖ + 1e-6) when ‖g‖ > c", async () => {
@@ -82,7 +83,11 @@ describe("gradient accumulation", () => {
     const logDir = path.join(tmp, "accum");
     const steps: StepEvent[] = [];
     // 4 images, batch 1, accumulation 2 → 4 micro-batches per epoch → 2 optimizer steps per epoch
-    const r = await train(base, net, opts(logDir, { batchSize: 1, gradientAccumulation: 2, maxSteps: 4, saveEvery: 4, onStep: (e) => steps.push(e) })).done;
+    const r = await train(
+      base,
+      net,
+      opts(logDir, { batchSize: 1, gradientAccumulation: 2, maxSteps: 4, saveEvery: 4, onStep: (e) => steps.push(e) }),
+    ).done;
     expect(r.reason).toBe("max-steps");
     expect(steps.map((e) => [e.step, e.epoch, e.epochStep, e.stepsPerEpoch])).toEqual([
       [1, 0, 0, 2],
@@ -125,9 +130,16 @@ describe("timesteps range (kohya's min/max timestep; not in A1111)", () => {
       expect(full.t).toEqual(dflt.t);
       // 12 uniform draws from 0–999 all below 110 would have probability 0.11¹² ≈ 3e-12
       expect(Math.max(...dflt.t)).toBeGreaterThan(110);
-      for (const bad of [[0, 1001], [500, 500], [-1, 10], [0.5, 10]] as Array<[number, number]>) {
+      for (const bad of [
+        [0, 1001],
+        [500, 500],
+        [-1, 10],
+        [0.5, 10],
+      ] as Array<[number, number]>) {
         const net = makeToyNet();
-        await expect(train(base, net, opts(path.join(tmp, "t-bad"), { timesteps: bad })).done).rejects.toThrow(/timesteps must be integers \[min, max\)/);
+        await expect(train(base, net, opts(path.join(tmp, "t-bad"), { timesteps: bad })).done).rejects.toThrow(
+          /timesteps must be integers \[min, max\)/,
+        );
         net.dispose();
       }
     } finally {

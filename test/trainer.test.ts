@@ -68,12 +68,24 @@ describe("train()", () => {
     const logDir = path.join(tmp, "run-fall");
     const steps: StepEvent[] = [];
     const ckpts: number[] = [];
-    const res = await train(base, net, baseOpts(logDir, { maxSteps: 40, saveEvery: 10, learningRate: "1e-1", onStep: (e) => steps.push(e), onCheckpoint: (e) => ckpts.push(e.step) })).done;
+    const res = await train(
+      base,
+      net,
+      baseOpts(logDir, {
+        maxSteps: 40,
+        saveEvery: 10,
+        learningRate: "1e-1",
+        onStep: (e) => steps.push(e),
+        onCheckpoint: (e) => ckpts.push(e.step),
+      }),
+    ).done;
     const after = evalLoss(net);
     expect(res.reason).toBe("max-steps");
     expect(res.losses).toHaveLength(40);
     expect(net.info.step).toBe(40);
-    console.log(`toy loss: eval ${before.toFixed(4)} → ${after.toFixed(4)}; train first-10 mean ${mean(res.losses.slice(0, 10)).toFixed(4)}, last-10 ${mean(res.losses.slice(30)).toFixed(4)}`);
+    console.log(
+      `toy loss: eval ${before.toFixed(4)} → ${after.toFixed(4)}; train first-10 mean ${mean(res.losses.slice(0, 10)).toFixed(4)}, last-10 ${mean(res.losses.slice(30)).toFixed(4)}`,
+    );
     // The hypernetwork only reshapes attention contexts of a random frozen UNet, so its leverage is
     // small (measured: eval 1.208 → 1.180); a 1 % drop on a fixed evaluation batch is far above noise (0 for lr 0).
     expect(after).toBeLessThan(before * 0.99);
@@ -90,7 +102,8 @@ describe("train()", () => {
     // the final checkpoint is the live network
     const saved = readHypernetworkFile(path.join(logDir, "hypernetworks", "toy-40.pt"));
     const live = fromNetwork(net);
-    for (const [dim, pair] of live.weights) pair.forEach((sd, j) => sd.forEach((t, k) => expectClose(saved.weights.get(dim)![j]!.get(k)!.data, t.data, 0)));
+    for (const [dim, pair] of live.weights)
+      pair.forEach((sd, j) => sd.forEach((t, k) => expectClose(saved.weights.get(dim)![j]!.get(k)!.data, t.data, 0)));
 
     // CSV: header, one row per step, epoch arithmetic with steps_per_epoch = 4 images / batch 2 = 2.
     const rows = fs.readFileSync(path.join(logDir, "hypernetwork_loss.csv"), "utf8").trim().split("\n");
@@ -101,7 +114,11 @@ describe("train()", () => {
     expect(fs.readdirSync(logDir).some((f) => /^settings-\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d\.json$/.test(f))).toBe(true);
 
     // Real PyTorch reads the checkpoint and loads its .optim into torch.optim.AdamW.
-    const py = spawnSync("/usr/bin/python3", [path.join(__dirname, "scripts", "optim_check.py"), path.join(logDir, "hypernetworks", "toy-20.pt")], { encoding: "utf8" });
+    const py = spawnSync(
+      "/usr/bin/python3",
+      [path.join(__dirname, "scripts", "optim_check.py"), path.join(logDir, "hypernetworks", "toy-20.pt")],
+      { encoding: "utf8" },
+    );
     if (py.error || /No module named 'torch'/.test(py.stderr)) {
       console.warn(`torch.load check skipped: PyTorch is not available (${py.error?.message ?? py.stderr.trim()})`);
     } else {
@@ -119,7 +136,10 @@ describe("train()", () => {
     const att = attachHypernetworks(base.unet, [net]);
     const vars = net.trainableVariables();
     const rng = new Rng(4);
-    const x0 = tf.tensor4d(rng.uniform(2 * 64 * 3).map((u) => 2 * u - 1), [2, 8, 8, 3]);
+    const x0 = tf.tensor4d(
+      rng.uniform(2 * 64 * 3).map((u) => 2 * u - 1),
+      [2, 8, 8, 3],
+    );
     const noise = randn([2, 8, 8, 3], rng) as tf.Tensor4D;
     const cond = base.encodeText(["a photo of red", "art by toy , blue"]);
     const batch = { x0, noise, t: [120, 700], cond };
@@ -171,7 +191,16 @@ describe("train()", () => {
     const b = makeToyNet();
     const plain = await train(base, a, baseOpts(path.join(tmp, "run-nopreview"), { maxSteps: 6 })).done;
     const previews: Array<{ step: number; png: Buffer[]; file?: string }> = [];
-    const withPrev = await train(base, b, baseOpts(path.join(tmp, "run-preview"), { maxSteps: 6, previewEvery: 3, preview: { steps: 3 }, onPreview: (e) => void previews.push(e) })).done;
+    const withPrev = await train(
+      base,
+      b,
+      baseOpts(path.join(tmp, "run-preview"), {
+        maxSteps: 6,
+        previewEvery: 3,
+        preview: { steps: 3 },
+        onPreview: (e) => void previews.push(e),
+      }),
+    ).done;
     expect(withPrev.losses).toEqual(plain.losses);
     expect(previews.map((p) => p.step)).toEqual([3, 6]);
     for (const p of previews) {
@@ -196,7 +225,8 @@ describe("train()", () => {
     expect(net.info.step).toBe(5);
     const live = fromNetwork(net);
     const disk = fromNetwork(good);
-    for (const [dim, pair] of live.weights) pair.forEach((sd, j) => sd.forEach((t, k) => expectClose(disk.weights.get(dim)![j]!.get(k)!.data, t.data, 0)));
+    for (const [dim, pair] of live.weights)
+      pair.forEach((sd, j) => sd.forEach((t, k) => expectClose(disk.weights.get(dim)![j]!.get(k)!.data, t.data, 0)));
     good.dispose();
     net.dispose();
   }, 60_000);
@@ -204,7 +234,11 @@ describe("train()", () => {
   it("a huge learning rate is caught as a blow-up or non-finite value, never saved as a checkpoint", async () => {
     const net = makeToyNet();
     const logDir = path.join(tmp, "run-huge");
-    const res = await train(base, net, baseOpts(logDir, { maxSteps: 60, saveEvery: 2, learningRate: "1e-3:4, 1e4:-1", blowUpWarmup: 3, blowUpFactor: 5 })).done;
+    const res = await train(
+      base,
+      net,
+      baseOpts(logDir, { maxSteps: 60, saveEvery: 2, learningRate: "1e-3:4, 1e4:-1", blowUpWarmup: 3, blowUpFactor: 5 }),
+    ).done;
     expect(res.reason).toBe("unsafe");
     expect(res.message).toMatch(/rolled back to .*toy-\d+\.pt/);
     for (const c of listCheckpoints(logDir)) expect(readHypernetworkFile(c.file).info.step).toBe(c.step);
@@ -215,7 +249,16 @@ describe("train()", () => {
     const net = makeToyNet();
     const counts: number[] = [];
     const before = tf.memory().numTensors;
-    await train(base, net, baseOpts(path.join(tmp, "run-leak"), { maxSteps: 8, template: ["a photo of [filewords]"], gradientAccumulation: 2, onStep: () => counts.push(tf.memory().numTensors) })).done;
+    await train(
+      base,
+      net,
+      baseOpts(path.join(tmp, "run-leak"), {
+        maxSteps: 8,
+        template: ["a photo of [filewords]"],
+        gradientAccumulation: 2,
+        onStep: () => counts.push(tf.memory().numTensors),
+      }),
+    ).done;
     // 4 prompts are cached during the first epoch (2 steps of 2 × 2 images); then nothing grows.
     expect(new Set(counts.slice(2)).size, `counts per step: ${counts.join(", ")}`).toBe(1);
     expect(tf.memory().numTensors).toBe(before);

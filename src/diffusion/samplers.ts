@@ -98,14 +98,19 @@ export function prepare(opts: SampleOptions, who: string): Prepared {
   const scale = opts.guidanceScale ?? 7;
   if (!Number.isFinite(scale)) throw new Error(`${who}: guidanceScale must be a finite number, got ${scale}`);
   const batch = shape[0];
-  for (const [name, c] of [["cond", cond], ["uncond", uncond]] as const) {
+  for (const [name, c] of [
+    ["cond", cond],
+    ["uncond", uncond],
+  ] as const) {
     if (c === undefined) continue;
     if (c.rank < 1 || (c.shape[0] !== 1 && c.shape[0] !== batch)) {
       throw new Error(`${who}: ${name} must have batch 1 or ${batch} (the latent batch), got shape ${JSON.stringify(c.shape)}`);
     }
   }
   if (uncond && !tf.util.arraysEqual(cond.shape.slice(1), uncond.shape.slice(1))) {
-    throw new Error(`${who}: cond ${JSON.stringify(cond.shape)} and uncond ${JSON.stringify(uncond.shape)} must match beyond the batch axis (same token count and width) to be batched together`);
+    throw new Error(
+      `${who}: cond ${JSON.stringify(cond.shape)} and uncond ${JSON.stringify(uncond.shape)} must match beyond the batch axis (same token count and width) to be batched together`,
+    );
   }
   let rng = opts.rng;
   if (!rng) {
@@ -130,7 +135,9 @@ export function guidedEps(p: Prepared, x: tf.Tensor4D, t: number): tf.Tensor4D {
   const cIn = guided ? tf.concat([cond, toBatch(p.uncond!, batch)], 0) : cond;
   const eps = p.denoiser(xIn, new Array<number>(xIn.shape[0]).fill(t), cIn);
   if (!tf.util.arraysEqual(eps.shape, xIn.shape)) {
-    throw new Error(`denoiser returned shape ${JSON.stringify(eps.shape)} for input ${JSON.stringify(xIn.shape)}; it must predict ε with the input's shape`);
+    throw new Error(
+      `denoiser returned shape ${JSON.stringify(eps.shape)} for input ${JSON.stringify(xIn.shape)}; it must predict ε with the input's shape`,
+    );
   }
   if (!guided) return eps;
   const [epsCond, epsUncond] = tf.split(eps, 2, 0) as [tf.Tensor4D, tf.Tensor4D];

@@ -27,7 +27,8 @@ import { type SampleOptions, type Sampler, guidedEps, prepare, report } from "./
  * T + 1 with c = ⌊T/steps⌋, clipped to T − 1. Ascending; may hold more than `steps` entries.
  */
 export function a1111Timesteps(steps: number, numTimesteps = 1000): number[] {
-  if (!Number.isSafeInteger(steps) || steps < 1 || steps > numTimesteps) throw new Error(`steps must be an integer in [1, ${numTimesteps}], got ${steps}`);
+  if (!Number.isSafeInteger(steps) || steps < 1 || steps > numTimesteps)
+    throw new Error(`steps must be an integer in [1, ${numTimesteps}], got ${steps}`);
   const c = Math.floor(numTimesteps / steps);
   const out: number[] = [];
   for (let t = 0; t < numTimesteps; t += c) out.push(Math.min(t + 1, numTimesteps - 1));
@@ -39,7 +40,8 @@ export function a1111Ddim(config: { steps: number; eta?: number }): Sampler {
   const eta = config.eta ?? 0;
   if (!(eta >= 0) || !Number.isFinite(eta)) throw new Error(`DDIM: eta must be a finite number ≥ 0, got ${eta}`);
   const steps = config.steps;
-  if (a1111Timesteps(steps).length < 2) throw new Error(`DDIM: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
+  if (a1111Timesteps(steps).length < 2)
+    throw new Error(`DDIM: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
   return {
     name: "DDIM",
     steps,
@@ -79,7 +81,8 @@ export function a1111Ddim(config: { steps: number; eta?: number }): Sampler {
 /** A1111's "PLMS" (see the module comment). */
 export function a1111Plms(config: { steps: number }): Sampler {
   const steps = config.steps;
-  if (a1111Timesteps(steps).length < 2) throw new Error(`PLMS: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
+  if (a1111Timesteps(steps).length < 2)
+    throw new Error(`PLMS: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
   return {
     name: "PLMS",
     steps,

@@ -44,14 +44,20 @@ export function seededInit(seed: number): Initializer {
     const fanIn = torchShape.length > 1 ? torchShape.slice(1).reduce((a, b) => a * b, 1) : torchShape[0]!;
     const b = 1 / Math.sqrt(Math.max(1, fanIn));
     const n = shape.reduce((a, c) => a * c, 1);
-    return tf.tensor(Float32Array.from(rng.uniform(n), (u) => (2 * u - 1) * b), shape);
+    return tf.tensor(
+      Float32Array.from(rng.uniform(n), (u) => (2 * u - 1) * b),
+      shape,
+    );
   };
 }
 
 /** The toy base model (frozen). */
 export function makeToyBase(seed = 1): BaseModel {
   const unet = new UNetModel(TOY_UNET, { init: seededInit(seed) });
-  const textEncoder = new ClipTextModel(tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }), { init: seededInit(seed + 1) });
+  const textEncoder = new ClipTextModel(
+    tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }),
+    { init: seededInit(seed + 1) },
+  );
   const tokenizer = new SimpleTokenizer(TOY_WORDS, { maxLength: 8 });
   return new BaseModel({ name: "toy", unet, textEncoder, tokenizer, imageSize: 8 });
 }
@@ -66,14 +72,24 @@ export async function makeToyDataset(dir: string): Promise<void> {
     ["yellow", [230, 220, 40]],
   ];
   for (const [name, [r, g, b]] of colours) {
-    await sharp({ create: { width: 8, height: 8, channels: 3, background: { r, g, b } } }).png().toFile(path.join(dir, `${name}.png`));
+    await sharp({ create: { width: 8, height: 8, channels: 3, background: { r, g, b } } })
+      .png()
+      .toFile(path.join(dir, `${name}.png`));
     fs.writeFileSync(path.join(dir, `${name}.txt`), name);
   }
 }
 
 /** The toy hypernetwork: dims 16 (cross-attention context) and 64 (self-attention), tanh + layer norm. */
 export function makeToyNet(seed = 3): Hypernetwork {
-  return createHypernetwork({ name: "toy", dims: [16, 64], layerStructure: [1, 2, 1], activation: "tanh", layerNorm: true, weightInit: "XavierNormal", seed });
+  return createHypernetwork({
+    name: "toy",
+    dims: [16, 64],
+    layerStructure: [1, 2, 1],
+    activation: "tanh",
+    layerNorm: true,
+    weightInit: "XavierNormal",
+    seed,
+  });
 }
 
 /** Prompt template for the toy data. */
@@ -99,4 +115,3 @@ export function toyTrainOptions(dataDir: string, logDir: string, extra: Partial<
     ...extra,
   };
 }
-
