@@ -27,7 +27,19 @@ import * as tf from "@tensorflow/tfjs";
 import { fusedKernelsActive } from "../src/backend/webgpu-fused";
 import { installWebgpuLaunchPatches, removeWebgpuLaunchPatches } from "../src/backend/webgpu-launch";
 import { CrossAttention } from "../src/unet/attention";
-import { type BenchArgs, type BenchModel, buildModel, loadConfig, parseArgs, peakRssMb, sampleStepAsync, selectBackend, timeAsync, trainStep, trainStepAsync } from "./harness";
+import {
+  type BenchArgs,
+  type BenchModel,
+  buildModel,
+  loadConfig,
+  parseArgs,
+  peakRssMb,
+  sampleStepAsync,
+  selectBackend,
+  timeAsync,
+  trainStep,
+  trainStepAsync,
+} from "./harness";
 import { measureLaunches, sampleStepSplit, trainStepSplit, useWebgpuNull } from "./webgpu-launches";
 
 function emit(obj: Record<string, unknown>): void {
@@ -59,7 +71,14 @@ async function micro(args: BenchArgs, base: Record<string, unknown>, small: bool
       for (const t of outs) await t.data();
       tf.dispose(outs);
     }, runs);
-    emit({ ...base, case: name, median_ms: round(r.median), min_ms: round(r.min), gflops: round(gflop / (r.median / 1000)), leaked_tensors: tf.memory().numTensors - before });
+    emit({
+      ...base,
+      case: name,
+      median_ms: round(r.median),
+      min_ms: round(r.min),
+      gflops: round(gflop / (r.median / 1000)),
+      leaked_tensors: tf.memory().numTensors - before,
+    });
   };
   if (sd) await microSd(report);
   if (!small) return;
@@ -71,7 +90,12 @@ async function micro(args: BenchArgs, base: Record<string, unknown>, small: bool
   const x = tf.randomNormal([1, 64, 64, 128]) as tf.Tensor4D;
   const w = tf.mul(tf.randomNormal([3, 3, 128, 128]), 0.05) as tf.Tensor4D;
   await report("conv_fwd", 1.208, () => [tf.conv2d(x, w, 1, "same")]);
-  await report("conv_fwd_bwd", 3.62, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
+  await report("conv_fwd_bwd", 3.62, () =>
+    tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([
+      x,
+      w,
+    ]),
+  );
   // (c) cross-attention: B=4, 256 tokens × 128, context 77 × 256, 4 heads of 32: 0.148 GFLOP forward, ×3 with backward
   const attn = new CrossAttention(128, 256, 4, 32, false);
   const q = tf.randomNormal([4, 256, 128]);
@@ -102,7 +126,12 @@ async function microSd(report: (name: string, gflop: number, fn: () => tf.Tensor
   const w = tf.mul(tf.randomNormal([3, 3, 320, 320]), 0.02) as tf.Tensor4D;
   const conv = gf(64 * 64 * 320 * 320 * 9);
   await report("sd_conv3x3_64x64x320_fwd", conv, () => [tf.conv2d(x, w, 1, "same")]);
-  await report("sd_conv3x3_64x64x320_fwd_bwd", 3 * conv, () => tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([x, w]));
+  await report("sd_conv3x3_64x64x320_fwd_bwd", 3 * conv, () =>
+    tf.grads((p: tf.Tensor, q: tf.Tensor) => tf.mean(tf.square(tf.conv2d(p as tf.Tensor4D, q as tf.Tensor4D, 1, "same"))) as tf.Scalar)([
+      x,
+      w,
+    ]),
+  );
   tf.dispose([x, w]);
   for (const d of [40, 64]) {
     const q = tf.randomNormal([1, 4096, d]) as tf.Tensor3D;
@@ -149,7 +178,18 @@ async function reportLaunches(m: BenchModel, args: BenchArgs, base: Record<strin
   const runs = Math.max(3, args.steps);
   const train = await measureLaunches(() => trainStepSplit(m), runs);
   const sample = await measureLaunches(() => sampleStepSplit(m), runs);
-  emit({ ...base, case: "webgpu_launches", config: args.config, batch: args.batch, size: args.size, launch_patches: patches, fused_kernels: fusedKernelsActive(), runs, train_step: train, sample_step: sample });
+  emit({
+    ...base,
+    case: "webgpu_launches",
+    config: args.config,
+    batch: args.batch,
+    size: args.size,
+    launch_patches: patches,
+    fused_kernels: fusedKernelsActive(),
+    runs,
+    train_step: train,
+    sample_step: sample,
+  });
 }
 
 async function main(): Promise<void> {

@@ -15,7 +15,10 @@ type Row = Record<string, unknown>;
 /** Every JSON line of every `.jsonl` file in `dir`, tagged with its run (the file's name). */
 export function readRuns(dir: string): Row[] {
   const rows: Row[] = [];
-  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith(".jsonl")).sort()) {
+  for (const f of fs
+    .readdirSync(dir)
+    .filter((n) => n.endsWith(".jsonl"))
+    .sort()) {
     const run = f.replace(/\.jsonl$/, "");
     for (const line of fs.readFileSync(path.join(dir, f), "utf8").split("\n")) {
       if (!line.trim().startsWith("{")) continue;
@@ -44,27 +47,63 @@ interface LaunchSide {
   tfjs_kernels: number;
 }
 
+/** "on / off": whether a WebGPU run had the launch patches and the fused kernels ("–" elsewhere). */
+function flags(r: Row): string {
+  if (!("launch_patches" in r)) return "–";
+  const patches = Array.isArray(r.launch_patches) && r.launch_patches.length > 0;
+  return `${patches ? "on" : "off"} / ${r.fused_kernels ? "on" : "off"}`;
+}
+
 /** The summary object and its printed form. */
 export function summarise(rows: Row[]): { summary: Row; text: string } {
   const lines: string[] = [];
   const steps = rows.filter((r) => r.case === "unet_step");
   lines.push("Step times (median ms; train = hypernetwork training step, sample = one UNet forward):");
-  lines.push(["run", "backend", "config", "b", "size", "train", "sample"].join(" | "));
+  lines.push(["run", "backend", "patches / fused", "config", "b", "size", "train", "sample"].join(" | "));
   for (const r of steps) {
-    const config = String(r.config ?? "").replace(/^.*\//, "").replace(/\.config\.json$/, "");
-    lines.push([r.run, r.backend, config, r.batch, r.size, fmt(r.train_step_ms), fmt(r.sample_step_ms)].join(" | "));
+    const config = String(r.config ?? "")
+      .replace(/^.*\//, "")
+      .replace(/\.config\.json$/, "");
+    lines.push([r.run, r.backend, flags(r), config, r.batch, r.size, fmt(r.train_step_ms), fmt(r.sample_step_ms)].join(" | "));
   }
   const launches = rows.filter((r) => r.case === "webgpu_launches");
   if (launches.length) {
     lines.push("", "WebGPU launches per step (patches on/off; host = queuing on the CPU, drain = waiting for the GPU and the read-back):");
-    lines.push(["run", "step", "patches", "dispatches", "submits", "uploads (scalars)", "uniform writes", "bind groups", "host ms", "µs/dispatch (CPU)", "drain ms"].join(" | "));
+    lines.push(
+      [
+        "run",
+        "step",
+        "patches / fused",
+        "dispatches",
+        "submits",
+        "uploads (scalars)",
+        "uniform writes",
+        "bind groups",
+        "host ms",
+        "µs/dispatch (CPU)",
+        "drain ms",
+      ].join(" | "),
+    );
     for (const r of launches) {
       for (const kind of ["train_step", "sample_step"] as const) {
         const s = r[kind] as LaunchSide | undefined;
         if (!s) continue;
         const c = s.counts;
-        const patches = Array.isArray(r.launch_patches) && r.launch_patches.length ? "on" : "off";
-        lines.push([r.run, kind.replace("_step", ""), patches, c.dispatches, c.submits, `${c.uploads} (${c.scalarUploads})`, c.uniformWrites, c.createBindGroup, fmt(s.host_ms), `${fmt(s.host_us_per_dispatch)} (${fmt(s.host_cpu_us_per_dispatch)})`, fmt(s.drain_ms)].join(" | "));
+        lines.push(
+          [
+            r.run,
+            kind.replace("_step", ""),
+            flags(r),
+            c.dispatches,
+            c.submits,
+            `${c.uploads} (${c.scalarUploads})`,
+            c.uniformWrites,
+            c.createBindGroup,
+            fmt(s.host_ms),
+            `${fmt(s.host_us_per_dispatch)} (${fmt(s.host_cpu_us_per_dispatch)})`,
+            fmt(s.drain_ms),
+          ].join(" | "),
+        );
       }
     }
   }
@@ -83,7 +122,9 @@ export function summarise(rows: Row[]): { summary: Row; text: string } {
       lines.push([n, ...cells].join(" | "));
     }
   }
-  const problems = rows.filter((r) => r.case === "leak" || r.case === "unparsable_line" || r.case === "run_failed" || r.case === "run_skipped");
+  const problems = rows.filter(
+    (r) => r.case === "leak" || r.case === "unparsable_line" || r.case === "run_failed" || r.case === "run_skipped",
+  );
   if (problems.length) {
     lines.push("", "Problems:");
     for (const p of problems) lines.push(`  ${p.run}: ${p.case} ${JSON.stringify({ ...p, run: undefined, case: undefined })}`);

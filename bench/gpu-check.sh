@@ -215,6 +215,8 @@ if [ "$MODE" = gpu ]; then
   run tfjs-tiny16-stock 60 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   run tfjs-null 45 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-stock 45 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
+  run tfjs-null-unfused 45 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
+  run tfjs-null-original 45 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   run tfjs-tiny32b4 60 "${BENCH[@]}" --backend webgpu --steps 3 --no-micro
   if [ -n "$PY" ]; then run torch-tiny32b4 45 "$PY" bench/torch_bench.py --device "$TORCH_DEVICE" --threads 16 --steps 3 --no-micro; fi
 else
@@ -223,6 +225,8 @@ else
   run tfjs-tiny16-stock 100 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro --no-webgpu-patches
   run tfjs-null 60 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-stock 60 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
+  run tfjs-null-unfused 60 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
+  run tfjs-null-original 60 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   if [ -n "$PY" ]; then run torch-tiny16 60 "$PY" bench/torch_bench.py --threads 2 "${TINY16[@]}" --steps 2 --no-micro; fi
   if [ "$SD15_IN_CPU" = 1 ]; then
     run tfjs-sd15 600 "${BENCH[@]}" --backend webgpu --config sd15 --size 8 --batch 1 --steps 1 --no-micro
