@@ -35,21 +35,31 @@ export function a1111Timesteps(steps: number, numTimesteps = 1000): number[] {
   return out;
 }
 
+/** A1111's timestep samplers need at least two timesteps (one step between them). */
+function checkTimestepCount(name: string, steps: number): void {
+  if (a1111Timesteps(steps).length < 2) {
+    throw new Error(`${name}: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
+  }
+}
+
+/** The shared start of a run: checked options, ᾱ, A1111's timesteps for `steps` and their count. */
+function startRun(opts: SampleOptions, name: string, steps: number) {
+  const p = prepare(opts, name);
+  const ts = a1111Timesteps(steps, p.schedule.numTimesteps);
+  return { p, ac: p.schedule.alphasCumprod, ts, n: ts.length };
+}
+
 /** A1111's "DDIM" (see the module comment). `eta` defaults to A1111's 0. */
 export function a1111Ddim(config: { steps: number; eta?: number }): Sampler {
   const eta = config.eta ?? 0;
   if (!(eta >= 0) || !Number.isFinite(eta)) throw new Error(`DDIM: eta must be a finite number ≥ 0, got ${eta}`);
   const steps = config.steps;
-  if (a1111Timesteps(steps).length < 2)
-    throw new Error(`DDIM: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
+  checkTimestepCount("DDIM", steps);
   return {
     name: "DDIM",
     steps,
     async sample(opts: SampleOptions): Promise<tf.Tensor4D> {
-      const p = prepare(opts, "DDIM");
-      const ac = p.schedule.alphasCumprod;
-      const ts = a1111Timesteps(steps, p.schedule.numTimesteps);
-      const n = ts.length;
+      const { p, ac, ts, n } = startRun(opts, "DDIM", steps);
       let x = randn(p.shape, p.rng) as tf.Tensor4D;
       try {
         for (let i = 0; i < n - 1; i++) {
@@ -81,16 +91,12 @@ export function a1111Ddim(config: { steps: number; eta?: number }): Sampler {
 /** A1111's "PLMS" (see the module comment). */
 export function a1111Plms(config: { steps: number }): Sampler {
   const steps = config.steps;
-  if (a1111Timesteps(steps).length < 2)
-    throw new Error(`PLMS: ${steps} step(s) give A1111 a single timestep and no step; use at least 2 steps`);
+  checkTimestepCount("PLMS", steps);
   return {
     name: "PLMS",
     steps,
     async sample(opts: SampleOptions): Promise<tf.Tensor4D> {
-      const p = prepare(opts, "PLMS");
-      const ac = p.schedule.alphasCumprod;
-      const ts = a1111Timesteps(steps, p.schedule.numTimesteps);
-      const n = ts.length;
+      const { p, ac, ts, n } = startRun(opts, "PLMS", steps);
       const oldEps: tf.Tensor4D[] = [];
       let x = randn(p.shape, p.rng) as tf.Tensor4D;
       try {
