@@ -52,6 +52,8 @@ export interface SampleImagesOptions {
    * prompts are encoded literally, as always.
    */
   promptSyntax?: { encode: EncodeTexts };
+  /** How plain prompts are encoded (default `base.encodeText`); txt2img passes A1111's front end. */
+  encodeText?: EncodeTexts;
 }
 
 /** What {@link sampleImages} returns: the decoded images as host floats. */
@@ -112,7 +114,7 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
       done += n;
       continue;
     }
-    const both = base.encodeText([...chunk, negative]);
+    const both = (opts.encodeText ?? ((t: string[]) => base.encodeText(t)))([...chunk, negative]);
     const [cond, uncond] = tf.split(both, [chunk.length, 1], 0) as [tf.Tensor3D, tf.Tensor3D];
     both.dispose();
     let latents: tf.Tensor4D | undefined;

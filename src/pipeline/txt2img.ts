@@ -169,15 +169,14 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
     etaNoiseSeedDelta: opts.etaNoiseSeedDelta ?? 0,
     source: noiseSource,
   });
-  // The prompts go through A1111's front end (emphasis, BREAK, chunks, embedding names): a view of
-  // the base model whose encodeText is `encodePrompts`, so the shared sampling path uses it.
+  // The prompts go through A1111's front end (emphasis, BREAK, chunks, embedding names), which the
+  // shared sampling path calls in place of the base model's literal encoder.
   let used: TextualInversionEmbedding[][] = [];
   const encodeText = (prompts: string[]): ReturnType<BaseModel["encodeText"]> => {
     const r = encodePrompts(base.textEncoder, base.tokenizer, prompts, { embeddings, emphasis, clipSkip });
     used = r.used;
     return r.context;
   };
-  const view = Object.create(base, { encodeText: { value: encodeText } }) as BaseModel;
   // Prompt editing, alternation and AND: each schedule's texts are one A1111 encoder batch (its
   // emphasis mean taken over the batch); the embeddings any of them used are recorded.
   const scheduledUsed = new Map<string, TextualInversionEmbedding>();
@@ -192,7 +191,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   try {
     // The samplers only call `normal(n)`, which A1111's per-image noise answers (see a1111-image-noise.ts).
     const rng = noise as unknown as Rng;
-    sampled = await sampleImages(view, {
+    sampled = await sampleImages(base, {
       prompts: [parsed.prompt],
       count: batch,
       negativePrompt: negative.prompt,
@@ -204,6 +203,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
       height,
       callback: opts.callback,
       promptSyntax: { encode: encodeBatch },
+      encodeText,
     });
     if (scheduledUsed.size > 0) used = [[...scheduledUsed.values()]];
   } finally {
