@@ -13,6 +13,7 @@
  * caller's business (txt2img attaches the prompt's, the trainer keeps its own attached).
  */
 import * as tf from "@tensorflow/tfjs";
+import type { NoiseRng } from "../diffusion/a1111-rng";
 import { Rng } from "../diffusion/random";
 import type { StepCallback } from "../diffusion/samplers";
 import { type SamplerName, samplerByName } from "../diffusion/sampler-names";
@@ -36,7 +37,7 @@ export interface SampleImagesOptions {
   /** Seed of the noise; ignored when `rng` is given. One of the two is required. */
   seed?: number;
   /** Draw the noise from this generator instead (it is advanced). */
-  rng?: Rng;
+  rng?: NoiseRng;
   /** Image size in pixels (default: the model's native size). */
   width?: number;
   height?: number;
@@ -151,7 +152,7 @@ async function sampleScheduled(
   base: BaseModel,
   opts: SampleImagesOptions,
   sampler: ReturnType<typeof samplerByName>,
-  rng: Rng,
+  rng: NoiseRng,
   prompts: string[],
   shape: [number, number, number, number],
   encode: EncodeTexts,

@@ -19,7 +19,6 @@
 import type { StepCallback } from "../diffusion/samplers";
 import { type SamplerName, resolveSamplerName, samplerByName } from "../diffusion/sampler-names";
 import { a1111BatchSeeds, a1111ImageNoise } from "../diffusion/a1111-image-noise";
-import type { Rng } from "../diffusion/random";
 import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
 import { ignoredTags, parsePrompt } from "../hypernet/prompt";
 import { encodePng, unitToBytes } from "../io/png";
@@ -189,8 +188,6 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const attachment = stack.length ? attachHypernetworks(base.unet, stack) : undefined;
   let sampled: SampledImages;
   try {
-    // The samplers only call `normal(n)`, which A1111's per-image noise answers (see a1111-image-noise.ts).
-    const rng = noise as unknown as Rng;
     sampled = await sampleImages(base, {
       prompts: [parsed.prompt],
       count: batch,
@@ -198,7 +195,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
       sampler: samplerName,
       steps,
       cfgScale,
-      rng,
+      rng: noise,
       width,
       height,
       callback: opts.callback,
