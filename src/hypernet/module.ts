@@ -100,8 +100,25 @@ export interface ForwardOptions {
   seed?: number;
 }
 
+/** MonkeyPatch's extra initialisation option (the A1111 value is its default). */
+export interface InitOptions {
+  /**
+   * Standard deviation of the "Normal" scheme's Linear weights and of every LayerNorm weight (default
+   * 0.01, A1111's fixed value). MonkeyPatch's "Standard Deviation for Normal weight initialization":
+   * like there, it also sets the LayerNorm weights under the other schemes, which A1111 draws from
+   * the Normal branch whatever the scheme.
+   */
+  normalStd?: number;
+}
+
 /** Initialiser factory for A1111's schemes (spec §1.9); `seed` makes creation reproducible. */
-export function weightInitializer(scheme: WeightInit, seed: number): { linear: Initializer; layerNorm: Initializer } {
+export function weightInitializer(
+  scheme: WeightInit,
+  seed: number,
+  opts: InitOptions = {},
+): { linear: Initializer; layerNorm: Initializer } {
+  const std = opts.normalStd ?? 0.01;
+  if (!Number.isFinite(std) || std < 0) throw new Error(`normalStd must be a finite number ≥ 0, got ${std}`);
   let s = seed;
   const next = (): number => s++;
   // Kaiming: A1111 passes nonlinearity 'leaky_relu' for leakyrelu and 'relu' otherwise; with the
@@ -112,7 +129,7 @@ export function weightInitializer(scheme: WeightInit, seed: number): { linear: I
     const fanIn = torchShape[1]!;
     switch (scheme) {
       case "Normal":
-        return tf.randomNormal(tfShape, 0, 0.01, "float32", next());
+        return tf.randomNormal(tfShape, 0, std, "float32", next());
       case "XavierUniform": {
         const b = Math.sqrt(6 / (fanIn + fanOut));
         return tf.randomUniform(tfShape, -b, b, "float32", next());
@@ -128,9 +145,36 @@ export function weightInitializer(scheme: WeightInit, seed: number): { linear: I
     }
   };
   // A1111 sends LayerNorm through the "Normal" branch whatever the scheme: weight N(0, 0.01²).
-  const layerNorm: Initializer = (tfShape) => tf.randomNormal(tfShape, 0, 0.01, "float32", next());
+  const layerNorm: Initializer = (tfShape) => tf.randomNormal(tfShape, 0, std, "float32", next());
   return { linear, layerNorm };
 }
+
+/**
+ * Activations with f(0) = 0 (a module whose output layer is zeroed and then activated still gives
+ * 0). Kept as a list rather than computed, so creating a network needs no read-back (WebGPU in Node).
+ */
+export const ZERO_AT_ZERO: ReadonlySet<ActivationName> = new Set<ActivationName>([
+  "linear",
+  "relu",
+  "leakyrelu",
+  "elu",
+  "swish",
+  "tanh",
+  "rrelu",
+  "hardtanh",
+  "relu6",
+  "silu",
+  "mish",
+  "hardswish",
+  "celu",
+  "selu",
+  "gelu",
+  "hardshrink",
+  "softshrink",
+  "prelu",
+  "softsign",
+  "tanhshrink",
+]);
 
 /** One residual MLP (the k or the v module of one dim). */
 export class HypernetworkModule extends Module {
@@ -167,6 +211,31 @@ export class HypernetworkModule extends Module {
       this.layers.push(m ? { plan: p, module: m } : { plan: p });
     }
     this.child("linear", new Sequential(entries, this.trainable));
+  }
+
+  /**
+   * Zero the last Linear's weight and bias, so that the branch gives exactly 0 and the module starts
+   * as the identity (`out = x` at any multiplier). Refused when an output activation would turn
+   * those zeros into a constant other than 0 (sigmoid, softplus, … with `activateOutput` and no
+   * LayerNorm after it), since the module would then not start as the identity.
+   */
+  zeroLastLayer(): void {
+    let lastLinear = -1;
+    this.layers.forEach((l, i) => {
+      if (l.plan.kind === "linear") lastLinear = i;
+    });
+    const tail = this.layers.slice(lastLinear + 1).map((l) => l.plan);
+    const act = tail.find((p) => p.kind === "activation");
+    const normed = tail.some((p) => p.kind === "layernorm");
+    if (act && act.kind === "activation" && !normed && !ZERO_AT_ZERO.has(act.name)) {
+      throw new Error(
+        `zeroLastLayer: the output activation ${act.name} is not 0 at 0, so zeroing the last layer would not make the network start as the identity; turn off activateOutput, add layer norm, or use an activation with f(0) = 0`,
+      );
+    }
+    const lin = this.layers[lastLinear]!.module as Linear;
+    tf.tidy(() => {
+      for (const p of [lin.weight, lin.bias]) if (p) p.value.assign(tf.zerosLike(p.value));
+    });
   }
 
   /** `mlp(x)`: the residual branch alone. */

@@ -53,6 +53,18 @@ export interface CreateOptions {
   activateOutput?: boolean;
   /** Seed for the initial weights (default 0): the same options and seed give the same network. */
   seed?: number;
+  /**
+   * Standard deviation of the Normal init and of LayerNorm weights (default 0.01, A1111's fixed value;
+   * MonkeyPatch's "Standard Deviation for Normal weight initialization"). Not stored in the file.
+   */
+  normalStd?: number;
+  /**
+   * Start with the last Linear of every module at zero (default false): the residual branch is then
+   * exactly 0, so the fresh network is the identity and the model at any multiplier equals the base
+   * model until the first step moves it. The fix for "every non-Normal init destroys images at step
+   * 0" (A1111 #4350). Not stored in the file (it only decides the first weights).
+   */
+  zeroLastLayer?: boolean;
   optionalInfo?: string | null;
 }
 
@@ -213,16 +225,38 @@ export function createHypernetwork(opts: CreateOptions, model?: { readonly conte
   };
   const structure = structureOf(info);
   const seed = opts.seed ?? 0;
+  if (!Number.isSafeInteger(seed)) throw new Error(`seed must be a whole number, got ${seed}`);
   const modules = new Map<number, [HypernetworkModule, HypernetworkModule]>();
-  dims.forEach((dim, i) => {
-    const mk = (j: number): HypernetworkModule =>
-      new HypernetworkModule(dim, structure, {
-        trainable: true,
-        init: weightInitializer(weightInit, (seed * 1009 + i * 2 + j) * 100_003 + 1),
-      });
-    modules.set(dim, [mk(0), mk(1)]);
-  });
-  return new Hypernetwork(info, modules);
+  const net = new Hypernetwork(info, modules);
+  try {
+    dims.forEach((dim, i) => {
+      const mk = (j: number): HypernetworkModule => {
+        const m = new HypernetworkModule(dim, structure, {
+          trainable: true,
+          init: weightInitializer(weightInit, (seed * 1009 + i * 2 + j) * 100_003 + 1, { normalStd: opts.normalStd }),
+        });
+        if (!opts.zeroLastLayer) return m;
+        try {
+          m.zeroLastLayer();
+        } catch (err) {
+          m.dispose();
+          throw err;
+        }
+        return m;
+      };
+      const k = mk(0);
+      try {
+        modules.set(dim, [k, mk(1)]);
+      } catch (err) {
+        k.dispose();
+        throw err;
+      }
+    });
+  } catch (err) {
+    net.dispose();
+    throw err;
+  }
+  return net;
 }
 
 /** Build the modules of a network from its info with zero weights (to be filled from a file). */
