@@ -60,6 +60,32 @@ export interface PreviewEvent {
   file?: string;
 }
 
+/** One sample of the validation batch (`validation.ts`): which image, its timestep, its loss. */
+export interface ValidationSample {
+  /** Index of the image in the validation batch, and its file. */
+  image: number;
+  file: string;
+  t: number;
+  loss: number;
+}
+
+/** Payload of `onValidation`: the loss on the fixed validation batch after `step` steps (the run's start step: before training). */
+export interface ValidationEvent {
+  step: number;
+  /** Mean over the batch. */
+  loss: number;
+  samples: ValidationSample[];
+}
+
+/** Payload of `onNorms` (`module-norms.ts`): per-module norms at `step`, keyed like "768 k". */
+export interface NormsEvent {
+  step: number;
+  /** ‖g‖₂ of each trained module's gradient in this step (before clipping). */
+  gradient: Record<string, number>;
+  /** Mean ‖m(c) − c‖₂ per token of each module, after this step's update, on the fixed batch. */
+  output: Record<string, number>;
+}
+
 /** Why training ended. */
 export type StopReason = "max-steps" | "schedule-end" | "stopped" | "unsafe" | "already-trained";
 

@@ -10,9 +10,11 @@ import type { Hypernetwork } from "../hypernet/network";
 import { insideFolder, printable, safeFileStem } from "../io/safe-name";
 import type { Param } from "../nn/module";
 import type { BaseModel } from "../pipeline/base-model";
-import type { CheckpointEvent, PreviewEvent, StepEvent } from "./events";
+import type { CheckpointEvent, NormsEvent, PreviewEvent, StepEvent, ValidationEvent } from "./events";
 import type { Prediction } from "./loss";
 import { Schedule } from "./lr-schedule";
+import { type CosineRestarts, LearningRatePlan, type SchedulerConfig, resolveSchedulerConfig } from "./lr-scheduler";
+import type { ValidationOptions } from "./validation";
 
 /** Gradient clipping mode (A1111's "Gradient Clipping" dropdown). */
 export type ClipMode = "disabled" | "value" | "norm";
@@ -59,12 +61,48 @@ export interface TrainOptions {
   gradientClipping?: ClipMode;
   /** Clip value or max norm, a schedule string like the learning rate (default "0.1"). */
   clipValue?: string | number;
+  /**
+   * The p of the norm `gradientClipping: "norm"` limits (default 2, A1111's): ‖g‖_p = (Σ|g|^p)^(1/p)
+   * over every gradient element of the network, or the largest |g| for `Infinity` (or "inf"), as
+   * `torch.nn.utils.clip_grad_norm_(norm_type=p)`. Not an A1111 option.
+   */
+  clipNormType?: number | "inf";
   /** Prediction target (default "epsilon"). */
   prediction?: Prediction;
   /** Seed of all training randomness (default 0). The same seed gives the same run. */
   seed?: number;
-  /** AdamW weight decay (default 0.01, PyTorch's). */
+  /** AdamW's decoupled weight decay λ (default 0.01, PyTorch's and so A1111's). */
   weightDecay?: number;
+  /** AdamW's (β₁, β₂), each in [0, 1) (default [0.9, 0.999], PyTorch's; A1111 fixes them). */
+  adamBetas?: readonly [number, number];
+  /** AdamW's ε, added to the denominator (default 1e-8, PyTorch's; A1111 fixes it). */
+  adamEps?: number;
+  /**
+   * Linear warm-up over the first N steps of the network (default 0: none): the step from s steps
+   * done uses (s + 1)/N of the schedule's rate. Composes with the schedule string and with
+   * `cosineRestarts` (whose cycles start after the warm-up). See lr-scheduler.ts.
+   */
+  warmupSteps?: number;
+  /**
+   * Cosine annealing with warm restarts on top of the schedule string (default: off): each cycle
+   * falls from its peak (γ^cycle × the string's rate) to `minLr` along half a cosine, then restarts;
+   * cycle lengths grow by `cycleMult`. Optionally saves and previews at every cycle end. With
+   * gamma 1 it is PyTorch's `CosineAnnealingWarmRestarts`. See lr-scheduler.ts.
+   */
+  cosineRestarts?: CosineRestarts;
+  /**
+   * Noise offset (kohya's `--noise_offset`; default 0: off, A1111's loss): ε ← ε + offset · n with
+   * one n ~ N(0, 1) per image and channel, so the network also learns to shift an image's mean
+   * brightness and colour (kohya uses about 0.05–0.1). The target (ε or v) uses the shifted noise.
+   */
+  noiseOffset?: number;
+  /**
+   * Min-SNR-γ loss weighting (Hang et al. 2023; kohya's `--min_snr_gamma`, diffusers'
+   * `snr_gamma`; default off, A1111's plain mean). Each image's mean squared error is weighted by
+   * min(SNR_t, γ)/SNR_t for ε-prediction or min(SNR_t, γ)/(SNR_t + 1) for v-prediction, SNR_t =
+   * ᾱ_t/(1 − ᾱ_t): low-noise timesteps stop dominating. γ = 5 is the paper's choice.
+   */
+  minSnrGamma?: number;
   /**
    * Timesteps the loss is sampled from, `[min, max)` out of the schedule's 1000 (default `[0, 1000]`,
    * uniform over all of them, as A1111 does). Not an A1111 option; kohya's trainers call it
@@ -111,6 +149,18 @@ export interface TrainOptions {
   blowUpFactor?: number;
   /** Steps before the blow-up check starts (default 20), so the average means something. */
   blowUpWarmup?: number;
+
+  // -- measurements (not A1111 options; all off by default, and none changes what training draws) --
+  /** Measure the loss on a fixed validation batch every N steps and once before the first (default 0 = never; see validation.ts). */
+  validationEvery?: number;
+  /** How the validation batch is made (held-out folder, images, timesteps, seed). */
+  validation?: ValidationOptions;
+  /** Measure per-module gradient and output norms every N steps (default 0 = never; see module-norms.ts). */
+  normsEvery?: number;
+  /** Called with every validation loss. */
+  onValidation?: (e: ValidationEvent) => void;
+  /** Called with every norms measurement. */
+  onNorms?: (e: NormsEvent) => void;
 
   // -- reporting --
   /** Called after every optimizer step. */
@@ -167,6 +217,16 @@ export interface RunConfig {
   clipMode: ClipMode;
   /** Timesteps the loss is drawn from, `[min, max)`. */
   timesteps: [number, number];
+  /** Warm-up and cosine restarts on top of the schedule string. */
+  scheduler: SchedulerConfig;
+  /** AdamW's hyper-parameters. */
+  adamw: { betas: [number, number]; eps: number; weightDecay: number };
+  /** The p of the clipping norm (2 unless asked; Infinity for the max norm). */
+  clipNormType: number;
+  /** Noise offset (0: off). */
+  noiseOffset: number;
+  /** Min-SNR-γ (undefined: off). */
+  minSnrGamma: number | undefined;
   logDir: string;
   /** The schedules as the user wrote them (for the state file). */
   lrText: string;
@@ -194,6 +254,36 @@ function checkTimesteps(range: readonly [number, number] | undefined, n: number)
     throw new Error(`train: timesteps must be integers [min, max) with 0 ≤ min < max ≤ ${n}, got ${JSON.stringify(range)}`);
   }
   return [lo, hi];
+}
+
+/** A finite number option in a range (default `fallback`), or an error naming it and the range. */
+function numberIn(v: number | undefined, fallback: number, what: string, ok: (x: number) => boolean, range: string): number {
+  const x = v ?? fallback;
+  if (typeof x !== "number" || !Number.isFinite(x) || !ok(x)) throw new Error(`train: ${what} must be ${range}, got ${String(x)}`);
+  return x;
+}
+
+/** The options of this project's additions to A1111's training (AdamW's, clipping's norm, noise offset, min-SNR, schedulers), checked. */
+function resolveExtras(opts: TrainOptions): Pick<RunConfig, "scheduler" | "adamw" | "clipNormType" | "noiseOffset" | "minSnrGamma"> {
+  const betas = opts.adamBetas ?? [0.9, 0.999];
+  if (!Array.isArray(betas) || betas.length !== 2)
+    throw new Error(`train: adamBetas must be two numbers [β₁, β₂] in [0, 1), got ${JSON.stringify(betas)}`);
+  const b = betas.map((x, i) => numberIn(x, NaN, `adamBetas[${i}]`, (y) => y >= 0 && y < 1, "in [0, 1)")) as [number, number];
+  const eps = numberIn(opts.adamEps, 1e-8, "adamEps", (y) => y > 0, "a number > 0");
+  const weightDecay = numberIn(opts.weightDecay, 0.01, "weightDecay", (y) => y >= 0, "a number ≥ 0");
+  const p = opts.clipNormType === "inf" ? Infinity : (opts.clipNormType ?? 2);
+  if (typeof p !== "number" || !(p === Infinity || (Number.isFinite(p) && p > 0)))
+    throw new Error(`train: clipNormType must be a number > 0 (1, 2, …) or Infinity ("inf"), got ${JSON.stringify(opts.clipNormType)}`);
+  const noiseOffset = numberIn(opts.noiseOffset, 0, "noiseOffset", (y) => y >= 0, "a number ≥ 0 (0: off; kohya uses about 0.05–0.1)");
+  const minSnrGamma =
+    opts.minSnrGamma === undefined ? undefined : numberIn(opts.minSnrGamma, NaN, "minSnrGamma", (y) => y > 0, "a number > 0 (5 is usual)");
+  return {
+    scheduler: resolveSchedulerConfig(opts.warmupSteps, opts.cosineRestarts),
+    adamw: { betas: b, eps, weightDecay },
+    clipNormType: p,
+    noiseOffset,
+    minSnrGamma,
+  };
 }
 
 /** An integer option ≥ `min` (default `fallback`), or an error naming it. */
@@ -256,7 +346,15 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
   if (params.some((p) => !p.value.trainable))
     throw new Error(`train: ${shownName} was loaded for inference; load it with loadHypernetwork(file, { trainable: true })`);
 
+  const extras = resolveExtras(opts);
+  const lrText = String(opts.learningRate ?? "0.00001");
+  const clipText = String(opts.clipValue ?? "0.1");
+  // Schedule strings are checked here, before the dataset is read; they are stepped once the
+  // gradient accumulation is known (resolveSchedules).
+  new Schedule(lrText, maxSteps, net.info.step < maxSteps ? net.info.step : 0, "learning rate");
+  if (clipMode !== "disabled") new Schedule(clipText, maxSteps, net.info.step < maxSteps ? net.info.step : 0, "gradient clipping");
   return {
+    ...extras,
     name,
     shownName,
     stem,
@@ -270,8 +368,8 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
     clipMode,
     timesteps,
     logDir,
-    lrText: String(opts.learningRate ?? "0.00001"),
-    clipText: String(opts.clipValue ?? "0.1"),
+    lrText,
+    clipText,
     width: opts.width ?? base.imageSize,
     height: opts.height ?? base.imageSize,
     saveOptimizer: opts.saveOptimizer ?? true,
@@ -282,11 +380,20 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
   };
 }
 
-/** The learning-rate schedule and (when clipping) the clip-value schedule, from the start step on; `warn` hears their warnings. */
-export function resolveSchedules(cfg: RunConfig, warn: (m: string) => void): { lr: Schedule; clip: Schedule | undefined } {
-  const lr = new Schedule(cfg.lrText, cfg.maxSteps, cfg.startStep, "learning rate");
-  lr.warnings.forEach(warn);
-  const clip = cfg.clipMode === "disabled" ? undefined : new Schedule(cfg.clipText, cfg.maxSteps, cfg.startStep, "gradient clipping");
+/**
+ * The learning-rate plan (the schedule string stepped as A1111 steps it with `accumulation`
+ * micro-batches per step, shaped by the warm-up and cosine restarts) and, when clipping, the
+ * clip-value schedule, from the start step on; `warn` hears their warnings.
+ */
+export function resolveSchedules(
+  cfg: RunConfig,
+  warn: (m: string) => void,
+  accumulation = 1,
+): { lr: LearningRatePlan; clip: Schedule | undefined } {
+  const base = new Schedule(cfg.lrText, cfg.maxSteps, cfg.startStep, "learning rate", accumulation);
+  base.warnings.forEach(warn);
+  const clip =
+    cfg.clipMode === "disabled" ? undefined : new Schedule(cfg.clipText, cfg.maxSteps, cfg.startStep, "gradient clipping", accumulation);
   clip?.warnings.forEach(warn);
-  return { lr, clip };
+  return { lr: new LearningRatePlan(base, cfg.scheduler), clip };
 }

@@ -48,6 +48,7 @@ import type { OptimizerState } from "./optimizer-state";
 import { previewImages } from "./preview";
 import { StepClock, withTerminalOutput } from "./progress";
 import { type CheckpointState, RunFolder, readCheckpointState, rollBack } from "./run-folder";
+import { TrainingMonitors } from "./monitors";
 import { RunningLoss, accumulateGradients, applyUpdate, gradientNorm, unsafeStep, weightsFinite } from "./step";
 
 export * from "./events";
@@ -271,6 +272,8 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
     seed: cfg.seed,
   };
   const clock = new StepClock();
+  // Validation loss and module norms (off unless asked for): they draw nothing from training's generators.
+  const monitors = await TrainingMonitors.open(run);
   let lrIndex = -1;
   try {
     while (run.step < cfg.maxSteps && !control.stop) {
@@ -291,6 +294,7 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
 
       // g = Σ_j ∂(L_j / accum)/∂θ over this step's micro-batches, and the step's loss.
       const { grads, loss: stepLoss, prompt } = await accumulateGradients(grad, run.step);
+      await monitors.gradients(run.step + 1, grads);
       const loss = opts.debugPoisonStep === run.step + 1 ? NaN : stepLoss;
 
       // The NaN guard: a non-finite loss or gradient, or a loss far above its running average,
@@ -331,6 +335,7 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
         ...timing,
         prompt,
       });
+      await monitors.afterStep(run.step);
 
       // A checkpoint every `saveEvery` steps. A finite loss can still come with an update that made
       // the weights non-finite; such weights are never saved (nor rolled back to, nor recommended).
@@ -348,6 +353,8 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
   } catch (err) {
     await saveAfterError(run, err as Error);
     throw err;
+  } finally {
+    monitors.dispose();
   }
   if (control.stop && run.step < cfg.maxSteps) return { reason: "stopped" };
   if (run.lr.exhausted(run.step) && run.step < cfg.maxSteps) return { reason: "schedule-end" };
