@@ -29,6 +29,13 @@ export interface HypernetworkInfo {
   sdCheckpoint: string | null;
   sdCheckpointName: string | null;
   optionalInfo: string | null;
+  /**
+   * MonkeyPatch "beta" network: each module is a chain of residual blocks (the file's
+   * `skip_connection: True`). Absent or false for A1111 networks.
+   */
+  skipConnection?: boolean;
+  /** MonkeyPatch's `upsample_linear` for residual blocks: "Linear" (a bias-free Linear on the skip path) or null (nearest-exact). */
+  upsampleLinear?: string | null;
 }
 
 /** Options of `createHypernetwork`, named like A1111's "Create hypernetwork" tab. */
