@@ -1,139 +1,240 @@
 /**
- * Brownian-tree noise for the SDE samplers (DPM++ SDE, DPM++ 2M SDE), with the semantics of
- * k-diffusion's `BrownianTreeNoiseSampler` as A1111 uses it.
+ * Brownian-tree noise for the SDE samplers (DPM++ SDE, DPM++ 2M SDE), reproducing what A1111 gets
+ * from k-diffusion's `BrownianTreeNoiseSampler` over torchsde's `BrownianTree` on the CPU, value
+ * for value.
  *
- * The sampler asks for the noise of an interval (σ, σ_next). k-diffusion answers with the
+ * The sampler asks for the noise of an interval (σ, σ_next); k-diffusion answers with the
  * increment of one fixed Brownian path W over σ, normalised to unit variance:
  *
  *   noise(σ, σ_next) = (W(σ_next) − W(σ)) / √|σ_next − σ|
  *
- * so overlapping requests are correlated exactly as the pieces of one path are (DPM++ SDE asks for
- * (σ_i, σ_mid) and then (σ_i, σ_{i+1}) in the same step), and the path is fixed by the seed, so a
- * run is reproducible. A1111 (`Sampler.create_noise_sampler`) builds one path per image, over
- * [smallest σ > 0, largest σ] of the run, seeded with that image's seed — which is what makes a
- * batch give the same images as single runs.
+ * A1111 (`create_noise_sampler`) builds one path per image over [smallest σ > 0, largest σ] of the
+ * run, with `entropy` = that image's seed, so a batch gives the images of single runs.
  *
- * How W is drawn here: W(σ_lo) = 0 and W(σ_hi) = √(σ_hi − σ_lo)·z₀; every interval [l, r] of the
- * binary tree over [σ_lo, σ_hi] gets its midpoint from the Brownian bridge,
- * W(m) = (W(l) + W(r))/2 + √((r − l)/4)·z_node, with z_node drawn from this project's `Rng` seeded
- * by (image seed, node). A query walks down to an interval narrower than 2⁻²⁰ of the range and
- * interpolates linearly inside it (a bridge error of under 2⁻¹¹·√range in standard deviation).
+ * torchsde's tree (`BrownianInterval` with `halfway_tree=True`, `tol=1e-6`, `pool_size=24`, no
+ * Lévy area), restated:
+ * - Times are rounded with Python's `round(t, 6)`; each tree node [s, e] splits at
+ *   round((s + e)/2, 6), lazily, down to the query points.
+ * - The root's increment is W = randn(seed₀)·√(t₁ − t₀); a child's increment comes from its
+ *   parent's by the Brownian bridge: left = W·ℓ/h + √(ℓ·r/h)·randn(seed_parent), right = W − left
+ *   (ℓ, r the parent's left/right lengths, h = ℓ + r).
+ * - The seeds: numpy `SeedSequence(entropy, pool_size=24).generate_state(3)[0]` for the root, and
+ *   `SeedSequence(entropy, spawn_key=(key, depth), pool_size=24).generate_state(4)[0]` for a node
+ *   (key = 2·parent key + 0/1 for left/right; the root is (0, 0)); randn(seed) is
+ *   `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))` (torch-cpu-randn.ts)
+ *   in the latent's own NCHW shape for one image ([4, h, w] for SD).
+ * - A query (t_a, t_b) is the sum of the increments of the nodes that tile it, left to right.
+ * All tensor arithmetic is float32 as torch does it (Python floats become float32 operands), and
+ * the σ values are float32, as A1111's σ tensors are; see `brownianTreeNoiseSampler`.
  *
- * The gap to A1111: torchsde's BrownianTree builds its path from torch's own generators (CPU or
- * CUDA, seeded through numpy's SeedSequence), which this project does not reproduce, so the noise
- * values — and therefore DPM++ SDE / DPM++ 2M SDE images — differ from A1111's, while having the
- * same distribution, per-image seeding and interval correlations.
+ * Where this can still differ from a given A1111 install: the σ values the sampler asks about. DPM++
+ * SDE asks at exp(−t) of float32 log-σ times computed with torch's float32 `log`/`exp` kernels,
+ * which are not correctly rounded (1 ulp off for a few % of inputs, machine-dependent); k-samplers.ts
+ * uses correctly rounded float32 values, and the tree's rounding to 6 decimals hides a 1-ulp
+ * difference except near a rounding boundary. The tests measure how often it shows.
  */
-import { Rng } from "./random";
+import { chwToHwc } from "./a1111-rng";
+import { seedSequenceState } from "./seed-sequence";
+import { TorchCpuGenerator } from "./torch-cpu-randn";
 
 /** Noise for the interval (σ, σ_next): NHWC values for the whole batch, unit variance. */
 export type NoiseSampler = (sigma: number, sigmaNext: number) => Float32Array;
 
-const DEPTH = 20;
+const f32 = Math.fround;
+/** torchsde's pool size for the tree's SeedSequences (BrownianTree default). */
+const POOL_SIZE = 24;
+/** How many node increments one path keeps (torchsde keeps 45; values do not depend on it). */
+const CACHE_NODES = 64;
 
-function mix32(x: number): number {
-  let z = x | 0;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-  return (z ^ (z >>> 16)) >>> 0;
+/**
+ * Python's `round(x, 6)`: x rounded to 6 decimals (correctly, on x's exact binary value; exact
+ * ties to even), returned as the nearest double. `toFixed` rounds exact ties up instead, and a tie
+ * can only happen when x·128 is an odd integer.
+ */
+export function pyRound6(x: number): number {
+  if (!Number.isFinite(x) || Math.abs(x) >= 1e15) return x;
+  const y = x * 128;
+  if (Number.isInteger(y) && Math.abs(y % 2) === 1) {
+    const n = x * 1e6; // exact: k·7812.5
+    const lo = Math.floor(n);
+    return (lo % 2 === 0 ? lo : lo + 1) / 1e6;
+  }
+  return Number(x.toFixed(6));
 }
 
-/** The Rng seed of tree node (depth, index) of the path seeded with `seed` (below 2⁵³). */
-function nodeSeed(seed: number, depth: number, index: number): number {
-  const key = depth * 2 ** 21 + index;
-  const lo = mix32((seed >>> 0) ^ mix32(key ^ 0x5bd1e995));
-  const hi = mix32(Math.floor(seed / 2 ** 32) ^ mix32(key + 0x68e31da4)) & 0x1fffff;
-  return hi * 2 ** 32 + lo;
+interface TreeNode {
+  start: number;
+  end: number;
+  parent: TreeNode | undefined;
+  isLeft: boolean;
+  /** Set when the node is split. */
+  mid?: number;
+  left?: TreeNode;
+  right?: TreeNode;
+  /** The torch seed of this node's bridge noise (set when split). */
+  wSeed?: number;
 }
 
-/** One image's Brownian path over [lo, hi], `size` values per time point. */
-class BrownianPath {
-  private readonly cache = new Map<number, Float64Array>();
+/** One image's torchsde `BrownianTree` (see the module comment); `size` values in NCHW order. */
+export class TorchsdeBrownianTree {
+  private readonly root: TreeNode;
+  private readonly rootW: Float32Array;
+  private readonly keys = new Map<TreeNode, { key: number; depth: number }>();
+  private readonly cache = new Map<TreeNode, Float32Array>();
 
+  /** t0 < t1 as Python floats (k-diffusion passes float32 σ); `entropy` the image's seed. */
   constructor(
-    private readonly seed: number,
-    private readonly lo: number,
-    private readonly hi: number,
+    private readonly entropy: bigint,
+    t0: number,
+    t1: number,
     private readonly size: number,
-  ) {}
-
-  private normals(depth: number, index: number): Float32Array {
-    return new Rng(nodeSeed(this.seed, depth, index)).normal(this.size);
+  ) {
+    if (!(t0 < t1) || !Number.isFinite(t1)) throw new Error(`Brownian tree: need t0 < t1, got [${t0}, ${t1}]`);
+    this.root = { start: pyRound6(t0), end: pyRound6(t1), parent: undefined, isLeft: false };
+    this.keys.set(this.root, { key: 0, depth: 0 });
+    const rootSeed = seedSequenceState(entropy, undefined, POOL_SIZE, 3)[0]!;
+    const z = this.randn(rootSeed);
+    const scale = f32(Math.sqrt(t1 - t0));
+    this.rootW = new Float32Array(size);
+    for (let k = 0; k < size; k++) this.rootW[k] = f32(z[k]! * scale);
   }
 
-  /** W(t), t clamped to [lo, hi]. The last few answers are cached (a step reuses its endpoints). */
-  at(t: number): Float64Array {
-    const tc = Math.min(this.hi, Math.max(this.lo, t));
-    const hit = this.cache.get(tc);
-    if (hit) return hit;
-    const n = this.size;
-    let l = this.lo;
-    let r = this.hi;
-    let wl = new Float64Array(n);
-    let wr = new Float64Array(n);
-    const z0 = this.normals(0, 0);
-    const s0 = Math.sqrt(r - l);
-    for (let k = 0; k < n; k++) wr[k] = s0 * z0[k]!;
-    let index = 0;
-    for (let depth = 1; depth <= DEPTH && tc !== l && tc !== r; depth++) {
-      const m = (l + r) / 2;
-      const z = this.normals(depth, index);
-      const sd = Math.sqrt((r - l) / 4);
-      const wm = new Float64Array(n);
-      for (let k = 0; k < n; k++) wm[k] = (wl[k]! + wr[k]!) / 2 + sd * z[k]!;
-      if (tc < m) {
-        r = m;
-        wr = wm;
-        index = 2 * index;
-      } else {
-        l = m;
-        wl = wm;
-        index = 2 * index + 1;
-      }
+  private randn(seed: number): Float32Array {
+    return TorchCpuGenerator.seeded(BigInt(seed)).normal(this.size);
+  }
+
+  /** torchsde `_split_exact` at the rounded halfway point; gives the node its seed. */
+  private split(node: TreeNode): void {
+    const mid = pyRound6(0.5 * (node.end + node.start));
+    const own = node.parent
+      ? (() => {
+          const p = this.keys.get(node.parent)!;
+          return { key: 2 * p.key + (node.isLeft ? 0 : 1), depth: p.depth + 1 };
+        })()
+      : { key: 0, depth: 0 };
+    this.keys.set(node, own);
+    node.mid = mid;
+    node.wSeed = seedSequenceState(this.entropy, [own.key, own.depth], POOL_SIZE, 4)[0]!;
+    node.left = { start: node.start, end: mid, parent: node, isLeft: true };
+    node.right = { start: mid, end: node.end, parent: node, isLeft: false };
+  }
+
+  /** The nodes tiling [ta, tb] (rounded times inside the root), left to right. */
+  private tile(node: TreeNode, ta: number, tb: number, out: TreeNode[]): void {
+    if (ta === node.start && tb === node.end) {
+      out.push(node);
+      return;
     }
-    let out: Float64Array;
-    if (tc === l) out = wl;
-    else if (tc === r) out = wr;
+    if (node.mid === undefined) this.split(node);
+    const m = node.mid!;
+    if (tb <= m) this.tile(node.left!, ta, tb, out);
+    else if (ta >= m) this.tile(node.right!, ta, tb, out);
     else {
-      const w = (tc - l) / (r - l);
-      out = new Float64Array(n);
-      for (let k = 0; k < n; k++) out[k] = wl[k]! + w * (wr[k]! - wl[k]!);
+      this.tile(node.left!, ta, m, out);
+      this.tile(node.right!, m, tb, out);
     }
-    if (this.cache.size >= 4) this.cache.delete(this.cache.keys().next().value!);
-    this.cache.set(tc, out);
+  }
+
+  /** A node's increment W(end) − W(start), from its parent's by the Brownian bridge. */
+  private increment(node: TreeNode): Float32Array {
+    if (!node.parent) return this.rootW;
+    const hit = this.cache.get(node);
+    if (hit) {
+      this.cache.delete(node);
+      this.cache.set(node, hit);
+      return hit;
+    }
+    const p = node.parent;
+    const wp = this.increment(p);
+    const hRec = 1 / (p.end - p.start);
+    const ld = p.mid! - p.start;
+    const rd = p.end - p.mid!;
+    const a = f32(ld);
+    const b = f32(hRec);
+    const sd = f32(Math.sqrt(ld * rd * hRec));
+    const z = this.randn(p.wSeed!);
+    const out = new Float32Array(this.size);
+    for (let k = 0; k < this.size; k++) {
+      const left = f32(f32(f32(wp[k]! * a) * b) + f32(sd * z[k]!));
+      out[k] = node.isLeft ? left : f32(wp[k]! - left);
+    }
+    if (this.cache.size >= CACHE_NODES) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(node, out);
     return out;
+  }
+
+  /**
+   * torchsde `BrownianTree(ta, tb)` for ta ≤ tb: W(tb) − W(ta), times clamped to the tree's range
+   * as torchsde does (it warns). Times that round to the same 6-decimal point give zeros.
+   */
+  between(ta: number, tb: number): Float32Array {
+    if (ta > tb) throw new Error(`Brownian tree: query times must satisfy ta ≤ tb, got ${ta} > ${tb}`);
+    const { start, end } = this.root;
+    const a = Math.min(Math.max(ta, start), end);
+    const b = Math.min(Math.max(tb, start), end);
+    const ra = pyRound6(a);
+    const rb = pyRound6(b);
+    if (a === b || ra === rb) return new Float32Array(this.size);
+    const nodes: TreeNode[] = [];
+    this.tile(this.root, ra, rb, nodes);
+    const w = Float32Array.from(this.increment(nodes[0]!));
+    for (let i = 1; i < nodes.length; i++) {
+      const wi = this.increment(nodes[i]!);
+      for (let k = 0; k < this.size; k++) w[k] = f32(w[k]! + wi[k]!);
+    }
+    return w;
   }
 }
 
 /**
- * A k-diffusion `BrownianTreeNoiseSampler` for a batch of `shape[0]` images (NHWC `shape`): one
- * path per image over [sigmaMin, sigmaMax], seeded with `seeds[i]` (see the module comment).
+ * k-diffusion's `BrownianTreeNoiseSampler(x, σ_min, σ_max, seed=seeds)` as A1111 creates it, for
+ * a batch of `shape[0]` latents (NHWC `shape`; each image's tree works in A1111's [C, H, W]):
+ * one `TorchsdeBrownianTree` per image with entropy `seeds[i]`. σ values, here and in the calls,
+ * are taken as float32 (A1111's σ are float32 tensors); the answer is
+ * −sign·W(σ_lo, σ_hi) / √|σ_next − σ| in float32, laid out NHWC.
  */
 export function brownianTreeNoiseSampler(
   shape: readonly number[],
   sigmaMin: number,
   sigmaMax: number,
-  seeds: readonly number[],
+  seeds: readonly (number | bigint)[],
 ): NoiseSampler {
-  const batch = shape[0]!;
-  const per = shape.slice(1).reduce((a, b) => a * b, 1);
-  if (!(sigmaMin > 0 && sigmaMax > sigmaMin && Number.isFinite(sigmaMax))) {
+  const [batch, h, w, c] = shape as [number, number, number, number];
+  const per = h * w * c;
+  const lo = f32(sigmaMin);
+  const hi = f32(sigmaMax);
+  if (!(lo > 0 && hi > lo && Number.isFinite(hi))) {
     throw new Error(`brownianTreeNoiseSampler: need 0 < sigmaMin < sigmaMax, got [${sigmaMin}, ${sigmaMax}]`);
   }
-  if (seeds.length !== batch || !seeds.every((s) => Number.isSafeInteger(s) && s >= 0)) {
-    throw new Error(`brownianTreeNoiseSampler: need one non-negative integer seed per image (${batch}), got ${JSON.stringify(seeds)}`);
+  const valid = (s: number | bigint) => (typeof s === "bigint" ? s >= 0n : Number.isSafeInteger(s) && s >= 0);
+  if (seeds.length !== batch || !seeds.every(valid)) {
+    throw new Error(
+      `brownianTreeNoiseSampler: need one non-negative integer seed per image (${batch}), got [${seeds.map(String).join(", ")}]`,
+    );
   }
-  const paths = seeds.map((s) => new BrownianPath(s, sigmaMin, sigmaMax, per));
+  const trees = seeds.map((s) => new TorchsdeBrownianTree(BigInt(s), lo, hi, per));
   return (sigma, sigmaNext) => {
+    const s0 = f32(sigma);
+    const s1 = f32(sigmaNext);
+    const sign = s0 < s1 ? 1 : -1;
+    const [a, b] = sign === 1 ? [s0, s1] : [s1, s0];
+    const d = f32(Math.sqrt(Math.abs(f32(s1 - s0))));
     const out = new Float32Array(batch * per);
-    const scale = 1 / Math.sqrt(Math.abs(sigmaNext - sigma));
-    paths.forEach((path, b) => {
-      const w0 = path.at(sigma);
-      const w1 = path.at(sigmaNext);
-      for (let k = 0; k < per; k++) out[b * per + k] = (w1[k]! - w0[k]!) * scale;
+    trees.forEach((tree, i) => {
+      const inc = tree.between(a, b);
+      for (let k = 0; k < per; k++) inc[k] = f32((sign * inc[k]!) / d);
+      out.set(chwToHwc(inc, c, h, w), i * per);
     });
     return out;
   };
+}
+
+/** A 32-bit integer hash (murmur3's finaliser), for deriving a base seed from an rng draw. */
+function mix32(x: number): number {
+  let z = x | 0;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+  return (z ^ (z >>> 16)) >>> 0;
 }
 
 /**

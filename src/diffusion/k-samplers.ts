@@ -38,6 +38,7 @@ import * as tf from "@tensorflow/tfjs";
 import { randn } from "./random";
 import { type Prepared, type SampleOptions, type Sampler, guidedEps, prepare, report } from "./samplers";
 import { type NoiseSchedule, ancestralStep } from "./schedule";
+import { torchExpF32, torchLogF32 } from "./torch-f32-math";
 import { type NoiseSampler, brownianTreeNoiseSampler, brownianSeedsFor } from "./brownian";
 
 /** Options of a k-diffusion run: `SampleOptions` plus the SDE samplers' noise source. */
@@ -204,6 +205,22 @@ function dpmpp2sAncestral(): Stepper {
   };
 }
 
+/**
+ * The σ values DPM++ SDE asks its noise sampler about, as k-diffusion computes them from float32
+ * σ tensors: t = −log σ, s = t + h·r, then σ = exp(−t) back (each op rounded to float32). They can
+ * differ from the σ list in the last bit, and the Brownian tree rounds its times to 6 decimals, so
+ * these (not the float64 ones) are what reproduces A1111's noise. log/exp are torch's own float32
+ * kernels (torch-f32-math.ts), which are not correctly rounded.
+ */
+export function sdeQueryTimes(sigma: number, sigmaNext: number, r: number): { sigma: number; sigmaMid: number; sigmaNext: number } {
+  const f = Math.fround;
+  const t = -torchLogF32(sigma);
+  const tn = -torchLogF32(sigmaNext);
+  const h = f(tn - t);
+  const s = f(t + f(h * f(r)));
+  return { sigma: torchExpF32(-t), sigmaMid: torchExpF32(-s), sigmaNext: torchExpF32(-tn) };
+}
+
 function dpmppSde(r = 0.5): Stepper {
   return {
     dispose() {},
@@ -221,14 +238,15 @@ function dpmppSde(r = 0.5): Stepper {
       const a1 = ancestralStep(sigmaFn(t), sigmaFn(sMid), c.eta);
       const s_ = tFn(a1.sigmaDown);
       let x2 = lin(x, sigmaFn(s_) / sigmaFn(t), denoised, -Math.expm1(t - s_));
-      x2 = tf.add(x2, tf.mul(c.brownian(sigmaFn(t), sigmaFn(sMid)), a1.sigmaUp));
+      const q = sdeQueryTimes(s, sn, r);
+      x2 = tf.add(x2, tf.mul(c.brownian(q.sigma, q.sigmaMid), a1.sigmaUp));
       const den2 = c.denoise(x2, sigmaFn(sMid));
       // Step 2: the full step with the blended D.
       const a2 = ancestralStep(sigmaFn(t), sigmaFn(tNext), c.eta);
       const tNext_ = tFn(a2.sigmaDown);
       const denD = lin(denoised, 1 - fac, den2, fac);
       let next = lin(x, sigmaFn(tNext_) / sigmaFn(t), denD, -Math.expm1(t - tNext_));
-      next = tf.add(next, tf.mul(c.brownian(sigmaFn(t), sigmaFn(tNext)), a2.sigmaUp));
+      next = tf.add(next, tf.mul(c.brownian(q.sigma, q.sigmaNext), a2.sigmaUp));
       return { next, denoised };
     },
   };
