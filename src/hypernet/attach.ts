@@ -31,10 +31,23 @@
  * that draw colour and texture and kept out of the high-noise steps that lay out the picture.
  * The host's forward hook reports each call's timesteps; a sampler's call has one timestep for
  * the whole batch, so a gate decides per call.
+ *
+ * Strengths (strengths.ts): an entry's multiplier may be scaled per projection (k, v), per context
+ * width, and by a ramp over the timestep — the gate generalised to a smooth factor.
+ *
+ * Parallel groups (MonkeyPatch's `.hns` "parallel" processing, A1111 PR #4334): an item
+ * `{ parallel: [{ network, multiplier, weight }, …] }` in the stack runs each member on the same
+ * input and takes the weighted mean of their outputs instead of feeding one into the next:
+ *
+ *     group(c) = c + m_g · Σ_i ŵ_i · (member_i(c) − c),     ŵ_i = w_i / Σ_j w_j
+ *
+ * which, with m_g = 1, is Σ_i ŵ_i · member_i(c) — MonkeyPatch's weighted sum. A member may itself be
+ * a sequence (`{ weight, stack: [...] }`), so `.hns` trees nest. Members and groups may be gated.
  */
 import * as tf from "@tensorflow/tfjs";
 import { type AttentionProcessor, type CrossAttention, attend } from "../unet/attention";
 import type { Hypernetwork } from "./network";
+import { checkStrengths, type Strengths, strengthFactor } from "./strengths";
 
 /** One network in a stack, with its strength for this attachment. */
 export interface StackEntry {
@@ -46,6 +59,36 @@ export interface StackEntry {
    * from the Euler samplers counts too). Absent = every call, as in A1111. See the module comment.
    */
   timesteps?: readonly [number, number];
+  /** Per-projection, per-width and per-timestep factors on `multiplier` (strengths.ts); inference only. */
+  strengths?: Strengths;
+}
+
+/** A member of a parallel group: a network entry, or a sequence of items, with its weight in the mean. */
+export type ParallelMember = (StackEntry & { weight: number }) | { weight: number; stack: readonly StackItem[] };
+
+/** Networks applied side by side, their outputs averaged by weight (see the module comment). */
+export interface ParallelGroup {
+  parallel: readonly ParallelMember[];
+  /** Strength of the group's combined change (default 1 = the weighted mean of the members' outputs). */
+  multiplier: number;
+  /** As for an entry: the group takes part only at timesteps `min ≤ t < max`. */
+  timesteps?: readonly [number, number];
+}
+
+/** One item of a stack: a network entry or a parallel group. */
+export type StackItem = StackEntry | ParallelGroup;
+
+/** The entries of a stack, nested ones included, in order. */
+export function stackEntries(stack: readonly StackItem[]): StackEntry[] {
+  const out: StackEntry[] = [];
+  const walk = (items: readonly StackItem[]): void => {
+    for (const it of items) {
+      if ("network" in it) out.push(it);
+      else for (const m of it.parallel) "stack" in m ? walk(m.stack) : out.push(m);
+    }
+  };
+  walk(stack);
+  return out;
 }
 
 /** What `attachHypernetworks` needs from a UNet: read and replace its processors. */
@@ -110,52 +153,40 @@ export class Attachment {
   /** @internal per-forward cache of the cross-attention contexts (see the module comment). */
   readonly contextCache = new ContextCache();
   private removeHook: (() => void) | undefined;
-  /** The entries that take part in the forward in progress (all of them outside a forward). */
-  private current: readonly StackEntry[] | undefined;
+  /** The items that take part in the forward in progress (all of them outside a forward). */
+  private current: readonly StackItem[] | undefined;
+  /** The timesteps of the forward in progress, as the UNet reported them. */
+  private currentT: readonly number[] | undefined;
 
   constructor(
     private readonly host: ProcessorHost,
-    /** The stack, in application order; edit `multiplier`s and `timesteps` freely between forwards. */
-    readonly stack: StackEntry[],
+    /** The stack, in application order; edit `multiplier`s, `timesteps` and `strengths` freely between forwards. */
+    readonly stack: StackItem[],
     private readonly previous: Map<string, AttentionProcessor>,
   ) {
     this.removeHook = host.addForwardHook?.({
       begin: (t) => {
-        this.current = this.stackAt(t);
+        this.currentT = t;
+        this.current = this.stack.filter((e) => admits(e, t));
         this.contextCache.begin();
       },
       end: () => {
         this.current = undefined;
+        this.currentT = undefined;
         this.contextCache.end();
       },
     });
   }
 
-  /** @internal the entries applied in the forward in progress: the stack less the gated-out ones. */
-  get activeStack(): readonly StackEntry[] {
+  /** @internal the items applied in the forward in progress: the stack less the gated-out ones. */
+  get activeStack(): readonly StackItem[] {
     return this.current ?? this.stack;
   }
 
-  /** The entries whose timestep gate admits a UNet call at timesteps `t`. */
-  private stackAt(t: readonly number[] | undefined): readonly StackEntry[] {
-    if (this.stack.every((e) => e.timesteps === undefined)) return this.stack;
-    return this.stack.filter((e) => {
-      if (e.timesteps === undefined) return true;
-      checkGate(e);
-      const [lo, hi] = e.timesteps;
-      if (t === undefined || t.length === 0) {
-        throw new Error(
-          `hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but the UNet was called with its timesteps as a tensor; pass them as numbers`,
-        );
-      }
-      const inside = t.map((x) => x >= lo && x < hi);
-      if (inside.some((b) => b !== inside[0])) {
-        throw new Error(
-          `hypernetwork "${e.network.name}" is gated to timesteps [${lo}, ${hi}) but one UNet call mixes timesteps inside and outside that range (${Math.min(...t)}–${Math.max(...t)}); a gate is for sampling, where a call has one timestep. To train on part of the range use the trainer's \`timesteps\` option`,
-        );
-      }
-      return inside[0];
-    });
+  /** @internal how the processor applies the stack now: the timesteps, and the gate for nested items. */
+  get applyContext(): { t: readonly number[] | undefined; admit: ((item: StackItem) => boolean) | undefined } {
+    const t = this.currentT;
+    return { t, admit: this.current ? (item) => admits(item, t) : undefined };
   }
 
   /**
@@ -165,7 +196,9 @@ export class Attachment {
    */
   get deterministic(): boolean {
     if (!this.training) return true;
-    return this.stack.every((e) => e.network.info.dropoutStructure.every((p) => p === 0) && e.network.info.activation !== "rrelu");
+    return stackEntries(this.stack).every(
+      (e) => e.network.info.dropoutStructure.every((p) => p === 0) && e.network.info.activation !== "rrelu",
+    );
   }
 
   /** @internal whether the processor may use the cross-attention cache right now. */
@@ -173,9 +206,10 @@ export class Attachment {
     return this.cacheCrossAttention && this.removeHook !== undefined && this.deterministic;
   }
 
-  /** Set the multiplier of every entry whose network has this name (or of entry `index`). */
+  /** Set the multiplier of every entry whose network has this name, in groups too (or of top-level item `index`). */
   setMultiplier(which: string | number, multiplier: number): void {
-    const hits = typeof which === "number" ? [this.stack[which]] : this.stack.filter((e) => e.network.name === which);
+    const hits: Array<StackItem | undefined> =
+      typeof which === "number" ? [this.stack[which]] : stackEntries(this.stack).filter((e) => e.network.name === which);
     if (hits.length === 0 || hits[0] === undefined)
       throw new Error(`no attached hypernetwork ${typeof which === "number" ? `at index ${which}` : `named "${which}"`}`);
     for (const e of hits) e!.multiplier = multiplier;
@@ -209,25 +243,99 @@ export class Attachment {
   }
 }
 
-/** Refuse a malformed timestep gate with a message naming the network. */
-function checkGate(e: StackEntry): void {
+/** How messages name an item. */
+function itemName(e: StackItem): string {
+  return "network" in e
+    ? `hypernetwork "${e.network.name}"`
+    : `parallel group of ${stackEntries([e])
+        .map((x) => `"${x.network.name}"`)
+        .join(", ")}`;
+}
+
+/** Refuse a malformed timestep gate with a message naming the network (or group). */
+function checkGate(e: StackItem): void {
   const g = e.timesteps;
   if (g === undefined) return;
   if (g.length !== 2 || !Number.isFinite(g[0]) || !Number.isFinite(g[1]) || g[0] >= g[1]) {
-    throw new Error(`hypernetwork "${e.network.name}": timesteps must be [min, max) with min < max, got ${JSON.stringify(g)}`);
+    throw new Error(`${itemName(e)}: timesteps must be [min, max) with min < max, got ${JSON.stringify(g)}`);
   }
 }
 
-/** Run the stack's k (or v) modules over a context, in order. */
-export function applyStack(
-  stack: readonly StackEntry[],
-  which: "k" | "v",
-  context: tf.Tensor,
-  opts: { training?: boolean; seed?: () => number | undefined } = {},
-): tf.Tensor {
+/** Whether an item's timestep gate admits a UNet call at timesteps `t` (see the module comment). */
+function admits(e: StackItem, t: readonly number[] | undefined): boolean {
+  if (e.timesteps === undefined) return true;
+  checkGate(e);
+  const [lo, hi] = e.timesteps;
+  if (t === undefined || t.length === 0) {
+    throw new Error(
+      `${itemName(e)} is gated to timesteps [${lo}, ${hi}) but the UNet was called with its timesteps as a tensor; pass them as numbers`,
+    );
+  }
+  const inside = t.map((x) => x >= lo && x < hi);
+  if (inside.some((b) => b !== inside[0])) {
+    throw new Error(
+      `${itemName(e)} is gated to timesteps [${lo}, ${hi}) but one UNet call mixes timesteps inside and outside that range (${Math.min(...t)}–${Math.max(...t)}); a gate is for sampling, where a call has one timestep (a strengths.ramp gives each sample its own factor). To train on part of the range use the trainer's \`timesteps\` option`,
+    );
+  }
+  return inside[0]!;
+}
+
+/** Options of `applyStack`. */
+export interface ApplyStackOptions {
+  training?: boolean;
+  /** Dropout seed for each module call (training). */
+  seed?: () => number | undefined;
+  /** The UNet call's timesteps (for strength ramps). */
+  t?: readonly number[];
+  /** Gate for nested items (group members); absent = every item takes part. */
+  admit?: (item: StackItem) => boolean;
+}
+
+/** One entry's k (or v) module over a context, with its strengths. */
+function applyEntry(e: StackEntry, which: "k" | "v", c: tf.Tensor, opts: ApplyStackOptions): tf.Tensor {
+  const width = c.shape[c.shape.length - 1]!;
+  if (!e.network.pair(width)) return c;
+  const f = opts.training ? 1 : strengthFactor(e.strengths, which, width, opts.t, e.network.name);
+  const multiplier = typeof f === "number" ? e.multiplier * f : f.map((x) => e.multiplier * x);
+  return e.network.apply(which, c, { multiplier, training: opts.training, seed: opts.seed?.() });
+}
+
+/** A parallel group over a context: `c + m_g · Σ ŵ_i (member_i(c) − c)`. */
+function applyGroup(g: ParallelGroup, which: "k" | "v", c: tf.Tensor, opts: ApplyStackOptions): tf.Tensor {
+  const members = g.parallel.filter((m) => !opts.admit || !("network" in m) || opts.admit(m));
+  const total = g.parallel.reduce((a, m) => a + m.weight, 0);
+  return tf.tidy(() => {
+    let sum: tf.Tensor | undefined;
+    for (const m of members) {
+      const out = "stack" in m ? applyStack(m.stack, which, c, opts) : applyEntry(m, which, c, opts);
+      if (out === c) continue;
+      const part = tf.mul(tf.sub(out, c), m.weight / total);
+      sum = sum ? tf.add(sum, part) : part;
+    }
+    return sum ? tf.add(c, tf.mul(sum, g.multiplier)) : c;
+  });
+}
+
+/** Run the stack's k (or v) modules over a context, in order (groups side by side). */
+export function applyStack(stack: readonly StackItem[], which: "k" | "v", context: tf.Tensor, opts: ApplyStackOptions = {}): tf.Tensor {
   let c = context;
-  for (const e of stack) c = e.network.apply(which, c, { multiplier: e.multiplier, training: opts.training, seed: opts.seed?.() });
+  for (const e of stack) {
+    if (opts.admit && !opts.admit(e)) continue;
+    c = "network" in e ? applyEntry(e, which, c, opts) : applyGroup(e, which, c, opts);
+  }
   return c;
+}
+
+/** Refuse a malformed parallel group (no members, weights that are not finite or sum to 0). */
+function checkGroup(g: ParallelGroup): void {
+  if (!Array.isArray(g.parallel) || g.parallel.length === 0) throw new Error("a parallel group needs at least one member");
+  const total = g.parallel.reduce((a, m) => a + m.weight, 0);
+  if (g.parallel.some((m) => !Number.isFinite(m.weight)) || !Number.isFinite(total) || total === 0)
+    throw new Error(
+      `${itemName(g)}: member weights must be finite numbers with a non-zero sum, got [${g.parallel.map((m) => m.weight).join(", ")}]`,
+    );
+  if (!Number.isFinite(g.multiplier)) throw new Error(`${itemName(g)}: multiplier must be a finite number, got ${g.multiplier}`);
+  for (const m of g.parallel) if ("stack" in m) for (const it of m.stack) if ("parallel" in it) checkGroup(it);
 }
 
 /**
@@ -237,7 +345,7 @@ export function applyStack(
 export function hypernetworkProcessor(attachment: Attachment): AttentionProcessor {
   return (layer: CrossAttention, x: tf.Tensor, context: tf.Tensor | undefined): tf.Tensor => {
     const ctx = context ?? x;
-    const opts = { training: attachment.training, seed: () => attachment.nextSeed() };
+    const opts: ApplyStackOptions = { training: attachment.training, seed: () => attachment.nextSeed(), ...attachment.applyContext };
     const stack = attachment.activeStack;
     const both = (): { k: tf.Tensor; v: tf.Tensor } => ({ k: applyStack(stack, "k", ctx, opts), v: applyStack(stack, "v", ctx, opts) });
     // Cross-attention: the same context in every layer of this forward → compute once.
@@ -282,23 +390,56 @@ export function checkWidths(network: Hypernetwork, modelDims: readonly number[],
   );
 }
 
+/** A parallel group as given to `attachHypernetworks` (its multiplier defaults to 1). */
+export type ParallelGroupInput = Omit<ParallelGroup, "multiplier"> & { multiplier?: number };
+
+/** Every gated item of a stack, nested ones included. */
+function allItems(stack: readonly StackItem[]): StackItem[] {
+  const out: StackItem[] = [];
+  const walk = (items: readonly StackItem[]): void => {
+    for (const it of items) {
+      out.push(it);
+      if ("parallel" in it) for (const m of it.parallel) "stack" in m ? walk(m.stack) : out.push(m);
+    }
+  };
+  walk(stack);
+  return out;
+}
+
 /**
  * Attach hypernetworks (in stack order) to every attention layer of `unet`.
- * Entries may be networks (multiplier 1) or `{ network, multiplier }`.
+ * Entries may be networks (multiplier 1), `{ network, multiplier, timesteps?, strengths? }`, or
+ * parallel groups `{ parallel: [{ network, multiplier, weight }, …], multiplier? }`.
  */
-export function attachHypernetworks(unet: ProcessorHost, entries: Array<Hypernetwork | StackEntry>, opts: AttachOptions = {}): Attachment {
-  const stack: StackEntry[] = entries.map((e) =>
-    "network" in e
-      ? { network: e.network, multiplier: e.multiplier, ...(e.timesteps ? { timesteps: e.timesteps } : {}) }
-      : { network: e, multiplier: 1 },
-  );
-  if (unet.contextDims) for (const e of stack) checkWidths(e.network, unet.contextDims, opts.onWarning ?? ((m) => console.warn(m)));
-  for (const e of stack) {
-    if (e.timesteps === undefined) continue;
+export function attachHypernetworks(
+  unet: ProcessorHost,
+  entries: Array<Hypernetwork | StackEntry | ParallelGroupInput>,
+  opts: AttachOptions = {},
+): Attachment {
+  const stack: StackItem[] = entries.map((e): StackItem => {
+    if ("parallel" in e)
+      return { parallel: [...e.parallel], multiplier: e.multiplier ?? 1, ...(e.timesteps ? { timesteps: e.timesteps } : {}) };
+    if ("network" in e)
+      return {
+        network: e.network,
+        multiplier: e.multiplier,
+        ...(e.timesteps ? { timesteps: e.timesteps } : {}),
+        ...(e.strengths ? { strengths: e.strengths } : {}),
+      };
+    return { network: e, multiplier: 1 };
+  });
+  for (const it of stack) if ("parallel" in it) checkGroup(it);
+  const entriesAll = stackEntries(stack);
+  if (unet.contextDims)
+    for (const e of new Set(entriesAll.map((x) => x.network))) checkWidths(e, unet.contextDims, opts.onWarning ?? ((m) => console.warn(m)));
+  for (const e of entriesAll) checkStrengths(e.strengths, e.network.name);
+  for (const e of allItems(stack)) {
+    const ramp = "network" in e && e.strengths?.ramp !== undefined;
+    if (e.timesteps === undefined && !ramp) continue;
     checkGate(e);
     if (!unet.addForwardHook)
       throw new Error(
-        `hypernetwork "${e.network.name}" has a timestep gate, but this UNet reports no timesteps to its attention layers (no addForwardHook)`,
+        `${itemName(e)} has a timestep ${ramp ? "ramp" : "gate"}, but this UNet reports no timesteps to its attention layers (no addForwardHook)`,
       );
   }
   const previous = unet.getProcessors();

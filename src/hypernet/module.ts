@@ -92,8 +92,11 @@ class Sequential extends Module {
 
 /** Options for running a module. */
 export interface ForwardOptions {
-  /** Strength of the residual branch at inference (ignored, i.e. 1, while training). */
-  multiplier?: number;
+  /**
+   * Strength of the residual branch at inference (ignored, i.e. 1, while training): one number, or
+   * one per batch sample (the first axis of the input) when samples differ (a timestep ramp).
+   */
+  multiplier?: number | readonly number[];
   /** Training mode: dropout and rrelu are random; the multiplier is forced to 1. */
   training?: boolean;
   /** Seed for this call's dropout masks (training only); each layer derives its own from it. */
@@ -264,7 +267,11 @@ export class HypernetworkModule extends Module {
   forward(x: tf.Tensor, opts: ForwardOptions = {}): tf.Tensor {
     return tf.tidy(() => {
       const m = opts.training ? 1 : (opts.multiplier ?? 1);
-      return tf.add(x, tf.mul(this.branch(x, opts), m));
+      if (typeof m === "number") return tf.add(x, tf.mul(this.branch(x, opts), m));
+      if (m.length !== x.shape[0])
+        throw new Error(`hypernetwork module (width ${this.dim}): ${m.length} per-sample multipliers for a batch of ${x.shape[0]}`);
+      const perSample = tf.tensor(m as number[], [m.length, ...x.shape.slice(1).map(() => 1)], "float32");
+      return tf.add(x, tf.mul(this.branch(x, opts), perSample));
     });
   }
 }
