@@ -12,24 +12,52 @@
  *       otherwise     → the entry is already passed on resume and is skipped;
  *   - a bare `RATE` (or anything with two or more ":") → add (RATE, max) and stop parsing; any later
  *     entry is ignored — A1111 does the same; we report it as a warning.
- * Rate r_i is used while the optimizer step counter is below end_i. When the counter reaches the
- * last end, the schedule is exhausted: a learning-rate schedule then ends training (A1111), so a last
- * entry that ends before Max steps caps training — we warn about that instead of doing it silently.
- * A schedule whose entries have all passed was a crash in A1111; here it is an error that says why.
+ *
+ * Stepping is A1111's `LearnRateScheduler`, run forward exactly: before every micro-batch it is
+ * called with the optimizer steps done `s`, and when `s ≥ end` of the entry in force it moves on by
+ * ONE entry (or, past the last, is exhausted: a learning-rate schedule then stops training before
+ * the micro-batch; the clipping schedule keeps its last value). The rate an optimizer step uses is
+ * the one in force after its `accum` calls. For increasing ends this is plainly "r_i while the step
+ * counter is below end_i". For an entry that ends at or before the one ahead of it
+ * (`"1e-3:500, 1e-4:200"`), A1111 moves on one entry per call: 1e-4 is used for one step (501) and
+ * training stops at step 501 — with 2 micro-batches per step both moves happen within step 501's
+ * calls, so training stops at 500. We reproduce that, warn about it, and name the true last step.
+ * One deliberate difference: Max steps is never exceeded (A1111's loop could run one step past it
+ * when such an entry followed one ending at Max steps).
+ * A last entry that ends before Max steps caps training — we warn about that instead of doing it
+ * silently. A schedule whose entries have all passed was a crash in A1111; here it is an error.
  */
 
 /** One schedule entry: `rate` applies while the step counter is below `end`. */
 export interface ScheduleEntry {
   rate: number;
   end: number;
+  /** The entry as written (trimmed), for messages. */
+  text?: string;
+}
+
+/** A run of optimizer steps `[from, to)` (steps done at their start) that use one entry's rate. */
+export interface ScheduleSegment {
+  from: number;
+  to: number;
+  rate: number;
+  /** Index of the entry in `entries`. */
+  entry: number;
 }
 
 /** A parsed schedule. */
 export interface ParsedSchedule {
   /** The entries still ahead of the starting step, in order. */
   entries: ScheduleEntry[];
-  /** The step at which the schedule is exhausted (the last entry's end). */
+  /** The steps from the start to `end` as A1111 steps through them, in order (see the module comment). */
+  segments: ScheduleSegment[];
+  /**
+   * Where the schedule leaves off (≤ Max steps): for a learning-rate schedule the step training
+   * stops at; for clipping, Max steps (its last value is kept).
+   */
   end: number;
+  /** True when the schedule runs out before Max steps (a learning-rate schedule then stops training there). */
+  exhausted: boolean;
   /** Things the user probably did not mean (ignored entries, training capped before Max steps). */
   warnings: string[];
 }
@@ -70,11 +98,23 @@ function pyFloat(s: string): number | undefined {
  * @param maxSteps absolute Max steps of the run
  * @param startStep the step training starts at (the network's stored step; 0 for a new network)
  * @param what "learning rate" or "gradient clipping", for messages
+ * @param opts.accumulation micro-batches per optimizer step (default 1): A1111 steps the schedule once per micro-batch
+ * @param opts.stopsTraining whether running out ends training (default: for the learning rate only)
  */
-export function parseSchedule(schedule: string, maxSteps: number, startStep = 0, what = "learning rate"): ParsedSchedule {
+export function parseSchedule(
+  schedule: string,
+  maxSteps: number,
+  startStep = 0,
+  what = "learning rate",
+  opts: { accumulation?: number; stopsTraining?: boolean } = {},
+): ParsedSchedule {
   if (typeof schedule !== "string") throw new ScheduleError(what, String(schedule), "it must be a string");
   if (!Number.isSafeInteger(maxSteps) || maxSteps < 1)
     throw new Error(`${what} schedule: Max steps must be a positive integer, got ${maxSteps}`);
+  const accumulation = opts.accumulation ?? 1;
+  if (!Number.isSafeInteger(accumulation) || accumulation < 1)
+    throw new Error(`${what} schedule: gradient accumulation must be a positive integer, got ${accumulation}`);
+  const stopsTraining = opts.stopsTraining ?? what === "learning rate";
   const entries: ScheduleEntry[] = [];
   const warnings: string[] = [];
   const parts = schedule.split(",");
@@ -101,19 +141,19 @@ export function parseSchedule(schedule: string, maxSteps: number, startStep = 0,
         );
       const rate = rateOf(bits[0]!, entry);
       if (step > startStep) {
-        entries.push({ rate, end: Math.min(step, maxSteps) });
+        entries.push({ rate, end: Math.min(step, maxSteps), text: entry.trim() });
         if (step > maxSteps) {
           stoppedAt = i;
           break;
         }
       } else if (step === -1) {
-        entries.push({ rate, end: maxSteps });
+        entries.push({ rate, end: maxSteps, text: entry.trim() });
         stoppedAt = i;
         break;
       }
       // else: an entry that ends at or before the starting step — already passed.
     } else {
-      entries.push({ rate: rateOf(bits[0]!, entry), end: maxSteps });
+      entries.push({ rate: rateOf(bits[0]!, entry), end: maxSteps, text: entry.trim() });
       stoppedAt = i;
       break;
     }
@@ -134,43 +174,121 @@ export function parseSchedule(schedule: string, maxSteps: number, startStep = 0,
         : "it has no entries",
     );
   }
-  const end = entries[entries.length - 1]!.end;
-  if (end < maxSteps)
+  const { segments, end, exhausted } = stepThrough(entries, startStep, maxSteps, accumulation, stopsTraining);
+  warnings.push(...outOfOrderWarnings(what, entries, segments, accumulation));
+  if (exhausted && stopsTraining)
     warnings.push(
       `${what} schedule ends at step ${end}, before Max steps ${maxSteps}; training will stop at step ${end} (end the last entry with :-1 to train to Max steps)`,
     );
-  return { entries, end, warnings };
+  return { entries, segments, end, exhausted, warnings };
 }
 
 /**
- * A parsed schedule with a position, stepped with the optimizer step counter.
+ * A1111's `LearnRateScheduler` run forward from `startStep` (see the module comment): `accum` calls
+ * per optimizer step, each moving on by at most one entry once the step counter has reached the
+ * entry's end. Stops at Max steps, or (when `stopsTraining`) where the entries run out.
+ */
+function stepThrough(
+  entries: readonly ScheduleEntry[],
+  startStep: number,
+  maxSteps: number,
+  accum: number,
+  stopsTraining: boolean,
+): { segments: ScheduleSegment[]; end: number; exhausted: boolean } {
+  const segments: ScheduleSegment[] = [];
+  const last = entries.length - 1;
+  let idx = 0;
+  let s = startStep;
+  let exhausted = false;
+  while (s < maxSteps) {
+    for (let j = 0; j < accum; j++) {
+      if (s < entries[idx]!.end) continue;
+      if (idx < last) idx += 1;
+      else exhausted = true;
+    }
+    if (exhausted && stopsTraining) break;
+    // The entry now in force holds while the counter is below its end; an entry whose end has
+    // already passed lasts one step: the next step's calls move on from it, or (past the last
+    // entry) end training — a clipping schedule instead keeps its last value to Max steps.
+    const e = entries[idx]!.end;
+    const to = s < e ? Math.min(maxSteps, e) : idx === last && !stopsTraining ? maxSteps : s + 1;
+    const prev = segments[segments.length - 1];
+    if (prev && prev.entry === idx && prev.to === s) prev.to = to;
+    else segments.push({ from: s, to, rate: entries[idx]!.rate, entry: idx });
+    s = to;
+  }
+  return { segments, end: s, exhausted: exhausted || (stopsTraining && s < maxSteps) };
+}
+
+/** Warnings for entries that end at or before the entry ahead of them: what A1111 makes of them. */
+function outOfOrderWarnings(
+  what: string,
+  entries: readonly ScheduleEntry[],
+  segments: readonly ScheduleSegment[],
+  accum: number,
+): string[] {
+  const out: string[] = [];
+  let latest = entries[0]!.end;
+  for (let i = 1; i < entries.length; i++) {
+    const before = latest;
+    latest = Math.max(latest, entries[i]!.end);
+    if (entries[i]!.end > before) continue;
+    const used = segments.filter((g) => g.entry === i);
+    const steps = used.reduce((n, g) => n + g.to - g.from, 0);
+    const where = used.length ? `step${steps > 1 ? "s" : ""} ${used[0]!.from + 1}${steps > 1 ? `–${used[used.length - 1]!.to}` : ""}` : "";
+    out.push(
+      `${what} schedule: the entry ${JSON.stringify(entries[i]!.text ?? `${entries[i]!.rate}:${entries[i]!.end}`)} ends at step ${entries[i]!.end}, ` +
+        `not after the entries before it (step ${before}); as in A1111, which moves on one entry per micro-batch once an entry's end has passed` +
+        `${accum > 1 ? ` (${accum} per step here)` : ""}, it is ${steps ? `used for ${steps} step${steps > 1 ? "s" : ""} (${where})` : "never used"}. ` +
+        "Write the ends in increasing order to say how long each rate lasts",
+    );
+  }
+  return out;
+}
+
+/**
+ * A parsed schedule with a position, stepped with the optimizer step counter as A1111 steps it.
  * `at(step)` gives the rate for the optimizer step that starts with `step` steps done.
  */
 export class Schedule {
   readonly entries: readonly ScheduleEntry[];
+  readonly segments: readonly ScheduleSegment[];
+  /** Where the schedule leaves off: for the learning rate the step training stops at (≤ Max steps). */
   readonly end: number;
   readonly warnings: readonly string[];
 
+  /**
+   * @param accumulation micro-batches per optimizer step: A1111 steps its schedules once per micro-batch,
+   *   which matters only for entries whose ends are not increasing (see the module comment)
+   */
   constructor(
     readonly text: string,
     maxSteps: number,
     startStep = 0,
     readonly what = "learning rate",
+    accumulation = 1,
   ) {
-    const p = parseSchedule(text, maxSteps, startStep, what);
+    const p = parseSchedule(text, maxSteps, startStep, what, { accumulation });
     this.entries = p.entries;
+    this.segments = p.segments;
     this.end = p.end;
     this.warnings = p.warnings;
   }
 
-  /** Index of the entry in force after `step` optimizer steps, or -1 once the schedule is exhausted. */
-  indexAt(step: number): number {
-    return this.entries.findIndex((e) => step < e.end);
+  /** The segment holding the step after `step` steps done, or -1 outside `[start, end)`. */
+  segmentAt(step: number): number {
+    return this.segments.findIndex((g) => step >= g.from && step < g.to);
   }
 
-  /** True when `step` steps done reach the last entry's end. */
+  /** Index of the entry in force after `step` optimizer steps, or -1 once the schedule is exhausted. */
+  indexAt(step: number): number {
+    const k = this.segmentAt(step);
+    return k < 0 ? -1 : this.segments[k]!.entry;
+  }
+
+  /** True when `step` steps done reach the schedule's end. */
   exhausted(step: number): boolean {
-    return this.indexAt(step) < 0;
+    return step >= this.end;
   }
 
   /**
@@ -178,7 +296,9 @@ export class Schedule {
    * clipping schedule does in A1111; the learning-rate schedule stops training there instead).
    */
   at(step: number): number {
-    const i = this.indexAt(step);
-    return (i < 0 ? this.entries[this.entries.length - 1]! : this.entries[i]!).rate;
+    const k = this.segmentAt(step);
+    if (k >= 0) return this.segments[k]!.rate;
+    if (step < (this.segments[0]?.from ?? 0)) return this.entries[0]!.rate;
+    return (this.segments[this.segments.length - 1] ?? { rate: this.entries[0]!.rate }).rate;
   }
 }

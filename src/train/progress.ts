@@ -6,9 +6,9 @@
 import type { StepEvent } from "./events";
 import type { TrainOptions } from "./options";
 
-/** Seconds as `1h05m`, `3m07s` or `12s` ("?" when unknown). */
+/** Seconds as `1h05m`, `3m07s` or `12s` ("?" when unknown or negative). */
 export function formatDuration(s: number): string {
-  if (!Number.isFinite(s)) return "?";
+  if (!Number.isFinite(s) || s < 0) return "?";
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const sec = Math.floor(s % 60);
@@ -28,13 +28,16 @@ export class StepClock {
   private last = Date.now();
   private rate = 0;
 
-  /** Note that a step just ended; returns the smoothed rate and the ETA for `stepsLeft` more steps. */
+  /**
+   * Note that a step just ended; returns the smoothed rate and the ETA for `stepsLeft` more steps.
+   * The ETA is never negative: a count below 0 (a caller past its end step) counts as 0.
+   */
   tick(stepsLeft: number): { stepsPerSecond: number; etaSeconds: number } {
     const now = Date.now();
     const dt = Math.max(1e-3, (now - this.last) / 1000);
     this.last = now;
     this.rate = this.rate === 0 ? 1 / dt : 0.9 * this.rate + 0.1 / dt;
-    return { stepsPerSecond: this.rate, etaSeconds: stepsLeft / this.rate };
+    return { stepsPerSecond: this.rate, etaSeconds: Math.max(0, stepsLeft) / this.rate };
   }
 }
 

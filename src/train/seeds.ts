@@ -7,7 +7,7 @@
 import { Rng } from "../diffusion/random";
 
 /** What a derived seed is for (its second word), so two uses never share a stream. */
-export const SEED_PURPOSE = { load: 1, epoch: 2, data: 3, noise: 4, dropout: 5 } as const;
+export const SEED_PURPOSE = { load: 1, epoch: 2, data: 3, noise: 4, dropout: 5, noiseOffset: 6 } as const;
 
 /** A 32-bit seed from (seed, step, micro-batch, purpose): FNV-1a over the words, then murmur3's finaliser. */
 export function deriveSeed(...parts: number[]): number {

@@ -2,8 +2,9 @@
  * One optimizer step's arithmetic, apart from the loop that orders it:
  *
  *     g  = Σ_j ∂(L_j / accum)/∂θ            over the step's `accum` micro-batches (θ: the hypernetwork)
+ *                                            (with a noise offset, each micro-batch's ε is shifted first)
  *     stop if L or ‖g‖₂ is not finite, or L > factor × running average of L   (the NaN guard)
- *     g ← clip(g)                            by value or by global norm, on the true gradient
+ *     g ← clip(g)                            by value or by global p-norm, on the true gradient
  *     θ ← AdamW(θ, g, lr)
  */
 import * as tf from "@tensorflow/tfjs";
@@ -13,22 +14,36 @@ import type { Param } from "../nn/module";
 import type { UNetModel } from "../unet/unet";
 import type { AdamW } from "./adamw";
 import type { TrainingFeed } from "./feed";
-import { globalNorm } from "./grad-norm";
-import { type Prediction, diffusionLoss } from "./loss";
+import { Rng } from "../diffusion/random";
+import { globalNorm, globalPNorm } from "./grad-norm";
+import { type Prediction, diffusionLoss, offsetNoise } from "./loss";
 import type { ClipMode } from "./options";
 import { SEED_PURPOSE, deriveSeed } from "./seeds";
 
 /**
  * Gradient clipping as PyTorch does it (A1111 calls these two): `"value"` clamps every element to
- * [−c, c] (`clip_grad_value_`); `"norm"` scales all gradients by `min(1, c / (‖g‖₂ + 1e-6))`, with
- * ‖g‖₂ the global norm over every tensor (`clip_grad_norm_`). Returns new tensors; the caller
- * disposes the inputs. `norm` may be passed when already known.
+ * [−c, c] (`clip_grad_value_`); `"norm"` scales all gradients by `min(1, c / (‖g‖_p + 1e-6))`, with
+ * ‖g‖_p the global p-norm over every tensor (`clip_grad_norm_(…, norm_type=p)`; p = `normType`,
+ * default 2 as in A1111, `Infinity` for the largest |g|). Returns new tensors; the caller disposes
+ * the inputs. `norm` (‖g‖_p) may be passed when already known; otherwise it is computed and the
+ * factor applied on the device, without a read-back.
  */
-export function clipGradients(grads: readonly tf.Tensor[], mode: Exclude<ClipMode, "disabled">, c: number, norm?: number): tf.Tensor[] {
+export function clipGradients(
+  grads: readonly tf.Tensor[],
+  mode: Exclude<ClipMode, "disabled">,
+  c: number,
+  norm?: number,
+  normType = 2,
+): tf.Tensor[] {
   if (mode === "value") return grads.map((g) => tf.clipByValue(g, -c, c));
-  const n = norm ?? tf.tidy(() => globalNorm(grads).dataSync()[0]!);
-  const coef = Math.min(1, c / (n + 1e-6));
-  return grads.map((g) => tf.mul(g, coef));
+  if (norm !== undefined) {
+    const coef = Math.min(1, c / (norm + 1e-6));
+    return grads.map((g) => tf.mul(g, coef));
+  }
+  return tf.tidy(() => {
+    const coef = tf.minimum(1, tf.div(c, tf.add(globalPNorm(grads, normType), 1e-6)));
+    return grads.map((g) => tf.mul(g, coef));
+  });
 }
 
 /** True when every weight in `params` is finite (one asynchronous read-back, so any backend works). */
@@ -58,6 +73,10 @@ export interface GradientContext {
   prediction: Prediction;
   schedule: NoiseSchedule;
   seed: number;
+  /** Kohya's noise offset (0 or absent: off). */
+  noiseOffset?: number;
+  /** Min-SNR-γ loss weighting (absent: off). */
+  minSnrGamma?: number;
 }
 
 /**
@@ -76,8 +95,15 @@ export async function accumulateGradients(
   for (let j = 0; j < batches.length; j++) {
     const mb = ctx.feed.microBatch(step, j, batches[j]!);
     if (j === 0) prompt = mb.prompt;
+    if (ctx.noiseOffset) {
+      // Its own generator, so the offset draws shift nothing else the step draws.
+      const shifted = offsetNoise(mb.batch.noise, ctx.noiseOffset, new Rng(deriveSeed(ctx.seed, SEED_PURPOSE.noiseOffset, step, j)));
+      mb.batch.noise.dispose();
+      mb.batch.noise = shifted;
+    }
     ctx.attachment.setSeed(deriveSeed(ctx.seed, SEED_PURPOSE.dropout, step, j) >>> 2);
-    const lossOf = (): tf.Scalar => tf.div(diffusionLoss(ctx.unet, mb.batch, ctx.prediction, ctx.schedule), batches.length) as tf.Scalar;
+    const lossOf = (): tf.Scalar =>
+      tf.div(diffusionLoss(ctx.unet, mb.batch, ctx.prediction, ctx.schedule, ctx.minSnrGamma), batches.length) as tf.Scalar;
     const { value, grads: g } = tf.variableGrads(lossOf, [...ctx.vars]);
     for (const t of [mb.batch.x0, mb.batch.noise, mb.batch.cond, mb.batch.weight]) t?.dispose();
     loss += (await value.data())[0]!;
@@ -132,20 +158,21 @@ export function unsafeStep(
 /**
  * θ ← AdamW(θ, clip(g), lr). `grads` holds the gradients of the trained parameters, in order;
  * `trained[i]` says whether the optimizer's parameter i is one of them (the others get no update
- * at all). `clip` is the mode and this step's value (absent: no clipping); `gradNorm` is ‖g‖₂,
- * already known. Disposes `grads`.
+ * at all). `clip` is the mode, this step's value and the norm's p (absent: no clipping; p default 2);
+ * `gradNorm` is ‖g‖₂, already known. Disposes `grads`.
  */
 export function applyUpdate(
   optimizer: AdamW,
   grads: tf.Tensor[],
   trained: readonly boolean[],
   lr: number,
-  clip: { mode: Exclude<ClipMode, "disabled">; value: number } | undefined,
+  clip: { mode: Exclude<ClipMode, "disabled">; value: number; normType?: number } | undefined,
   gradNorm: number,
 ): void {
   let g = grads;
   if (clip) {
-    g = clipGradients(grads, clip.mode, clip.value, gradNorm);
+    const p = clip.normType ?? 2;
+    g = clipGradients(grads, clip.mode, clip.value, p === 2 ? gradNorm : undefined, p);
     for (const t of grads) t.dispose();
   }
   let k = 0;

@@ -43,6 +43,7 @@ import { AdamW } from "./adamw";
 import type { StopReason, TrainResult, TrainingRun } from "./events";
 import { TrainingFeed } from "./feed";
 import type { Schedule } from "./lr-schedule";
+import type { LearningRatePlan } from "./lr-scheduler";
 import { type RunConfig, type TrainOptions, resolveRunConfig, resolveSchedules } from "./options";
 import type { OptimizerState } from "./optimizer-state";
 import { previewImages } from "./preview";
@@ -100,7 +101,7 @@ interface Run {
   opts: TrainOptions;
   cfg: RunConfig;
   out: Reporter;
-  lr: Schedule;
+  lr: LearningRatePlan;
   clip: Schedule | undefined;
   feed: TrainingFeed;
   folder: RunFolder;
@@ -159,7 +160,6 @@ async function runTraining(base: BaseModel, net: Hypernetwork, opts: TrainOption
  * over its parameters only.
  */
 async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, cfg: RunConfig, out: Reporter): Promise<Run> {
-  const { lr, clip } = resolveSchedules(cfg, out.warn);
   const resumed = readResumeFiles(cfg, opts.resumeFrom, out.warn);
   // A network that is already non-finite cannot be trained, and must not become the checkpoint a
   // NaN stop rolls back to.
@@ -171,6 +171,8 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
     );
   }
   const feed = await TrainingFeed.open(base, cfg, opts, out);
+  // A1111 steps its schedules once per micro-batch (it matters for out-of-order entries).
+  const { lr, clip } = resolveSchedules(cfg, out.warn, feed.accumulation);
   const folder = RunFolder.open(cfg, out.log);
   const { batchSize, accumulation: gradientAccumulation, stepsPerEpoch } = feed;
   if (opts.saveSettings ?? true)
@@ -188,7 +190,7 @@ async function setUpRun(base: BaseModel, net: Hypernetwork, opts: TrainOptions, 
   // Modules for widths the model never uses are warned about (once) and left out of training.
   const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: 1 }], { onWarning: out.warn });
   attachment.training = true;
-  const optimizer = new AdamW(cfg.params, { lr: lr.at(cfg.startStep), weightDecay: opts.weightDecay });
+  const optimizer = new AdamW(cfg.params, { lr: lr.at(cfg.startStep), ...cfg.adamw });
   const optim = resumed.optim;
   if (optim) {
     // The file passed its own checks; these add the network's parameter count and shapes.
@@ -270,11 +272,12 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
     prediction: cfg.prediction,
     schedule: run.noise,
     seed: cfg.seed,
+    noiseOffset: cfg.noiseOffset,
+    minSnrGamma: cfg.minSnrGamma,
   };
   const clock = new StepClock();
   // Validation loss and module norms (off unless asked for): they draw nothing from training's generators.
   const monitors = await TrainingMonitors.open(run);
-  let lrIndex = -1;
   try {
     while (run.step < cfg.maxSteps && !control.stop) {
       // Yield to the event loop once per step: on CPU backends every await resolves as a
@@ -284,13 +287,10 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
       if (control.stop) break;
 
       // The learning rate of this step; the schedule may end training before Max steps.
-      const idx = run.lr.indexAt(run.step);
-      if (idx < 0) return { reason: "schedule-end" };
-      const lr = run.lr.entries[idx]!.rate;
-      if (idx !== lrIndex) {
-        out.log(`Training at rate of ${lr} until step ${run.lr.entries[idx]!.end}`);
-        lrIndex = idx;
-      }
+      const lr = run.lr.rateAt(run.step);
+      if (lr === undefined) return { reason: "schedule-end" };
+      const news = run.lr.newsAt(run.step, cfg.startStep);
+      if (news) out.log(news);
 
       // g = Σ_j ∂(L_j / accum)/∂θ over this step's micro-batches, and the step's loss.
       const { grads, loss: stepLoss, prompt } = await accumulateGradients(grad, run.step);
@@ -307,7 +307,10 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
       }
 
       // θ ← AdamW(θ, clip(g), lr).
-      const clip = run.clip && cfg.clipMode !== "disabled" ? { mode: cfg.clipMode, value: run.clip.at(run.step) } : undefined;
+      const clip =
+        run.clip && cfg.clipMode !== "disabled"
+          ? { mode: cfg.clipMode, value: run.clip.at(run.step), normType: cfg.clipNormType }
+          : undefined;
       applyUpdate(run.optimizer, grads, cfg.trained, lr, clip, gradNorm);
       run.step += 1;
       run.net.info.step = run.step;
@@ -337,9 +340,9 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
       });
       await monitors.afterStep(run.step);
 
-      // A checkpoint every `saveEvery` steps. A finite loss can still come with an update that made
+      // A checkpoint every `saveEvery` steps (and at cycle ends if asked). A finite loss can still come with an update that made
       // the weights non-finite; such weights are never saved (nor rolled back to, nor recommended).
-      if (cfg.saveEvery > 0 && run.step % cfg.saveEvery === 0) {
+      if (run.lr.checkpointDue(run.step, cfg.saveEvery)) {
         if (!(await weightsFinite(cfg.params)))
           return {
             reason: "unsafe",
@@ -347,8 +350,8 @@ async function trainLoop(run: Run, control: { stop: boolean }): Promise<LoopEnd>
           };
         await saveCheckpoint(run, false);
       }
-      // A preview every `previewEvery` steps, of the first prompt of this step's batch by default.
-      if (cfg.previewEvery > 0 && run.step % cfg.previewEvery === 0) await makePreview(run, prompt);
+      // A preview every `previewEvery` steps (and at cycle ends if asked), of the first prompt of the step's batch by default.
+      if (run.lr.previewDue(run.step, cfg.previewEvery)) await makePreview(run, prompt);
     }
   } catch (err) {
     await saveAfterError(run, err as Error);
