@@ -51,7 +51,10 @@ export interface TrainOptions {
   // -- the run (spec §4.2–§4.4, §4.7) --
   /** Max steps: the absolute number of optimizer steps to reach (a network at step 500 trained to 2000 does 1500 more). */
   maxSteps: number;
-  /** Learning-rate schedule string or number (default "0.00001", see lr-schedule.ts). */
+  /**
+   * Learning-rate schedule string or number (default "0.00001"), stepped exactly as A1111 steps it
+   * (once per micro-batch; see lr-schedule.ts), shaped by `warmupSteps` and `cosineRestarts` when set.
+   */
   learningRate?: string | number;
   /** Images per micro-batch (default 1; clamped to the dataset size). */
   batchSize?: number;

@@ -14,7 +14,7 @@
  *
  * One optimizer step, from `s` steps done to `s + 1`:
  *
- *     lr   = schedule(s)                                   (§4.3; training ends when it runs out)
+ *     lr   = schedule(s)                     (§4.3 and lr-scheduler.ts; training ends when it runs out)
  *     for each of the `accum` micro-batches of this step:
  *         x₀ = the batch's images in UNet space (latents, cached by the dataset)
  *         c  = text context of the batch's prompts (cached per distinct prompt when prompts are fixed)
