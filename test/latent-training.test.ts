@@ -11,37 +11,14 @@ import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { useBackend } from "../src/backend/backend";
 import { readHypernetworkFile } from "../src/hypernet/file";
-import { BaseModel } from "../src/pipeline/base-model";
-import { ClipTextModel, tinyClipTextConfig } from "../src/text/clip";
-import { SimpleTokenizer } from "../src/text/tokenizer";
 import { type TrainResult, train } from "../src/train";
-import { UNetModel } from "../src/unet/unet";
-import { AutoencoderKL, tinyVaeConfig } from "../src/vae";
-import { TOY_TEMPLATE, TOY_UNET, TOY_WORDS, makeToyBase, makeToyDataset, makeToyNet, seededInit } from "./helpers/train-setup";
+import { TOY_TEMPLATE, makeToyBase, makeToyDataset, makeToyLatentBase, makeToyNet } from "./helpers/train-setup";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 import { webgpuSetup } from "./helpers/webgpu";
 
-/** A latent-space toy model: the toy UNet on 4 latent channels behind a two-level VAE (16×16 images → 8×8×4 latents). */
-function makeLatentBase(): BaseModel {
-  const unet = new UNetModel({ ...TOY_UNET, in_channels: 4, out_channels: 4 }, { init: seededInit(11) });
-  const textEncoder = new ClipTextModel(
-    tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }),
-    { init: seededInit(12) },
-  );
-  const vae = new AutoencoderKL(tinyVaeConfig(), { init: seededInit(13) });
-  return new BaseModel({
-    name: "toy-latent",
-    unet,
-    textEncoder,
-    tokenizer: new SimpleTokenizer(TOY_WORDS, { maxLength: 8 }),
-    vae,
-    imageSize: 16,
-  });
-}
-
 /** Three steps of latent training on the toy images (deterministic latents, so the run depends on the model only). */
 async function trainLatent(dataDir: string, logDir: string): Promise<{ result: TrainResult; file: string }> {
-  const base = makeLatentBase();
+  const base = makeToyLatentBase();
   const net = makeToyNet();
   try {
     const result = await train(base, net, {
@@ -75,7 +52,7 @@ describe("latent training (wasm)", () => {
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it("encodePosterior is the VAE's mean and exp(logvar / 2), times the latent scale, read back without leaks", async () => {
-    const base = makeLatentBase();
+    const base = makeToyLatentBase();
     try {
       const pixels = Float32Array.from({ length: 16 * 16 * 3 }, (_, i) => Math.sin(i * 0.37) * 0.9);
       const post = await expectNoLeak(() => base.encodePosterior(pixels, [16, 16, 3]));

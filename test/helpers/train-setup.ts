@@ -2,7 +2,8 @@
  * A toy training setup shared by the trainer tests and the child-process script: a pixel-space
  * base model (8×8 RGB, widths 32/64, one attention level, 16-wide text context) whose weights are
  * drawn from a seeded JS generator (identical in every process), four constant-colour images with
- * captions, and a small hypernetwork on the cross- and self-attention widths.
+ * captions, and a small hypernetwork on the cross- and self-attention widths; also the same UNet in
+ * latent space behind a tiny seeded VAE (`makeToyLatentBase`).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -16,6 +17,7 @@ import { ClipTextModel, tinyClipTextConfig } from "../../src/text/clip";
 import { SimpleTokenizer } from "../../src/text/tokenizer";
 import type { UNetConfig } from "../../src/unet/config";
 import { UNetModel } from "../../src/unet/unet";
+import { AutoencoderKL, tinyVaeConfig } from "../../src/vae";
 import type { TrainOptions } from "../../src/train/trainer";
 
 export const TOY_UNET: UNetConfig = {
@@ -60,6 +62,21 @@ export function makeToyBase(seed = 1): BaseModel {
   );
   const tokenizer = new SimpleTokenizer(TOY_WORDS, { maxLength: 8 });
   return new BaseModel({ name: "toy", unet, textEncoder, tokenizer, imageSize: 8 });
+}
+
+/**
+ * The latent-space toy model: the toy UNet on 4 latent channels behind the two-level tiny VAE
+ * (16×16 images → 8×8×4 latents), weights seeded as in `makeToyBase`.
+ */
+export function makeToyLatentBase(): BaseModel {
+  const unet = new UNetModel({ ...TOY_UNET, in_channels: 4, out_channels: 4 }, { init: seededInit(11) });
+  const textEncoder = new ClipTextModel(
+    tinyClipTextConfig({ vocabSize: 4 + TOY_WORDS.length, maxPositions: 8, width: 16, layers: 1, heads: 2, mlpWidth: 32 }),
+    { init: seededInit(12) },
+  );
+  const vae = new AutoencoderKL(tinyVaeConfig(), { init: seededInit(13) });
+  const tokenizer = new SimpleTokenizer(TOY_WORDS, { maxLength: 8 });
+  return new BaseModel({ name: "toy-latent", unet, textEncoder, tokenizer, vae, imageSize: 16 });
 }
 
 /** Write four 8×8 constant-colour PNGs with captions into `dir`. */
