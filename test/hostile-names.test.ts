@@ -16,7 +16,8 @@ import type { BaseModel } from "../src/pipeline/base-model";
 import { checkpointPath, listCheckpoints, resumeTraining, train } from "../src/train";
 import { runCli } from "./helpers/cli";
 import { setupBackend } from "./helpers/tf";
-import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
+import { type ToyBench, closeToyBench, openToyBench } from "./helpers/toy-bench";
+import { makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 const ESC = "\u001b";
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
@@ -140,17 +141,9 @@ describe("training writes only inside logDir, whatever the network's stored name
   let base: BaseModel;
   let tmp: string;
   let dataDir: string;
-  beforeAll(async () => {
-    await setupBackend();
-    base = makeToyBase();
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-hostile-"));
-    dataDir = path.join(tmp, "data");
-    await makeToyDataset(dataDir);
-  });
-  afterAll(() => {
-    base.dispose();
-    fs.rmSync(tmp, { recursive: true, force: true });
-  });
+  let bench: ToyBench | undefined;
+  beforeAll(async () => ({ base, tmp, dataDir } = bench = await openToyBench("hn-hostile-")));
+  afterAll(() => closeToyBench(bench));
 
   /**
    * Put a sentinel wherever the unsanitised name would have put a checkpoint, its side files or a

@@ -3,32 +3,23 @@
  * definitions (hand-computed), and both options wired through a real training run.
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readOptimizerFile } from "../src/hypernet/optim-file";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { type StepEvent, type TrainOptions, clipGradients, train } from "../src/train";
-import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
-import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
+import { expectClose, expectNoLeak } from "./helpers/tf";
+import { type ToyBench, closeToyBench, openToyBench } from "./helpers/toy-bench";
+import { makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
 let tmp: string;
 let dataDir: string;
 
-beforeAll(async () => {
-  await setupBackend();
-  base = makeToyBase();
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-train-opts-"));
-  dataDir = path.join(tmp, "data");
-  await makeToyDataset(dataDir);
-});
-
-afterAll(() => {
-  base.dispose();
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
+let bench: ToyBench | undefined;
+beforeAll(async () => ({ base, tmp, dataDir } = bench = await openToyBench("hn-train-opts-")));
+afterAll(() => closeToyBench(bench));
 
 const opts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions =>
   toyTrainOptions(dataDir, logDir, { maxSteps: 4, learningRate: "1e-2", ...extra });

@@ -7,7 +7,6 @@
  * seed 0, the training size) are what the infotext says.
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import sharp from "sharp";
@@ -17,26 +16,17 @@ import { readPngText } from "../src/io/png-text";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { sampleImages, toUnitRange } from "../src/pipeline/sample";
 import { type PreviewEvent, type PreviewOptions, train } from "../src/train";
-import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
+import { expectClose, expectNoLeak } from "./helpers/tf";
+import { type ToyBench, closeToyBench, openToyBench } from "./helpers/toy-bench";
 import { captureModel } from "./helpers/train-capture";
-import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
+import { makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
 let tmp: string;
 let dataDir: string;
-
-beforeAll(async () => {
-  await setupBackend();
-  base = makeToyBase();
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-train-previews-"));
-  dataDir = path.join(tmp, "data");
-  await makeToyDataset(dataDir);
-});
-
-afterAll(() => {
-  base.dispose();
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
+let bench: ToyBench | undefined;
+beforeAll(async () => ({ base, tmp, dataDir } = bench = await openToyBench("hn-train-previews-")));
+afterAll(() => closeToyBench(bench));
 
 /** Sample with `opts` from `net` as it is, through the shared sampling path; RGB bytes of image 0. */
 async function sampleWith(net: ReturnType<typeof makeToyNet>, opts: Required<Omit<PreviewOptions, "save">>): Promise<Uint8Array> {

@@ -6,7 +6,6 @@
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,25 +14,17 @@ import { attachHypernetworks } from "../src/hypernet/attach";
 import { fromNetwork, loadHypernetwork, readHypernetworkFile } from "../src/hypernet/file";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { type StepEvent, type TrainOptions, diffusionLoss, listCheckpoints, readCheckpointState, train } from "../src/train";
-import { expectClose, setupBackend } from "./helpers/tf";
-import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
+import { expectClose } from "./helpers/tf";
+import { type ToyBench, closeToyBench, openToyBench } from "./helpers/toy-bench";
+import { makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
 let tmp: string;
 let dataDir: string;
 
-beforeAll(async () => {
-  await setupBackend();
-  base = makeToyBase();
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-train-"));
-  dataDir = path.join(tmp, "data");
-  await makeToyDataset(dataDir);
-});
-
-afterAll(() => {
-  base.dispose();
-  fs.rmSync(tmp, { recursive: true, force: true });
-});
+let bench: ToyBench | undefined;
+beforeAll(async () => ({ base, tmp, dataDir } = bench = await openToyBench("hn-train-")));
+afterAll(() => closeToyBench(bench));
 
 const baseOpts = (logDir: string, extra: Partial<TrainOptions> = {}): TrainOptions => toyTrainOptions(dataDir, logDir, extra);
 
