@@ -15,13 +15,13 @@
 import * as path from "node:path";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
-import type { Rng } from "../src/diffusion/random";
+import { Rng } from "../src/diffusion/random";
 import { qSample, sd15Schedule, type NoiseSchedule } from "../src/diffusion/schedule";
 import { useBackend } from "../src/backend/backend";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, type TinyModelConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
-import { TINY_SIZE, shapeSamples, toModelPixels } from "../src/tiny/shapes-data/shapes";
+import { TINY_SIZE, randomScene, shapeSample, shapeSamples, toModelPixels } from "../src/tiny/shapes-data/shapes";
 
 /** Everything one (part of a) batch needs; all of it drawn by the main thread. */
 export interface BatchPart {
@@ -37,6 +37,11 @@ export interface BatchPart {
   weights: number[];
   /** Each sample's weight for the colour-mean loss (see `drawBatch`), already divided by the batch size. */
   meanWeights: number[];
+  /**
+   * Where each sample comes from, `[dataSeed, index]`, when the batch is not simply scenes
+   * `start … start + count − 1` of the run's data seed (`--small-frac`; see `drawBatch`).
+   */
+  sources?: Array<[number, number]>;
 }
 
 /** The knobs of `drawBatch` (a subset of train-base's options). */
@@ -51,6 +56,25 @@ export interface DrawOptions {
   meanLoss: number;
   /** Cap on σ_t² in the colour-mean loss's weight. */
   meanCap: number;
+  /**
+   * Fraction of the samples replaced by a small-shape scene (a small single shape or two small
+   * shapes), drawn from a second stream of the dataset (seed `dataSeed + 1`); 0 or absent = off.
+   */
+  smallFrac?: number;
+  /** Fraction of the timesteps drawn from U{0…499} (the low-noise half that draws edges); 0 or absent = off. */
+  lowT?: number;
+}
+
+/**
+ * Index of a small-shape scene in the stream `seed`, found by scanning from `from` upward: the
+ * first index whose scene is small (60 % of all scenes are, so this takes ~1.7 tries). Only the
+ * scene is drawn, not rendered, so it is cheap.
+ */
+export function smallSceneIndex(seed: number, from: number): number {
+  for (let j = from; ; j++) {
+    const scene = randomScene(new Rng((seed * 1_000_003 + j) % 2 ** 52));
+    if (scene.size === "small") return j;
+  }
 }
 
 /**
@@ -75,13 +99,27 @@ export function drawBatch(
   tokenizer: TinyModelParts["tokenizer"],
 ): BatchPart {
   const start = step * o.batch;
-  const captions = shapeSamples(o.dataSeed, start, o.batch).map((s) => s.caption);
+  // With `smallFrac`, some samples are swapped for small-shape scenes from a second stream of the
+  // dataset (the weak point of the step-10,662 model: small shapes 10/30 right, large 34/34).
+  const smallFrac = o.smallFrac ?? 0;
+  const sources: Array<[number, number]> | undefined =
+    smallFrac > 0
+      ? Array.from({ length: o.batch }, (_, i): [number, number] =>
+          rng.nextFloat() < smallFrac ? [o.dataSeed + 1, smallSceneIndex(o.dataSeed + 1, (start + i) * 4)] : [o.dataSeed, start + i],
+        )
+      : undefined;
+  const scenes = sources ? sources.map(([seed, index]) => shapeSample(seed, index)) : shapeSamples(o.dataSeed, start, o.batch);
+  const captions = scenes.map((s) => s.caption);
   const dropped = captions.map((c) => (rng.nextFloat() < o.dropout ? "" : c));
   const ids = tokenizer.encode(dropped, { longPrompts: "truncate" }).ids;
   const half = schedule.numTimesteps / 2;
-  const timesteps = Array.from({ length: o.batch }, () =>
-    rng.nextFloat() < o.highT ? rng.nextInt(half, schedule.numTimesteps) : rng.nextInt(0, schedule.numTimesteps),
-  );
+  const lowT = o.lowT ?? 0;
+  const timesteps = Array.from({ length: o.batch }, () => {
+    const r = rng.nextFloat();
+    if (r < o.highT) return rng.nextInt(half, schedule.numTimesteps);
+    if (r < o.highT + lowT) return rng.nextInt(0, half);
+    return rng.nextInt(0, schedule.numTimesteps);
+  });
   const per = TINY_SIZE * TINY_SIZE * 3;
   // Offset noise: a shared per-image, per-channel offset in ε makes the model predict — and so
   // control — the mean colour of the noise it removes, which at 32×32 is most of the image's colour.
@@ -102,7 +140,16 @@ export function drawBatch(
     const ab = schedule.alphasCumprod[ti]!;
     return (o.meanLoss * Math.min((1 - ab) / ab, o.meanCap)) / o.batch;
   });
-  return { start, count: o.batch, ids, timesteps, noise, weights: raw.map((w) => w / total), meanWeights };
+  return {
+    start,
+    count: o.batch,
+    ids,
+    timesteps,
+    noise,
+    weights: raw.map((w) => w / total),
+    meanWeights,
+    ...(sources ? { sources } : {}),
+  };
 }
 
 /** Split a batch into `n` nearly equal consecutive parts (weights keep the whole batch's normalisation). */
@@ -121,6 +168,7 @@ export function splitBatch(b: BatchPart, n: number): BatchPart[] {
       noise: b.noise.slice(at * per, (at + c) * per),
       weights: b.weights.slice(at, at + c),
       meanWeights: b.meanWeights.slice(at, at + c),
+      ...(b.sources ? { sources: b.sources.slice(at, at + c) } : {}),
     });
     at += c;
   }
@@ -140,7 +188,7 @@ export async function batchGradients(
   schedule: NoiseSchedule,
 ): Promise<{ grads: tf.NamedTensorMap; mseSum: number }> {
   const hw = TINY_SIZE;
-  const samples = shapeSamples(dataSeed, b.start, b.count);
+  const samples = b.sources ? b.sources.map(([seed, index]) => shapeSample(seed, index)) : shapeSamples(dataSeed, b.start, b.count);
   const noise = tf.tensor4d(b.noise, [b.count, hw, hw, 3]);
   const x0 = tf.tensor4d(toModelPixels(samples.map((s) => s.pixels)), [b.count, hw, hw, 3]);
   const xt = qSample(x0, noise, b.timesteps, schedule) as tf.Tensor4D;

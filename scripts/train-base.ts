@@ -4,6 +4,7 @@
  *     npm run train-base -- [--steps 6000] [--batch 16] [--lr 1e-3] [--minutes 60]
  *                           [--offset-noise 0.1] [--text-lr-mult 3] [--workers 2]
  *                           [--mean-loss 0.2] [--mean-cap 100]
+ *                           [--small-frac 0.5] [--low-t 0.3]  (extra small-shape scenes; extra t < 500)
  *                           [--run out/tiny-train] [--export models/tiny] [--fresh]
  *                           [--init models/tiny]   (a new run that starts from saved weights; its export
  *                                                   counts their steps and time as well as its own)
@@ -90,6 +91,10 @@ interface Args {
   /** λ of the colour-mean loss (train-base-batch.ts, `drawBatch`); 0 = off. */
   meanLoss: number;
   meanCap: number;
+  /** Fraction of each batch swapped for small-shape scenes (`drawBatch`); 0 = off. */
+  smallFrac: number;
+  /** Fraction of timesteps drawn from U{0…499}; 0 = off. */
+  lowT: number;
   /** Worker threads computing parts of each batch's gradient (data parallelism; 1 = in-process). */
   workers: number;
   fresh: boolean;
@@ -119,6 +124,8 @@ function parseArgs(argv: string[]): Args {
     textLrMult: 3,
     meanLoss: 0,
     meanCap: 100,
+    smallFrac: 0,
+    lowT: 0,
     workers: Math.min(4, os.cpus().length),
     fresh: false,
     init: "",
@@ -167,6 +174,12 @@ function parseArgs(argv: string[]): Args {
         break;
       case "mean-cap":
         a.meanCap = num(k, argv[++i]);
+        break;
+      case "small-frac":
+        a.smallFrac = num(k, argv[++i]);
+        break;
+      case "low-t":
+        a.lowT = num(k, argv[++i]);
         break;
       case "workers":
         a.workers = Math.max(1, Math.floor(num(k, argv[++i])));
@@ -320,6 +333,8 @@ async function checkpoint(a: Args, parts: TinyModelParts, slots: Slot[], state: 
       captionDropout: a.dropout,
       meanLoss: a.meanLoss,
       meanCap: a.meanCap,
+      ...(a.smallFrac ? { smallFrac: a.smallFrac } : {}),
+      ...(a.lowT ? { lowT: a.lowT } : {}),
       trainSeconds: Math.round((before?.trainSeconds ?? 0) + state.elapsedSec),
       lossEma: Number(state.lastLoss.toFixed(5)),
       dataSeed: a.dataSeed,

@@ -15,7 +15,8 @@ import { sd15Schedule } from "../src/diffusion/schedule";
 import type { Param } from "../src/nn/module";
 import { buildTinyModel, defaultTinyConfig, loadTinyModel, readTinyConfig, type TinyModelParts } from "../src/tiny/model";
 import { registerWasmUnsortedSegmentSum } from "../src/backend/wasm-segment-sum";
-import { GradientPool, batchGradients, drawBatch, splitBatch, type DrawOptions } from "../scripts/train-base-batch";
+import { GradientPool, batchGradients, drawBatch, smallSceneIndex, splitBatch, type DrawOptions } from "../scripts/train-base-batch";
+import { shapeSample } from "../src/tiny/shapes-data/shapes";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
 
 const OPTS: DrawOptions = { batch: 5, dropout: 0.1, highT: 0.5, snrCap: 20, offsetNoise: 0.1, dataSeed: 7, meanLoss: 1, meanCap: 100 };
@@ -60,6 +61,27 @@ describe("drawBatch / splitBatch", () => {
     expect(ps.flatMap((p) => p.meanWeights)).toEqual(b.meanWeights);
     expect(Array.from(ps[0]!.noise).concat(Array.from(ps[1]!.noise))).toEqual(Array.from(b.noise));
     expect(splitBatch(b, 8).length).toBe(5); // no empty parts
+  });
+
+  it("--small-frac swaps scenes for small ones from a second stream, --low-t draws t < 500, and off changes nothing", () => {
+    const plain = drawBatch(OPTS, 2, new Rng(4), schedule, parts.tokenizer);
+    const off = drawBatch({ ...OPTS, smallFrac: 0, lowT: 0 }, 2, new Rng(4), schedule, parts.tokenizer);
+    expect(off).toEqual(plain);
+    expect(plain.sources).toBeUndefined();
+    const all = drawBatch({ ...OPTS, batch: 12, highT: 0, smallFrac: 1, lowT: 1 }, 2, new Rng(4), schedule, parts.tokenizer);
+    expect(all.sources).toHaveLength(12);
+    for (const [seed, index] of all.sources!) {
+      expect(seed).toBe(OPTS.dataSeed + 1);
+      expect(shapeSample(seed, index).scene.size).toBe("small");
+    }
+    expect(all.timesteps.every((t) => t >= 0 && t < 500)).toBe(true);
+    // The first small scene at or after the scan start, by a direct scan.
+    const from = 40;
+    let j = from;
+    while (shapeSample(OPTS.dataSeed + 1, j).scene.size !== "small") j++;
+    expect(smallSceneIndex(OPTS.dataSeed + 1, from)).toBe(j);
+    const ps = splitBatch(all, 2);
+    expect(ps.flatMap((p) => p.sources!)).toEqual(all.sources);
   });
 });
 
