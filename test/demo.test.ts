@@ -9,7 +9,7 @@ import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import sharp from "sharp";
 import { beforeAll, describe, expect, it } from "vitest";
-import { demoPrompts, runDemo, type DemoSummary } from "../src/demo/run";
+import { DEMO_SETTINGS, QUICK_SETTINGS, demoPrompts, runDemo, type DemoSummary } from "../src/demo/run";
 import { main } from "../src/cli/main";
 import { readHypernetworkFile } from "../src/hypernet/file";
 import { lossChartPng, lossChartSvg, niceTicks } from "../src/kernel-helpers/charts";
@@ -24,7 +24,9 @@ describe("demo --quick", () => {
   const lines: string[] = [];
 
   beforeAll(async () => {
-    summary = await runDemo({ out, quick: true, progress: false, log: (l) => lines.push(l) });
+    // The timestep gate (an option; the demo applies the network in every step by default) is
+    // set here so that both paths, gated and every step, are exercised.
+    summary = await runDemo({ out, quick: true, progress: false, settings: { applyTimesteps: [0, 250] }, log: (l) => lines.push(l) });
   }, 120_000);
 
   it("writes a hypernetwork .pt that readHypernetworkFile loads, with the tiny model's attention widths", () => {
@@ -115,6 +117,11 @@ describe("demo --quick", () => {
     expect(json.checks.contentWithin15Points).toBe(kept);
     expect(json.styleSetScore).toBeGreaterThan(0.55); // the pastel colours themselves
     for (const f of Object.values(json.files)) expect(fs.existsSync(f)).toBe(true);
+  });
+
+  it("applies the network in every sampling step by default, as A1111 does (the gate is an option)", () => {
+    expect(DEMO_SETTINGS.applyTimesteps).toBeNull();
+    expect(QUICK_SETTINGS.applyTimesteps).toBeNull();
   });
 
   it("prints progress and a final summary table", () => {

@@ -7,9 +7,11 @@
  *      does with their pictures;
  *   3. create a hypernetwork with one (k, v) pair per attention width of the tiny UNet;
  *   4. sample a fixed set of prompts with the untrained network at multipliers 0, 0.5 and 1;
- *   5. train it with an A1111 learning-rate schedule, printing progress;
- *   6. sample the same prompts (same seed) with the trained network — applied in the low-noise
- *      steps only (`applyTimesteps`, t < 250), and for comparison in every step, as A1111 does;
+ *   5. train it with an A1111 learning-rate schedule, printing progress (with sampling workers,
+ *      step 4 runs in them while the main thread trains);
+ *   6. sample the same prompts (same seed) with the trained network — in every sampling step, as
+ *      A1111 applies it; with `applyTimesteps` set, only in those steps (a timestep gate), and then
+ *      also in every step for comparison;
  *   7. score every image: the style (`styleScore`, how pale the drawn colours are) and the content
  *      (`contentAccuracy`: does the image still show the colour and shape the prompt names?).
  *
@@ -24,7 +26,9 @@
  *   style-images/ train/ run/   the style set, the preprocessed training folder, the trainer's run folder
  *
  * `--quick` runs the same pipeline in a few seconds (tiny settings) to check that it works. The
- * settings are in `settings.ts`, the scores, table and pictures in `report.ts`.
+ * settings are in `settings.ts`, the scores, table and pictures in `report.ts`. Sampling is spread
+ * over one worker thread per core (`TinySamplerPool`, src/tiny/sample-pool.ts): the same images as
+ * one thread, sooner.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -36,6 +40,7 @@ import type { LossPoint } from "../kernel-helpers/charts";
 import type { BaseModel } from "../pipeline/base-model";
 import { loadTinyModel, readTinyConfig, TINY_MODEL_DIR } from "../tiny/model";
 import { sampleTiny } from "../tiny/sample";
+import { TinySamplerPool, defaultSamplerWorkers } from "../tiny/sample-pool";
 import { writeSampleFolder } from "../tiny/shapes-data/image-folder";
 import { TINY_SIZE } from "../tiny/shapes-data/shapes";
 import { pastelStyleSet, styleScore } from "../tiny/shapes-data/style";
@@ -61,6 +66,11 @@ export interface DemoOptions {
   log?: (line: string) => void;
   /** The trainer's progress line on stderr (default true). */
   progress?: boolean;
+  /**
+   * Sampling worker threads (default one per core; 1 = sample on the main thread). Images are the
+   * same for any number: the prompts are cut into `ceil(prompts / workers)`-image batches either way.
+   */
+  workers?: number;
 }
 
 /** One demo run in progress: its settings, where it writes, how it prints. */
@@ -71,13 +81,21 @@ interface Run {
   log(line: string): void;
   /** Seconds since the start, for the `[12 s]` prefixes. */
   secs(): string;
+  /** Sampling workers, when more than one core is used (see `DemoOptions.workers`). */
+  pool?: TinySamplerPool;
+  /** Images per UNet batch: the prompts split evenly over the workers. */
+  batchSize: number;
 }
 
 /** Run the demo, printing each step; returns the summary (also written as `summary.json`). */
 export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   const t0 = Date.now();
+  const st0 = { ...(opts.quick ? QUICK_SETTINGS : DEMO_SETTINGS), ...(opts.settings ?? {}) };
+  const workers = opts.workers ?? defaultSamplerWorkers();
+  if (!Number.isSafeInteger(workers) || workers < 1) throw new Error(`demo: workers must be a positive integer, got ${workers}`);
   const r: Run = {
-    st: { ...(opts.quick ? QUICK_SETTINGS : DEMO_SETTINGS), ...(opts.settings ?? {}) },
+    st: st0,
+    batchSize: Math.ceil(st0.prompts / workers),
     out: opts.out,
     file: (name) => path.join(opts.out, name),
     log: opts.log ?? ((l: string) => console.log(l)),
@@ -109,13 +127,23 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     `[${r.secs()}] style set: ${styleSet.length} pastel images → ${pre.made.length} training images in ${file("train")} (their style score: ${styleSetScore.toFixed(3)})`,
   );
 
-  // 2. Base model and a new hypernetwork with one module pair per attention width.
-  const base = loadTinyModel(modelDir);
+  // 2. Base model and a new hypernetwork with one module pair per attention width; the sampling
+  //    workers load their own copies meanwhile.
+  const poolStart = workers > 1 ? TinySamplerPool.start({ modelDir, workers }) : undefined;
+  poolStart?.catch(() => {}); // awaited below; no unhandled rejection while the model loads
+  let base: BaseModel;
+  try {
+    base = loadTinyModel(modelDir);
+  } catch (e) {
+    await (await poolStart?.catch(() => undefined))?.close();
+    throw e;
+  }
   const widths = base.contextDims;
   const dims = st.dims === "all" ? widths : st.dims;
   const unknown = dims.filter((d) => !widths.includes(d));
   if (unknown.length) {
     base.dispose();
+    await (await poolStart?.catch(() => undefined))?.close();
     throw new Error(
       `demo: settings.dims ${JSON.stringify(unknown)} are not attention widths of ${modelDir} (it has ${widths.join(", ")}); use "all" or some of those`,
     );
@@ -130,6 +158,10 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     seed: st.trainSeed,
   });
   try {
+    if (poolStart) {
+      r.pool = await poolStart;
+      log(`[${r.secs()}] sampling on ${r.pool.size} worker threads (one wasm instance each), ${r.batchSize} images per batch`);
+    }
     const cfg = readTinyConfig(modelDir);
     const trainedSteps = typeof cfg.training?.steps === "number" ? cfg.training.steps : null;
     log(
@@ -151,6 +183,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
   } finally {
     net.dispose();
     base.dispose();
+    await r.pool?.close();
   }
 }
 
@@ -173,24 +206,41 @@ async function trainAndScore(
   log(
     `[${r.secs()}] sampling ${prompts.length} prompts × multipliers ${st.multipliers.join(", ")} with the untrained network (Euler a, ${st.sampleSteps} steps, CFG ${st.cfg})`,
   );
-  const before = await sampleAt(base, net, prompts, st, st.applyTimesteps, log);
+  // With workers, the untrained network's images are drawn in them while the main thread trains:
+  // they sample a copy (the same seeded weights), so training cannot change what they draw.
+  let before: Map<number, Uint8Array[]>;
+  let trained: Awaited<ReturnType<typeof trainNetwork>>;
+  if (r.pool) {
+    const untrained = untrainedCopy(net, st);
+    try {
+      const sampling = sampleAt(r, base, untrained, prompts, st.applyTimesteps);
+      sampling.catch(() => {}); // awaited below, after training has started
+      trained = await trainNetwork(r, base, net, opts.progress ?? true);
+      before = await sampling;
+    } finally {
+      untrained.dispose();
+    }
+  } else {
+    before = await sampleAt(r, base, net, prompts, st.applyTimesteps);
+    trained = await trainNetwork(r, base, net, opts.progress ?? true);
+  }
+  const { result, points, seconds } = trained;
 
-  // 4. Train, and draw the loss chart.
-  const { result, points, seconds } = await trainNetwork(r, base, net, opts.progress ?? true);
+  // 4. The loss chart.
   await writeLossChart(points, net.name, st.maxSteps, { html: file("loss.html"), png: file("loss.png") });
 
   // 5. After: the same prompts and seed with the trained network. At ×0 the network adds
   //    mlp(x)·0 = 0 to every context, so those images are the base model's, sampled once above.
   log(`[${r.secs()}] sampling with the trained network`);
   const base0 = new Map(before.has(0) ? [[0, before.get(0)!]] : []);
-  const after = await sampleAt(base, net, prompts, st, st.applyTimesteps, log, base0);
+  const after = await sampleAt(r, base, net, prompts, st.applyTimesteps, base0);
   fs.writeFileSync(file("preview-before.png"), await previewGrid(prompts, st.multipliers, before));
   fs.writeFileSync(file("preview-after.png"), await previewGrid(prompts, st.multipliers, after));
   // For comparison: the same network applied in every step, as A1111 applies it.
   let everyStep: Map<number, Uint8Array[]> | undefined;
   if (st.applyTimesteps) {
     log(`[${r.secs()}] for comparison, the trained network applied in every step (as A1111 does)`);
-    everyStep = await sampleAt(base, net, prompts, st, null, log, base0);
+    everyStep = await sampleAt(r, base, net, prompts, null, base0);
     fs.writeFileSync(file("preview-after-every-step.png"), await previewGrid(prompts, st.multipliers, everyStep));
   }
 
@@ -264,16 +314,32 @@ async function trainNetwork(
   return { result, points, seconds };
 }
 
-/** Sample the prompts once per multiplier with `net` attached (the same seed for every multiplier). */
+/** A fresh network with `net`'s structure and the demo's seed: the untrained weights, for sampling beside training. */
+function untrainedCopy(net: Hypernetwork, st: DemoSettings): Hypernetwork {
+  return createHypernetwork({
+    name: net.name,
+    dims: net.dims,
+    layerStructure: st.layerStructure,
+    activation: st.activation,
+    layerNorm: st.layerNorm,
+    weightInit: st.weightInit,
+    seed: st.trainSeed,
+  });
+}
+
+/**
+ * Sample the prompts once per multiplier with `net` attached (the same seed for every multiplier),
+ * in the workers when there are any, else on the main thread — the same images either way.
+ */
 async function sampleAt(
+  r: Run,
   base: BaseModel,
   net: Hypernetwork,
   prompts: string[],
-  st: DemoSettings,
   gate: [number, number] | null,
-  log: (l: string) => void,
   reuse?: Map<number, Uint8Array[]>,
 ): Promise<Map<number, Uint8Array[]>> {
+  const { st, log } = r;
   const out = new Map<number, Uint8Array[]>();
   for (const m of st.multipliers) {
     const again = reuse?.get(m);
@@ -282,11 +348,16 @@ async function sampleAt(
       continue;
     }
     const t0 = Date.now();
-    const attachment = attachHypernetworks(base.unet, [{ network: net, multiplier: m, ...(gate ? { timesteps: gate } : {}) }]);
-    try {
-      out.set(m, await sampleTiny(base, prompts, { seed: st.sampleSeed, steps: st.sampleSteps, guidanceScale: st.cfg }));
-    } finally {
-      attachment.detach();
+    const entry = { network: net, multiplier: m, ...(gate ? { timesteps: gate } : {}) };
+    const opts = { seed: st.sampleSeed, steps: st.sampleSteps, guidanceScale: st.cfg, batchSize: r.batchSize };
+    if (r.pool) out.set(m, await r.pool.sample(prompts, { ...opts, networks: [entry] }));
+    else {
+      const attachment = attachHypernetworks(base.unet, [entry]);
+      try {
+        out.set(m, await sampleTiny(base, prompts, opts));
+      } finally {
+        attachment.detach();
+      }
     }
     log(
       `  sampled ${prompts.length} prompts at ×${m}${gate ? ` (network at t ∈ [${gate[0]}, ${gate[1]}))` : ""} (${((Date.now() - t0) / 1000).toFixed(0)} s)`,

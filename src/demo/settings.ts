@@ -38,8 +38,10 @@ export interface DemoSettings {
   multipliers: number[];
   /**
    * Apply the network only in sampler steps at timesteps `[min, max)` (a timestep gate, see
-   * `StackEntry.timesteps`); null = in every step, as A1111 does. When set, the trained network is
-   * also sampled ungated, for comparison (`afterEveryStep` in the summary).
+   * `StackEntry.timesteps`); null (the default) = in every step, as A1111 and ComfyUI apply a
+   * hypernetwork. When set, the trained network is also sampled ungated, for comparison
+   * (`afterEveryStep` in the summary). `[0, 250]` (the last 4 of 16 Euler a steps) keeps more of
+   * the shapes on the tiny model; see docs/demo-trials.md.
    */
   applyTimesteps: [number, number] | null;
   /** Sampler steps (Euler a), CFG scale and the seed of the sampling noise. */
@@ -51,10 +53,10 @@ export interface DemoSettings {
 /**
  * The demo's settings, chosen by the trials recorded in `docs/demo-trials.md` for: style at ×1
  * clearly above ×0 and rising through ×0.5, colour and shape accuracy within 15 points of the base
- * model, and the whole run under 10 minutes on 2 CPU cores. The network is applied in the
- * low-noise steps only (t < 250, the last 4 of 16 Euler a steps): that is where the pastel colours
- * are drawn, while at high noise, where the layout is decided, it adds no style and rounds the
- * shapes off.
+ * model, and the whole run under 10 minutes on 2 CPU cores. The network is applied in every
+ * sampling step, as A1111 does (`applyTimesteps: null`); the timestep gate remains an option — at
+ * high noise, where the layout is decided, the network adds no style and rounds the shapes off,
+ * so gating it to t < 250 keeps more of them (docs/demo-trials.md has the numbers).
  */
 export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   styleImages: 240,
@@ -76,7 +78,7 @@ export const DEMO_SETTINGS: Readonly<DemoSettings> = Object.freeze({
   trainSeed: 1,
   prompts: 24,
   multipliers: [0, 0.5, 1],
-  applyTimesteps: [0, 250] as [number, number],
+  applyTimesteps: null,
   sampleSteps: 16,
   cfg: 4,
   sampleSeed: 1234,
