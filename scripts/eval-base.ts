@@ -3,6 +3,8 @@
  *
  *     npm run eval-base -- [--model models/tiny] [--n 64] [--seed 1234] [--sampler "Euler a"]
  *                          [--steps 24] [--cfg 4] [--json models/tiny/eval.json] [--grid out/tiny-eval.png]
+ *                          [--workers N]   (sampling threads, default one per core; the images are
+ *                                           bit-identical for any N — see src/tiny/sample-pool.ts)
  *
  * The prompts are the captions of dataset samples 0…n−1 drawn with the held-out data seed 2024 (the
  * model trained on seed 7's stream). Each generated image goes through `classifyImage` — the same
@@ -15,7 +17,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import sharp from "sharp";
+import * as tf from "@tensorflow/tfjs";
 import { useBackend, type BackendChoice } from "../src/backend/backend";
+import { TinySamplerPool, defaultSamplerWorkers } from "../src/tiny/sample-pool";
 import { encodePngFrom } from "../src/io/png";
 import type { SamplerName } from "../src/diffusion/sampler-names";
 import { loadTinyModel, TINY_MODEL_DIR } from "../src/tiny/model";
@@ -36,6 +40,8 @@ interface Args {
   json: string;
   grid: string;
   backend: BackendChoice;
+  /** Sampling worker threads (1 = the main thread). */
+  workers: number;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -49,6 +55,7 @@ function parseArgs(argv: string[]): Args {
     json: "",
     grid: "out/tiny-eval.png",
     backend: "wasm",
+    workers: defaultSamplerWorkers(),
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!.replace(/^--/, "");
@@ -57,7 +64,7 @@ function parseArgs(argv: string[]): Args {
     if (k === "model" || k === "json" || k === "grid") a[k] = v;
     else if (k === "sampler") a.sampler = v as SamplerName;
     else if (k === "backend") a.backend = v as BackendChoice;
-    else if (k === "n" || k === "seed" || k === "steps" || k === "cfg") {
+    else if (k === "n" || k === "seed" || k === "steps" || k === "cfg" || k === "workers") {
       const x = Number(v);
       if (!Number.isFinite(x)) throw new Error(`--${k} needs a number, got ${v}`);
       a[k] = x;
@@ -94,7 +101,16 @@ async function main(): Promise<void> {
   const samples = shapeSamples(EVAL_DATA_SEED, 0, a.n);
   const prompts = samples.map((s) => s.caption);
   const t0 = Date.now();
-  const images = await sampleTiny(base, prompts, { seed: a.seed, sampler: a.sampler, steps: a.steps, guidanceScale: a.cfg });
+  const opts = { seed: a.seed, sampler: a.sampler, steps: a.steps, guidanceScale: a.cfg };
+  let images: Uint8Array[];
+  if (a.workers > 1 && (tf.getBackend() === "wasm" || tf.getBackend() === "cpu")) {
+    const pool = await TinySamplerPool.start({ modelDir: a.model, workers: a.workers });
+    try {
+      images = await pool.sample(prompts, opts);
+    } finally {
+      await pool.close();
+    }
+  } else images = await sampleTiny(base, prompts, opts);
   const seconds = (Date.now() - t0) / 1000;
   base.dispose();
 
