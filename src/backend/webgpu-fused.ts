@@ -9,6 +9,8 @@
  * {@link useFusedKernels} has registered the kernels; elsewhere they run the plain composite.
  */
 import * as tf from "@tensorflow/tfjs";
+import { registerFusedAdamW } from "./webgpu-adamw";
+import { registerFusedAttention } from "./webgpu-attention";
 
 /** Kernel names (project-private: no clash with tfjs's own). */
 const NORM = "HnFusedNorm";
@@ -392,6 +394,8 @@ export function useFusedKernels(): void {
     inputsToSave: ["h"],
     gradFunc: (dy, saved) => ({ h: () => tf.engine().runKernel(GEGLU_GRAD, { h: saved[0]!, dy: dy as tf.Tensor }) as tf.Tensor }),
   });
+  registerFusedAttention(); // attention forward and backward: src/backend/webgpu-attention.ts
+  registerFusedAdamW(); // AdamW, three dispatches per parameter: src/backend/webgpu-adamw.ts
   installed = true;
 }
 

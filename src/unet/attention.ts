@@ -24,6 +24,7 @@ import * as tf from "@tensorflow/tfjs";
 import { GroupNorm, IndexedModules, LayerNorm, Linear, ModuleList, gelu } from "../nn/layers";
 import { Module, type ModuleOptions, type Param, zerosInit } from "../nn/module";
 import { fusedGeglu, fusedKernelsActive } from "../backend/webgpu-fused";
+import { fusedAttention, fusedAttentionActive } from "../backend/webgpu-attention";
 
 /**
  * Computes one attention layer's output `[B, N, C]` from its input `x` `[B, N, C]` and `context`
@@ -77,6 +78,9 @@ export function attentionChunks(bh: number, n: number, t: number, budget: number
  */
 export function attend(layer: CrossAttention, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): tf.Tensor {
   return tf.tidy(() => {
+    // webgpu: one fused kernel for all heads (no score matrix, no head transposes; its own backward)
+    if (fusedAttentionActive())
+      return layer.to_out.at(0).apply(fusedAttention(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D, layer.heads, layer.scale));
     const [b, n] = q.shape as [number, number, number];
     const t = k.shape[1]!;
     const h = layer.heads;
