@@ -25,6 +25,13 @@
 import * as os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 import { fusedKernelsActive } from "../src/backend/webgpu-fused";
+import { fusedAttentionActive } from "../src/backend/webgpu-attention";
+import { fusedAdamWActive } from "../src/backend/webgpu-adamw";
+
+/** Which fused kernel sets a WebGPU run had (the attention and AdamW ones can be turned off alone). */
+function fusedFlags(): Record<string, boolean> {
+  return { fused_kernels: fusedKernelsActive(), fused_attention: fusedAttentionActive(), fused_adamw: fusedAdamWActive() };
+}
 import { installWebgpuLaunchPatches, removeWebgpuLaunchPatches } from "../src/backend/webgpu-launch";
 import { CrossAttention } from "../src/unet/attention";
 import {
@@ -185,7 +192,7 @@ async function reportLaunches(m: BenchModel, args: BenchArgs, base: Record<strin
     batch: args.batch,
     size: args.size,
     launch_patches: patches,
-    fused_kernels: fusedKernelsActive(),
+    ...fusedFlags(),
     runs,
     train_step: train,
     sample_step: sample,
@@ -237,7 +244,7 @@ async function main(): Promise<void> {
     tensors_before: modelTensors,
     tensors_after: tf.memory().numTensors,
     peak_rss_mb: Math.round(peakRssMb()),
-    ...(webgpu ? { launch_patches: patches, fused_kernels: fusedKernelsActive() } : {}),
+    ...(webgpu ? { launch_patches: patches, ...fusedFlags() } : {}),
   });
   if (webgpu) await reportLaunches(m, args, base, patches);
   if (args.profile) {

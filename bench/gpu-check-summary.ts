@@ -51,7 +51,10 @@ interface LaunchSide {
 function flags(r: Row): string {
   if (!("launch_patches" in r)) return "–";
   const patches = Array.isArray(r.launch_patches) && r.launch_patches.length > 0;
-  return `${patches ? "on" : "off"} / ${r.fused_kernels ? "on" : "off"}`;
+  // Runs from before the attention and AdamW kernels have no such fields.
+  const off = [r.fused_attention === false ? "attention" : "", r.fused_adamw === false ? "AdamW" : ""].filter(Boolean);
+  const fused = r.fused_kernels ? (off.length ? `on, not ${off.join("/")}` : "on") : "off";
+  return `${patches ? "on" : "off"} / ${fused}`;
 }
 
 /** The summary object and its printed form. */
@@ -122,6 +125,19 @@ export function summarise(rows: Row[]): { summary: Row; text: string } {
       lines.push([n, ...cells].join(" | "));
     }
   }
+  const checks = rows.filter((r) => r.case === "kernel_check");
+  if (checks.length) {
+    lines.push("", "Fused kernels against their composites on this device (error relative to the largest value; ms median):");
+    lines.push(
+      ["kernel", "shape", "ok", "rel. error (out, grads…)", "fused ms", "composite ms", "fused fwd+bwd", "composite fwd+bwd"].join(" | "),
+    );
+    for (const r of checks) {
+      const ok = r.error ? `FAILED: ${String(r.error)}` : r.ok === undefined ? "(timed only)" : r.ok ? "yes" : "NO";
+      const err = Array.isArray(r.rel_err) ? r.rel_err.map((e) => Number(e).toExponential(1)).join(", ") : "–";
+      const cells = [r.fused_ms, r.composite_ms, r.fused_fwd_bwd_ms, r.composite_fwd_bwd_ms].map((v) => fmt(v, 2));
+      lines.push([r.kernel, JSON.stringify(r.shape), ok, err, ...cells].join(" | "));
+    }
+  }
   const problems = rows.filter(
     (r) => r.case === "leak" || r.case === "unparsable_line" || r.case === "run_failed" || r.case === "run_skipped",
   );
@@ -130,7 +146,7 @@ export function summarise(rows: Row[]): { summary: Row; text: string } {
     for (const p of problems) lines.push(`  ${p.run}: ${p.case} ${JSON.stringify({ ...p, run: undefined, case: undefined })}`);
   }
   const devices = [...new Set(rows.map((r) => r.device).filter(Boolean))];
-  return { summary: { devices, steps, launches, micro, problems }, text: lines.join("\n") };
+  return { summary: { devices, steps, launches, micro, kernel_checks: checks, problems }, text: lines.join("\n") };
 }
 
 function main(): void {

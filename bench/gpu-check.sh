@@ -8,7 +8,8 @@
 #   bench/gpu-check.sh --pack        HERE, with node_modules: build .cache/gpu-pack (≈ 40 MB:
 #                                    node, the compiled benchmarks with the node_modules files they
 #                                    load, Dawn's linux-x64 binary, Debian's Vulkan/GL loader debs)
-#   bench/gpu-check.sh               THERE, in the carried tree: the GPU check
+#   bench/gpu-check.sh               THERE, in the carried tree: the GPU check (also checks the
+#                                    fused kernels against their composites on that driver)
 #   bench/gpu-check.sh --cpu         anywhere with the pack: the same script on lavapipe
 #                                    (environment/setup-webgpu-cpu.sh) and Dawn's null device, at
 #                                    small sizes — proves the pack and the script end to end
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --sd15) SD15_IN_CPU=1 ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift ;;
     --results) RESULTS="${2:?--results needs a folder}"; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown option $1 (use --pack, --cpu, --sd15, --budget SECONDS, --results DIR)" ;;
   esac
   shift
@@ -57,11 +58,13 @@ if [ "$MODE" = pack ]; then
   cat >"$PACK/tsconfig.json" <<'EOF'
 { "extends": "../../tsconfig.json",
   "compilerOptions": { "outDir": "build", "rootDir": "../..", "declaration": false, "sourceMap": false, "noEmitOnError": false },
-  "files": ["../../bench/bench.ts", "../../bench/gpu-check-summary.ts"], "include": [] }
+  "files": ["../../bench/bench.ts", "../../bench/gpu-check-summary.ts", "../../bench/webgpu-kernel-check.ts"], "include": [] }
 EOF
   note "compiling bench/bench.ts and its imports"
   npx tsc -p "$PACK/tsconfig.json" >"$PACK/tsc.log" 2>&1 || true
-  [ -f "$PACK/build/bench/bench.js" ] || { cat "$PACK/tsc.log" >&2; die "tsc produced no bench/bench.js"; }
+  for f in bench/bench.js bench/webgpu-kernel-check.js; do
+    [ -f "$PACK/build/$f" ] || { cat "$PACK/tsc.log" >&2; die "tsc produced no $f"; }
+  done
   # 2. The node_modules files a run loads: traced on Dawn's null device (same modules as a GPU run).
   note "tracing the modules a benchmark run loads"
   cat >"$PACK/trace.cjs" <<'EOF'
@@ -205,6 +208,8 @@ TINY16=(--batch 1 --size 16)
 
 if [ "$MODE" = gpu ]; then
   run tfjs-tiny16 120 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 5 --sd-shapes
+  # the fused kernels (attention, GroupNorm, GEGLU, AdamW) against their composites on this driver, SD 1.5 shapes
+  run tfjs-kernels 60 "$NODE" "$APP/bench/webgpu-kernel-check.js" --sd
   run tfjs-sd15 170 "${BENCH[@]}" --backend webgpu --config sd15 --size 64 --batch 1 --steps 2 --no-micro
   if [ -n "$PY" ]; then
     run torch-tiny16 90 "$PY" bench/torch_bench.py --device "$TORCH_DEVICE" --threads 16 "${TINY16[@]}" --steps 5 --sd-shapes
@@ -216,16 +221,19 @@ if [ "$MODE" = gpu ]; then
   run tfjs-null 45 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-stock 45 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   run tfjs-null-unfused 45 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
+  run tfjs-null-noattn 45 env HYPERNET_WEBGPU_FUSED_ATTENTION=0 HYPERNET_WEBGPU_FUSED_ADAMW=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-original 45 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   run tfjs-tiny32b4 60 "${BENCH[@]}" --backend webgpu --steps 3 --no-micro
   if [ -n "$PY" ]; then run torch-tiny32b4 45 "$PY" bench/torch_bench.py --device "$TORCH_DEVICE" --threads 16 --steps 3 --no-micro; fi
 else
   # lavapipe runs shaders on the CPU (~3 GFLOP/s on 2 cores): the steps only, no micro-benchmarks.
   run tfjs-tiny16 120 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro
+  run tfjs-kernels 90 "$NODE" "$APP/bench/webgpu-kernel-check.js"
   run tfjs-tiny16-stock 100 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro --no-webgpu-patches
   run tfjs-null 60 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-stock 60 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   run tfjs-null-unfused 60 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
+  run tfjs-null-noattn 60 env HYPERNET_WEBGPU_FUSED_ATTENTION=0 HYPERNET_WEBGPU_FUSED_ADAMW=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
   run tfjs-null-original 60 env HYPERNET_WEBGPU_FUSED=0 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro --no-webgpu-patches
   if [ -n "$PY" ]; then run torch-tiny16 60 "$PY" bench/torch_bench.py --threads 2 "${TINY16[@]}" --steps 2 --no-micro; fi
   if [ "$SD15_IN_CPU" = 1 ]; then

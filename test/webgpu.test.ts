@@ -136,7 +136,7 @@ describe.runIf(skipReason === null)("WebGPU (Dawn on private lavapipe)", () => {
     gpuStep = await expectNoLeak(() => trainingStep(gpu));
     console.log(`webgpu training step: ${Math.round(performance.now() - t0)} ms (first: includes shader compiles)`);
     expect(gpuStep.grads.every((g) => g.some((v) => v !== 0))).toBe(true);
-  }, 120_000);
+  }, 300_000); // the first step compiles every shader: minutes on lavapipe under load
 
   it("dataSync says why it cannot work and what to use", () => {
     const t = tf.tidy(() => tf.matMul(tf.ones([64, 64]), tf.ones([64, 64])));
@@ -175,7 +175,7 @@ describe.runIf(skipReason === null)("WebGPU (Dawn on private lavapipe)", () => {
         expect(Math.abs(gpuStep.updated[i]![j]! - v), `parameter ${i}[${j}] (gradient ${g[j]})`).toBeLessThanOrEqual(tol);
       });
     });
-  }, 120_000);
+  }, 300_000);
 });
 
 describe.runIf(skipReason === null)("train() on WebGPU", () => {

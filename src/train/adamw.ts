@@ -17,6 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { OptimizerState, ParamMoments } from "./optimizer-state";
 import { optimizerStateProblem } from "./optimizer-check";
 import { type Param, fromTorchLayout, toTorchLayout, tfShapeOf } from "../nn/module";
+import { adamwScalars, fusedAdamW, fusedAdamWActive } from "../backend/webgpu-adamw";
 
 /** AdamW hyper-parameters; defaults are PyTorch's. */
 export interface AdamWOptions {
@@ -71,23 +72,30 @@ export class AdamW {
       throw new Error(`AdamW.step: got ${grads.length} gradients for ${this.params.length} parameters`);
     this.lr = lr;
     const [b1, b2] = this.betas;
+    const scalars = new Map<number, tf.Tensor1D>(); // webgpu: the fused kernel's scalars, one per step count
     for (let i = 0; i < this.params.length; i++) {
       const p = this.params[i]!.value;
       const g = grads[i];
       if (g === null || g === undefined) continue;
-      if (!tf.util.arraysEqual(g.shape, p.shape))
+      if (!tf.util.arraysEqual(g.shape, p.shape)) {
+        tf.dispose([...scalars.values()]);
         throw new Error(`AdamW.step: gradient ${i} has shape [${g.shape}] but its parameter is [${p.shape}]`);
+      }
       const k = ++this.steps[i]!;
       const bc1 = 1 - b1 ** k;
       const bc2Sqrt = Math.sqrt(1 - b2 ** k);
       const stepSize = lr / bc1;
-      const [newP, m, v] = tf.tidy(() => {
-        const decayed = tf.mul(p, 1 - lr * this.weightDecay);
-        const m = tf.add(tf.mul(this.m[i]!, b1), tf.mul(g, 1 - b1));
-        const v = tf.add(tf.mul(this.v[i]!, b2), tf.mul(tf.mul(g, g), 1 - b2));
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
-        return [tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)), m, v];
-      });
+      const o = { lr, weightDecay: this.weightDecay, beta1: b1, beta2: b2, eps: this.eps, bc2Sqrt, stepSize };
+      if (fusedAdamWActive() && !scalars.has(k)) scalars.set(k, adamwScalars(o));
+      const [newP, m, v] = fusedAdamWActive()
+        ? fusedAdamW(p, this.m[i]!, this.v[i]!, g, scalars.get(k)!) // src/backend/webgpu-adamw.ts
+        : tf.tidy(() => {
+            const decayed = tf.mul(p, 1 - lr * this.weightDecay);
+            const m = tf.add(tf.mul(this.m[i]!, b1), tf.mul(g, 1 - b1));
+            const v = tf.add(tf.mul(this.v[i]!, b2), tf.mul(tf.mul(g, g), 1 - b2));
+            const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.eps);
+            return [tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)), m, v];
+          });
       p.assign(newP);
       newP.dispose();
       this.m[i]!.dispose();
@@ -95,6 +103,7 @@ export class AdamW {
       this.m[i] = m;
       this.v[i] = v;
     }
+    tf.dispose([...scalars.values()]);
   }
 
   /**
