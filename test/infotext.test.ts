@@ -180,9 +180,12 @@ describe("readInfotext", () => {
         /^hires fix \(Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Denoising strength: 0\.7\): only the first pass is made here, at 512x512$/,
       ),
     ]);
-    expect(readInfotext(CORPUS[11]!).cannotHonour.join("\n")).toMatch(
-      /Old prompt editing timelines[\s\S]*Pad conds v0[\s\S]*Downcast alphas_cumprod/,
-    );
+    // A1111 < 1.6 with "[" in the prompt: old timelines (honoured), old padding and schedule (not)
+    const pre16 = readInfotext(CORPUS[11]!);
+    expect(pre16.oldScheduling).toBe(true);
+    expect(pre16.cannotHonour.join("\n")).not.toMatch(/Old prompt editing timelines/);
+    expect(pre16.cannotHonour.join("\n")).toMatch(/Pad conds v0[\s\S]*Downcast alphas_cumprod/);
+    expect(readInfotext(CORPUS[1]!).oldScheduling).toBeUndefined();
     const withHash = (h: string): BaseModel => Object.assign(Object.create(base) as BaseModel, { checkpointHash: h });
     const old = readInfotext(CORPUS[21]!, { base: withHash("0123456789") });
     expect(old.sampler).toBe("DPM++ 2M");

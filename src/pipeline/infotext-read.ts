@@ -15,7 +15,8 @@
  * unknown name becomes "DPM++ 2M", A1111's own fallback, and is reported), CFG scale, Seed, Size,
  * Variation seed / strength, Seed resize from, ENSD, RNG ("GPU", A1111's default and what a missing
  * field means, is drawn with the "NV" imitation of NVIDIA's generator), Clip skip, Emphasis, and
- * this project's own `Hypernet timesteps`. A sampler η other than A1111's default (`Eta`,
+ * this project's own `Hypernet timesteps`, and "Old prompt editing timelines" (→ `oldScheduling`; A1111
+ * also sets it for images from before 1.6 whose prompt has a `[`). A sampler η other than A1111's default (`Eta`,
  * `Eta DDIM`) is reported as not honoured: txt2img runs every sampler at its default η.
  */
 import * as fs from "node:fs";
@@ -48,6 +49,8 @@ export interface InfotextSettings {
   clipSkip?: number;
   emphasis?: InfotextEmphasis;
   hypernetworkTimesteps?: [number, number];
+  /** A1111's "Use old prompt editing timelines" (infotext "Old prompt editing timelines", or an image from before 1.6 with `[` in its prompt). */
+  oldScheduling?: boolean;
 }
 
 /** What `readInfotext` returns: the settings, and what stands between them and the same image. */
@@ -121,7 +124,6 @@ const NOT_REPRODUCED: Record<string, string> = {
   Eta: "a sampler η other than the default (1)",
   "Eta DDIM": "a DDIM η other than the default (0)",
   "Skip Early CFG": "skipping early CFG",
-  "Old prompt editing timelines": "A1111 before 1.6's prompt-editing timelines",
   "Pad conds v0": "A1111 before 1.6's way of padding conditionings (DDIM/PLMS)",
   "Downcast alphas_cumprod": "A1111 before 1.7's float16 noise schedule (alphas_cumprod downcast)",
   "Refiner switch by sampling steps": "A1111 before 1.8's refiner switch",
@@ -129,6 +131,7 @@ const NOT_REPRODUCED: Record<string, string> = {
 };
 /** Fields read into settings or checked below, and fields that do not change the image. */
 const HANDLED = new Set([
+  "Old prompt editing timelines",
   "Prompt",
   "Negative prompt",
   "Steps",
@@ -323,6 +326,9 @@ export function settingsFromParameters(
     if (["Original", "No norm", "Ignore", "None"].includes(String(emphasis))) s.emphasis = String(emphasis) as InfotextEmphasis;
     else cannot.push(`Emphasis: ${String(emphasis)} is not an A1111 emphasis mode this project knows; "Original" is used`);
   }
+  // A1111 casts the value to the setting's bool: "False" is false, anything else true
+  const oldTimelines = d.get("Old prompt editing timelines");
+  if (oldTimelines !== undefined) s.oldScheduling = oldTimelines !== "False" && oldTimelines !== false && oldTimelines !== "";
   const gate = /^(\d+)-(\d+)$/.exec(String(d.get("Hypernet timesteps") ?? ""));
   if (gate) s.hypernetworkTimesteps = [Number(gate[1]), Number(gate[2])];
   else if (d.has("Hypernet timesteps")) cannot.push(`Hypernet timesteps: ${JSON.stringify(d.get("Hypernet timesteps"))} is not "min-max"`);

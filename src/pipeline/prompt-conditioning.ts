@@ -69,6 +69,8 @@ export interface PromptConditioningOptions {
   negativePrompt: string;
   /** The steps the schedules run over (A1111's total steps: `a1111ScheduleSteps`). */
   steps: number;
+  /** A1111's "Use old prompt editing timelines" setting (`use_old_scheduling`; default off). */
+  oldScheduling?: boolean;
   /** The text encoder's batch call (txt2img: `encodePrompts` with embeddings, emphasis, clip skip). */
   encode: EncodeTexts;
 }
@@ -119,10 +121,10 @@ export class PromptConditioning {
    * prompt editing or alternation, or the negative prompt has editing or alternation. When not,
    * the plain path (one encoder call, plain CFG) gives A1111's result.
    */
-  static needed(prompts: readonly string[], negativePrompt: string, steps: number): boolean {
+  static needed(prompts: readonly string[], negativePrompt: string, steps: number, oldScheduling = false): boolean {
     const { indexes, texts } = multicondPromptList(prompts);
     if (indexes.some((subs) => subs.length !== 1 || subs[0]![1] !== 1)) return true;
-    return promptSchedules([...texts, negativePrompt], steps).some((s) => s.length !== 1);
+    return promptSchedules([...texts, negativePrompt], steps, { oldScheduling }).some((s) => s.length !== 1);
   }
 
   /** Parse, schedule and encode every distinct text once. */
@@ -130,7 +132,7 @@ export class PromptConditioning {
     const { prompts, negativePrompt, steps, encode } = opts;
     if (prompts.length === 0) throw new Error("prompt conditioning: give at least one prompt");
     const { indexes, texts } = multicondPromptList(prompts);
-    const schedules = promptSchedules([...texts, negativePrompt], steps);
+    const schedules = promptSchedules([...texts, negativePrompt], steps, { oldScheduling: opts.oldScheduling === true });
     const owned: tf.Tensor[] = [];
     try {
       const encoded = schedules.map((s) => {

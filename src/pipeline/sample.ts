@@ -50,9 +50,10 @@ export interface SampleImagesOptions {
    * from the prompts and the negative prompt: when any is used, each batch's conditioning comes
    * from a `PromptConditioning` built with this encoder batch call (A1111's per-model-call
    * schedule and composable CFG); otherwise the plain path below runs unchanged. Absent: the
-   * prompts are encoded literally, as always.
+   * prompts are encoded literally, as always. `oldScheduling`: A1111's "Use old prompt editing
+   * timelines" setting (see `promptSchedules`).
    */
-  promptSyntax?: { encode: EncodeTexts };
+  promptSyntax?: { encode: EncodeTexts; oldScheduling?: boolean };
   /** How plain prompts are encoded (default `base.encodeText`); txt2img passes A1111's front end. */
   encodeText?: EncodeTexts;
 }
@@ -101,7 +102,11 @@ export async function sampleImages(base: BaseModel, opts: SampleImagesOptions): 
   let done = 0;
   for (const chunk of batchesOf(prompts, count, batchSize)) {
     const n = Math.min(batchSize, count - done);
-    if (opts.promptSyntax && PromptConditioning.needed(chunk, negative, a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20))) {
+    const old = opts.promptSyntax?.oldScheduling === true;
+    if (
+      opts.promptSyntax &&
+      PromptConditioning.needed(chunk, negative, a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20), old)
+    ) {
       const images = await sampleScheduled(
         base,
         opts,
@@ -159,7 +164,13 @@ async function sampleScheduled(
 ): Promise<Float32Array> {
   const scale = opts.cfgScale ?? 7;
   const steps = a1111ScheduleSteps(opts.sampler ?? "Euler a", opts.steps ?? 20);
-  const cond = PromptConditioning.build({ prompts, negativePrompt: opts.negativePrompt ?? "", steps, encode });
+  const cond = PromptConditioning.build({
+    prompts,
+    negativePrompt: opts.negativePrompt ?? "",
+    steps,
+    encode,
+    oldScheduling: opts.promptSyntax?.oldScheduling === true,
+  });
   let call = 0;
   let latents: tf.Tensor4D | undefined;
   let images: tf.Tensor4D | undefined;

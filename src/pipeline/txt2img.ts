@@ -26,9 +26,11 @@ import { addPngText } from "../io/png-text";
 import { type EmbeddingDatabase, type TextualInversionEmbedding, loadEmbeddings } from "../text/embeddings";
 import { encodePrompts } from "../text/encode-prompts";
 import type { EmphasisMode } from "../text/prompt-chunks";
+import { promptSchedules } from "../text/prompt-schedule";
 import { type InfotextFieldValue, formatInfotext, samplerUsesEnsd } from "./infotext";
 import { type AppliedHypernetwork, type PromptHypernetwork, resolvePromptHypernetworks } from "../hypernet/prompt-networks";
 import type { BaseModel } from "./base-model";
+import { a1111ScheduleSteps } from "./prompt-conditioning";
 import { type SampledImages, sampleImages, toUnitRange } from "./sample";
 
 export type { AppliedHypernetwork, PromptHypernetwork };
@@ -88,6 +90,13 @@ export interface Txt2ImgOptions {
   seedResizeFrom?: { width: number; height: number };
   /** A1111's "Eta noise seed delta" (ENSD, e.g. 31337): re-seeds the per-step noise of ancestral samplers. */
   etaNoiseSeedDelta?: number;
+  /**
+   * A1111's compatibility setting "Use old prompt editing timelines" (`use_old_scheduling`, default
+   * off): `[a:b:when]` reads a `when` ≥ 1 as a step even when written with a dot (`1.5` → step 1)
+   * and ignores hires-fix offsets, as A1111 before 1.6 did. Written to the infotext as
+   * "Old prompt editing timelines: True" when it changes the prompts' schedules, as A1111 does.
+   */
+  oldScheduling?: boolean;
 }
 
 /** What `txt2img` returns. */
@@ -199,7 +208,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
       width,
       height,
       callback: opts.callback,
-      promptSyntax: { encode: encodeBatch },
+      promptSyntax: { encode: encodeBatch, oldScheduling: opts.oldScheduling === true },
       encodeText,
     });
     if (scheduledUsed.size > 0) used = [[...scheduledUsed.values()]];
@@ -223,6 +232,8 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
     prompts: [parsed.prompt, negative.prompt],
     used,
     hypernetworkTimesteps: opts.hypernetworkTimesteps,
+    oldTimelines:
+      opts.oldScheduling === true && oldSchedulingMatters([parsed.prompt, negative.prompt], a1111ScheduleSteps(samplerName, steps)),
   });
   const infotexts = Array.from({ length: batch }, (_, i) => {
     const sampler = resolveSamplerName(samplerName);
@@ -267,17 +278,31 @@ function scheduleLabel(name: string): string {
 }
 
 /**
- * The infotext fields A1111 adds as it goes (`p.extra_generation_params`), in its order: TI hashes
- * (the prompt's embeddings, then the negative prompt's, names without `:` and `,`), Emphasis (when
- * not "Original" and a prompt has brackets), then this project's Hypernet timesteps.
+ * Whether A1111 writes "Old prompt editing timelines: True" with the setting on
+ * (`get_conds_with_caching`): when the old and the new timelines give different schedules for the
+ * prompts, over the schedules' total steps.
+ */
+export function oldSchedulingMatters(prompts: readonly string[], totalSteps: number): boolean {
+  const now = promptSchedules(prompts, totalSteps);
+  const old = promptSchedules(prompts, totalSteps, { oldScheduling: true });
+  return JSON.stringify(now) !== JSON.stringify(old);
+}
+
+/**
+ * The infotext fields A1111 adds as it goes (`p.extra_generation_params`), in its order: Old prompt
+ * editing timelines (set while the conditionings are made), TI hashes (the prompt's embeddings,
+ * then the negative prompt's, names without `:` and `,`), Emphasis (when not "Original" and a
+ * prompt has brackets), then this project's Hypernet timesteps.
  */
 function infotextExtras(p: {
   emphasis: EmphasisMode;
   prompts: string[];
   used: TextualInversionEmbedding[][];
   hypernetworkTimesteps?: [number, number];
+  oldTimelines: boolean;
 }): Array<[string, InfotextFieldValue]> {
   const extra: Array<[string, InfotextFieldValue]> = [];
+  if (p.oldTimelines) extra.push(["Old prompt editing timelines", "True"]); // Python's str(True)
   const hashes = (list: TextualInversionEmbedding[] = []): string =>
     list.map((e) => `${e.name.replace(/[:,]/g, "")}: ${e.hash}`).join(", ");
   const ti = [hashes(p.used[0]), hashes(p.used[1])].filter((x) => x).join(", ");
