@@ -10,9 +10,28 @@
 
 // Hypernetworks: the network, its modules, attaching, files, prompt tags.
 export { createHypernetwork, Hypernetwork, DEFAULT_DIMS, type CreateOptions, type HypernetworkInfo } from "./hypernet/network";
-export { HypernetworkModule, planLayers, WEIGHT_INITS, type WeightInit } from "./hypernet/module";
+export { HypernetworkModule, planLayers, WEIGHT_INITS, ZERO_AT_ZERO, type InitOptions, type WeightInit } from "./hypernet/module";
 export { ACTIVATION_NAMES, COMFYUI_ACTIVATIONS, type ActivationName } from "./hypernet/activations";
-export { attachHypernetworks, Attachment, type StackEntry } from "./hypernet/attach";
+export {
+  attachHypernetworks,
+  applyStack,
+  stackEntries,
+  Attachment,
+  type StackEntry,
+  type StackItem,
+  type ParallelGroup,
+  type ParallelGroupInput,
+  type ParallelMember,
+} from "./hypernet/attach";
+export { rampAt, type Strengths, type TimestepRamp } from "./hypernet/strengths";
+export {
+  mergeHypernetworkFiles,
+  mergeHypernetworkData,
+  mergeHypernetworks,
+  structureMismatch,
+  type MergeInput,
+  type MergeOptions,
+} from "./hypernet/merge";
 export {
   loadHypernetwork,
   saveHypernetwork,
