@@ -86,6 +86,21 @@ export { train, resumeTraining, type TrainOptions, type TrainResult, type Traini
 export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
 export { AdamW } from "./train/adamw";
 export type { OptimizerState } from "./train/optimizer-state";
+// Training tools: validation loss on a fixed batch, module norms, loss by timestep, the LR range test, the checkpoint gallery.
+export { ValidationBatch, perSampleLoss, type ValidationOptions } from "./train/validation";
+export { gradientNormsByModule, outputNormsByModule, parameterModules } from "./train/module-norms";
+export { timestepLossBins, timestepLossOverRun, type TimestepBin } from "./train/timestep-loss";
+export {
+  lrRangeTest,
+  suggestLearningRate,
+  sweepRates,
+  type LrRangeOptions,
+  type LrRangePoint,
+  type LrRangeResult,
+  type LrSuggestion,
+} from "./train/lr-range";
+export { checkpointGallery, type GalleryColumn, type GalleryOptions, type GalleryResult } from "./train/gallery";
+export type { ValidationEvent, ValidationSample, NormsEvent } from "./train/events";
 
 // Files.
 export { SafetensorsFile, readSafetensors, writeSafetensors } from "./io/safetensors";

@@ -37,6 +37,12 @@ export {
   type Txt2ImgShowOptions,
 } from "./kernel-helpers/steps";
 export { attentionMaps, type AttentionMapOptions, type AttentionMapResult, type LayerAttention } from "./kernel-helpers/attention-maps";
+// Training tools a notebook gives and a web UI does not: the LR range test, the checkpoint gallery, loss by timestep, module norms.
+export { lrRangeTest, checkpointGallery, timestepLossChart, moduleNormsChart } from "./kernel-helpers/training-tools";
+export type { LrRangeOptions, LrRangeResult } from "./train/lr-range";
+export type { GalleryOptions, GalleryResult } from "./train/gallery";
+export type { ValidationOptions } from "./train/validation";
+export type { ValidationEvent, NormsEvent } from "./train/events";
 // The types the verbs take and return (their classes and functions are in `core`).
 export type { BaseModel } from "./pipeline/base-model";
 export type { LoadBaseModelOptions } from "./pipeline/load";

@@ -30,8 +30,16 @@ export interface LossPoint {
   lr?: number;
 }
 
+/** A validation loss measured after `step` steps (the trainer's `onValidation`). */
+export interface ValidationPoint {
+  step: number;
+  loss: number;
+}
+
 /** Options for {@link lossFigure}. */
 export interface LossFigureOptions {
+  /** Validation losses on the fixed batch: drawn as a second curve with markers, next to the training loss. */
+  validation?: readonly ValidationPoint[];
   /** EMA factor for the smoothed curve, 0 ≤ β < 1 (default 0.9; 0 hides the curve). */
   smoothing?: number;
   /** Steps at which a checkpoint was saved: drawn as markers on the loss curve. */
@@ -85,6 +93,18 @@ export function lossFigure(points: readonly LossPoint[], opts: LossFigureOptions
       x: steps,
       y: smoothEma(losses, beta),
       line: { color: "#1f77b4", width: 2.5 },
+    });
+  }
+  if (opts.validation && opts.validation.length > 0) {
+    data.push({
+      type: "scatter",
+      mode: "lines+markers",
+      name: "validation loss",
+      x: opts.validation.map((p) => p.step),
+      y: opts.validation.map((p) => p.loss),
+      line: { color: "#ff7f0e", width: 2 },
+      marker: { size: 6, color: "#ff7f0e" },
+      cliponaxis: false,
     });
   }
   const ckpt = new Set(opts.checkpoints ?? []);
@@ -249,6 +269,8 @@ export interface LossChartImageOptions {
   /** EMA factor of the smoothed curve (default 0.9; 0 hides it). */
   smoothing?: number;
   title?: string;
+  /** Validation losses, drawn as a second curve with markers (as in {@link lossFigure}). */
+  validation?: readonly ValidationPoint[];
 }
 
 /** About five "nice" tick values (1, 2, 5 × 10ⁿ steps) covering [lo, hi]. */
@@ -288,9 +310,11 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
   const pts = points.filter((p) => Number.isFinite(p.step));
   const steps = pts.map((p) => p.step);
   const losses = pts.map((p) => p.loss);
-  const finite = losses.filter(Number.isFinite);
-  const x0 = steps.length ? Math.min(0, ...steps) : 0;
-  const x1 = steps.length ? Math.max(x0 + 1, ...steps) : 1;
+  const val = (opts.validation ?? []).filter((p) => Number.isFinite(p.step) && Number.isFinite(p.loss));
+  const finite = [...losses.filter(Number.isFinite), ...val.map((p) => p.loss)];
+  const allSteps = [...steps, ...val.map((p) => p.step)];
+  const x0 = allSteps.length ? Math.min(0, ...allSteps) : 0;
+  const x1 = allSteps.length ? Math.max(x0 + 1, ...allSteps) : 1;
   let y0 = finite.length ? Math.min(...finite) : 0;
   let y1 = finite.length ? Math.max(...finite) : 1;
   if (y1 - y0 < 1e-12) [y0, y1] = [y0 - 0.5 * (Math.abs(y0) || 1), y1 + 0.5 * (Math.abs(y1) || 1)];
@@ -340,6 +364,10 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
     parts.push(`<path d="${path(steps, smoothEma(losses, beta), sy)}" fill="none" stroke="#1f77b4" stroke-width="2.5"/>`);
     legend.push([`smoothed (β=${beta})`, "#1f77b4", ""]);
   }
+  if (val.length) {
+    parts.push(validationSvg(val, sx, sy));
+    legend.push(["validation loss", "#ff7f0e", ""]);
+  }
   // Learning rate on the right axis.
   const lrPts = pts.filter((p) => p.lr !== undefined && Number.isFinite(p.lr) && p.lr > 0);
   if (lrPts.length) {
@@ -387,6 +415,13 @@ export function lossChartSvg(points: readonly LossPoint[], opts: LossChartImageO
     lx += 40 + label.length * 6.5;
   }
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" fill="#222">${parts.join("")}</svg>`;
+}
+
+/** The validation curve of {@link lossChartSvg}: a line through the (finite) points and a dot on each, in chart pixels. */
+function validationSvg(val: readonly ValidationPoint[], x: (step: number) => number, y: (loss: number) => number): string {
+  const d = val.map((p, i) => `${i ? "L" : "M"}${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join("");
+  const dots = val.map((p) => `<circle cx="${x(p.step).toFixed(1)}" cy="${y(p.loss).toFixed(1)}" r="3" fill="#ff7f0e"/>`);
+  return `<path d="${d}" fill="none" stroke="#ff7f0e" stroke-width="2"/>${dots.join("")}`;
 }
 
 /** {@link lossChartSvg} rasterised to PNG bytes with sharp (no browser needed). */

@@ -16,7 +16,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { inspect } from "node:util";
 import { safeFileStem } from "../io/safe-name";
-import { type Figure, type LossPoint, figureHtml, lossChartPng } from "./charts";
+import { type Figure, type LossPoint, type ValidationPoint, figureHtml, lossChartPng } from "./charts";
 
 /**
  * Give `value` a non-enumerable `util.inspect.custom` that prints `summary()` instead of its
@@ -80,13 +80,14 @@ export function resumedLossCsv(resumeFrom: string, logDir?: string): string {
   return path.join(run, "hypernetwork_loss.csv");
 }
 
-/** The loss chart's final output: the figure's HTML with a PNG of the chart inside it and beside it. */
+/** The loss chart's final output: the figure's HTML with a PNG of the chart (and the validation curve, if any) inside it and beside it. */
 export async function finalLossChart(
   fig: Figure,
   divId: string,
   points: readonly LossPoint[],
   title: string,
+  validation?: readonly ValidationPoint[],
 ): Promise<{ html: string; png: Buffer }> {
-  const png = await lossChartPng(points, { title });
+  const png = await lossChartPng(points, { title, ...(validation?.length ? { validation } : {}) });
   return { html: figureHtml(fig, divId, { fallbackPng: png }), png };
 }

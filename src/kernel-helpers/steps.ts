@@ -26,9 +26,16 @@ import { type SaveOptions, loadHypernetwork as readNetwork, saveHypernetwork as 
 import { shortHash } from "../io/hash";
 import { type PreprocessOptions, type PreprocessSummary, preprocess as preprocessFolder } from "../data/preprocess";
 import { renderGrid, summaryTable, type GridItem } from "../data/view";
-import { type TrainOptions, type TrainResult, type TrainingRun, train as runTraining } from "../train/trainer";
+import {
+  type NormsEvent,
+  type TrainOptions,
+  type TrainResult,
+  type TrainingRun,
+  type ValidationEvent,
+  train as runTraining,
+} from "../train/trainer";
 import { displayMode, escapeHtml, liveDisplay, pngImgTag, show, type LiveDisplay } from "./display";
-import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint } from "./charts";
+import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint, type ValidationPoint } from "./charts";
 import { compactInspect, defaultRunDir, finalLossChart, readLossCsv, resumedLossCsv } from "./results";
 
 let plotlyShown = false;
@@ -157,6 +164,9 @@ export interface TrainLiveOptions extends TrainOptions {
 export interface TrainLiveResult extends TrainResult {
   points: LossPoint[];
   checkpoints: number[];
+  /** The validation losses (with `validationEvery`), each with its per-sample losses, and the module norms (with `normsEvery`). */
+  validation: ValidationEvent[];
+  norms: NormsEvent[];
   /** How many times each live display was updated (the notebook keeps one output per display). */
   displayUpdates: { chart: number; progress: number; preview: number };
 }
@@ -165,6 +175,28 @@ function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
   const m = Math.floor(s / 60);
   return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
+}
+
+/**
+ * The validation and norms events of a live training run, the trainer callbacks that collect them
+ * (and pass them on to the caller's), and the validation points for the loss chart. `redraw` is
+ * called after each validation loss.
+ */
+function measurementLog(opts: TrainLiveOptions, redraw: () => void) {
+  const validation: ValidationEvent[] = [];
+  const norms: NormsEvent[] = [];
+  const handlers: Pick<TrainOptions, "onValidation" | "onNorms"> = {
+    onValidation: (e) => {
+      validation.push(e);
+      redraw();
+      opts.onValidation?.(e);
+    },
+    onNorms: (e) => {
+      norms.push(e);
+      opts.onNorms?.(e);
+    },
+  };
+  return { validation, norms, handlers, points: (): ValidationPoint[] => validation.map((v) => ({ step: v.step, loss: v.loss })) };
 }
 
 /**
@@ -185,6 +217,9 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
   const points: LossPoint[] = opts.resumeFrom ? readLossCsv(resumedLossCsv(opts.resumeFrom, opts.logDir), net.info.step) : [];
   const checkpoints: number[] = [];
   const previews: number[] = [];
+  // Validation losses are few: each one redraws the chart as it comes.
+  const measured = measurementLog(opts, () => draw());
+  const title = `${net.name}: training loss`;
   const messages: string[] = [];
   const everyMs = opts.chartEveryMs ?? 1000;
   const chartId = `hn-loss-${net.name}-${Date.now().toString(36)}`;
@@ -193,7 +228,7 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
   let totalSteps = opts.maxSteps;
 
   const draw = (): void => {
-    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title: `${net.name}: training loss` });
+    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title, validation: measured.points() });
     // Standalone chart files load plotly.js from node_modules instead of embedding 10 MB per write.
     chart.update({ html: (displayMode() === "notebook" ? "" : plotlyFileScriptTag() + "\n") + figureHtml(fig, chartId) });
     lastDraw = Date.now();
@@ -227,6 +262,7 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
       }
       opts.onStep?.(e);
     },
+    ...measured.handlers,
     onCheckpoint: (e) => {
       checkpoints.push(e.step);
       opts.onCheckpoint?.(e);
@@ -251,9 +287,8 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
   });
   const done = run.done.then(async (result) => {
     // The last chart carries a PNG of itself, for viewers without plotly.js (and saved notebooks).
-    const title = `${net.name}: training loss`;
-    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title });
-    const final = await finalLossChart(fig, chartId, points, title);
+    const fig = lossFigure(points, { smoothing: opts.smoothing, checkpoints, previews, totalSteps, title, validation: measured.points() });
+    const final = await finalLossChart(fig, chartId, points, title, measured.points());
     chart.update(displayMode() === "notebook" ? final : { html: plotlyFileScriptTag() + "\n" + final.html });
     progress.finish();
     const last = points[points.length - 1];
@@ -272,6 +307,8 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
       ...result,
       points,
       checkpoints,
+      validation: measured.validation,
+      norms: measured.norms,
       displayUpdates: { chart: chart.updates, progress: progress.updates, preview: previewDisplay.updates },
     };
   });
