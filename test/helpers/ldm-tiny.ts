@@ -30,7 +30,9 @@ export function loadLdmTiny(): LdmTiny {
   loadUNetWeights(unet, fixture("ldm-tiny.unet.safetensors"));
   const io = readSafetensors(fixture("ldm-tiny.io.safetensors")).tensors;
   const xs = io.get("x")!;
-  const x = tf.tidy(() => tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose<tf.Tensor4D>([0, 2, 3, 1]));
+  const x = tf.tidy(() =>
+    tf.tensor4d(xs.data as Float32Array, xs.shape as [number, number, number, number]).transpose<tf.Tensor4D>([0, 2, 3, 1]),
+  );
   const t = [...io.get("t")!.data];
   const c = io.get("context")!;
   const ctx = tf.tensor3d(c.data as Float32Array, c.shape as [number, number, number]);
