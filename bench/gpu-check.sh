@@ -227,7 +227,7 @@ if [ "$MODE" = gpu ]; then
   if [ -n "$PY" ]; then run torch-tiny32b4 45 "$PY" bench/torch_bench.py --device "$TORCH_DEVICE" --threads 16 --steps 3 --no-micro; fi
 else
   # lavapipe runs shaders on the CPU (~3 GFLOP/s on 2 cores): the steps only, no micro-benchmarks.
-  run tfjs-tiny16 120 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro
+  run tfjs-tiny16 180 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro
   run tfjs-kernels 90 "$NODE" "$APP/bench/webgpu-kernel-check.js"
   run tfjs-tiny16-stock 100 "${BENCH[@]}" --backend webgpu "${TINY16[@]}" --steps 2 --no-micro --no-webgpu-patches
   run tfjs-null 60 "${BENCH[@]}" --backend webgpu-null "${TINY16[@]}" --steps 5 --no-micro
