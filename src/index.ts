@@ -43,6 +43,14 @@ export type { LrRangeOptions, LrRangeResult } from "./train/lr-range";
 export type { GalleryOptions, GalleryResult } from "./train/gallery";
 export type { ValidationOptions } from "./train/validation";
 export type { ValidationEvent, NormsEvent } from "./train/events";
+export {
+  styleCheck,
+  writePastelSet,
+  STYLE_RISE_MARGIN,
+  type StyleCheckOptions,
+  type StyleCheckResult,
+  type PastelSetResult,
+} from "./kernel-helpers/style-check";
 // The types the verbs take and return (their classes and functions are in `core`).
 export type { BaseModel } from "./pipeline/base-model";
 export type { LoadBaseModelOptions } from "./pipeline/load";

@@ -109,16 +109,18 @@ export async function renderGrid(items: string | GridItem[], opts: GridOptions =
   return encodePngFrom(sharp({ create: { width: W, height: H, channels: 3, background: "#101010" } }).composite(layers));
 }
 
-/** The preprocessing summary as an HTML fragment: counts, then the made and the skipped files. */
-export function summaryTable(s: PreprocessSummary): string {
+/** The preprocessing summary as an HTML fragment: counts, then the made (the first `maxRows`) and the skipped files. */
+export function summaryTable(s: PreprocessSummary, maxRows = Infinity): string {
   const e = escapeXml;
-  const made = s.made
-    .map((m) => {
-      const how = m.flip ? `${m.kind}, ${m.flip} flip` : m.kind;
-      const box = m.box ? `${m.box.left},${m.box.top} ${m.box.width}×${m.box.height}` : "";
-      return `<tr><td>${e(m.file)}</td><td>${e(m.source)}</td><td>${e(how)}</td><td>${m.width}×${m.height}</td><td>${e(box)}</td><td>${e(m.caption)}</td></tr>`;
-    })
-    .join("");
+  const made =
+    s.made
+      .slice(0, maxRows)
+      .map((m) => {
+        const how = m.flip ? `${m.kind}, ${m.flip} flip` : m.kind;
+        const box = m.box ? `${m.box.left},${m.box.top} ${m.box.width}×${m.box.height}` : "";
+        return `<tr><td>${e(m.file)}</td><td>${e(m.source)}</td><td>${e(how)}</td><td>${m.width}×${m.height}</td><td>${e(box)}</td><td>${e(m.caption)}</td></tr>`;
+      })
+      .join("") + (s.made.length > maxRows ? `<tr><td colspan="6">… and ${s.made.length - maxRows} more</td></tr>` : "");
   const skipped = s.skipped.map((k) => `<tr><td>${e(k.source)}</td><td>${e(k.reason)}</td><td>${e(k.detail)}</td></tr>`).join("");
   return (
     `<div class="hn-preprocess"><p>${s.made.length} image(s) made from ${e(s.source)} into ${e(s.destination)} at ${s.width}×${s.height}; ` +

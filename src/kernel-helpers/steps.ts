@@ -86,7 +86,8 @@ export async function preprocess(
     const png = await renderGrid(dst, { cell: opts.gridCell ?? 96, columns: 6, max: opts.gridMax ?? 24 });
     show("training-set", { png });
   }
-  show("preprocess-summary", { html: summaryTable(summary) });
+  // A large set lists as many files as the contact sheet shows, then how many more.
+  show("preprocess-summary", { html: summaryTable(summary, Math.max(opts.gridMax ?? 24, 24)) });
   return summary;
 }
 
