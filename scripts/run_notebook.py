@@ -33,7 +33,9 @@ def run_all(client: NotebookClient, nb, runs: int) -> None:
 
 def main(src: str, dst: str, runs: int = 1) -> int:
     nb = nbformat.read(src, as_version=4)
-    client = NotebookClient(nb, kernel_name="tslab", timeout=900, allow_errors=False)
+    # A cell may run long on a busy machine (notebook 01's 150 training steps took 13 minutes on two
+    # shared cores); an hour still catches a hang.
+    client = NotebookClient(nb, kernel_name="tslab", timeout=3600, allow_errors=False)
     try:
         run_all(client, nb, runs)
     except CellExecutionError:

@@ -4,7 +4,7 @@
  *
  * 1. `environment/setup-jupyter.sh --chromium` (fast when everything is installed).
  * 2. Each `notebooks/*.ipynb` runs through nbclient (`scripts/run_notebook.py`, Debian's Jupyter)
- *    into `out/notebooks/`; any cell error fails (a TypeScript error in a cell is an error too).
+ *    into `out/notebooks/`, its kernel in a copy of the working tree (`out/notebooks/tree/`); any cell error fails (a TypeScript error in a cell is an error too).
  *    A notebook with a `live` cell is run twice in one kernel ("Run All" pressed twice) and the
  *    second run's outputs are checked: plotly.js was embedded by the first run's outputs, which
  *    the second run replaced, so each chart must stand on its own.
@@ -13,14 +13,21 @@
  *    Every chart output must show something without plotly.js (an `image/png` of itself that
  *    decodes, and the same picture inside its HTML) unless the saved notebook holds the bundle;
  *    no output may hold a raw typed-array or Buffer dump (`Float32Array(`, `<Buffer `, `Uint8Array(`).
+ *    Notebooks 01 and 03 must hold a cell tagged `style-check` (`hn.styleCheck`): its printed table
+ *    (the demo's style and content scores at ×0 / ×0.5 / ×1) is read back and must show the style
+ *    learned — the style score rising with the multiplier, ×1 at least 0.1 above ×0, and colour and
+ *    shape accuracy at every multiplier within 15 points of ×0 (the demo's checks).
  * 4. Notebooks with a cell tagged `screenshot` are converted to HTML and rendered in headless
  *    Chromium: every chart must have drawn (Plotly SVG traces, or its fallback picture where the
  *    notebook holds no plotly.js) and every `<img>` must have decoded.
  *    With `--screenshot`, that cell is also saved as `docs/notebook-training.png`.
  *
- * Usage: npm run test:notebooks [-- NAME-FILTER...] [-- --screenshot]
+ * Notebooks execute in parallel (`--jobs N`, default 4), each in its own kernel; the checks and
+ * their report follow in the notebooks' order.
+ *
+ * Usage: npm run test:notebooks [-- NAME-FILTER...] [-- --screenshot] [-- --once] [-- --jobs N]
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
@@ -28,7 +35,12 @@ const root = path.resolve(__dirname, "..");
 const outDir = path.join(root, "out", "notebooks");
 const args = process.argv.slice(2);
 const wantScreenshot = args.includes("--screenshot");
-const filters = args.filter((a) => !a.startsWith("--"));
+/** `--once`: run every notebook once (a quick look while writing one; the second-run checks are skipped). */
+const once = args.includes("--once");
+/** `--jobs N`: notebooks executed at the same time (default 4; each has its own kernel and out/ folder). */
+const jobsArg = args.indexOf("--jobs");
+const jobs = jobsArg >= 0 ? Math.max(1, Number(args[jobsArg + 1]) || 1) : 4;
+const filters = args.filter((a, i) => !a.startsWith("--") && args[i - 1] !== "--jobs");
 const MAX_LIVE_OUTPUTS = 6;
 
 const env = {
@@ -75,6 +87,29 @@ const setup = spawnSync(path.join(root, "environment", "setup-jupyter.sh"), ["--
 if (setup.status !== 0) process.exit(setup.status ?? 1);
 fs.mkdirSync(outDir, { recursive: true });
 
+/**
+ * The kernels run in a copy of the working tree (`out/notebooks/tree/`, node_modules linked): tslab
+ * watches every source file it compiled, and an edit to src/ while a notebook runs (a second
+ * checkout's work, an editor's atomic save) made it re-check mid-run or crash ("Unexpected pending
+ * rebuildTimer"). The copy also makes one run see one version of src/. Its own kernel spec starts
+ * the kernel there; paths in the notebooks (out/nb01, …) are then inside the copy.
+ */
+function copyTree(): string {
+  const tree = path.join(outDir, "tree");
+  fs.rmSync(tree, { recursive: true, force: true });
+  for (const p of ["src", "models", "templates", "environment", "package.json", "tsconfig.json"])
+    fs.cpSync(path.join(root, p), path.join(tree, p), { recursive: true });
+  fs.symlinkSync(path.join(root, "node_modules"), path.join(tree, "node_modules"), "dir");
+  const spec = path.join(tree, ".jupyter", "share", "jupyter", "kernels", "tslab");
+  fs.mkdirSync(spec, { recursive: true });
+  const argv = [path.join(tree, "environment", "tslab-kernel.sh"), "kernel", "--config-path", "{connection_file}"];
+  fs.writeFileSync(path.join(spec, "kernel.json"), JSON.stringify({ argv, display_name: "TypeScript", language: "typescript" }));
+  env.JUPYTER_PATH = [path.join(tree, ".jupyter", "share", "jupyter"), env.JUPYTER_PATH].filter(Boolean).join(":");
+  return tree;
+}
+const tree = copyTree();
+console.log(`notebooks run in a copy of the working tree: ${path.relative(root, tree)}`);
+
 // 2–3. Execute.
 const notebooks = fs
   .readdirSync(path.join(root, "notebooks"))
@@ -100,7 +135,9 @@ function checkOutputs(nb: string, code: Cell[]): void {
   let charts = 0;
   for (const [i, c] of code.entries()) {
     for (const o of c.outputs ?? []) {
-      const shown = [joined(o.text), joined(o.data?.["text/plain"]), joined(o.data?.["text/html"])].join("\n");
+      // The plotly.js bundle output is library source (it says `new Uint8Array(256)`), not a value dump.
+      const html0 = joined(o.data?.["text/html"]);
+      const shown = [joined(o.text), joined(o.data?.["text/plain"]), html0.includes(PLOTLY_LOADER) ? "" : html0].join("\n");
       const dump = RAW_DUMP.exec(shown);
       if (dump) fail(`${nb}: code cell ${i + 1} shows a raw dump: …${shown.slice(Math.max(0, dump.index - 80), dump.index + 80)}…`);
       const html = joined(o.data?.["text/html"]);
@@ -122,58 +159,153 @@ function checkOutputs(nb: string, code: Cell[]): void {
   console.log(`  ${nb}: ${charts} chart output(s), plotly.js bundle ${hasBundle ? "present" : "absent"}`);
 }
 
-const forHtml: string[] = [];
-for (const nb of notebooks) {
-  const t0 = Date.now();
-  const source = JSON.parse(fs.readFileSync(path.join(root, "notebooks", nb), "utf8")) as { cells: Cell[] };
-  const runs = source.cells.some((c) => (c.metadata.tags ?? []).includes("live")) ? 2 : 1;
-  const r = run(
-    "/usr/bin/python3",
-    [path.join(root, "scripts", "run_notebook.py"), path.join(root, "notebooks", nb), path.join(outDir, nb), "--runs", String(runs)],
-    { timeoutMs: runs * 20 * 60_000 },
-  );
-  const secs = ((Date.now() - t0) / 1000).toFixed(1);
-  if (r.status !== 0) {
-    fail(`${nb}: execution failed after ${secs} s\n${r.stderr.split("\n").slice(-40).join("\n")}`);
-    continue;
-  }
-  const cells = (JSON.parse(fs.readFileSync(path.join(outDir, nb), "utf8")) as { cells: Cell[] }).cells;
-  const code = cells.filter((c) => c.cell_type === "code");
-  let outputs = 0;
-  for (const [i, c] of code.entries()) {
-    const outs = c.outputs ?? [];
-    outputs += outs.length;
-    for (const o of outs) {
-      if (o.output_type === "error") fail(`${nb}: code cell ${i + 1} raised ${o.ename}: ${o.evalue}`);
-      if (o.output_type === "stream" && o.name === "stderr" && /\d+:\d+ - |Error:/.test(joined(o.text)))
-        fail(`${nb}: code cell ${i + 1} wrote an error to stderr: ${joined(o.text).slice(0, 400)}`);
-    }
-    const tags = c.metadata.tags ?? [];
-    if (tags.includes("live")) {
-      const text = outs
-        .map(
-          (o) =>
-            joined(o.text) +
-            Object.values(o.data ?? {})
-              .map(joined)
-              .join(""),
-        )
-        .join("\n");
-      const steps = /step (\d+)\/(\d+)/.exec(text);
-      console.log(`  ${nb}: live cell ${i + 1} has ${outs.length} outputs${steps ? ` after ${steps[1]}/${steps[2]} steps` : ""}`);
-      if (outs.length > MAX_LIVE_OUTPUTS)
-        fail(`${nb}: live cell ${i + 1} has ${outs.length} outputs (> ${MAX_LIVE_OUTPUTS}): displays are being appended, not updated`);
-      if (!steps) fail(`${nb}: live cell ${i + 1} shows no "step N/M" progress line`);
-      if (!text.includes("hn-plot")) fail(`${nb}: live cell ${i + 1} has no loss chart`);
-    }
-    if (tags.includes("screenshot")) forHtml.push(nb);
-  }
-  checkOutputs(nb, code);
-  console.log(`ok ${nb}: ${code.length} code cells, ${outputs} outputs, ${runs} run(s), ${secs} s`);
+/** Notebooks that must show a style being learned (a `style-check` cell that passes). */
+const MUST_LEARN = /^0[13]-/;
+/** ×1 must score at least this much more style than ×0 (the demo's network rises about 0.2; the flat control 0.003). */
+const STYLE_RISE = 0.1;
+/** Content may drop at most this much below ×0 at any multiplier (the demo's check). */
+const CONTENT_DROP = 0.15;
+
+interface StyleRow {
+  multiplier: number;
+  style: number;
+  colour: number;
+  shape: number;
 }
 
-// 4. Render in headless Chromium.
-const CHECK_SCRIPT = `<script>
+/** The rows of `hn.styleCheck`'s table (`      ×0.5 │ 0.324 │   100% │  88%`). */
+function parseStyleTable(text: string): StyleRow[] {
+  const rows: StyleRow[] = [];
+  for (const m of text.matchAll(/^\s*×([\d.]+) │ ([\d.]+) │\s*(\d+)% │\s*(\d+)%\s*$/gm))
+    rows.push({ multiplier: Number(m[1]), style: Number(m[2]), colour: Number(m[3]) / 100, shape: Number(m[4]) / 100 });
+  return rows;
+}
+
+/** Check, from the printed scores alone, that the notebook's network learned the style and kept the content. */
+function checkStyleLearned(nb: string, code: Cell[]): void {
+  const cells = code.filter((c) => (c.metadata.tags ?? []).includes("style-check"));
+  if (cells.length === 0) {
+    if (MUST_LEARN.test(nb)) fail(`${nb}: no cell tagged style-check (hn.styleCheck) shows that the style was learned`);
+    return;
+  }
+  for (const c of cells) {
+    const text = (c.outputs ?? []).map((o) => joined(o.text) + joined(o.data?.["text/plain"])).join("\n");
+    const rows = parseStyleTable(text).sort((a, b) => a.multiplier - b.multiplier);
+    if (rows.length < 3 || rows[0]!.multiplier !== 0 || rows.at(-1)!.multiplier !== 1) {
+      fail(`${nb}: the style-check cell printed no ×0 … ×1 score table (got ${rows.length} rows)`);
+      continue;
+    }
+    const shown = rows.map((r) => `×${r.multiplier} style ${r.style.toFixed(3)} colour ${r.colour} shape ${r.shape}`).join("; ");
+    console.log(`  ${nb}: style check ${shown}`);
+    const x0 = rows[0]!;
+    const x1 = rows.at(-1)!;
+    if (!(x1.style - x0.style >= STYLE_RISE))
+      fail(`${nb}: the style score rises only ${(x1.style - x0.style).toFixed(3)} from ×0 to ×1 (needs ${STYLE_RISE}): ${shown}`);
+    if (!rows.every((r, i) => i === 0 || r.style > rows[i - 1]!.style))
+      fail(`${nb}: the style score does not rise with the multiplier: ${shown}`);
+    for (const r of rows)
+      if (r.colour < x0.colour - CONTENT_DROP - 1e-9 || r.shape < x0.shape - CONTENT_DROP - 1e-9)
+        fail(`${nb}: content lost at ×${r.multiplier} (more than 15 points below ×0): ${shown}`);
+  }
+}
+
+/** One notebook's execution: how many Run Alls, the exit status, run_notebook.py's stderr, seconds. */
+interface Executed {
+  nb: string;
+  runs: number;
+  status: number;
+  stderr: string;
+  secs: string;
+}
+
+/** Execute one notebook (`runs` Run Alls in one kernel) into out/notebooks/. */
+function execute(nb: string): Promise<Executed> {
+  const t0 = Date.now();
+  const source = JSON.parse(fs.readFileSync(path.join(root, "notebooks", nb), "utf8")) as { cells: Cell[] };
+  const runs = !once && source.cells.some((c) => (c.metadata.tags ?? []).includes("live")) ? 2 : 1;
+  const argv = [
+    path.join(root, "scripts", "run_notebook.py"),
+    path.join(root, "notebooks", nb),
+    path.join(outDir, nb),
+    "--runs",
+    String(runs),
+  ];
+  return new Promise((resolve) => {
+    const child = spawn("/usr/bin/python3", argv, { cwd: root, env, stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr = (stderr + d.toString("utf8")).slice(-200_000);
+    });
+    const timer = setTimeout(() => child.kill("SIGTERM"), runs * 45 * 60_000);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      const secs = ((Date.now() - t0) / 1000).toFixed(1);
+      console.log(`  executed ${nb} (${runs} run(s)) in ${secs} s${code === 0 ? "" : `, exit status ${code}`}`);
+      resolve({ nb, runs, status: code ?? 1, stderr, secs });
+    });
+  });
+}
+
+/** Execute the notebooks, `jobs` at a time; results in the notebooks' order. */
+async function executeAll(): Promise<Executed[]> {
+  const results: Executed[] = [];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < notebooks.length) {
+      const i = next++;
+      results[i] = await execute(notebooks[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(jobs, notebooks.length) }, worker));
+  return results;
+}
+
+async function main(): Promise<void> {
+  const forHtml: string[] = [];
+  for (const r of await executeAll()) {
+    const { nb, runs, secs } = r;
+    if (r.status !== 0) {
+      fail(`${nb}: execution failed after ${secs} s\n${r.stderr.split("\n").slice(-40).join("\n")}`);
+      continue;
+    }
+    const cells = (JSON.parse(fs.readFileSync(path.join(outDir, nb), "utf8")) as { cells: Cell[] }).cells;
+    const code = cells.filter((c) => c.cell_type === "code");
+    let outputs = 0;
+    for (const [i, c] of code.entries()) {
+      const outs = c.outputs ?? [];
+      outputs += outs.length;
+      for (const o of outs) {
+        if (o.output_type === "error") fail(`${nb}: code cell ${i + 1} raised ${o.ename}: ${o.evalue}`);
+        if (o.output_type === "stream" && o.name === "stderr" && /\d+:\d+ - |Error:/.test(joined(o.text)))
+          fail(`${nb}: code cell ${i + 1} wrote an error to stderr: ${joined(o.text).slice(0, 400)}`);
+      }
+      const tags = c.metadata.tags ?? [];
+      if (tags.includes("live")) {
+        const text = outs
+          .map(
+            (o) =>
+              joined(o.text) +
+              Object.values(o.data ?? {})
+                .map(joined)
+                .join(""),
+          )
+          .join("\n");
+        const steps = /step (\d+)\/(\d+)/.exec(text);
+        console.log(`  ${nb}: live cell ${i + 1} has ${outs.length} outputs${steps ? ` after ${steps[1]}/${steps[2]} steps` : ""}`);
+        if (outs.length > MAX_LIVE_OUTPUTS)
+          fail(`${nb}: live cell ${i + 1} has ${outs.length} outputs (> ${MAX_LIVE_OUTPUTS}): displays are being appended, not updated`);
+        if (!steps) fail(`${nb}: live cell ${i + 1} shows no "step N/M" progress line`);
+        if (!text.includes("hn-plot")) fail(`${nb}: live cell ${i + 1} has no loss chart`);
+      }
+      if (tags.includes("screenshot")) forHtml.push(nb);
+    }
+    checkOutputs(nb, code);
+    checkStyleLearned(nb, code);
+    console.log(`ok ${nb}: ${code.length} code cells, ${outputs} outputs, ${runs} run(s), ${secs} s`);
+  }
+
+  // 4. Render in headless Chromium.
+  const CHECK_SCRIPT = `<script>
 window.addEventListener("load", function () { setTimeout(function () {
   var plots = document.querySelectorAll(".hn-plot");
   var traces = document.querySelectorAll(".hn-plot .scatterlayer .trace path.js-line, .hn-plot .scatterlayer .trace path.point");
@@ -186,70 +318,77 @@ window.addEventListener("load", function () { setTimeout(function () {
   document.body.appendChild(pre);
 }, 1500); });
 </script>`;
-const chromiumFlags = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-dev-shm-usage",
-  "--hide-scrollbars",
-  "--virtual-time-budget=60000",
-];
-for (const nb of forHtml) {
-  const executed = path.join(outDir, nb);
-  const html = executed.replace(/\.ipynb$/, ".html");
-  const conv = run("/usr/bin/python3", ["-m", "nbconvert", "--to", "html", "--output-dir", outDir, executed]);
-  if (conv.status !== 0) {
-    fail(`${nb}: nbconvert --to html failed: ${conv.stderr.slice(-800)}`);
-    continue;
-  }
-  const page = fs.readFileSync(html, "utf8").replace("</body>", `${CHECK_SCRIPT}</body>`);
-  const checked = html.replace(/\.html$/, ".check.html");
-  fs.writeFileSync(checked, page);
-  const dom = run("chromium", [...chromiumFlags, "--dump-dom", `file://${checked}`], { timeoutMs: 180_000 });
-  const m = /<pre id="hn-check">([^<]*)<\/pre>/.exec(dom.stdout);
-  if (!m) {
-    fail(`${nb}: Chromium produced no check result (status ${dom.status}): ${dom.stderr.slice(-600)}`);
-    continue;
-  }
-  const res = JSON.parse(m[1]!.replace(/&quot;/g, '"')) as {
-    plots: number;
-    blank: number;
-    traces: number;
-    drawn: number;
-    images: number;
-    decoded: number;
-    plotly: boolean;
-  };
-  console.log(
-    `  ${nb} in Chromium: plotly loaded ${res.plotly}, ${res.plots} charts (${res.blank} blank), ${res.drawn}/${res.traces} trace paths drawn, ${res.decoded}/${res.images} images decoded`,
-  );
-  if (res.plots === 0 || res.blank > 0) fail(`${nb}: a chart showed nothing in Chromium (${JSON.stringify(res)})`);
-  if (res.plotly && res.drawn === 0) fail(`${nb}: plotly.js loaded but the chart drew no traces in Chromium (${JSON.stringify(res)})`);
-  if (res.images === 0 || res.decoded !== res.images) fail(`${nb}: preview images did not all decode in Chromium (${JSON.stringify(res)})`);
-  if (wantScreenshot) {
-    // Only the cell tagged "screenshot" (nbconvert puts each tag on the cell as a celltag_ class).
-    const shotPage = page.replace(
-      "</head>",
-      `<style>.jp-Cell:not(.celltag_screenshot),.cell:not(.celltag_screenshot){display:none!important} .jp-Cell-inputWrapper,.input{display:none!important} body{margin:0}</style></head>`,
-    );
-    const shotFile = html.replace(/\.html$/, ".shot.html");
-    fs.writeFileSync(shotFile, shotPage);
-    fs.mkdirSync(path.join(root, "docs"), { recursive: true });
-    const png = path.join(root, "docs", "notebook-training.png");
-    const shot = run("chromium", [...chromiumFlags, "--window-size=1000,900", `--screenshot=${png}`, `file://${shotFile}`], {
-      timeoutMs: 180_000,
-    });
+  const chromiumFlags = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--virtual-time-budget=60000",
+  ];
+  for (const nb of forHtml) {
+    const executed = path.join(outDir, nb);
+    const html = executed.replace(/\.ipynb$/, ".html");
+    const conv = run("/usr/bin/python3", ["-m", "nbconvert", "--to", "html", "--output-dir", outDir, executed]);
+    if (conv.status !== 0) {
+      fail(`${nb}: nbconvert --to html failed: ${conv.stderr.slice(-800)}`);
+      continue;
+    }
+    const page = fs.readFileSync(html, "utf8").replace("</body>", `${CHECK_SCRIPT}</body>`);
+    const checked = html.replace(/\.html$/, ".check.html");
+    fs.writeFileSync(checked, page);
+    const dom = run("chromium", [...chromiumFlags, "--dump-dom", `file://${checked}`], { timeoutMs: 180_000 });
+    const m = /<pre id="hn-check">([^<]*)<\/pre>/.exec(dom.stdout);
+    if (!m) {
+      fail(`${nb}: Chromium produced no check result (status ${dom.status}): ${dom.stderr.slice(-600)}`);
+      continue;
+    }
+    const res = JSON.parse(m[1]!.replace(/&quot;/g, '"')) as {
+      plots: number;
+      blank: number;
+      traces: number;
+      drawn: number;
+      images: number;
+      decoded: number;
+      plotly: boolean;
+    };
     console.log(
-      shot.status === 0 && fs.existsSync(png)
-        ? `  screenshot: ${path.relative(root, png)}`
-        : `  screenshot failed: ${shot.stderr.slice(-400)}`,
+      `  ${nb} in Chromium: plotly loaded ${res.plotly}, ${res.plots} charts (${res.blank} blank), ${res.drawn}/${res.traces} trace paths drawn, ${res.decoded}/${res.images} images decoded`,
     );
+    if (res.plots === 0 || res.blank > 0) fail(`${nb}: a chart showed nothing in Chromium (${JSON.stringify(res)})`);
+    if (res.plotly && res.drawn === 0) fail(`${nb}: plotly.js loaded but the chart drew no traces in Chromium (${JSON.stringify(res)})`);
+    if (res.images === 0 || res.decoded !== res.images)
+      fail(`${nb}: preview images did not all decode in Chromium (${JSON.stringify(res)})`);
+    if (wantScreenshot) {
+      // Only the cell tagged "screenshot" (nbconvert puts each tag on the cell as a celltag_ class).
+      const shotPage = page.replace(
+        "</head>",
+        `<style>.jp-Cell:not(.celltag_screenshot),.cell:not(.celltag_screenshot){display:none!important} .jp-Cell-inputWrapper,.input{display:none!important} body{margin:0}</style></head>`,
+      );
+      const shotFile = html.replace(/\.html$/, ".shot.html");
+      fs.writeFileSync(shotFile, shotPage);
+      fs.mkdirSync(path.join(root, "docs"), { recursive: true });
+      const png = path.join(root, "docs", "notebook-training.png");
+      const shot = run("chromium", [...chromiumFlags, "--window-size=1000,900", `--screenshot=${png}`, `file://${shotFile}`], {
+        timeoutMs: 180_000,
+      });
+      console.log(
+        shot.status === 0 && fs.existsSync(png)
+          ? `  screenshot: ${path.relative(root, png)}`
+          : `  screenshot failed: ${shot.stderr.slice(-400)}`,
+      );
+    }
   }
+
+  if (failures.length) {
+    console.log(`\ntest-notebooks: ${failures.length} failure(s)`);
+    process.exit(1);
+  }
+  console.log(`\ntest-notebooks: ${notebooks.length} notebook(s) passed`);
 }
 
-if (failures.length) {
-  console.log(`\ntest-notebooks: ${failures.length} failure(s)`);
+main().catch((e: unknown) => {
+  console.error(e);
   process.exit(1);
-}
-console.log(`\ntest-notebooks: ${notebooks.length} notebook(s) passed`);
+});
