@@ -230,7 +230,11 @@ describe("hostile sizes give clean errors without hanging", { timeout: 60_000 },
       CorruptFileError,
       /past the end of storage/,
     );
-    expectCleanError(() => openTorchFile(zipFile("neg.pt", tensorPickle(4n, [2], [-1], 1), [["0", floats(4)]])), CorruptFileError, /stride/);
+    expectCleanError(
+      () => openTorchFile(zipFile("neg.pt", tensorPickle(4n, [2], [-1], 1), [["0", floats(4)]])),
+      CorruptFileError,
+      /stride/,
+    );
   });
   it("a storage record that is missing", () => {
     expectCleanError(() => openTorchFile(zipFile("missing.pt", tensorPickle(4n, [4], [1]))), CorruptFileError, /missing/);
