@@ -84,6 +84,8 @@ export { writeStripedSet, stripedSet, writeSampleFolder } from "./tiny/shapes-da
 // Training.
 export { train, resumeTraining, type TrainOptions, type TrainResult, type TrainingRun, type StopReason } from "./train/trainer";
 export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
+export { LearningRatePlan, cycleOf, type CosineRestarts, type CyclePosition, type SchedulerConfig } from "./train/lr-scheduler";
+export { diffusionLoss, minSnrWeights, offsetNoise, type Prediction } from "./train/loss";
 export { AdamW } from "./train/adamw";
 export type { OptimizerState } from "./train/optimizer-state";
 // Training tools: validation loss on a fixed batch, module norms, loss by timestep, the LR range test, the checkpoint gallery.

@@ -11,6 +11,10 @@
  *         L_ik = mean (UNet(√ᾱ_t·x₀ᵢ + √(1−ᾱ_t)·ε_ik, t_ik, cᵢ) − target)²    (the plain loss, alpha weights if on)
  *     validation loss = mean over i, k of L_ik
  *
+ * The loss is the plain one: min-SNR-γ weighting and the noise offset, when training uses them, are
+ * left out, so validation curves of runs with different loss options stay comparable (and the
+ * offset, random per image, would make the batch no longer fixed).
+ *
  * The batch is built once before the first step, and measured with the network in inference mode
  * (no dropout). It draws from its own generator and never from the training's, so a run with
  * validation on trains exactly as the same run with it off.
