@@ -5,6 +5,7 @@
  * `CFGDenoiser.forward` (its `step` counts model calls from 0; `reconstruct_cond_batch` takes the
  * first schedule entry with step ≤ end_at_step) and `combine_denoised` (u + cfg·Σ w_i·(c_i − u)).
  */
+import * as fs from "node:fs";
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { Rng } from "../src/diffusion/random";
@@ -14,7 +15,8 @@ import { PromptConditioning, a1111ScheduleSteps, combineMulticond } from "../src
 import { sampleImages } from "../src/pipeline/sample";
 import { txt2img } from "../src/pipeline/txt2img";
 import { loadTinyModel } from "../src/tiny/model";
-import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
+import { promptSchedules } from "../src/text/prompt-schedule";
+import { expectClose, expectNoLeak, fixture, setupBackend } from "./helpers/tf";
 
 beforeAll(setupBackend);
 
@@ -183,6 +185,69 @@ describe("a plain prompt keeps the plain path", () => {
     expect(PromptConditioning.needed(["a cat"], "neg", 5)).toBe(false);
     expect(PromptConditioning.needed(["a cat"], "[neg|x]", 5)).toBe(true);
     expect(PromptConditioning.needed(["a AND b"], "", 5)).toBe(true);
+  });
+});
+
+describe("an edit that never switches within the run encodes the text A1111 resolves it to", () => {
+  interface Case {
+    prompt: string;
+    steps: number;
+    hires: number | null;
+    old: boolean;
+    result?: [number, string][];
+  }
+  // get_learned_conditioning_prompt_schedules answers (test/scripts/make_a1111_prompt_fixtures.py)
+  const FX = JSON.parse(fs.readFileSync(fixture("a1111-prompts.json"), "utf8")) as { schedules: Case[] };
+  const oneText = FX.schedules.filter(
+    (c) => c.hires === null && !c.old && c.result?.length === 1 && c.result[0]![1] !== c.prompt && !/\bAND\b/.test(c.prompt),
+  );
+
+  it(`needed() is true for the ${oneText.length} A1111 cases whose one schedule entry is not the prompt ([a:b:10] over 10 steps → "a")`, () => {
+    expect(oneText.map((c) => c.prompt)).toEqual(expect.arrayContaining(["[a:b:10]", "[a:b:0]", "[a:b:100]", "[a:b:3.]"]));
+    for (const c of oneText) {
+      expect(promptSchedules([c.prompt], c.steps)[0], c.prompt).toEqual(c.result);
+      expect(PromptConditioning.needed([c.prompt], "", c.steps), c.prompt).toBe(true);
+      expect(PromptConditioning.needed(["a"], c.prompt, c.steps), `negative ${c.prompt}`).toBe(true);
+    }
+    // a written-out weight of 1 is a sub-prompt too: A1111 encodes "a", not "a:1"
+    expect(PromptConditioning.needed(["a:1"], "", 5)).toBe(true);
+    // [a:b:1.5] over 3 steps: "1.5" has a point, so a fraction of the steps: 4.5 → min(3, 4) = 3, never switches
+    expect(promptSchedules(["[a:b:1.5]"], 3)[0]).toEqual([[3, "a"]]);
+    expect(PromptConditioning.needed(["[a:b:1.5]"], "", 3)).toBe(true);
+  });
+
+  it("sampling encodes only the resolved texts, never the bracket text, and gives the plain prompt's image", async () => {
+    for (const [prompt, steps, negative, resolved] of [
+      ["[a:b:1.5]", 3, "", "a"],
+      ["[a:b:20]", 10, "", "a"],
+      ["red", 4, "[neg:b:9]", "neg"],
+      ["a:1", 4, "", "a"],
+    ] as const) {
+      const seen: string[] = [];
+      const recording = (texts: string[]): tf.Tensor3D => {
+        seen.push(...texts);
+        return encode(texts);
+      };
+      const { base, calls } = toyBase();
+      await expectNoLeak(() =>
+        sampleImages(base, {
+          prompts: [prompt],
+          sampler: "Euler",
+          steps,
+          seed: 7,
+          cfgScale: 7,
+          negativePrompt: negative,
+          promptSyntax: { encode: recording },
+        }),
+      );
+      expect(seen, prompt).not.toContain(negative === "" ? prompt : negative);
+      expect(seen, prompt).toContain(resolved);
+      // every model call conditions on the resolved texts: the plain run of the resolved prompts
+      const plain = toyBase();
+      const [p, n] = negative === "" ? [resolved, ""] : [prompt, resolved];
+      await sampleImages(plain.base, { prompts: [p], sampler: "Euler", steps, seed: 7, cfgScale: 7, negativePrompt: n });
+      expect(calls, prompt).toEqual(plain.calls);
+    }
   });
 });
 

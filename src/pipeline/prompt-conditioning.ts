@@ -118,13 +118,20 @@ export class PromptConditioning {
 
   /**
    * Whether these prompts need per-call conditioning: some prompt has `AND`, a weight other than 1,
-   * prompt editing or alternation, or the negative prompt has editing or alternation. When not,
-   * the plain path (one encoder call, plain CFG) gives A1111's result.
+   * prompt editing or alternation, or the negative prompt has editing or alternation. That
+   * includes an edit that never switches within the run (`[a:b:20]` over 10 steps): its schedule
+   * has one entry, but its text ("a") is not the prompt's text, and A1111 encodes the resolved
+   * text; so does a sub-prompt weight of 1 written out (`a cat:1` encodes "a cat"). When not
+   * needed, the plain path (one encoder call of the prompts as written, plain CFG) gives A1111's
+   * result.
    */
   static needed(prompts: readonly string[], negativePrompt: string, steps: number, oldScheduling = false): boolean {
     const { indexes, texts } = multicondPromptList(prompts);
     if (indexes.some((subs) => subs.length !== 1 || subs[0]![1] !== 1)) return true;
-    return promptSchedules([...texts, negativePrompt], steps, { oldScheduling }).some((s) => s.length !== 1);
+    // "a cat:1" is the sub-prompt "a cat" at weight 1: A1111 encodes "a cat"
+    if (indexes.some((subs, p) => texts[subs[0]![0]] !== prompts[p])) return true;
+    const all = [...texts, negativePrompt];
+    return promptSchedules(all, steps, { oldScheduling }).some((s, i) => s.length !== 1 || s[0]![1] !== all[i]);
   }
 
   /** Parse, schedule and encode every distinct text once. */
