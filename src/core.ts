@@ -41,6 +41,16 @@ export {
   type SaveOptions,
 } from "./hypernet/file";
 export { readOptimizerFile, writeOptimizerFile } from "./hypernet/optim-file";
+export {
+  loadHypernetworkSequence,
+  parseHypernetworkSequence,
+  sequenceToStack,
+  sequenceNetworkNames,
+  HnsError,
+  type HnsNode,
+  type HypernetworkSequence,
+} from "./hypernet/hns";
+export { planResBlocks, type ResBlockPlan } from "./hypernet/resblock";
 export { parsePrompt, listHypernetworks, resolveHypernetwork, type HypernetTag, type ParsedPrompt } from "./hypernet/prompt";
 export {
   resolvePromptHypernetworks,

@@ -10,6 +10,7 @@ import type { HostTensor } from "../io/host-tensor";
 import { PyDict, PyFloat, PyTuple, type PyKey, type PyValue, isHostTensor, isTorchTensor, pyNumber, pySequence } from "../io/pyvalue";
 import { checkActivation } from "./activations";
 import { planLayers, type WeightInit, WEIGHT_INITS } from "./module";
+import { isResidual, resBlockShapes } from "./resblock";
 import { type HypernetworkInfo, effectiveDropoutStructure, structureOf } from "./network";
 
 /** Which on-disk layout a file had. */
@@ -41,6 +42,13 @@ export const META_KEYS = [
   "last_layer_dropout",
   "optional_info",
 ] as const;
+
+/**
+ * MonkeyPatch's two extra keys, which it writes after `optional_info` in every file. They are
+ * metadata of a residual-block (`skip_connection: True`) network; in other files they are kept as
+ * extra keys, as found.
+ */
+export const BETA_KEYS = ["skip_connection", "upsample_linear"] as const;
 
 /** The metadata keys as a set, to tell them from extra top-level keys. */
 export const META_SET: ReadonlySet<PyKey> = new Set<PyKey>(META_KEYS);
@@ -107,6 +115,7 @@ export function infoFromMeta(get: (key: string) => PyValue | undefined, file: st
   }
   const init = str(get("weight_initialization"), file, "weight_initialization") ?? "Normal";
   const step = stepOf(get("step"), file);
+  const skipConnection = bool(get("skip_connection"), false, file, "skip_connection");
   return {
     name: str(get("name"), file, "name") ?? path.basename(file).replace(/\.[^.]+$/, ""),
     step,
@@ -122,7 +131,15 @@ export function infoFromMeta(get: (key: string) => PyValue | undefined, file: st
     sdCheckpoint: str(get("sd_checkpoint"), file, "sd_checkpoint"),
     sdCheckpointName: str(get("sd_checkpoint_name"), file, "sd_checkpoint_name"),
     optionalInfo: str(get("optional_info"), file, "optional_info"),
+    ...(skipConnection ? { skipConnection, upsampleLinear: upsampleOf(get("upsample_linear"), file) } : {}),
   };
+}
+
+/** `upsample_linear`: a string ("Linear" adds the layer; MonkeyPatch ignores any other), or None/False for none. */
+function upsampleOf(v: PyValue | undefined, file: string): string | null {
+  if (v === undefined || v === null || v === false) return null;
+  if (typeof v === "string") return v;
+  throw fail(file, `metadata "upsample_linear" should be "Linear" or None, found ${describe(v)}`);
 }
 
 /** Check every state dict against the layout the metadata implies, naming the first problem. */
@@ -130,12 +147,13 @@ export function checkShapes(hf: HypernetworkFile, file: string): void {
   const s = structureOf(hf.info);
   for (const [dim, pair] of hf.weights) {
     let plan: ReturnType<typeof planLayers>;
+    let expected: Map<string, number[]>;
     try {
-      plan = planLayers(dim, s);
+      plan = isResidual(s) ? [] : planLayers(dim, s);
+      expected = isResidual(s) ? resBlockShapes(dim, s) : new Map<string, number[]>();
     } catch (err) {
       throw fail(file, `dim ${dim}: ${(err as Error).message}`);
     }
-    const expected = new Map<string, number[]>();
     for (const p of plan) {
       if (p.kind === "linear") {
         expected.set(`linear.${p.index}.weight`, [p.outFeatures, p.inFeatures]);
@@ -154,7 +172,7 @@ export function checkShapes(hf: HypernetworkFile, file: string): void {
         if (!t) {
           throw fail(
             file,
-            `${which} is missing "${k}" (the metadata — layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm}, activate_output ${s.activateOutput} — implies keys ${[...expected.keys()].join(", ")}; the file has ${[...sd.keys()].join(", ")})`,
+            `${which} is missing "${k}" (the metadata — layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm}, ${isResidual(s) ? `skip_connection, upsample_linear ${JSON.stringify(s.upsampleLinear ?? null)}` : `activate_output ${s.activateOutput}`} — implies keys ${[...expected.keys()].join(", ")}; the file has ${[...sd.keys()].join(", ")})`,
           );
         }
         if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
@@ -165,7 +183,7 @@ export function checkShapes(hf: HypernetworkFile, file: string): void {
         if (!expected.has(k))
           throw fail(
             file,
-            `${which} has an unexpected key "${k}" for its metadata (layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm})`,
+            `${which} has an unexpected key "${k}" for its metadata (layer_structure [${s.layerStructure.join(", ")}], activation ${s.activation}, layer norm ${s.layerNorm}${isResidual(s) ? `, skip_connection, upsample_linear ${JSON.stringify(s.upsampleLinear ?? null)}` : ""})`,
           );
     });
   }

@@ -22,6 +22,7 @@ import { describeTorchFile, readTorchFile, writeTorchFile } from "../io/torch-fi
 import { loadStateDict } from "../nn/module";
 import { EXTRA_TENSOR_PREFIX, encodeExtras, extrasFromMetadata, isPyScalar, nonFiniteWarning, pyKeyText } from "./file-extras";
 import {
+  BETA_KEYS,
   type HypernetworkFile,
   type HypernetworkFormat,
   META_KEYS,
@@ -32,6 +33,7 @@ import {
   infoFromMeta,
 } from "./file-meta";
 import { planLayers } from "./module";
+import { isResidual, resBlockModulePaths } from "./resblock";
 import { type Hypernetwork, type HypernetworkInfo, emptyHypernetwork, structureOf } from "./network";
 
 export type { HypernetworkFile, HypernetworkFormat } from "./file-meta";
@@ -78,12 +80,6 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
       file,
       `not a hypernetwork: the file holds ${describe(root)}, expected a dict of {dim: (k, v)} (is this a model checkpoint or an embedding?)`,
     );
-  if (root.get("skip_connection") === true) {
-    throw fail(
-      file,
-      "this is a Hypernetwork-MonkeyPatch-Extension network with skip_connection=true (residual blocks); neither A1111 nor hypernet-lab can load that layout",
-    );
-  }
   const weights = new Map<number, [Map<string, HostTensor>, Map<string, HostTensor>]>();
   const extra = new Map<PyKey, PyValue>();
   let legacy = false;
@@ -135,6 +131,8 @@ export function hypernetworkFromPy(root: PyValue, file: string): HypernetworkFil
     throw fail(file, "no hypernetwork modules found (no integer dim keys); this does not look like a hypernetwork file");
   const hasMeta = META_KEYS.some((k) => root.has(k));
   const info = infoFromMeta((k) => root.get(k), file);
+  // A residual-block network's two MonkeyPatch keys are its metadata (written back from `info`).
+  if (info.skipConnection) for (const k of BETA_KEYS) extra.delete(k);
   const format: HypernetworkFormat = legacy ? "novelai-legacy" : !hasMeta && sawList ? "kohya-nai" : "a1111";
   const hf: HypernetworkFile = { info, format, weights, extra };
   checkShapes(hf, file);
@@ -178,7 +176,8 @@ function readSafetensorsHypernetwork(file: string): HypernetworkFile {
     }
     if (weights.size === 0) throw fail(file, "no hypernetwork tensors found");
     const info = infoFromMeta(get, file);
-    const hf: HypernetworkFile = { info, format: "safetensors", weights, extra: extrasFromMetadata(file, meta, extraTensors, META_SET) };
+    const known = info.skipConnection ? new Set<PyKey>([...META_SET, ...BETA_KEYS]) : META_SET;
+    const hf: HypernetworkFile = { info, format: "safetensors", weights, extra: extrasFromMetadata(file, meta, extraTensors, known) };
     checkShapes(hf, file);
     return hf;
   } finally {
@@ -201,16 +200,13 @@ export function hypernetworkToPy(hf: HypernetworkFile): PyDict {
   const root = new PyDict("dict");
   const s = structureOf(hf.info);
   for (const [dim, pair] of hf.weights) {
-    const plan = planLayers(dim, s);
+    const paths = isResidual(s) ? resBlockModulePaths(dim, s) : ["", "linear", ...planLayers(dim, s).map((p) => `linear.${p.index}`)];
     const dicts = pair.map((sd) => {
       const od = new PyDict("OrderedDict");
       for (const [k, t] of sd) od.set(k, t);
       // torch's state_dict carries per-submodule version metadata; A1111 files have it.
       const meta = new PyDict("OrderedDict");
-      const version = (): PyDict => new PyDict("dict", [["version", 1]]);
-      meta.set("", version());
-      meta.set("linear", version());
-      for (const p of plan) meta.set(`linear.${p.index}`, version());
+      for (const p of paths) meta.set(p, new PyDict("dict", [["version", 1]]));
       od.state = new PyDict("dict", [["_metadata", meta]]);
       return od;
     });
@@ -234,6 +230,11 @@ export function hypernetworkToPy(hf: HypernetworkFile): PyDict {
     optional_info: i.optionalInfo,
   };
   for (const k of META_KEYS) root.set(k, values[k]);
+  if (i.skipConnection) {
+    // MonkeyPatch writes these right after optional_info.
+    root.set("skip_connection", true);
+    root.set("upsample_linear", i.upsampleLinear ?? null);
+  }
   for (const [k, v] of hf.extra) if (!root.has(k)) root.set(k, v);
   return root;
 }
@@ -242,7 +243,7 @@ export function hypernetworkToPy(hf: HypernetworkFile): PyDict {
 function metadataStrings(info: HypernetworkInfo): Record<string, string> {
   const py = hypernetworkToPy({ info, format: "a1111", weights: new Map(), extra: new Map() });
   const out: Record<string, string> = { format: "hypernet-lab/a1111-hypernetwork" };
-  for (const k of META_KEYS) out[k] = JSON.stringify(pyToJson(py.get(k)!));
+  for (const k of [...META_KEYS, ...BETA_KEYS]) if (py.has(k)) out[k] = JSON.stringify(pyToJson(py.get(k)!));
   return out;
 }
 

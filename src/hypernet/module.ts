@@ -16,6 +16,7 @@ import * as tf from "@tensorflow/tfjs";
 import { Linear, LayerNorm } from "../nn/layers";
 import { Module, type Param, type Initializer, zerosInit } from "../nn/module";
 import { type ActivationName, applyActivation, insertsModule } from "./activations";
+import { isFrozenPath, isResidual, planResBlocks, ResBlock, type ResBlockInit } from "./resblock";
 
 /** The five weight initialisations A1111 offers (spec §1.9). */
 export const WEIGHT_INITS = ["Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] as const;
@@ -29,6 +30,10 @@ export interface ModuleStructure {
   /** Effective dropout probabilities, one per layer_structure entry (entry 0 unused). */
   dropoutStructure: readonly number[];
   activateOutput: boolean;
+  /** MonkeyPatch "beta" network: residual blocks instead of one MLP (resblock.ts). */
+  skipConnection?: boolean;
+  /** With `skipConnection`: "Linear" puts a frozen bias-free Linear on each block's skip path. */
+  upsampleLinear?: string | null;
 }
 
 /** One child of A1111's Sequential, with its index. */
@@ -41,9 +46,11 @@ export type LayerPlan =
 /**
  * The Sequential children A1111 builds for one module of width `dim` (spec §1.3): for each
  * Linear i, then the activation (not after the last Linear unless `activateOutput`), then a
- * LayerNorm if enabled, then Dropout if `dropoutStructure[i+1] > 0`.
+ * LayerNorm if enabled, then Dropout if `dropoutStructure[i+1] > 0`. (A residual-block structure
+ * has its own plan: `planResBlocks` in resblock.ts.)
  */
 export function planLayers(dim: number, s: ModuleStructure): LayerPlan[] {
+  if (isResidual(s)) throw new Error("planLayers: a skip_connection (residual-block) structure is planned by planResBlocks");
   const ls = s.layerStructure;
   const n = ls.length;
   if (n < 2) throw new Error(`layer_structure needs at least 2 entries, got [${ls.join(", ")}]`);
@@ -115,11 +122,7 @@ export interface InitOptions {
 }
 
 /** Initialiser factory for A1111's schemes (spec §1.9); `seed` makes creation reproducible. */
-export function weightInitializer(
-  scheme: WeightInit,
-  seed: number,
-  opts: InitOptions = {},
-): { linear: Initializer; layerNorm: Initializer } {
+export function weightInitializer(scheme: WeightInit, seed: number, opts: InitOptions = {}): ResBlockInit {
   const std = opts.normalStd ?? 0.01;
   if (!Number.isFinite(std) || std < 0) throw new Error(`normalStd must be a finite number ≥ 0, got ${std}`);
   let s = seed;
@@ -149,7 +152,12 @@ export function weightInitializer(
   };
   // A1111 sends LayerNorm through the "Normal" branch whatever the scheme: weight N(0, 0.01²).
   const layerNorm: Initializer = (tfShape) => tf.randomNormal(tfShape, 0, std, "float32", next());
-  return { linear, layerNorm };
+  // MonkeyPatch's upsample layers keep PyTorch's default Linear init: U(±1/√fan_in).
+  const upsample: Initializer = (tfShape, torchShape) => {
+    const b = 1 / Math.sqrt(torchShape[1]!);
+    return tf.randomUniform(tfShape, -b, b, "float32", next());
+  };
+  return { linear, layerNorm, upsample };
 }
 
 /**
@@ -181,8 +189,11 @@ export const ZERO_AT_ZERO: ReadonlySet<ActivationName> = new Set<ActivationName>
 
 /** One residual MLP (the k or the v module of one dim). */
 export class HypernetworkModule extends Module {
+  /** The Sequential's children (empty for a residual-block module, whose plan is `blocks`). */
   readonly plan: LayerPlan[];
   private readonly layers: Array<{ plan: LayerPlan; module?: Linear | LayerNorm | PReLU }> = [];
+  /** The residual blocks of a MonkeyPatch beta module (empty otherwise). */
+  private readonly blocks: ResBlock[] = [];
 
   /**
    * Build the module for context width `dim`. With `init` the weights are drawn by A1111's scheme
@@ -191,11 +202,22 @@ export class HypernetworkModule extends Module {
   constructor(
     readonly dim: number,
     readonly structure: ModuleStructure,
-    opts: { trainable?: boolean; init?: { linear: Initializer; layerNorm: Initializer } } = {},
+    opts: { trainable?: boolean; init?: { linear: Initializer; layerNorm: Initializer; upsample?: Initializer } } = {},
   ) {
     super({ trainable: opts.trainable ?? true });
-    this.plan = planLayers(dim, structure);
     const entries: Array<[number, Module]> = [];
+    if (isResidual(structure)) {
+      this.plan = [];
+      const init = opts.init && { ...opts.init, upsample: opts.init.upsample ?? zerosInit };
+      for (const b of planResBlocks(dim, structure)) {
+        const block = new ResBlock(b, { trainable: this.trainable, init, prelu: (t) => new PReLU(t) });
+        this.blocks.push(block);
+        entries.push([b.index, block]);
+      }
+      this.child("linear", new Sequential(entries, this.trainable));
+      return;
+    }
+    this.plan = planLayers(dim, structure);
     for (const p of this.plan) {
       let m: Linear | LayerNorm | PReLU | undefined;
       if (p.kind === "linear") {
@@ -223,6 +245,10 @@ export class HypernetworkModule extends Module {
    * LayerNorm after it), since the module would then not start as the identity.
    */
   zeroLastLayer(): void {
+    if (this.blocks.length)
+      throw new Error(
+        "zeroLastLayer: a skip_connection (residual-block) network is not the identity with a zero last layer (each block's skip path and activation remain); create it without zeroLastLayer",
+      );
     let lastLinear = -1;
     this.layers.forEach((l, i) => {
       if (l.plan.kind === "linear") lastLinear = i;
@@ -241,9 +267,15 @@ export class HypernetworkModule extends Module {
     });
   }
 
-  /** `mlp(x)`: the residual branch alone. */
+  /** The parameters the optimizer updates (A1111's and MonkeyPatch's `trainables()`): all but upsample layers. */
+  trainedParameters(): Array<[string, Param]> {
+    return this.namedParameters().filter(([n]) => !isFrozenPath(n));
+  }
+
+  /** `mlp(x)`: the residual branch alone (`f(x) − x` for a residual-block module). */
   branch(x: tf.Tensor, opts: ForwardOptions = {}): tf.Tensor {
     const training = opts.training ?? false;
+    if (this.blocks.length) return tf.tidy(() => tf.sub(this.chain(x, opts), x));
     let h = x;
     for (const { plan, module } of this.layers) {
       switch (plan.kind) {
@@ -263,8 +295,19 @@ export class HypernetworkModule extends Module {
     return h;
   }
 
-  /** `x + mlp(x) · m`, with m = 1 while training (A1111's rule). */
+  /** A residual-block module's chain `f(x)` (MonkeyPatch's training output). */
+  private chain(x: tf.Tensor, opts: ForwardOptions): tf.Tensor {
+    let h = x;
+    for (const b of this.blocks) h = b.apply(h, opts.training ?? false, layerSeed(opts.seed, b.plan.index));
+    return h;
+  }
+
+  /**
+   * `x + mlp(x) · m`, with m = 1 while training (A1111's rule). A residual-block module gives
+   * `x + m · (f(x) − x)`, and `f(x)` itself while training, as MonkeyPatch computes it.
+   */
   forward(x: tf.Tensor, opts: ForwardOptions = {}): tf.Tensor {
+    if (this.blocks.length && opts.training) return tf.tidy(() => this.chain(x, opts));
     return tf.tidy(() => {
       const m = opts.training ? 1 : (opts.multiplier ?? 1);
       if (typeof m === "number") return tf.add(x, tf.mul(this.branch(x, opts), m));

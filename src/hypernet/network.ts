@@ -73,6 +73,13 @@ export interface CreateOptions {
    */
   zeroLastLayer?: boolean;
   optionalInfo?: string | null;
+  /**
+   * Build a MonkeyPatch "beta" network (default false): each module a chain of residual blocks
+   * (resblock.ts), saved with `skip_connection: True`. Dropout may then sit after the last block.
+   */
+  skipConnection?: boolean;
+  /** With `skipConnection`: "Linear" gives each block a frozen bias-free Linear skip path (default null: a resize). */
+  upsampleLinear?: "Linear" | null;
 }
 
 /** A1111's default dims for SD 1.x: the CLIP width and the three UNet attention widths. */
@@ -145,12 +152,16 @@ export class Hypernetwork {
     return p[which === "k" ? 0 : 1].forward(context, opts);
   }
 
-  /** Parameters in A1111's `weights()` order: dims in order, k then v, Sequential order inside. */
+  /**
+   * The parameters the optimizer updates, in A1111's `weights()` order: dims in order, k then v,
+   * Sequential order inside. MonkeyPatch's upsample layers are saved but never trained, so they are
+   * not listed here (each module's own `namedParameters` lists every stored tensor).
+   */
   namedParameters(): Array<[string, import("../nn/module").Param]> {
     const out: Array<[string, import("../nn/module").Param]> = [];
     for (const [dim, [k, v]] of this.modules) {
-      for (const [p, param] of k.namedParameters()) out.push([`${dim}.0.${p}`, param]);
-      for (const [p, param] of v.namedParameters()) out.push([`${dim}.1.${p}`, param]);
+      for (const [p, param] of k.trainedParameters()) out.push([`${dim}.0.${p}`, param]);
+      for (const [p, param] of v.trainedParameters()) out.push([`${dim}.1.${p}`, param]);
     }
     return out;
   }
@@ -160,7 +171,7 @@ export class Hypernetwork {
     return this.namedParameters().map(([, p]) => p.value);
   }
 
-  /** Total number of scalar parameters. */
+  /** Total number of scalar parameters (frozen upsample layers included). */
   parameterCount(): number {
     let n = 0;
     for (const [k, v] of this.modules.values()) n += k.parameterCount() + v.parameterCount();
@@ -184,6 +195,7 @@ export function structureOf(info: HypernetworkInfo): ModuleStructure {
     layerNorm: info.layerNorm,
     dropoutStructure: info.dropoutStructure,
     activateOutput: info.activateOutput,
+    ...(info.skipConnection ? { skipConnection: true, upsampleLinear: info.upsampleLinear ?? null } : {}),
   };
 }
 
@@ -229,7 +241,10 @@ export function createHypernetwork(opts: CreateOptions, model?: { readonly conte
     sdCheckpoint: null,
     sdCheckpointName: null,
     optionalInfo: opts.optionalInfo ?? null,
+    ...(opts.skipConnection ? { skipConnection: true, upsampleLinear: opts.upsampleLinear ?? null } : {}),
   };
+  if (opts.upsampleLinear !== undefined && opts.upsampleLinear !== null && (opts.upsampleLinear !== "Linear" || !opts.skipConnection))
+    throw new Error(`upsampleLinear ${JSON.stringify(opts.upsampleLinear)} needs skipConnection: true and must be "Linear" (or null)`);
   const structure = structureOf(info);
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed)) throw new Error(`seed must be a whole number, got ${seed}`);
