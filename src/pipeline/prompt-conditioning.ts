@@ -128,8 +128,9 @@ export class PromptConditioning {
   static needed(prompts: readonly string[], negativePrompt: string, steps: number, oldScheduling = false): boolean {
     const { indexes, texts } = multicondPromptList(prompts);
     if (indexes.some((subs) => subs.length !== 1 || subs[0]![1] !== 1)) return true;
-    // "a cat:1" is the sub-prompt "a cat" at weight 1: A1111 encodes "a cat"
-    if (indexes.some((subs, p) => texts[subs[0]![0]] !== prompts[p])) return true;
+    // "a cat:1" is the sub-prompt "a cat" at weight 1: A1111 encodes "a cat" (trailing spaces,
+    // which the split also drops, do not change the tokens)
+    if (indexes.some((subs, p) => texts[subs[0]![0]] !== prompts[p]!.replace(/\s+$/u, ""))) return true;
     const all = [...texts, negativePrompt];
     return promptSchedules(all, steps, { oldScheduling }).some((s, i) => s.length !== 1 || s[0]![1] !== all[i]);
   }
