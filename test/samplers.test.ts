@@ -224,7 +224,8 @@ describe("classifier-free guidance", () => {
     expect(calls[0]!.t.length).toBe(4);
     for (const t of calls[0]!.t) expect(t).toBeCloseTo(999, 6);
     // One Euler step from σ_max: x = σ·z, x̂₀ = x − σ·ε with ε = −0.2 + 7.5·(0.3 − (−0.2)) = 3.55.
-    expect(sigma).toBeCloseTo(Math.exp(LOG_SIGMA[999]!), 9);
+    // (σ_max of the float32 σ list A1111 uses: within float32 precision of the float64 value)
+    expect(Math.abs(sigma / Math.exp(LOG_SIGMA[999]!) - 1)).toBeLessThan(5e-7);
     const z = new Rng(4).normal(SIZE);
     expectClose(
       seen!,

@@ -10,10 +10,18 @@
  * k-diffusion views the same process with a noise level σ instead of t: dividing x_t by √ᾱ_t gives
  * x = x₀ + σ·ε with σ_t = √((1−ᾱ_t)/ᾱ_t). σ runs from 0.0292 (t = 0) to 14.61 (t = 999).
  *
- * Everything here is float64 on the host (LDM computes the schedule in float64 with numpy and then
- * stores float32 buffers; we keep float64 and round only when a value enters a tensor).
+ * The schedule itself is float64 on the host, as LDM computes it with numpy before it stores float32
+ * buffers; a value is rounded when it enters a tensor, which gives LDM's float32 buffers.
+ *
+ * The σ lists samplers walk (`discreteSigmas`, `karrasSigmas`, sigmas.ts `exponentialSigmas`) are
+ * made as k-diffusion makes them for A1111, in float32 from the float32 `alphas_cumprod` buffer:
+ * `NoiseSchedule.kSigmas` / `kLogSigmas` are `CompVisDenoiser`'s tables, and every list is built
+ * with torch's own float32 operations (torch-ops.ts, torch-f32-math.ts), so it equals torch's bit
+ * for bit (test/sigma-lists.test.ts against test/fixtures/sigma-lists.json).
  */
 import * as tf from "@tensorflow/tfjs";
+import { torchExpF32, torchLogF32 } from "./torch-f32-math";
+import { torchLinspaceF32, torchLinspaceF64, torchPowTensorScalarF32 } from "./torch-ops";
 
 /** Parameters of a scaled-linear β schedule. */
 export interface ScheduleConfig {
@@ -28,20 +36,13 @@ export interface ScheduleConfig {
 /** SD 1.x values (`v1-inference.yaml`: linear_start 0.00085, linear_end 0.012, timesteps 1000). */
 export const SD15_SCHEDULE_CONFIG: Readonly<ScheduleConfig> = Object.freeze({ betaStart: 0.00085, betaEnd: 0.012, numTimesteps: 1000 });
 
-/** β_t = linspace(√start, √end, n)², in float64. */
+/** β_t = linspace(√start, √end, n)² in float64, with torch's linspace as LDM's `make_beta_schedule`. */
 export function scaledLinearBetas(betaStart: number, betaEnd: number, n: number): Float64Array {
-  if (!(betaStart > 0 && betaEnd < 1 && betaStart <= betaEnd) || !Number.isSafeInteger(n) || n < 2) {
+  if (!(betaStart > 0 && betaEnd < 1 && betaStart <= betaEnd) || !Number.isSafeInteger(n) || n < 2 || n > 1 << 24) {
     throw new Error(`scaledLinearBetas: need 0 < betaStart ≤ betaEnd < 1 and n ≥ 2, got (${betaStart}, ${betaEnd}, ${n})`);
   }
-  const a = Math.sqrt(betaStart);
-  const b = Math.sqrt(betaEnd);
-  const step = (b - a) / (n - 1);
-  const betas = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    const r = i === n - 1 ? b : a + i * step;
-    betas[i] = r * r;
-  }
-  return betas;
+  const r = torchLinspaceF64(Math.sqrt(betaStart), Math.sqrt(betaEnd), n);
+  return r.map((v) => v * v);
 }
 
 /**
@@ -59,8 +60,15 @@ export class NoiseSchedule {
   readonly sqrtOneMinusAlphasCumprod: Float64Array;
   /** σ_t = √((1−ᾱ_t)/ᾱ_t), ascending in t. */
   readonly sigmas: Float64Array;
-  /** ln σ_t (what k-diffusion interpolates between timesteps). */
+  /** ln σ_t. */
   readonly logSigmas: Float64Array;
+  /**
+   * k-diffusion's σ table (`CompVisDenoiser.sigmas`): √((1−ᾱ)/ᾱ) in float32 from the float32
+   * ᾱ buffer, ascending in t. The σ lists are made from it.
+   */
+  readonly kSigmas: Float32Array;
+  /** `CompVisDenoiser.log_sigmas`: torch's float32 log of `kSigmas` (what `t_to_sigma` interpolates). */
+  readonly kLogSigmas: Float32Array;
 
   constructor(config: Partial<ScheduleConfig> = {}) {
     const c = { ...SD15_SCHEDULE_CONFIG, ...config };
@@ -73,6 +81,8 @@ export class NoiseSchedule {
     this.sqrtOneMinusAlphasCumprod = new Float64Array(n);
     this.sigmas = new Float64Array(n);
     this.logSigmas = new Float64Array(n);
+    this.kSigmas = new Float32Array(n);
+    this.kLogSigmas = new Float32Array(n);
     let prod = 1;
     for (let t = 0; t < n; t++) {
       this.alphas[t] = 1 - this.betas[t]!;
@@ -82,15 +92,21 @@ export class NoiseSchedule {
       this.sqrtOneMinusAlphasCumprod[t] = Math.sqrt(1 - prod);
       this.sigmas[t] = Math.sqrt((1 - prod) / prod);
       this.logSigmas[t] = Math.log(this.sigmas[t]!);
+      const a = Math.fround(prod); // the float32 buffer LDM registers
+      this.kSigmas[t] = Math.sqrt(Math.fround(Math.fround(1 - a) / a));
+      this.kLogSigmas[t] = torchLogF32(this.kSigmas[t]!);
     }
   }
 
-  /** Smallest and largest σ (t = 0 and t = T−1). */
+  /**
+   * Smallest and largest σ of k-diffusion's float32 table (t = 0 and t = T−1), the `σ_min`/`σ_max`
+   * A1111 hands the Karras and exponential schedules (`model_wrap.sigmas[0].item()`).
+   */
   get sigmaMin(): number {
-    return this.sigmas[0]!;
+    return this.kSigmas[0]!;
   }
   get sigmaMax(): number {
-    return this.sigmas[this.numTimesteps - 1]!;
+    return this.kSigmas[this.numTimesteps - 1]!;
   }
 
   /**
@@ -108,13 +124,15 @@ export class NoiseSchedule {
   /**
    * The (fractional) timestep of a noise level, the inverse of `tToSigma`: find the neighbouring
    * pair ln σ_i ≤ ln σ < ln σ_{i+1} and interpolate t linearly in ln σ, clamped to [0, T−1]
-   * (k-diffusion `DiscreteSchedule.sigma_to_t`, `quantize=False` — A1111's default).
+   * (k-diffusion `DiscreteSchedule.sigma_to_t`, `quantize=False` — A1111's default), in float32
+   * over `kLogSigmas` as torch computes it: the timestep A1111's UNet is called with.
    */
   sigmaToT(sigma: number): number {
     if (!(sigma > 0)) throw new Error(`sigmaToT: sigma must be > 0, got ${sigma}`);
-    const ls = Math.log(sigma);
-    const L = this.logSigmas;
-    // low = last index with L[low] ≤ ls, clamped to [0, T−2] (binary search; L ascends).
+    const f = Math.fround;
+    const ls = torchLogF32(sigma);
+    const L = this.kLogSigmas;
+    // low = last index with L[low] ≤ ls (0 when none), clamped to T−2 (binary search; L ascends).
     let low = 0;
     let high = L.length - 1;
     if (ls >= L[high]!) low = L.length - 2;
@@ -124,10 +142,9 @@ export class NoiseSchedule {
         if (L[mid]! <= ls) low = mid;
         else high = mid;
       }
-      low = Math.min(low, L.length - 2);
     }
-    const w = Math.min(1, Math.max(0, (L[low]! - ls) / (L[low]! - L[low + 1]!)));
-    return low + w;
+    const w = Math.min(1, Math.max(0, f(f(L[low]! - ls) / f(L[low]! - L[low + 1]!))));
+    return f(f(f(1 - w) * low) + f(w * (low + 1)));
   }
 
   /** ᾱ at a possibly fractional timestep, via σ: ᾱ = 1/(1+σ²). Integer t gives `alphasCumprod[t]`. */
@@ -232,15 +249,20 @@ export function ddimTimesteps(steps: number, numTimesteps = 1000): number[] {
 /**
  * k-diffusion's default discrete σ spacing (`DiscreteSchedule.get_sigmas(n)`), which A1111's
  * "Euler a" and "Euler" use with the default "Automatic" scheduler: t = linspace(T−1, 0, n),
- * σ_i = tToSigma(t_i), then a final 0. Descending, length n+1.
+ * σ_i = exp((1−w)·ln σ_⌊t⌋ + w·ln σ_⌈t⌉) with w = frac(t) (`t_to_sigma`), then a final 0; every
+ * step in float32 as torch does it. Descending, length n+1.
  */
 export function discreteSigmas(steps: number, schedule: NoiseSchedule = sd15Schedule()): Float64Array {
   checkSteps("discreteSigmas", steps, 100000);
-  const tMax = schedule.numTimesteps - 1;
+  const f = Math.fround;
+  const ts = torchLinspaceF32(schedule.numTimesteps - 1, 0, steps);
+  const L = schedule.kLogSigmas;
   const out = new Float64Array(steps + 1);
   for (let i = 0; i < steps; i++) {
-    const t = steps === 1 ? tMax : tMax - (tMax * i) / (steps - 1);
-    out[i] = schedule.tToSigma(Math.max(0, t));
+    const t = ts[i]!;
+    const lo = Math.floor(t);
+    const w = t - Math.trunc(t); // exact in float32
+    out[i] = torchExpF32(f(f(f(1 - w) * L[lo]!) + f(w * L[Math.ceil(t)]!)));
   }
   out[steps] = 0;
   return out;
@@ -248,18 +270,21 @@ export function discreteSigmas(steps: number, schedule: NoiseSchedule = sd15Sche
 
 /**
  * Karras et al. (2022) σ spacing (k-diffusion `get_sigmas_karras`, A1111's "Karras" scheduler):
- * σ_i = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7, σ_min/σ_max from the
- * schedule, then a final 0. Descending, length n+1.
+ * σ_i = (σ_max^{1/ρ} + ramp_i·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ with ramp = linspace(0, 1, n), ρ = 7,
+ * σ_min/σ_max from the schedule, then a final 0. The roots and their difference are Python
+ * doubles, the rest float32 tensor operations, as in torch. Descending, length n+1.
  */
 export function karrasSigmas(steps: number, schedule: NoiseSchedule = sd15Schedule(), rho = 7): Float64Array {
   checkSteps("karrasSigmas", steps, 100000);
+  if (!(rho > 0) || !Number.isFinite(rho)) throw new Error(`karrasSigmas: rho must be a positive number, got ${rho}`);
+  const f = Math.fround;
   const minInv = schedule.sigmaMin ** (1 / rho);
   const maxInv = schedule.sigmaMax ** (1 / rho);
+  const span = f(minInv - maxInv);
+  const ramp = torchLinspaceF32(0, 1, steps);
+  const base = ramp.map((r) => f(f(r * span) + f(maxInv)));
   const out = new Float64Array(steps + 1);
-  for (let i = 0; i < steps; i++) {
-    const ramp = steps === 1 ? 0 : i / (steps - 1);
-    out[i] = (maxInv + ramp * (minInv - maxInv)) ** rho;
-  }
+  out.set(torchPowTensorScalarF32(base, rho));
   out[steps] = 0;
   return out;
 }

@@ -13,6 +13,8 @@
  * (`discard_next_to_last_sigma`), so the run keeps `steps` steps but never stops at the smallest σ.
  */
 import { type NoiseSchedule, discreteSigmas, karrasSigmas, sd15Schedule } from "./schedule";
+import { torchExpF32 } from "./torch-f32-math";
+import { torchLinspaceF32 } from "./torch-ops";
 
 /** A σ spacing by the name this project uses ("discrete" is A1111's "Uniform"). */
 export type SigmaSpacing = "discrete" | "karras" | "exponential";
@@ -22,19 +24,15 @@ export const SIGMA_SPACINGS: readonly SigmaSpacing[] = ["discrete", "karras", "e
 
 /**
  * Exponential σ spacing (k-diffusion `get_sigmas_exponential`, A1111's "Exponential" scheduler):
- * σ_i = exp(ln σ_max + i/(n−1)·(ln σ_min − ln σ_max)), σ_min/σ_max from the schedule, then a
- * final 0. Descending, length n+1.
+ * σ = exp(linspace(ln σ_max, ln σ_min, n)), σ_min/σ_max from the schedule, then a final 0; the
+ * linspace and exp in float32 as torch does them. Descending, length n+1.
  */
 export function exponentialSigmas(steps: number, schedule: NoiseSchedule = sd15Schedule()): Float64Array {
   if (!Number.isSafeInteger(steps) || steps < 1 || steps > 100000)
     throw new Error(`exponentialSigmas: steps must be an integer in [1, 100000], got ${steps}`);
-  const hi = Math.log(schedule.sigmaMax);
-  const lo = Math.log(schedule.sigmaMin);
+  const ln = torchLinspaceF32(Math.log(schedule.sigmaMax), Math.log(schedule.sigmaMin), steps);
   const out = new Float64Array(steps + 1);
-  for (let i = 0; i < steps; i++) {
-    const ramp = steps === 1 ? 0 : i / (steps - 1);
-    out[i] = Math.exp(hi + ramp * (lo - hi));
-  }
+  for (let i = 0; i < steps; i++) out[i] = torchExpF32(ln[i]!);
   out[steps] = 0;
   return out;
 }

@@ -110,3 +110,101 @@ export function torchLogF32(d0: number): number {
   s = [hi, f(f(f(s[0] - hi) + z) + s[1])];
   return f(s[0] + s[1]);
 }
+
+// ---- pow: SLEEF `xpowf` (u10) = expkf(logkf(|x|) · y), both in double-float arithmetic ----
+
+/** df.h `dfadd_vf2_vf2_vf2` (|x| ≥ |y|). */
+function dfadd(x: F2, y: F2): F2 {
+  const s = f(x[0] + y[0]);
+  return [s, f(f(f(f(x[0] - s) + y[0]) + x[1]) + y[1])];
+}
+
+/** df.h `dfadd2_vf2_vf2_vf2` (any magnitudes). */
+function dfadd2ff(x: F2, y: F2): F2 {
+  const s = f(x[0] + y[0]);
+  const v = f(s - x[0]);
+  return [s, f(f(f(x[0] - f(s - v)) + f(y[0] - v)) + f(x[1] + y[1]))];
+}
+
+/** df.h `dfadd2_vf2_vf2_vf` (any magnitudes). */
+function dfadd2f(x: F2, y: number): F2 {
+  const s = f(x[0] + y);
+  const v = f(s - x[0]);
+  return [s, f(f(f(x[0] - f(s - v)) + f(y - v)) + x[1])];
+}
+
+/** df.h `dfmul_vf2_vf2_vf2`, FMA form. */
+function dfmul(x: F2, y: F2): F2 {
+  const s = f(x[0] * y[0]);
+  return [s, fmaf(x[0], y[1], fmaf(x[1], y[0], fmaf(x[0], y[0], -s)))];
+}
+
+/** df.h `dfmul_vf2_vf2_vf`, FMA form. */
+function dfmulf(x: F2, y: number): F2 {
+  const s = f(x[0] * y);
+  return [s, fmaf(x[1], y, fmaf(x[0], y, -s))];
+}
+
+/** df.h `dfsqu_vf2_vf2`, FMA form. */
+function dfsqu(x: F2): F2 {
+  const s = f(x[0] * x[0]);
+  return [s, fmaf(f(x[0] + x[0]), x[1], fmaf(x[0], x[0], -s))];
+}
+
+const LN2_DF: F2 = [LN2_HI, LN2_LO];
+const K0 = f(0.240320354700088500976562);
+const K1 = f(0.285112679004669189453125);
+const K2 = f(0.400007992982864379882812);
+const K_C: F2 = [f(0.66666662693023681640625), f(3.69183861259614332084311e-9)];
+
+/** SLEEF `logkf`: ln d as a double-float, d a positive normal float. */
+function logkf(d: number): F2 {
+  const e = ilogb2k(f(d * FOUR_THIRDS));
+  const m = f(d * pow2i(-e));
+  const x = dfdiv(dfadd2(-1, m), dfadd2(1, m));
+  const x2 = dfsqu(x);
+  let t = K0;
+  t = fmaf(t, x2[0], K1);
+  t = fmaf(t, x2[0], K2);
+  let s = dfmulf(LN2_DF, e);
+  s = dfadd(s, [f(x[0] * 2), f(x[1] * 2)]);
+  return dfadd(s, dfmul(dfmul(x2, x), dfadd2ff(dfmulf(x2, t), K_C)));
+}
+
+const X0 = f(0.00136324646882712841033936);
+const X1 = f(0.00836596917361021041870117);
+const X2 = f(0.0416710823774337768554688);
+const X3 = f(0.166665524244308471679688);
+const X4 = f(0.499999850988388061523438);
+
+/** SLEEF `expkf`: e^d of a double-float, for results in float32's normal range. */
+function expkf(d: F2): number {
+  const q = rintToInt(f(f(d[0] + d[1]) * R_LN2));
+  let s = dfadd2f(d, f(q * -L2U));
+  s = dfadd2f(s, f(q * -L2L));
+  const hi = f(s[0] + s[1]); // dfnormalize
+  s = [hi, f(f(s[0] - hi) + s[1])];
+  let u = X0;
+  u = fmaf(u, s[0], X1);
+  u = fmaf(u, s[0], X2);
+  u = fmaf(u, s[0], X3);
+  u = fmaf(u, s[0], X4);
+  let t = dfadd(s, dfmulf(dfsqu(s), u));
+  const one = f(1 + t[0]); // dfadd_vf2_vf_vf2(1, t)
+  t = [one, f(f(f(1 - one) + t[0]) + t[1])];
+  return f(f(t[0] + t[1]) * 2 ** q); // vldexp: exact in the normal range
+}
+
+/**
+ * torch's float32 `x ** y` on an AVX2 CPU where the kernel runs vectorised (SLEEF `xpowf`,
+ * 1 ulp): for x > 0 and a finite result in float32's normal range (the σ schedules' case).
+ * Elements past the last full 16-element block take `std::pow` in double instead; see
+ * `torchPowTensorScalarF32` in torch-ops.ts.
+ */
+export function torchPowF32(x0: number, y0: number): number {
+  const x = f(x0);
+  const y = f(y0);
+  if (!(x > 0) || !Number.isFinite(x)) throw new Error(`torchPowF32: base must be a positive finite float, got ${x0}`);
+  if (y === 0 || x === 1) return 1;
+  return expkf(dfmulf(logkf(x), y));
+}

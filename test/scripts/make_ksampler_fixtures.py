@@ -20,8 +20,11 @@ own σ_min/σ_max, the next-to-last σ discarded for DPM2 / DPM2 a), x = noise·
 x = noise for the timestep samplers, eta = 1 for the ancestral/SDE samplers (eta_ancestral), CFG
 combined as uncond + (cond − uncond)·scale, and get_timesteps (range(0, 1000, 1000 // steps) + 1).
 
-Everything is float64 (torch's default dtype is switched), so the fixture is the exact answer up
-to float64 rounding. Noise is pre-drawn and handed out in call order: the ancestral samplers'
+The model's alphas_cumprod is LDM's float32 buffer (numpy's float64 cumprod registered as float32,
+ddpm.py register_schedule), and the σ lists are made from it in float32 as A1111 makes them
+(k-diffusion's CompVisDenoiser and get_sigmas_* under torch's default float32), so they are
+A1111's lists exactly. From there everything is float64 (torch's default dtype is switched), so
+the sampling is the exact answer for those lists up to float64 rounding. Noise is pre-drawn and handed out in call order: the ancestral samplers'
 randn_like draws and DDIM's noise come from it (as A1111's per-image generator would give them),
 and so do the Brownian-tree draws of DPM++ SDE / DPM++ 2M SDE: torchsde is not available here,
 so k-diffusion's BrownianTreeNoiseSampler is replaced by this recorder in both implementations
@@ -43,11 +46,20 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # k-diffusion's sampling.py imports torchsde and torchdiffeq at the top; neither is used on the
-# paths exercised here (the Brownian tree is replaced, log_likelihood is not called).
+# paths exercised here (the Brownian tree is replaced, log_likelihood is not called). tqdm (progress
+# bars, here always disabled) gets a stand-in when it is not installed.
 sys.modules.setdefault("torchsde", types.ModuleType("torchsde"))
 _tde = types.ModuleType("torchdiffeq")
 _tde.odeint = None
 sys.modules.setdefault("torchdiffeq", _tde)
+try:
+    import tqdm  # noqa: F401
+except ImportError:
+    _tqdm = types.ModuleType("tqdm")
+    _tqdm.trange = lambda *a, **_: range(*a)
+    _tqdm.tqdm = lambda it=None, **_: it
+    _tqdm.auto = _tqdm
+    sys.modules["tqdm"] = sys.modules["tqdm.auto"] = _tqdm
 sys.path.insert(0, HERE)
 from k_diffusion import sampling, external  # noqa: E402
 
@@ -57,10 +69,11 @@ SHAPE_NCHW = (2, 1, 4, 4)
 CFG_SCALE = 5.0
 
 
-def sd15_alphas_cumprod():
-    # LDM register_schedule: betas = linspace(√0.00085, √0.012, 1000, float64)², ᾱ = cumprod(1 − β)
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+def sd15_alphas_cumprod(dtype=torch.float64):
+    # LDM make_beta_schedule("linear") and register_schedule: betas = linspace(√0.00085, √0.012,
+    # 1000, float64)² as numpy, ᾱ = np.cumprod(1 − β), registered as a float32 buffer
+    betas = (torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2).numpy()
+    return torch.tensor(np.cumprod(1. - betas, axis=0), dtype=torch.float32).to(dtype)
 
 
 class ToyLDM:
@@ -132,8 +145,27 @@ K_SAMPLERS = {
 }
 
 
-def a1111_sigmas(wrap, steps, schedule, discard):
-    """KDiffusionSampler.get_sigmas with default options."""
+def float32_denoiser(A):
+    """CompVisDenoiser as A1111 builds it: over the float32 ᾱ buffer, computing in float32."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        ldm = ToyLDM(A)
+        ldm.alphas_cumprod = sd15_alphas_cumprod(torch.float32)
+        return external.CompVisDenoiser(ldm, quantize=False)
+    finally:
+        torch.set_default_dtype(torch.float64)
+
+
+def a1111_sigmas(wrap32, steps, schedule, discard):
+    """KDiffusionSampler.get_sigmas with default options, in float32 as A1111 (then as float64)."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        return _a1111_sigmas(wrap32, steps, schedule, discard)
+    finally:
+        torch.set_default_dtype(torch.float64)
+
+
+def _a1111_sigmas(wrap, steps, schedule, discard):
     steps += 1 if discard else 0
     m_min, m_max = wrap.sigmas[0].item(), wrap.sigmas[-1].item()
     if schedule == "discrete":
@@ -153,7 +185,7 @@ def run_k(name, schedule, steps, A, noise, cond, uncond):
     funcname, _, discard, source = K_SAMPLERS[name]
     ldm = ToyLDM(A)
     wrap = external.CompVisDenoiser(ldm, quantize=False)
-    sigmas = a1111_sigmas(wrap, steps, schedule, discard)
+    sigmas = a1111_sigmas(float32_denoiser(A), steps, schedule, discard)
     feed = NoiseFeed(noise)
     x = feed.next() * sigmas[0]
     model = lambda x, s, cond, uncond, scale: cfg(wrap, x, s, cond, uncond, scale)  # noqa: E731
@@ -254,14 +286,15 @@ def main():
 
     # the schedule as the k-diffusion denoiser sees it, for the σ and t checks
     wrap = external.CompVisDenoiser(ToyLDM(A), quantize=False)
+    wrap32 = float32_denoiser(A)
     probe = torch.tensor([14.0, 3.3, 1.0, 0.2, 0.05, 0.03])
     out = {
-        "about": "made by test/scripts/make_ksampler_fixtures.py: k-diffusion ab527a9 and A1111's timestep samplers on a toy eps-model, float64",
+        "about": "made by test/scripts/make_ksampler_fixtures.py: k-diffusion ab527a9 and A1111's timestep samplers on a toy eps-model, LDM's float32 alphas_cumprod, A1111's float32 sigma lists, sampling in float64",
         "shapeNHWC": [SHAPE_NCHW[0], SHAPE_NCHW[2], SHAPE_NCHW[3], SHAPE_NCHW[1]],
         "cfgScale": CFG_SCALE,
         "A": A.reshape(-1).tolist(),
         "noise": [n.reshape(-1).tolist() for n in noise],
-        "sigmaMin": wrap.sigmas[0].item(), "sigmaMax": wrap.sigmas[-1].item(),
+        "sigmaMin": wrap32.sigmas[0].item(), "sigmaMax": wrap32.sigmas[-1].item(),
         "sigmaToT": {"sigma": probe.tolist(), "t": wrap.sigma_to_t(probe).tolist()},
         "cases": cases,
     }
