@@ -18,6 +18,7 @@ import { applyStack, attachHypernetworks } from "../src/hypernet/attach";
 import { loadHypernetwork, readHypernetworkFile, saveHypernetwork, writeHypernetworkFile } from "../src/hypernet/file";
 import { HnsError, type HnsNode, loadHypernetworkSequence, parseHypernetworkSequence } from "../src/hypernet/hns";
 import { createHypernetwork, type Hypernetwork } from "../src/hypernet/network";
+import { describeHypernetwork } from "../src/kernel-helpers/steps";
 import { resBlockShapes } from "../src/hypernet/resblock";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { train } from "../src/train";
@@ -236,6 +237,13 @@ describe("writing beta files", () => {
       const w = up.value.dataSync();
       expect(w.some((v) => v !== 0) && w.every((v) => Math.abs(v) <= 1 / Math.sqrt(16))).toBe(true);
       expect(up.value.trainable).toBe(false);
+      // Every stored tensor (what travels to the sampling workers) includes the upsample layers.
+      expect(net.storedParameters().map(([k]) => k)).toContain("16.1.linear.0.upsample_layer.weight");
+      expect(net.storedParameters()).toHaveLength(12);
+      expect(describeHypernetwork(net)[0]!.layers).toEqual([
+        "0: ResBlock(16 → 32; Linear skip (frozen); linear)",
+        "1: ResBlock(32 → 16; Linear skip (frozen); linear)",
+      ]);
       net.dispose();
     });
     expect(() => createHypernetwork({ name: "z", dims: [16], skipConnection: true, zeroLastLayer: true })).toThrow(

@@ -16,7 +16,7 @@ import * as tf from "@tensorflow/tfjs";
 import { Linear, LayerNorm } from "../nn/layers";
 import { Module, type Param, type Initializer, zerosInit } from "../nn/module";
 import { type ActivationName, applyActivation, insertsModule } from "./activations";
-import { isFrozenPath, isResidual, planResBlocks, ResBlock, type ResBlockInit } from "./resblock";
+import { isFrozenPath, isResidual, planResBlocks, ResBlock, type ResBlockInit, type ResBlockPlan } from "./resblock";
 
 /** The five weight initialisations A1111 offers (spec §1.9). */
 export const WEIGHT_INITS = ["Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"] as const;
@@ -265,6 +265,11 @@ export class HypernetworkModule extends Module {
     tf.tidy(() => {
       for (const p of [lin.weight, lin.bias]) if (p) p.value.assign(tf.zerosLike(p.value));
     });
+  }
+
+  /** The residual blocks' plans of a MonkeyPatch beta module (empty for an A1111 module, whose plan is `plan`). */
+  get blockPlans(): ResBlockPlan[] {
+    return this.blocks.map((b) => b.plan);
   }
 
   /** The parameters the optimizer updates (A1111's and MonkeyPatch's `trainables()`): all but upsample layers. */

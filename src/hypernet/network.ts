@@ -166,6 +166,16 @@ export class Hypernetwork {
     return out;
   }
 
+  /** Every stored tensor (frozen upsample layers included), in `namedParameters`' order otherwise. */
+  storedParameters(): Array<[string, import("../nn/module").Param]> {
+    const out: Array<[string, import("../nn/module").Param]> = [];
+    for (const [dim, [k, v]] of this.modules) {
+      for (const [p, param] of k.namedParameters()) out.push([`${dim}.0.${p}`, param]);
+      for (const [p, param] of v.namedParameters()) out.push([`${dim}.1.${p}`, param]);
+    }
+    return out;
+  }
+
   /** Trainable variables, in `namedParameters` order. */
   trainableVariables(): tf.Variable[] {
     return this.namedParameters().map(([, p]) => p.value);

@@ -116,6 +116,12 @@ export function describeHypernetwork(net: Hypernetwork): ModuleRow[] {
             return `${p.index}: Dropout(p=${p.p})`;
         }
       });
+      // A MonkeyPatch beta module has no flat plan: one entry per residual block.
+      for (const bl of mod.blockPlans) {
+        const inner = bl.layers.map((l) => (l.kind === "activation" ? l.name : l.kind === "dropout" ? `Dropout(p=${l.p})` : l.kind));
+        const skip = bl.upsample ? "Linear skip (frozen)" : "resize skip";
+        layers.push(`${bl.index}: ResBlock(${bl.inFeatures} → ${bl.outFeatures}; ${skip}; ${inner.join(", ")})`);
+      }
       const parameters = mod.parameterCount();
       rows.push({ dim, which: i === 0 ? "k" : "v", layers, parameters });
     });

@@ -36,7 +36,7 @@ export interface PoolSampleOptions extends TinySampleOptions {
   networks?: readonly StackEntry[];
 }
 
-/** A hypernetwork as it travels to a worker: its info, widths and weights (in `namedParameters` order). */
+/** A hypernetwork as it travels to a worker: its info, widths and weights (in `storedParameters` order). */
 interface WireNetwork {
   info: HypernetworkInfo;
   dims: number[];
@@ -119,7 +119,7 @@ async function batchRngStates(
 
 /** A network entry → what a worker needs to rebuild it (host copies of the weights). */
 function toWire(e: StackEntry): WireNetwork {
-  const weights = e.network.namedParameters().map(([, p]) => ({ shape: [...p.value.shape], data: p.value.dataSync() as Float32Array }));
+  const weights = e.network.storedParameters().map(([, p]) => ({ shape: [...p.value.shape], data: p.value.dataSync() as Float32Array }));
   return {
     info: e.network.info,
     dims: e.network.dims,
@@ -379,7 +379,7 @@ async function workerMain(init: WorkerInit): Promise<void> {
 /** Rebuild a network from its wire form (frozen weights: the worker only samples). */
 function fromWire(n: WireNetwork): StackEntry {
   const net = emptyHypernetwork(n.info, n.dims, false);
-  const params = net.namedParameters();
+  const params = net.storedParameters();
   if (params.length !== n.weights.length) {
     net.dispose();
     throw new Error(`network "${n.info.name}": ${n.weights.length} weights sent, its structure has ${params.length}`);
