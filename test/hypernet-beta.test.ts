@@ -19,6 +19,7 @@ import { loadHypernetwork, readHypernetworkFile, saveHypernetwork, writeHypernet
 import { HnsError, type HnsNode, loadHypernetworkSequence, parseHypernetworkSequence } from "../src/hypernet/hns";
 import { createHypernetwork, type Hypernetwork } from "../src/hypernet/network";
 import { describeHypernetwork } from "../src/kernel-helpers/steps";
+import { inspectFile } from "../src/cli/main";
 import { resBlockShapes } from "../src/hypernet/resblock";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { train } from "../src/train";
@@ -76,6 +77,14 @@ describe("reading MonkeyPatch beta files", () => {
       "linear.1.linear.0.bias",
     ]);
     // a: 16 → 24 → 32 → 16, layer norm at index 1, dropout 2, ELU 3 (no tensors for the last two).
+    // `inspect` shows the two MonkeyPatch keys for such a file (and only for such a file). Each
+    // module of b: block 0 has upsample + Linear 2d×d and bias 2d, block 1 the same d×2d and bias d.
+    expect(inspectFile(fixture("hn-beta-b.pt"))).toMatchObject({
+      skip_connection: true,
+      upsample_linear: "Linear",
+      parameters: [16, 32, 64].reduce((n, d) => n + 2 * (8 * d * d + 3 * d), 0),
+    });
+    expect(inspectFile(fixture("hn-plain121.pt"))).not.toHaveProperty("skip_connection");
     expect([...resBlockShapes(16, a.info as never)]).toEqual([
       ["linear.0.linear.0.weight", [24, 16]],
       ["linear.0.linear.0.bias", [24]],

@@ -97,6 +97,8 @@ export function inspectFile(file: string): Record<string, unknown> {
     use_dropout: i.useDropout,
     weight_initialization: i.weightInit,
     activate_output: i.activateOutput,
+    // MonkeyPatch residual-block networks only (A1111 files have neither key).
+    ...(i.skipConnection ? { skip_connection: true, upsample_linear: i.upsampleLinear ?? null } : {}),
     parameters: fileParameterCount(hf),
     dtype: [...dtypes].join(", "),
     size_bytes: fs.statSync(file).size,

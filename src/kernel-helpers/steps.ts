@@ -134,7 +134,7 @@ export function inspectHypernetwork(net: Hypernetwork): void {
   const rows = describeHypernetwork(net);
   const total = rows.reduce((a, r) => a + r.parameters, 0);
   const i = net.info;
-  const settings = `layer structure [${i.layerStructure.join(", ")}], activation ${i.activation}, layer norm ${i.layerNorm}, init ${i.weightInit}, dropout ${i.useDropout ? `[${i.dropoutStructure.join(", ")}]` : "off"}, step ${i.step}`;
+  const settings = `layer structure [${i.layerStructure.join(", ")}], activation ${i.activation}, layer norm ${i.layerNorm}, init ${i.weightInit}, dropout ${i.useDropout ? `[${i.dropoutStructure.join(", ")}]` : "off"}, step ${i.step}${i.skipConnection ? ", MonkeyPatch residual blocks (skip_connection)" : ""}`;
   const fp32Bytes = total * 4;
   if (displayMode() === "notebook") {
     const body = rows
