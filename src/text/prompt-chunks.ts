@@ -219,6 +219,10 @@ export function applyEmphasisTensor(
     );
   }
   if (mode === "Ignore" || mode === "None") return z.clone();
+  // All weights 1: A1111's z·1·(mean/mean) is z itself whenever the mean is not 0; skipping the
+  // rescale gives that bit for bit and keeps a zero-mean z (a freshly initialised encoder's layer
+  // norm) from turning into 0/0.
+  if (multipliers.every((row) => row.every((m) => m === 1))) return z.clone();
   return tf.tidy(() => {
     const k = len / chunk;
     const zc = z.reshape([b, k, chunk, c]);

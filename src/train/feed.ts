@@ -10,6 +10,7 @@ import * as tf from "@tensorflow/tfjs";
 import { TrainingDataset, type DatasetItem } from "../data/dataset";
 import { Rng, randint, randn } from "../diffusion/random";
 import type { BaseModel } from "../pipeline/base-model";
+import { captionEncoder } from "./captions";
 import { type LossBatch, PromptContexts } from "./loss";
 import { type RunConfig, type TrainOptions, positiveInt } from "./options";
 import { SEED_PURPOSE, SwitchableRng, deriveSeed } from "./seeds";
@@ -95,7 +96,9 @@ export class TrainingFeed {
     }
     // Prompts that never change (no tag shuffle or dropout) are encoded once each.
     const fixedPrompts = !opts.shuffleTags && !(opts.tagDropout && opts.tagDropout > 0);
-    const contexts = new PromptContexts((p) => base.encodeText(p), fixedPrompts);
+    // Fixed captions are encoded one per call (A1111's dataset), changing ones batch by batch
+    // (A1111's training loop): see captions.ts.
+    const contexts = new PromptContexts(captionEncoder(base, cfg.captionSyntax), fixedPrompts);
     return new TrainingFeed(ds, rng, contexts, cfg, batchSize, accum, Math.floor(batchesPerEpoch / accum));
   }
 

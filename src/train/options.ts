@@ -10,6 +10,7 @@ import type { Hypernetwork } from "../hypernet/network";
 import { insideFolder, printable, safeFileStem } from "../io/safe-name";
 import type { Param } from "../nn/module";
 import type { BaseModel } from "../pipeline/base-model";
+import { type CaptionSyntax, resolveCaptionSyntax } from "./captions";
 import type { CheckpointEvent, NormsEvent, PreviewEvent, StepEvent, ValidationEvent } from "./events";
 import type { Prediction } from "./loss";
 import { Schedule } from "./lr-schedule";
@@ -47,6 +48,12 @@ export interface TrainOptions {
   limitInputPixels?: number | false;
   /** Longest caption used, in characters (default 4,096); longer ones are cut with a note. See `DatasetOptions`. */
   maxCaptionChars?: number;
+  /**
+   * How captions are encoded (captions.ts): "a1111" (default, what A1111's training does:
+   * `(word:1.2)`, `[word]`, escapes and BREAK read as in prompts) or "literal" (the characters as
+   * written, brackets and all, no weights: A1111 with Emphasis mode "None").
+   */
+  captionSyntax?: CaptionSyntax;
 
   // -- the run (spec §4.2–§4.4, §4.7) --
   /** Max steps: the absolute number of optimizer steps to reach (a network at step 500 trained to 2000 does 1500 more). */
@@ -234,6 +241,8 @@ export interface RunConfig {
   /** The schedules as the user wrote them (for the state file). */
   lrText: string;
   clipText: string;
+  /** How captions are encoded. */
+  captionSyntax: CaptionSyntax;
   /** Training image size (the dataset's resize target and the previews' default). */
   width: number;
   height: number;
@@ -373,6 +382,7 @@ export function resolveRunConfig(base: BaseModel, net: Hypernetwork, opts: Train
     logDir,
     lrText,
     clipText,
+    captionSyntax: resolveCaptionSyntax(opts.captionSyntax),
     width: opts.width ?? base.imageSize,
     height: opts.height ?? base.imageSize,
     saveOptimizer: opts.saveOptimizer ?? true,

@@ -26,6 +26,7 @@ import { type NoiseSchedule, qSample, vTarget } from "../diffusion/schedule";
 import type { Attachment } from "../hypernet/attach";
 import type { BaseModel } from "../pipeline/base-model";
 import type { UNetModel } from "../unet/unet";
+import { captionEncoder } from "./captions";
 import type { ValidationSample } from "./events";
 import type { LossBatch, Prediction } from "./loss";
 import { type RunConfig, type TrainOptions, positiveInt } from "./options";
@@ -96,7 +97,7 @@ export class ValidationBatch {
    */
   static async build(
     base: BaseModel,
-    cfg: Pick<RunConfig, "name" | "width" | "height" | "timesteps" | "prediction">,
+    cfg: Pick<RunConfig, "name" | "width" | "height" | "timesteps" | "prediction" | "captionSyntax">,
     opts: Pick<TrainOptions, "template" | "doNotResize" | "latentSampling" | "alphaWeights" | "limitInputPixels" | "maxCaptionChars">,
     v: ValidationOptions,
     training: TrainingDataset,
@@ -138,7 +139,8 @@ export class ValidationBatch {
         items.push(item);
       }
     }
-    const rows = items.map((item, i) => makeRow(base, item, i, k, [lo, hi], seed));
+    const encode = captionEncoder(base, cfg.captionSyntax);
+    const rows = items.map((item, i) => makeRow(encode, item, i, k, [lo, hi], seed));
     return new ValidationBatch(rows, cfg.prediction, schedule);
   }
 
@@ -171,7 +173,14 @@ export class ValidationBatch {
 }
 
 /** Image `i` of the batch at its K stratified timesteps with its own noise, as kept tensors. */
-function makeRow(base: BaseModel, item: DatasetItem, i: number, k: number, range: [number, number], seed: number): Row {
+function makeRow(
+  encode: (captions: string[]) => tf.Tensor3D,
+  item: DatasetItem,
+  i: number,
+  k: number,
+  range: [number, number],
+  seed: number,
+): Row {
   const rng = new Rng(deriveSeed(seed, VALIDATION_PURPOSE, 1, i));
   const t = stratifiedTimesteps(k, range[0], range[1], rng);
   const [h, w, c] = item.shape;
@@ -179,7 +188,7 @@ function makeRow(base: BaseModel, item: DatasetItem, i: number, k: number, range
   const batch = tf.tidy(() => {
     const x0 = tf.tile(tf.tensor4d(data, [1, h, w, c]), [k, 1, 1, 1]) as tf.Tensor4D;
     const noise = randn([k, h, w, c], rng) as tf.Tensor4D;
-    const one = base.encodeText([item.prompt]);
+    const one = encode([item.prompt]); // one caption per call, as A1111's dataset encodes it
     const cond = tf.tile(one, [k, 1, 1]) as tf.Tensor3D;
     const weight = item.weight
       ? (tf.tile(tf.tensor4d(item.weight, [1, item.weightShape![0], item.weightShape![1], 1]), [k, 1, 1, 1]) as tf.Tensor4D)
