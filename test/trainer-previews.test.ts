@@ -1,10 +1,11 @@
 /**
  * Custom preview settings seen from a real training run: the preview's prompt and negative prompt
  * reach the text encoder and the UNet, its sampler runs the asked number of steps, the image equals
- * one sampled here with the same settings from the network as trained, and the PNG saved in the
- * run folder carries A1111's infotext ("parameters") for those settings, as A1111's previews do
- * (spec §4.10). Without settings, the defaults (the batch's first prompt, Euler a, 20 steps, CFG 7,
- * seed 0, the training size) are what the infotext says.
+ * txt2img's with the same settings and the network as trained attached (A1111's previews are a
+ * txt2img run: A1111's noise for the seed, A1111's prompt syntax), and the PNG saved in the run
+ * folder carries that infotext ("parameters"), as A1111's previews do (spec §4.10). Without
+ * settings, the defaults (the batch's first prompt, Euler a, 20 steps, CFG 7, seed 0, the training
+ * size) are what the infotext says.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -14,7 +15,7 @@ import { attachHypernetworks } from "../src/hypernet/attach";
 import { unitToBytes } from "../src/io/png";
 import { readPngText } from "../src/io/png-text";
 import type { BaseModel } from "../src/pipeline/base-model";
-import { sampleImages, toUnitRange } from "../src/pipeline/sample";
+import { txt2img } from "../src/pipeline/txt2img";
 import { type PreviewEvent, type PreviewOptions, train } from "../src/train";
 import { expectClose, expectNoLeak } from "./helpers/tf";
 import { type ToyBench, closeToyBench, openToyBench } from "./helpers/toy-bench";
@@ -28,13 +29,13 @@ let bench: ToyBench | undefined;
 beforeAll(async () => ({ base, tmp, dataDir } = bench = await openToyBench("hn-train-previews-")));
 afterAll(() => closeToyBench(bench));
 
-/** Sample with `opts` from `net` as it is, through the shared sampling path; RGB bytes of image 0. */
+/** txt2img with `opts` and `net` as it is attached; RGB bytes of image 0. */
 async function sampleWith(net: ReturnType<typeof makeToyNet>, opts: Required<Omit<PreviewOptions, "save">>): Promise<Uint8Array> {
   const att = attachHypernetworks(base.unet, [{ network: net, multiplier: 1 }]);
   try {
     const { pixels } = await expectNoLeak(() =>
-      sampleImages(base, {
-        prompts: [opts.prompt],
+      txt2img(base, {
+        prompt: opts.prompt,
         negativePrompt: opts.negativePrompt,
         sampler: opts.sampler,
         steps: opts.steps,
@@ -44,7 +45,7 @@ async function sampleWith(net: ReturnType<typeof makeToyNet>, opts: Required<Omi
         height: opts.height,
       }),
     );
-    return unitToBytes(toUnitRange(pixels), 0, opts.width, opts.height);
+    return unitToBytes(pixels, 0, opts.width, opts.height);
   } finally {
     att.detach();
   }
@@ -91,7 +92,7 @@ describe("preview settings", () => {
       expect(e.prompts).toEqual([preview.prompt]);
 
       // The text encoder got the preview's prompt and negative prompt together (cond and uncond) …
-      expect(cap.prompts).toContainEqual([preview.prompt, preview.negativePrompt]);
+      expect(cap.ids).toContainEqual(base.tokenizer.encode([preview.prompt, preview.negativePrompt]).ids);
       // … and the UNet ran the sampler's 3 steps on their contexts, at the preview's size.
       const calls = cap.unet.slice(trainingCalls);
       expect(new Set(calls.map((c) => c.t[0])).size).toBe(3);
@@ -127,7 +128,7 @@ describe("preview settings", () => {
       expect([info.width, info.height, info.channels]).toEqual([16, 8, 3]);
       expectClose(data, bytes, 0);
       expect(readPngText(png).get("parameters")).toBe(
-        "a photo of toy\nNegative prompt: blue , green\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, Seed: 42, Size: 16x8, Model: toy",
+        "a photo of toy\nNegative prompt: blue , green\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, Seed: 42, Size: 16x8, Model: toy, RNG: NV",
       );
       expect(readPngText(e.png[0]!).get("parameters")).toBe(readPngText(png).get("parameters"));
     } finally {
@@ -157,7 +158,7 @@ describe("preview settings", () => {
       expect(e.prompts).toEqual([prompts[0]]);
       const text = readPngText(fs.readFileSync(e.file!)).get("parameters");
       expect(text).toBe(
-        `${prompts[0]}\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 0, Size: 8x8, Model: toy`,
+        `${prompts[0]}\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 0, Size: 8x8, Model: toy, RNG: NV`,
       );
       const bytes = await sampleWith(net, {
         prompt: prompts[0]!,
