@@ -20,6 +20,9 @@ import { HnsError, type HnsNode, loadHypernetworkSequence, parseHypernetworkSequ
 import { createHypernetwork, type Hypernetwork } from "../src/hypernet/network";
 import { describeHypernetwork } from "../src/kernel-helpers/steps";
 import { inspectFile } from "../src/cli/main";
+import { listHypernetworks } from "../src/hypernet/prompt";
+import { clearHypernetworkCache, resolvePromptHypernetworks } from "../src/hypernet/prompt-networks";
+import { txt2img } from "../src/pipeline/txt2img";
 import { resBlockShapes } from "../src/hypernet/resblock";
 import type { BaseModel } from "../src/pipeline/base-model";
 import { train } from "../src/train";
@@ -420,6 +423,53 @@ describe(".hns sequences", () => {
       expect(() => loadHypernetworkSequence(file)).toThrow(/mix\.hns:3: no hypernetwork named "hn-beta-c" .*Did you mean/);
     });
     expect(() => loadHypernetworkSequence(path.join(dir, "none.hns"))).toThrow(/none\.hns: no such file/);
+    // A sequence may not name another sequence (the extension loads only networks there).
+    fs.writeFileSync(path.join(nets, "outer.hns"), '["hn-beta-a", "mix"]');
+    expect(() => loadHypernetworkSequence(path.join(nets, "outer.hns"))).toThrow(
+      /outer\.hns:1: "mix" is the sequence .*mix\.hns; a \.hns file can name networks/,
+    );
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("<hypernet:NAME:m> tags name .hns files too: the sequence as one group scaled by m, its networks from the cache", async () => {
+    const dir = tmp();
+    const nets = path.join(dir, "hypernetworks");
+    fs.mkdirSync(nets, { recursive: true });
+    for (const n of NETS) fs.copyFileSync(fixture(`${n}.pt`), path.join(nets, `${n}.pt`));
+    fs.writeFileSync(path.join(nets, "mix.hns"), expected.hns.text);
+    expect(listHypernetworks(nets).get("mix")).toBe(path.join(nets, "mix.hns"));
+    const base = makeToyBase();
+    const GEN = { negativePrompt: "", steps: 2, cfgScale: 5, sampler: "Euler a", seed: 3, width: 8, height: 8 };
+    try {
+      await expectNoLeak(() => {
+        expect(resolvePromptHypernetworks("<hypernet:mix:1>", "", nets).networks).toHaveLength(1);
+        clearHypernetworkCache();
+      });
+      const { networks } = resolvePromptHypernetworks("red <hypernet:mix:0.5>", "", nets);
+      expect(networks.map((n) => [n.name, n.multiplier, n.file, n.stack?.length])).toEqual([["mix", 0.5, path.join(nets, "mix.hns"), 2]]);
+      // The networks are the prompt cache's: a plain tag for one of them gets the same object.
+      const again = resolvePromptHypernetworks("<hypernet:hn-beta-b:1>", "", nets).networks[0]!.network;
+      expect(networks[0]!.network).toBe(again);
+      const tagged = await txt2img(base, { ...GEN, prompt: "red <hypernet:mix:0.5>", hypernetworkDir: nets });
+      expect(tagged.infotexts[0]).toMatch(/^red <hypernet:mix:0\.5>\n/);
+      expect(tagged.hypernetworks).toEqual([
+        { name: "mix", multiplier: 0.5, file: path.join(nets, "mix.hns"), hash: expect.stringMatching(/^[0-9a-f]{10}$/) },
+      ]);
+      // By hand: the loaded sequence attached as one group at 0.5, and the tag-free prompt.
+      const seq = loadHypernetworkSequence(path.join(nets, "mix.hns"));
+      const att = attachHypernetworks(base.unet, [{ parallel: [{ weight: 1, stack: seq.stack }], multiplier: 0.5 }], {
+        onWarning: () => {},
+      });
+      const byHand = await txt2img(base, { ...GEN, prompt: "red" });
+      att.detach();
+      seq.dispose();
+      expectClose(tagged.pixels, byHand.pixels, 0);
+      const plain = await txt2img(base, { ...GEN, prompt: "red" });
+      expect(plain.pixels.some((v, i) => Math.abs(v - tagged.pixels[i]!) > 1e-3)).toBe(true);
+    } finally {
+      clearHypernetworkCache();
+      base.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -279,17 +279,19 @@ export interface HypernetworkSequence {
 }
 
 /**
- * Load a `.hns` file: parse it, load each network it names from `hypernetworkDir` (default: the
- * `.hns` file's folder, searched recursively for `.pt`/`.safetensors` by file name) for inference,
- * and build the stack. Errors name the `.hns` file and line (an unknown name lists close ones).
+ * Read a `.hns` file and get each network it names through `load` (given the resolved file), in
+ * first-use order: the tree and the networks by name. A name is looked up in `dir` (recursively, by
+ * file name); one that names another `.hns` is refused, as the extension loads only networks there.
+ * Errors name the `.hns` file and line. Networks `load` returned before a failure are in `loaded`.
  */
-export function loadHypernetworkSequence(
+export function readSequenceFile(
   file: string,
-  opts: { hypernetworkDir?: string; onWarning?: (message: string) => void } = {},
-): HypernetworkSequence {
+  dir: string,
+  load: (networkFile: string) => Hypernetwork,
+  loaded: Map<string, Hypernetwork> = new Map(),
+): { tree: HnsNode; networks: Map<string, Hypernetwork> } {
   if (!fs.existsSync(file)) throw new Error(`${file}: no such file`);
   const tree = parseHypernetworkSequence(fs.readFileSync(file, "utf8"), file);
-  const dir = opts.hypernetworkDir ?? path.dirname(file);
   const lines = new Map<string, number>();
   const walk = (n: HnsNode): void => {
     if (n.kind === "network") {
@@ -298,15 +300,42 @@ export function loadHypernetworkSequence(
     else for (const m of n.members) walk(m.node);
   };
   walk(tree);
-  const networks = new Map<string, Hypernetwork>();
-  try {
-    for (const name of sequenceNetworkNames(tree)) {
-      try {
-        networks.set(name, loadHypernetwork(resolveHypernetwork(name, dir), { trainable: false, onWarning: opts.onWarning }));
-      } catch (err) {
-        throw new Error(`${file}:${lines.get(name)}: ${(err as Error).message}`);
-      }
+  for (const name of sequenceNetworkNames(tree)) {
+    try {
+      const target = resolveHypernetwork(name, dir);
+      if (isSequenceFile(target))
+        throw new Error(`"${name}" is the sequence ${target}; a .hns file can name networks (.pt, .safetensors) only`);
+      loaded.set(name, load(target));
+    } catch (err) {
+      throw new Error(`${file}:${lines.get(name)}: ${(err as Error).message}`);
     }
+  }
+  return { tree, networks: loaded };
+}
+
+/** Whether a path is a `.hns` sequence file (by its extension). */
+export function isSequenceFile(file: string): boolean {
+  return file.toLowerCase().endsWith(".hns");
+}
+
+/**
+ * Load a `.hns` file: parse it, load each network it names from `hypernetworkDir` (default: the
+ * `.hns` file's folder, searched recursively for `.pt`/`.safetensors` by file name) for inference,
+ * and build the stack. Errors name the `.hns` file and line (an unknown name lists close ones).
+ */
+export function loadHypernetworkSequence(
+  file: string,
+  opts: { hypernetworkDir?: string; onWarning?: (message: string) => void } = {},
+): HypernetworkSequence {
+  const networks = new Map<string, Hypernetwork>();
+  let tree: HnsNode;
+  try {
+    tree = readSequenceFile(
+      file,
+      opts.hypernetworkDir ?? path.dirname(file),
+      (f) => loadHypernetwork(f, { trainable: false, onWarning: opts.onWarning }),
+      networks,
+    ).tree;
   } catch (err) {
     for (const n of networks.values()) n.dispose();
     throw err;

@@ -1,6 +1,7 @@
 /**
  * The hypernetworks a prompt asks for, loaded: `<hypernet:NAME:MULTIPLIER>` tags (parsed by
- * `prompt.ts`) become networks from a folder, in tag order — the order they are stacked.
+ * `prompt.ts`) become networks from a folder, in tag order — the order they are stacked. A name
+ * may be a MonkeyPatch `.hns` sequence (hns.ts): its networks come from the same folder and cache.
  *
  * Loaded networks are cached by absolute path and reused while the file's mtime and size stay the
  * same, so sampling the same prompt again does not re-read the file (A1111 keeps its loaded
@@ -9,7 +10,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { shortHash } from "../io/hash";
+import type { StackItem } from "./attach";
 import { loadHypernetwork } from "./file";
+import { isSequenceFile, readSequenceFile, sequenceToStack } from "./hns";
 import type { Hypernetwork } from "./network";
 import { ignoredTags, parsePrompt, resolveHypernetwork } from "./prompt";
 
@@ -24,7 +27,13 @@ export interface AppliedHypernetwork {
 
 /** A prompt tag resolved to a loaded network (owned by the cache: do not dispose it). */
 export interface PromptHypernetwork extends AppliedHypernetwork {
+  /** The network (for a `.hns` tag: the sequence's first network; the sequence itself is `stack`). */
   network: Hypernetwork;
+  /**
+   * For a `.hns` tag: the sequence as stack items. It is applied as one group whose change is
+   * scaled by the tag's multiplier (at 1, exactly the sequence; MonkeyPatch ignores the number).
+   */
+  stack?: StackItem[];
 }
 
 /** What a prompt and its negative prompt ask for. */
@@ -73,6 +82,18 @@ export function resolvePromptHypernetworks(prompt: string, negativePrompt = "", 
   }
   const networks = parsed.hypernets.map((tag): PromptHypernetwork => {
     const file = resolveHypernetwork(tag.name, hypernetworkDir!);
+    if (isSequenceFile(file)) {
+      const { tree, networks: byName } = readSequenceFile(file, hypernetworkDir!, (f) => cachedHypernetwork(f).net);
+      const stack = sequenceToStack(tree, (n) => byName.get(n)!);
+      return {
+        name: tag.name,
+        multiplier: tag.multiplier,
+        file,
+        hash: shortHash(path.resolve(file)),
+        network: [...byName.values()][0]!,
+        stack,
+      };
+    }
     const entry = cachedHypernetwork(file);
     return { name: tag.name, multiplier: tag.multiplier, file, hash: entry.hash, network: entry.net };
   });

@@ -72,10 +72,14 @@ export function ignoredTags(prompt: ParsedPrompt, negativePrompt: ParsedPrompt):
 /** File extensions recognised as hypernetworks in a folder. */
 export const HYPERNET_EXTENSIONS = [".pt", ".safetensors"] as const;
 
+/** MonkeyPatch's hypernetwork sequences (hns.ts), listed beside the networks. */
+const SEQUENCE_EXTENSION = ".hns";
+
 /**
  * List the hypernetworks in a folder, recursively, keyed by basename without extension (A1111's
  * rule: sub-folders do not become part of the name; a later path wins on a clash; `None` is skipped).
- * Paths are visited in case-insensitive sorted order, as A1111 does.
+ * Paths are visited in case-insensitive sorted order, as A1111 does. `.hns` sequences are listed
+ * too, after the networks (so a sequence wins a name it shares with a network, as in MonkeyPatch).
  */
 export function listHypernetworks(folder: string): Map<string, string> {
   if (!fs.existsSync(folder))
@@ -85,14 +89,15 @@ export function listHypernetworks(folder: string): Map<string, string> {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (HYPERNET_EXTENSIONS.some((x) => e.name.toLowerCase().endsWith(x))) files.push(p);
+      else if ([...HYPERNET_EXTENSIONS, SEQUENCE_EXTENSION].some((x) => e.name.toLowerCase().endsWith(x))) files.push(p);
     }
   };
   walk(folder);
   files.sort((a, b) => a.toLowerCase().localeCompare(b.toLowerCase()));
+  const isSeq = (f: string): boolean => f.toLowerCase().endsWith(SEQUENCE_EXTENSION);
   const out = new Map<string, string>();
-  for (const f of files) {
-    const name = path.basename(f).replace(/\.(pt|safetensors)$/i, "");
+  for (const f of [...files.filter((x) => !isSeq(x)), ...files.filter(isSeq)]) {
+    const name = path.basename(f).replace(/\.(pt|safetensors|hns)$/i, "");
     if (name === "None") continue;
     out.set(name, f);
   }

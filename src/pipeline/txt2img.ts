@@ -19,7 +19,7 @@
 import type { StepCallback } from "../diffusion/samplers";
 import { type SamplerName, resolveSamplerName, samplerByName } from "../diffusion/sampler-names";
 import { a1111BatchSeeds, a1111ImageNoise } from "../diffusion/a1111-image-noise";
-import { type StackEntry, attachHypernetworks } from "../hypernet/attach";
+import { type StackItem, attachHypernetworks } from "../hypernet/attach";
 import { ignoredTags, parsePrompt } from "../hypernet/prompt";
 import { encodePng, unitToBytes } from "../io/png";
 import { addPngText } from "../io/png-text";
@@ -143,6 +143,15 @@ function resolveBasics(base: BaseModel, opts: Txt2ImgOptions) {
   return { steps, cfgScale, samplerName, batch, width, height, seed };
 }
 
+/** The stack for resolved tags: a `.hns` tag is one group (its sequence, its change scaled by the tag's multiplier). */
+function tagStack(resolved: readonly PromptHypernetwork[], gate: { timesteps?: [number, number] }): StackItem[] {
+  return resolved.map((h) =>
+    h.stack
+      ? { parallel: [{ weight: 1, stack: h.stack }], multiplier: h.multiplier, ...gate }
+      : { network: h.network, multiplier: h.multiplier, ...gate },
+  );
+}
+
 /**
  * Generate images from a prompt (see the module comment). The networks in `hypernetworks` — or,
  * when that is absent, the ones the prompt's tags name — are attached for this call and detached
@@ -158,7 +167,7 @@ export async function txt2img(base: BaseModel, opts: Txt2ImgOptions): Promise<Tx
   const resolved = opts.hypernetworks ?? resolvePromptHypernetworks(opts.prompt, opts.negativePrompt, opts.hypernetworkDir).networks;
   const applied: AppliedHypernetwork[] = resolved.map(({ name, multiplier, file, hash }) => ({ name, multiplier, file, hash }));
   const gate = opts.hypernetworkTimesteps ? { timesteps: opts.hypernetworkTimesteps } : {};
-  const stack: StackEntry[] = resolved.map((h) => ({ network: h.network, multiplier: h.multiplier, ...gate }));
+  const stack = tagStack(resolved, gate);
 
   const embeddings =
     opts.embeddings ??
