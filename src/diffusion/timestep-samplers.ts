@@ -42,11 +42,14 @@ function checkTimestepCount(name: string, steps: number): void {
   }
 }
 
-/** The shared start of a run: checked options, ᾱ, A1111's timesteps for `steps` and their count. */
+/**
+ * The shared start of a run: checked options, ᾱ, A1111's timesteps for `steps` and their count.
+ * ᾱ is the model's float32 buffer, as A1111 reads it (`alphas_cumprod[t].item()`).
+ */
 function startRun(opts: SampleOptions, name: string, steps: number) {
   const p = prepare(opts, name);
   const ts = a1111Timesteps(steps, p.schedule.numTimesteps);
-  return { p, ac: p.schedule.alphasCumprod, ts, n: ts.length };
+  return { p, ac: Float64Array.from(p.schedule.alphasCumprod, Math.fround), ts, n: ts.length };
 }
 
 /** A1111's "DDIM" (see the module comment). `eta` defaults to A1111's 0. */

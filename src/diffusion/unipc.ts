@@ -33,7 +33,8 @@ class VpSchedule {
 
   constructor(schedule: NoiseSchedule) {
     this.n = schedule.numTimesteps;
-    this.logAlpha = schedule.alphasCumprod.map((a) => 0.5 * Math.log(a));
+    // from the model's float32 ᾱ buffer, as A1111 hands it to NoiseScheduleVP
+    this.logAlpha = schedule.alphasCumprod.map((a) => 0.5 * Math.log(Math.fround(a)));
   }
 
   /** ln α_t: linear through ((i+1)/N, ½ ln ᾱ_i), extended linearly past both ends. */
