@@ -18,6 +18,7 @@ import { TrainingFeed } from "../src/train/feed";
 import { stackConds } from "../src/train/loss";
 import { resolveRunConfig } from "../src/train/options";
 import { expectClose, expectNoLeak, setupBackend } from "./helpers/tf";
+import { captureModel } from "./helpers/train-capture";
 import { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } from "./helpers/train-setup";
 
 let base: BaseModel;
@@ -37,6 +38,15 @@ describe("caption syntax", () => {
     expect(resolveCaptionSyntax(undefined)).toBe("a1111");
     expect(resolveCaptionSyntax("literal")).toBe("literal");
     expect(() => resolveCaptionSyntax("emphasis")).toThrow(/captionSyntax must be "a1111" .* or "literal"/);
+  });
+
+  it("a caption A1111's parser rejects is named, with the way out; literal reads it", () => {
+    expect(() => captionEncoder(base, "a1111")(["a (red:1.2.3) photo"])).toThrow(
+      /caption "a \(red:1\.2\.3\) photo" is not valid A1111 prompt syntax .*captionSyntax: "literal"/,
+    );
+    const t = captionEncoder(base, "literal")(["a (red:1.2.3) photo"]);
+    expect(t.shape[0]).toBe(1);
+    t.dispose();
   });
 
   it('"a1111": (red:1.5) is the word red at weight 1.5 — the text encoder sees no brackets, its output is A1111\'s emphasis', async () => {
@@ -102,6 +112,34 @@ describe("caption syntax", () => {
 });
 
 describe("the trainer's feed hands the UNet the context of the chosen caption syntax", () => {
+  it("a1111 with tag shuffling: each micro-batch's captions go to the text encoder in one call, without brackets", async () => {
+    const dir = path.join(tmp, "data-shuffle");
+    await makeToyDataset(dir);
+    for (const c of ["red", "blue", "green", "yellow"]) fs.writeFileSync(path.join(dir, `${c}.txt`), `(${c}:1.5), art, toy`);
+    const net = makeToyNet();
+    const opts = toyTrainOptions(dir, path.join(tmp, "log-shuffle"), { template: ["[filewords]"], shuffleTags: true });
+    const cfg = resolveRunConfig(base, net, opts, () => {});
+    const feed = await TrainingFeed.open(base, cfg, opts, { log: () => {}, warn: () => {} });
+    const cap = captureModel(base);
+    try {
+      const indices = feed.batchesOfStep(0)[0]!;
+      const mb = feed.microBatch(0, 0, indices);
+      // one encoder call for the batch (A1111's cond_stage_model(batch.cond_text)), one row per caption
+      expect(cap.ids).toHaveLength(1);
+      expect(cap.ids[0]).toHaveLength(indices.length);
+      // the words only: no <unk> for "(", ":1.5" or ")" — read literally they would be
+      for (const row of cap.ids[0]!) {
+        expect(row).not.toContain(3);
+        expect(row.filter((id) => id > 3)).toHaveLength(5); // colour , art , toy
+      }
+      tf.dispose([mb.batch.x0, mb.batch.noise, mb.batch.cond, ...(mb.batch.weight ? [mb.batch.weight] : [])]);
+    } finally {
+      cap.restore();
+      feed.dispose();
+      net.dispose();
+    }
+  });
+
   it.each(["a1111", "literal"] as const)("%s", async (syntax) => {
     const dir = path.join(tmp, `data-${syntax}`);
     await makeToyDataset(dir);

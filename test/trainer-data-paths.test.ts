@@ -59,7 +59,12 @@ async function taggedDataset(dir: string): Promise<void> {
   for (const [name] of COLOURS) fs.writeFileSync(path.join(dir, `${name}.txt`), [name, ...REST].join(", "));
 }
 
-/** A run of the toy model with the prompt template "[filewords]", so each prompt is the caption as processed. */
+/**
+ * A run of the toy model with the prompt template "[filewords]", so each prompt is the caption as
+ * processed. Captions are read literally (`captionSyntax: "literal"`), so they reach the text
+ * encoder through `base.encodeText`, where the capture reads them; the default A1111 caption syntax
+ * is tested in train-captions.test.ts.
+ */
 async function runTags(
   name: string,
   dataDir: string,
@@ -69,7 +74,12 @@ async function runTags(
   const cap = captureModel(base);
   try {
     await expectNoLeak(
-      () => train(base, net, toyTrainOptions(dataDir, path.join(tmp, name), { template: ["[filewords]"], maxSteps: 8, ...extra })).done,
+      () =>
+        train(
+          base,
+          net,
+          toyTrainOptions(dataDir, path.join(tmp, name), { template: ["[filewords]"], maxSteps: 8, captionSyntax: "literal", ...extra }),
+        ).done,
     );
     return {
       prompts: cap.prompts.map((p) => [...p]),

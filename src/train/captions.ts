@@ -25,6 +25,7 @@
 import type * as tf from "@tensorflow/tfjs";
 import type { BaseModel } from "../pipeline/base-model";
 import { encodePrompts } from "../text/encode-prompts";
+import { parsePromptAttention } from "../text/prompt-attention";
 
 /** How training captions are encoded (see the module comment). */
 export type CaptionSyntax = "a1111" | "literal";
@@ -49,7 +50,21 @@ export function resolveCaptionSyntax(v: unknown): CaptionSyntax {
  */
 export function captionEncoder(base: BaseModel, syntax: CaptionSyntax): (captions: string[]) => tf.Tensor3D {
   if (syntax === "literal") return (captions) => base.encodeText(captions);
-  return (captions) =>
-    encodePrompts(base.textEncoder, base.tokenizer, captions, { clipSkip: base.clipSkip, emphasis: "Original", emphasisScope: "batch" })
-      .context;
+  return (captions) => {
+    for (const c of captions) {
+      try {
+        parsePromptAttention(c);
+      } catch (e) {
+        // A1111's own training stops on such a caption too (its float() of the weight fails)
+        throw new Error(
+          `train: the caption ${JSON.stringify(c)} is not valid A1111 prompt syntax (${(e as Error).message}); fix the caption file, or train with captionSyntax: "literal" to read captions as plain text`,
+        );
+      }
+    }
+    return encodePrompts(base.textEncoder, base.tokenizer, captions, {
+      clipSkip: base.clipSkip,
+      emphasis: "Original",
+      emphasisScope: "batch",
+    }).context;
+  };
 }
