@@ -9,11 +9,13 @@
  *   and print progress and file paths to the terminal.
  *
  * tslab is loaded lazily: `tslab.newDisplay()` only works inside the kernel, and requiring tslab
- * outside it must cost nothing and print nothing.
+ * outside it must cost nothing and print nothing. Inside the kernel, the kernel's IOPub sends are
+ * queued first (`kernel-sends.ts`: tslab's overlapping sends killed the kernel after large outputs).
  */
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
+import { queueTslabSends } from "./kernel-sends";
 
 /** Where output goes: the notebook (tslab kernel) or files plus terminal lines. */
 export type DisplayMode = "notebook" | "files";
@@ -46,8 +48,11 @@ function kernelTslab(): TslabModule | undefined {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const mod = require("tslab") as TslabModule;
     const jupyterFile = path.join(path.dirname(nodeRequire.resolve("tslab")), "jupyter.js");
-    const jupyter = nodeRequire(jupyterFile) as { lastWriteDisplayData?: unknown };
-    return jupyter.lastWriteDisplayData ? mod : undefined;
+    const jupyter = nodeRequire(jupyterFile) as { lastWriteDisplayData?: unknown; ZmqServer?: Parameters<typeof queueTslabSends>[0] };
+    if (!jupyter.lastWriteDisplayData) return undefined;
+    // Large outputs and tslab's own status messages must not overlap on the socket (kernel-sends.ts).
+    if (jupyter.ZmqServer) queueTslabSends(jupyter.ZmqServer);
+    return mod;
   } catch {
     return undefined;
   }
