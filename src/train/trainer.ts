@@ -54,6 +54,7 @@ import { RunningLoss, accumulateGradients, applyUpdate, gradientNorm, unsafeStep
 
 export * from "./events";
 export type { ClipMode, PreviewOptions, TrainOptions } from "./options";
+export { type CaptionSyntax, captionEncoder } from "./captions";
 export { type LossBatch, type Prediction, diffusionLoss, stackConds } from "./loss";
 export { deriveSeed } from "./seeds";
 export { clipGradients } from "./step";
