@@ -96,6 +96,7 @@ export { train, resumeTraining, type TrainOptions, type TrainResult, type Traini
 export { parseSchedule, Schedule, ScheduleError } from "./train/lr-schedule";
 export { LearningRatePlan, cycleOf, type CosineRestarts, type CyclePosition, type SchedulerConfig } from "./train/lr-scheduler";
 export { diffusionLoss, minSnrWeights, offsetNoise, type Prediction } from "./train/loss";
+export { captionEncoder, type CaptionSyntax } from "./train/captions";
 export { AdamW } from "./train/adamw";
 export type { OptimizerState } from "./train/optimizer-state";
 // Training tools: validation loss on a fixed batch, module norms, loss by timestep, the LR range test, the checkpoint gallery.
