@@ -5,8 +5,10 @@
  *   2. write the "pastel chalk" style set (every colour mixed halfway to white, on black, captioned
  *      with content only) as an image folder, and preprocess it into a training folder, as a user
  *      does with their pictures;
- *   3. create a hypernetwork with one (k, v) pair per attention width of the tiny UNet;
- *   4. sample a fixed set of prompts with the untrained network at multipliers 0, 0.5 and 1;
+ *   3. create a hypernetwork with a (k, v) module pair on the chosen attention widths of the tiny
+ *      UNet (the settings' `dims`), starting as the identity (`zeroLastLayer`);
+ *   4. sample a fixed set of prompts with the untrained network (at ×0 only when it is the
+ *      identity: then every multiplier draws the base model's images);
  *   5. train it with an A1111 learning-rate schedule, printing progress (with sampling workers,
  *      step 4 runs in them while the main thread trains);
  *   6. sample the same prompts (same seed) with the trained network — in every sampling step, as
@@ -155,6 +157,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoSummary> {
     activation: st.activation,
     layerNorm: st.layerNorm,
     weightInit: st.weightInit,
+    zeroLastLayer: st.zeroLastLayer,
     seed: st.trainSeed,
   });
   try {
@@ -208,12 +211,21 @@ async function trainAndScore(
   );
   // With workers, the untrained network's images are drawn in them while the main thread trains:
   // they sample a copy (the same seeded weights), so training cannot change what they draw.
+  // With zeroLastLayer the untrained network is exactly the identity: every multiplier draws the
+  // base model's images, so only ×0 is sampled and stands for all of them.
+  const identity = st.zeroLastLayer;
+  const sampleBefore = async (n: Hypernetwork): Promise<Map<number, Uint8Array[]>> => {
+    if (!identity) return sampleAt(r, base, n, prompts, st.applyTimesteps);
+    const images = (await sampleAt(r, base, n, prompts, st.applyTimesteps, undefined, [0])).get(0)!;
+    return new Map(st.multipliers.map((m) => [m, images]));
+  };
+  if (identity) log("  (the untrained network is the identity — zeroLastLayer — so ×0 stands for every multiplier)");
   let before: Map<number, Uint8Array[]>;
   let trained: Awaited<ReturnType<typeof trainNetwork>>;
   if (r.pool) {
     const untrained = untrainedCopy(net, st);
     try {
-      const sampling = sampleAt(r, base, untrained, prompts, st.applyTimesteps);
+      const sampling = sampleBefore(untrained);
       sampling.catch(() => {}); // awaited below, after training has started
       trained = await trainNetwork(r, base, net, opts.progress ?? true);
       before = await sampling;
@@ -221,7 +233,7 @@ async function trainAndScore(
       untrained.dispose();
     }
   } else {
-    before = await sampleAt(r, base, net, prompts, st.applyTimesteps);
+    before = await sampleBefore(net);
     trained = await trainNetwork(r, base, net, opts.progress ?? true);
   }
   const { result, points, seconds } = trained;
@@ -323,6 +335,7 @@ function untrainedCopy(net: Hypernetwork, st: DemoSettings): Hypernetwork {
     activation: st.activation,
     layerNorm: st.layerNorm,
     weightInit: st.weightInit,
+    zeroLastLayer: st.zeroLastLayer,
     seed: st.trainSeed,
   });
 }
@@ -338,10 +351,11 @@ async function sampleAt(
   prompts: string[],
   gate: [number, number] | null,
   reuse?: Map<number, Uint8Array[]>,
+  multipliers: readonly number[] = r.st.multipliers,
 ): Promise<Map<number, Uint8Array[]>> {
   const { st, log } = r;
   const out = new Map<number, Uint8Array[]>();
-  for (const m of st.multipliers) {
+  for (const m of multipliers) {
     const again = reuse?.get(m);
     if (again) {
       out.set(m, again);
