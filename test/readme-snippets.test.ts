@@ -34,8 +34,8 @@ function toScript(block: string, shorten: boolean): string {
 }
 
 describe("README TypeScript blocks", () => {
-  it("has the training, SD 1.x and notebook blocks", () => {
-    expect(blocks.length).toBe(3);
+  it("has the training, merging and mixing, SD 1.x and notebook blocks", () => {
+    expect(blocks.length).toBe(4);
     expect(blocks.filter(needsWeights).length).toBe(1);
   });
 
@@ -71,6 +71,7 @@ describe("README TypeScript blocks", () => {
       expect(fs.existsSync(path.join(work, "out", "readme", "run", "hypernetwork_loss.csv"))).toBe(true);
       expect(fs.readdirSync(path.join(work, "out", "readme", "run", "hypernetworks")).some((f) => /^stripes-6\.pt$/.test(f))).toBe(true);
       expect(fs.statSync(path.join(work, "out", "hypernetworks", "watery.pt")).size).toBeGreaterThan(1000);
+      expect(fs.statSync(path.join(work, "out", "readme", "mix-ab.pt")).size).toBeGreaterThan(1000);
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }
