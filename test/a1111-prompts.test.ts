@@ -1,7 +1,7 @@
 /**
- * A1111 prompt syntax against the real thing: test/fixtures/a1111-prompts.json holds what a copy of
- * A1111's prompt_parser.py / tokenize_line / EmphasisOriginal (test/scripts/a1111_prompt_parser_ref.py,
- * run by test/scripts/make_a1111_prompt_fixtures.py with lark 1.1.5 and PyTorch 1.13) returned.
+ * A1111 prompt syntax against the real thing: test/fixtures/a1111-prompts.json holds what A1111's own
+ * prompt_parser.py / tokenize_line / EmphasisOriginal returned (imported from an A1111 checkout by
+ * test/scripts/make_a1111_prompt_fixtures.py --a1111 DIR, with lark 1.1.5 and PyTorch 1.13).
  */
 import * as fs from "node:fs";
 import * as tf from "@tensorflow/tfjs";

@@ -1,9 +1,22 @@
 #!/usr/bin/python3
-"""Runs AUTOMATIC1111's prompt parser (copied in a1111_prompt_parser_ref.py) on tricky prompts
-and writes test/fixtures/a1111-prompts.json for test/a1111-prompts.test.ts.
+"""Runs AUTOMATIC1111's own prompt parsing on tricky prompts and writes
+test/fixtures/a1111-prompts.json for test/a1111-prompts.test.ts.
 
-Run with Debian's python3 (python3-lark, python3-torch):
-    /usr/bin/python3 test/scripts/make_a1111_prompt_fixtures.py
+    /usr/bin/python3 test/scripts/make_a1111_prompt_fixtures.py --a1111 DIR [--out FILE]
+
+DIR is an A1111 checkout (v1.6 or later: the grammar with empty alternatives and the hires-fix step
+offsets; 1.10's files reproduce the committed fixture byte for byte), or any folder holding just its
+modules/prompt_parser.py, modules/sd_emphasis.py and modules/sd_hijack_clip.py. A1111 is AGPL-3.0,
+so none of its code lives in this repository: those three files are imported from DIR as they are.
+What they import from the rest of the web UI is replaced by small stand-ins written here
+(install_stand_ins): the options object of modules/shared.py (only `emphasis`,
+`comma_padding_backtrack` and `textual_inversion_add_hashes_to_infotext` are read), modules/devices.py
+(CPU) and modules/sd_hijack.py (a hijack object whose embedding database is the toy one below).
+The chunking and emphasis run through A1111's real TextConditionalModel: a subclass that only
+supplies a toy word tokenizer and a stand-in text encoder (a random hidden state per chunk) drives
+its tokenize_line and forward.
+
+Needs Debian's python3 with python3-lark (1.1.5 made the committed fixture) and python3-torch.
 
 Sections:
 * "attention": parse_prompt_attention(text) → [[text, weight], ...] or {"error": ...}
@@ -13,22 +26,23 @@ Sections:
   differently from one start to the next), "results" lists every reading the grammar allows
   (all_readings; the seeds' answers are checked to be among them)
 * "multicond": get_multicond_prompt_list(prompts)
-* "chunks": tokenize_line with a toy word tokenizer (see toy_tokenize; the test has the same one)
-* "emphasis": EmphasisOriginal on a random hidden state
+* "chunks": TextConditionalModel.tokenize_line with a toy word tokenizer (see toy_tokenize; the test
+  has the same one); fixes as [offset, embedding name]
+* "emphasis": TextConditionalModel.forward with the "Original" emphasis on a random hidden state
 * "fuzz": 300 random prompts through the AND and attention parsers (their schedules are in "schedules")
 """
+import argparse
 import base64
 import itertools
 import json
 import os
 import sys
+import types
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import a1111_prompt_parser_ref as ref  # noqa: E402
-
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "a1111-prompts.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "fixtures", "a1111-prompts.json")
 
 ATTENTION = [
     "normal text",
@@ -228,42 +242,125 @@ def fuzz_prompts(n=300, seed=1):
     return out
 
 
+# ---- A1111's modules, imported from the checkout given with --a1111 ----------------------------
+
+A1111 = types.SimpleNamespace(prompt_parser=None, sd_hijack_clip=None, opts=None)
+
+
+def install_stand_ins():
+    """Put stand-ins for the web UI modules that sd_hijack_clip.py imports into sys.modules (they
+    would otherwise pull in the whole web UI: models, Gradio, settings files). Returns the options
+    object that plays shared.opts; tokenize_line and forward read it at call time."""
+    opts = types.SimpleNamespace(emphasis="Original", comma_padding_backtrack=20, textual_inversion_add_hashes_to_infotext=False)
+    shared = types.ModuleType("modules.shared")
+    shared.opts = opts
+    devices = types.ModuleType("modules.devices")
+    devices.device = torch.device("cpu")
+    devices.torch_npu_set_device = lambda: None
+    hijack = types.ModuleType("modules.sd_hijack")
+    hijack.model_hijack = types.SimpleNamespace(
+        embedding_db=types.SimpleNamespace(find_embedding_at_position=toy_find_embedding),
+        fixes=None,
+        extra_generation_params={},
+    )
+    for mod in (shared, devices, hijack):
+        sys.modules[mod.__name__] = mod
+    return opts
+
+
+def load_a1111(root):
+    """Import modules/prompt_parser.py, sd_emphasis.py and sd_hijack_clip.py from the A1111
+    checkout at `root`, with the stand-ins above for the rest of the web UI."""
+    for name in ("prompt_parser.py", "sd_emphasis.py", "sd_hijack_clip.py"):
+        path = os.path.join(root, "modules", name)
+        if not os.path.isfile(path):
+            sys.exit(f"--a1111 {root}: {path} is missing; give an A1111 checkout (v1.6 or later) or a folder with its modules/{name}")
+    sys.path.insert(0, os.path.abspath(root))
+    A1111.opts = install_stand_ins()
+    import modules  # noqa: E402  (the checkout's package)
+
+    for name in ("shared", "devices", "sd_hijack"):
+        setattr(modules, name, sys.modules["modules." + name])
+    import modules.prompt_parser as prompt_parser  # noqa: E402
+    import modules.sd_hijack_clip as sd_hijack_clip  # noqa: E402
+
+    A1111.prompt_parser, A1111.sd_hijack_clip = prompt_parser, sd_hijack_clip
+
+
+def toy_text_model():
+    """A1111's TextConditionalModel with the toy tokenizer (ids 49406/49407 start and end a chunk,
+    as CLIP's do) and a stand-in text encoder that returns a fresh torch.randn hidden state of width
+    8 for each chunk batch; every call of process_tokens is recorded."""
+
+    class ToyTextModel(A1111.sd_hijack_clip.TextConditionalModel):
+        def __init__(self):
+            super().__init__()
+            self.comma_token = toy_id(",")
+            self.id_start, self.id_end = 49406, 49407
+            self.id_pad = self.id_end
+            self.calls = []
+
+        def tokenize(self, texts):
+            return toy_tokenize(texts)
+
+        def encode_with_transformers(self, tokens):
+            z = torch.randn(tokens.shape[0], tokens.shape[1], 8)
+            self.calls[-1]["z"] = z
+            return z
+
+        def process_tokens(self, remade_batch_tokens, batch_multipliers):
+            self.calls.append({"multipliers": batch_multipliers})
+            z = super().process_tokens(remade_batch_tokens, batch_multipliers)
+            self.calls[-1]["result"] = z
+            return z
+
+    return ToyTextModel()
+
+
 def b64(t):
     return base64.b64encode(t.detach().numpy().astype("<f4").tobytes()).decode("ascii")
 
 
 def attention_case(text):
     try:
-        return {"text": text, "result": ref.parse_prompt_attention(text)}
+        return {"text": text, "result": A1111.prompt_parser.parse_prompt_attention(text)}
     except ValueError as e:
         return {"text": text, "error": str(e)}
 
 
 def schedule_case(prompt, steps, hires=None, old=False):
     try:
-        res = ref.get_learned_conditioning_prompt_schedules([prompt], steps, hires, old)[0]
+        res = A1111.prompt_parser.get_learned_conditioning_prompt_schedules([prompt], steps, hires, old)[0]
         return {"prompt": prompt, "steps": steps, "hires": hires, "old": old, "result": res}
     except (ValueError, OverflowError) as e:
         return {"prompt": prompt, "steps": steps, "hires": hires, "old": old, "error": f"{type(e).__name__}: {e}"}
 
 
+def multicond(prompts):
+    return list(A1111.prompt_parser.get_multicond_prompt_list(prompts)[:2])
+
+
 def chunk_case(c):
-    chunks, count = ref.tokenize_line(
-        c["line"], toy_tokenize, toy_id(","), 49406, 49407, toy_find_embedding,
-        emphasis=c.get("emphasis", "Original"), comma_padding_backtrack=c.get("backtrack", 20))
-    return {**c, "tokenCount": count, "chunks": [{"tokens": ch.tokens, "multipliers": ch.multipliers, "fixes": ch.fixes} for ch in chunks]}
+    A1111.opts.emphasis = c.get("emphasis", "Original")
+    A1111.opts.comma_padding_backtrack = c.get("backtrack", 20)
+    try:
+        chunks, count = toy_text_model().tokenize_line(c["line"])
+    finally:
+        A1111.opts.emphasis, A1111.opts.comma_padding_backtrack = "Original", 20
+    return {
+        **c, "tokenCount": count,
+        "chunks": [{"tokens": ch.tokens, "multipliers": ch.multipliers, "fixes": [[f.offset, f.embedding.name] for f in ch.fixes]} for ch in chunks],
+    }
 
 
 def emphasis_case():
+    """forward() encodes chunk k of every prompt together (an empty chunk where a prompt has fewer)
+    and applies the emphasis to that batch as a whole."""
     torch.manual_seed(0)
-    per_line = [ref.tokenize_line(line, toy_tokenize, toy_id(","), 49406, 49407, toy_find_embedding)[0] for line in EMPHASIS_LINES]
-    n = max(len(c) for c in per_line)
-    out = []
-    for k in range(n):  # A1111 encodes chunk k of every prompt together and normalises them together
-        mults = [c[k].multipliers if k < len(c) else [1.0] * 77 for c in per_line]
-        z = torch.randn(len(per_line), 77, 8)
-        res = ref.emphasis_original(z, torch.asarray(mults))
-        out.append({"multipliers": mults, "z": b64(z), "result": b64(res)})
+    model = toy_text_model()
+    with torch.no_grad():
+        model(EMPHASIS_LINES)
+    out = [{"multipliers": c["multipliers"], "z": b64(c["z"]), "result": b64(c["result"])} for c in model.calls]
     return {"lines": EMPHASIS_LINES, "chunks": out}
 
 
@@ -312,7 +409,7 @@ def all_readings(prompt, steps, cap=2000):
 
     global _EXPLICIT
     if "_EXPLICIT" not in globals():
-        _EXPLICIT = lark.Lark(ref.schedule_parser.source_grammar, ambiguity="explicit")
+        _EXPLICIT = lark.Lark(A1111.prompt_parser.schedule_parser.source_grammar, ambiguity="explicit")
 
     def too_slow(*_):
         raise TooAmbiguous(prompt)
@@ -391,7 +488,7 @@ def readings_of(prompt, steps, cap):
     return sorted(readings, key=json.dumps)
 
 
-def schedules_under_hash_seeds():
+def schedules_under_hash_seeds(root):
     """lark's Earley parser resolves some ambiguous prompts differently depending on Python's
     string-hash seed (so A1111 itself answers differently from one start to the next): run every
     schedule case under several seeds and keep the set of distinct answers."""
@@ -400,7 +497,8 @@ def schedules_under_hash_seeds():
     answers = []
     for hs in HASH_SEEDS:
         env = dict(os.environ, PYTHONHASHSEED=str(hs))
-        res = subprocess.run([sys.executable, __file__, "--schedules-child"], env=env, check=True, capture_output=True, text=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--a1111", root, "--schedules-child"]
+        res = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         answers.append(json.loads(res.stdout))
     cases = []
     too_ambiguous = []
@@ -429,28 +527,34 @@ def schedules_under_hash_seeds():
 
 
 def main():
-    if "--schedules-child" in sys.argv:
+    ap = argparse.ArgumentParser(description="Write test/fixtures/a1111-prompts.json from A1111's own prompt parsing.")
+    ap.add_argument("--a1111", required=True, help="A1111 checkout (or a folder with its modules/prompt_parser.py, sd_emphasis.py and sd_hijack_clip.py)")
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--schedules-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    load_a1111(args.a1111)
+    if args.schedules_child:
         print(json.dumps([{k: v for k, v in schedule_case(*job).items() if k in ("result", "error")} for job in schedule_jobs()]))
         return
-    schedules = schedules_under_hash_seeds()
+    schedules = schedules_under_hash_seeds(args.a1111)
     data = {
-        "about": "Made by test/scripts/make_a1111_prompt_fixtures.py from a copy of A1111's prompt_parser.py / sd_hijack_clip.py / sd_emphasis.py (lark " + __import__("lark").__version__ + ").",
+        "about": "Made by test/scripts/make_a1111_prompt_fixtures.py from A1111's prompt_parser.py / sd_hijack_clip.py / sd_emphasis.py (lark " + __import__("lark").__version__ + ").",
         "attention": [attention_case(t) for t in ATTENTION],
         "hashSeeds": HASH_SEEDS,
         "schedules": schedules,
-        "multicond": [{"prompts": ps, "result": list(ref.get_multicond_prompt_list(ps)[:2])} for ps in MULTICOND],
+        "multicond": [{"prompts": ps, "result": multicond(ps)} for ps in MULTICOND],
         "chunks": [chunk_case(c) for c in CHUNKS],
         "emphasis": emphasis_case(),
         "fuzz": [],
     }
     for p in fuzz_prompts():
         att = attention_case(p)
-        data["fuzz"].append({"prompt": p, "attention": att.get("result"), "attentionError": att.get("error"), "multicond": list(ref.get_multicond_prompt_list([p])[:2])})
-    with open(OUT, "w", encoding="utf8") as f:
+        data["fuzz"].append({"prompt": p, "attention": att.get("result"), "attentionError": att.get("error"), "multicond": multicond([p])})
+    with open(args.out, "w", encoding="utf8") as f:
         json.dump(data, f, ensure_ascii=False, indent=0)
         f.write("\n")
     n = sum(len(data[k]) for k in ["attention", "schedules", "multicond", "chunks"])
-    print(f"wrote {OUT}: {n} cases ({os.path.getsize(OUT)} bytes)")
+    print(f"wrote {os.path.normpath(args.out)}: {n} cases ({os.path.getsize(args.out)} bytes)")
 
 
 if __name__ == "__main__":
