@@ -18,17 +18,24 @@ from nbclient.exceptions import CellExecutionError
 
 
 def run_all(client: NotebookClient, nb, runs: int) -> None:
-    """Execute the notebook `runs` times in one kernel (once: nbclient's own execute())."""
+    """Execute the notebook `runs` times in one kernel (once: nbclient's own execute()).
+
+    Each executed cell gets its execution count, counting on across runs as the kernel's prompt
+    does (a second Run All of 9 cells shows In [10] … In [18]); tslab sends no execute_input, so
+    without it every prompt would read In [ ].
+    """
     if runs <= 1:
         client.execute()
         return
+    count = 0
     with client.setup_kernel():
         for _ in range(runs):
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
                     continue
                 cell.outputs = []  # a re-run replaces the cell's outputs, as in Jupyter
-                client.execute_cell(cell, index)
+                count += 1
+                client.execute_cell(cell, index, execution_count=count)
 
 
 def main(src: str, dst: str, runs: int = 1) -> int:

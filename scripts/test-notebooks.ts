@@ -12,20 +12,28 @@
  *    a 40-step training cell has a handful of outputs, not one per step.
  *    Every chart output must show something without plotly.js (an `image/png` of itself that
  *    decodes, and the same picture inside its HTML) unless the saved notebook holds the bundle;
- *    no output may hold a raw typed-array or Buffer dump (`Float32Array(`, `<Buffer `, `Uint8Array(`).
+ *    no output may hold a raw typed-array or Buffer dump (`Float32Array(`, `<Buffer `, `Uint8Array(`);
+ *    every code cell that ran has its execution count (In [n], not In [ ]).
  *    Notebooks 01 and 03 must hold a cell tagged `style-check` (`hn.styleCheck`): its printed table
  *    (the demo's style and content scores at ×0 / ×0.5 / ×1) is read back and must show the style
  *    learned — the style score rising with the multiplier, ×1 at least 0.1 above ×0, and colour and
  *    shape accuracy at every multiplier within 15 points of ×0 (the demo's checks).
+ *    Notebook 02 must print the attention difference of its trained network (`pastel02`): a largest
+ *    per-token mean |Δ| of at least 0.03, above the untrained network's. Notebook 03's live charts
+ *    must draw the validation loss, and its LR range test must print a suggested schedule.
  * 4. Notebooks with a cell tagged `screenshot` are converted to HTML and rendered in headless
  *    Chromium: every chart must have drawn (Plotly SVG traces, or its fallback picture where the
  *    notebook holds no plotly.js) and every `<img>` must have decoded.
  *    With `--screenshot`, that cell is also saved as `docs/notebook-training.png`.
+ * 5. With `--publish`, every notebook that passed is written to `docs/notebooks/` for readers who
+ *    do not run anything (GitHub renders it): the executed notebook without the ~10 MB plotly.js
+ *    bundle (every chart shows the PNG of itself it carries) and without nbclient's per-cell
+ *    timings, so the folder stays a few MB and a rerun changes only what the notebook shows.
  *
  * Notebooks execute in parallel (`--jobs N`, default 4), each in its own kernel; the checks and
  * their report follow in the notebooks' order.
  *
- * Usage: npm run test:notebooks [-- NAME-FILTER...] [-- --screenshot] [-- --once] [-- --jobs N]
+ * Usage: npm run test:notebooks [-- NAME-FILTER...] [-- --screenshot] [-- --once] [-- --jobs N] [-- --publish]
  */
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -35,6 +43,9 @@ const root = path.resolve(__dirname, "..");
 const outDir = path.join(root, "out", "notebooks");
 const args = process.argv.slice(2);
 const wantScreenshot = args.includes("--screenshot");
+/** `--publish`: write the notebooks that passed to docs/notebooks/ (outputs kept, plotly.js bundle left out). */
+const wantPublish = args.includes("--publish");
+const publishDir = path.join(root, "docs", "notebooks");
 /** `--once`: run every notebook once (a quick look while writing one; the second-run checks are skipped). */
 const once = args.includes("--once");
 /** `--jobs N`: notebooks executed at the same time (default 4; each has its own kernel and out/ folder). */
@@ -63,6 +74,7 @@ interface Cell {
   source: string | string[];
   metadata: { tags?: string[] };
   outputs?: Output[];
+  execution_count?: number | null;
 }
 const joined = (t: string | string[] | undefined): string => (Array.isArray(t) ? t.join("") : (t ?? ""));
 
@@ -209,6 +221,59 @@ function checkStyleLearned(nb: string, code: Cell[]): void {
   }
 }
 
+/** Everything a code cell printed or displayed, as one text (stream text and every MIME type's data). */
+function cellText(c: Cell): string {
+  return (c.outputs ?? [])
+    .map(
+      (o) =>
+        joined(o.text) +
+        Object.values(o.data ?? {})
+          .map(joined)
+          .join(""),
+    )
+    .join("\n");
+}
+
+/** The largest mean |Δ attention| a network row printed by `hn.attentionMaps`, by the row's label (`pastel02 ×1`). */
+function attentionChanges(text: string): Map<string, number> {
+  const rows = new Map<string, number>();
+  for (const m of text.matchAll(/^(.+?), (?:layer \S+|mean over every cross-attention layer): mean \|Δ attention\| per token (.+)$/gm)) {
+    const values = [...m[2]!.matchAll(/ (\d+\.\d+)(?:,|$)/g)].map((v) => Number(v[1]));
+    rows.set(m[1]!, Math.max(...values));
+  }
+  return rows;
+}
+
+/** The trained network of notebook 02 must change attention visibly: its largest per-token mean |Δ| at least this. */
+const ATTENTION_VISIBLE = 0.03;
+
+/**
+ * What notebooks 02 and 03 promise beyond the style check: 02 prints the attention difference of
+ * a trained network (label `pastel02`), large enough to see and larger than the untrained one's;
+ * 03's live chart draws the validation loss and its LR range test prints a suggested schedule.
+ */
+function checkLessons(nb: string, code: Cell[]): void {
+  const all = code.map(cellText).join("\n");
+  if (nb.startsWith("02-")) {
+    const rows = attentionChanges(all);
+    const trained = [...rows].find(([label]) => label.startsWith("pastel02"));
+    const others = [...rows].filter(([label]) => !label.startsWith("pastel02")).map(([, v]) => v);
+    console.log(`  ${nb}: attention change (largest mean |Δ|) ${[...rows].map(([l, v]) => `${l} ${v.toFixed(3)}`).join(", ")}`);
+    if (!trained) fail(`${nb}: no attention-difference line for the trained network (pastel02)`);
+    else if (!(trained[1] >= ATTENTION_VISIBLE))
+      fail(`${nb}: the trained network changes attention by at most ${trained[1]} (< ${ATTENTION_VISIBLE})`);
+    else if (others.some((v) => v >= trained[1])) fail(`${nb}: the untrained network changes attention as much as the trained one`);
+  }
+  if (nb.startsWith("03-")) {
+    const live = code.filter((c) => (c.metadata.tags ?? []).includes("live")).map(cellText);
+    if (live.length === 0 || !live.every((t) => t.includes("validation loss")))
+      fail(`${nb}: a live training chart does not draw the validation loss`);
+    const lr = /LR range test: (\d+) steps.*suggested learning rate \S+ → learningRate: "([^"]+)"/.exec(all);
+    if (!lr) fail(`${nb}: the LR range test printed no suggested schedule`);
+    else console.log(`  ${nb}: LR range test ${lr[1]} steps, suggested "${lr[2]}"`);
+  }
+}
+
 /** One notebook's execution: how many Run Alls, the exit status, run_notebook.py's stderr, seconds. */
 interface Executed {
   nb: string;
@@ -260,10 +325,29 @@ async function executeAll(): Promise<Executed[]> {
   return results;
 }
 
+/**
+ * Write an executed notebook to docs/notebooks/ for reading without a kernel: the plotly.js bundle
+ * output is dropped (each chart carries a PNG of itself, checked above), and so are nbclient's
+ * per-cell timings. Returns the file's size in bytes.
+ */
+function publish(nb: string): number {
+  const doc = JSON.parse(fs.readFileSync(path.join(outDir, nb), "utf8")) as { cells: Array<Cell & { metadata: Record<string, unknown> }> };
+  for (const c of doc.cells) {
+    delete c.metadata.execution;
+    if (c.cell_type === "code") c.outputs = (c.outputs ?? []).filter((o) => !joined(o.data?.["text/html"]).includes(PLOTLY_LOADER));
+  }
+  fs.mkdirSync(publishDir, { recursive: true });
+  const file = path.join(publishDir, nb);
+  fs.writeFileSync(file, `${JSON.stringify(doc, null, 1)}\n`);
+  return fs.statSync(file).size;
+}
+
 async function main(): Promise<void> {
+  const passed: string[] = [];
   const forHtml: string[] = [];
   for (const r of await executeAll()) {
     const { nb, runs, secs } = r;
+    const before = failures.length;
     if (r.status !== 0) {
       fail(`${nb}: execution failed after ${secs} s\n${r.stderr.split("\n").slice(-40).join("\n")}`);
       continue;
@@ -274,6 +358,9 @@ async function main(): Promise<void> {
     for (const [i, c] of code.entries()) {
       const outs = c.outputs ?? [];
       outputs += outs.length;
+      // A saved notebook shows In [n], not In [ ], for every cell that ran.
+      if (typeof c.execution_count !== "number" && joined(c.source).trim() !== "")
+        fail(`${nb}: code cell ${i + 1} has no execution count (its prompt reads In [ ])`);
       for (const o of outs) {
         if (o.output_type === "error") fail(`${nb}: code cell ${i + 1} raised ${o.ename}: ${o.evalue}`);
         if (o.output_type === "stream" && o.name === "stderr" && /\d+:\d+ - |Error:/.test(joined(o.text)))
@@ -301,6 +388,8 @@ async function main(): Promise<void> {
     }
     checkOutputs(nb, code);
     checkStyleLearned(nb, code);
+    checkLessons(nb, code);
+    if (failures.length === before) passed.push(nb);
     console.log(`ok ${nb}: ${code.length} code cells, ${outputs} outputs, ${runs} run(s), ${secs} s`);
   }
 
@@ -379,6 +468,16 @@ window.addEventListener("load", function () { setTimeout(function () {
           : `  screenshot failed: ${shot.stderr.slice(-400)}`,
       );
     }
+  }
+
+  if (wantPublish) {
+    let total = 0;
+    for (const nb of passed) {
+      const bytes = publish(nb);
+      total += bytes;
+      console.log(`  published ${path.relative(root, path.join(publishDir, nb))} (${(bytes / 1024).toFixed(0)} KiB)`);
+    }
+    console.log(`  published ${passed.length} notebook(s), ${(total / 1024 ** 2).toFixed(2)} MiB`);
   }
 
   if (failures.length) {
