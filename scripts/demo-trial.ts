@@ -5,9 +5,11 @@
  * the network, so they are cached under the output folder per sampling setting.
  *
  *   npx ts-node --transpile-only scripts/demo-trial.ts '{"learningRate":"2e-3:75","maxSteps":75}' [--label NAME]
- *       [--mult 0.5,1] [--out out/trials] [--zero-last] [--dropout 0,0.1,0] [--workers 2] [--sample-batch 12]
+ *       [--mult 0.5,1] [--out out/trials] [--zero-last | --no-zero-last] [--dropout 0,0.1,0] [--workers 2]
+ *       [--sample-batch 12]
  *
- * The JSON object overrides fields of DEMO_SETTINGS. Prints one line per multiplier and appends a
+ * The JSON object overrides fields of DEMO_SETTINGS (`--zero-last` / `--no-zero-last` override its
+ * `zeroLastLayer`). Prints one line per multiplier and appends a
  * JSON line to OUT/trials.jsonl (settings, scores, seconds, load average at start and end).
  */
 import * as fs from "node:fs";
@@ -37,7 +39,7 @@ async function main(): Promise<void> {
   const out = arg("--out") ?? "out/trials";
   const label = arg("--label") ?? JSON.stringify(over);
   const mults = (arg("--mult") ?? "1").split(",").map(Number);
-  const zeroLast = process.argv.includes("--zero-last");
+  const zeroLast = process.argv.includes("--zero-last") ? true : process.argv.includes("--no-zero-last") ? false : st.zeroLastLayer;
   const dropout = arg("--dropout")?.split(",").map(Number);
   const workers = Number(arg("--workers") ?? 2);
   const load0 = os.loadavg();
