@@ -11,7 +11,15 @@ import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import { lossFigure, figureHtml, type LossPoint } from "../src/kernel-helpers/charts";
 import { mimeBundle } from "../src/kernel-helpers/display";
-import { compactInspect, defaultRunDir, finalLossChart, readLossCsv, resumedLossCsv } from "../src/kernel-helpers/results";
+import {
+  compactInspect,
+  defaultRunDir,
+  finalLossChart,
+  readLossCsv,
+  readValidationCsv,
+  resumedLossCsv,
+  validationCsv,
+} from "../src/kernel-helpers/results";
 
 const points: LossPoint[] = Array.from({ length: 30 }, (_, i) => ({ step: i + 1, loss: 0.5 / (i + 1), lr: i < 15 ? 5e-3 : 1e-3 }));
 
@@ -167,6 +175,55 @@ describe("the train verb's chart after a resume", () => {
       // The seeded points are the first run's, read back from its CSV (rounded as the CSV writes them).
       for (const i of [0, 1]) expect(resumed.points[i]!.loss).toBeCloseTo(first.points[i]!.loss, 5);
       expect(resumed.losses.length).toBe(4);
+      net.dispose();
+    } finally {
+      setOutputDir(os.tmpdir());
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 240_000);
+
+  it("continues the validation curve too: the first run's losses before the resumed step, then the resumed run's", async () => {
+    const { setupBackend } = await import("./helpers/tf");
+    const { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } = await import("./helpers/train-setup");
+    const { setOutputDir } = await import("../src/kernel-helpers/display");
+    const { loadHypernetwork } = await import("../src/hypernet/file");
+    const verbs = await import("../src/kernel-helpers/steps");
+    await setupBackend();
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-resume-validation-"));
+    try {
+      setOutputDir(path.join(tmp, "display"));
+      const base = makeToyBase();
+      const dataDir = path.join(tmp, "data");
+      await makeToyDataset(dataDir);
+      const logDir = path.join(tmp, "run");
+      const quiet = {
+        ...toyTrainOptions(dataDir, logDir),
+        maxSteps: 4,
+        saveEvery: 2,
+        chartEveryMs: 0,
+        preview: undefined,
+        previewEvery: 0,
+        validationEvery: 2,
+      };
+      const first = await verbs.train(base, makeToyNet(4), quiet).done;
+      const firstVal = first.validation.map((v) => [v.step, v.loss]);
+      expect(firstVal.map(([step]) => step)).toEqual([0, 2, 4]);
+      expect(readValidationCsv(validationCsv(logDir)).map((p) => [p.step, p.loss])).toEqual(firstVal);
+      // Resumed from step 2: the chart keeps the step-0 loss from the file, then measures 2, 4, 6 again.
+      const ckpt = path.join(logDir, "hypernetworks", "toy-2.pt");
+      const net = loadHypernetwork(ckpt, { trainable: true });
+      const resumed = await verbs.train(base, net, { ...quiet, maxSteps: 6, resumeFrom: ckpt }).done;
+      expect(resumed.validation.map((v) => v.step)).toEqual([2, 4, 6]);
+      // The same network at step 2, the same fixed batch: the resumed run measures what the first one did.
+      expect(resumed.validation[0]!.loss).toBeCloseTo(first.validation[1]!.loss, 6);
+      const html = fs.readFileSync(path.join(tmp, "display", "loss.html"), "utf8");
+      const curve = /"name":"validation loss","x":\[([^\]]*)\],"y":\[([^\]]*)\]/.exec(html);
+      expect(curve?.[1]).toBe("0,2,4,6");
+      expect(Number(curve![2]!.split(",")[0])).toBe(first.validation[0]!.loss);
+      // The file now holds the whole curve once, for a later resume.
+      expect(readValidationCsv(validationCsv(logDir)).map((p) => p.step)).toEqual([0, 2, 4, 6]);
+      expect(readValidationCsv(validationCsv(logDir), 4).map((p) => p.step)).toEqual([0, 2]);
+      expect(readValidationCsv(path.join(tmp, "missing.csv"))).toEqual([]);
       net.dispose();
     } finally {
       setOutputDir(os.tmpdir());

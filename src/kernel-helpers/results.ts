@@ -80,6 +80,38 @@ export function resumedLossCsv(resumeFrom: string, logDir?: string): string {
   return path.join(run, "hypernetwork_loss.csv");
 }
 
+/**
+ * The file the train verb keeps a run's validation losses in (`step,validation_loss`, next to the
+ * trainer's `hypernetwork_loss.csv`), so that a resumed run's chart continues the validation curve
+ * as it continues the loss curve.
+ */
+export function validationCsv(runDir: string): string {
+  return path.join(runDir, "validation_loss.csv");
+}
+
+/** The validation points of `file` measured before `beforeStep` (a missing file: none; unparsable rows are skipped). */
+export function readValidationCsv(file: string, beforeStep = Infinity): ValidationPoint[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw new Error(`loss chart: cannot read the earlier run's validation file ${file}: ${(e as Error).message}`);
+  }
+  const points: ValidationPoint[] = [];
+  for (const line of text.split(/\r?\n/).slice(1)) {
+    const [step, loss] = line.split(",").map((f) => Number(f));
+    if (Number.isInteger(step) && Number.isFinite(loss) && step! < beforeStep) points.push({ step: step!, loss: loss! });
+  }
+  return points;
+}
+
+/** Write `points` to `file` (header first), replacing what it held; the folder is created if needed. */
+export function writeValidationCsv(file: string, points: readonly ValidationPoint[]): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, `step,validation_loss\n${points.map((p) => `${p.step},${p.loss}\n`).join("")}`);
+}
+
 /** The loss chart's final output: the figure's HTML with a PNG of the chart (and the validation curve, if any) inside it and beside it. */
 export async function finalLossChart(
   fig: Figure,

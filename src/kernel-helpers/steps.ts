@@ -36,7 +36,16 @@ import {
 } from "../train/trainer";
 import { displayMode, escapeHtml, liveDisplay, pngImgTag, show, type LiveDisplay } from "./display";
 import { figureHtml, lossFigure, plotlyFileScriptTag, plotlyLoaderHtml, type LossPoint, type ValidationPoint } from "./charts";
-import { compactInspect, defaultRunDir, finalLossChart, readLossCsv, resumedLossCsv } from "./results";
+import {
+  compactInspect,
+  defaultRunDir,
+  finalLossChart,
+  readLossCsv,
+  readValidationCsv,
+  resumedLossCsv,
+  validationCsv,
+  writeValidationCsv,
+} from "./results";
 
 let plotlyShown = false;
 
@@ -186,15 +195,32 @@ function formatSeconds(s: number): string {
 
 /**
  * The validation and norms events of a live training run, the trainer callbacks that collect them
- * (and pass them on to the caller's), and the validation points for the loss chart. `redraw` is
- * called after each validation loss.
+ * (and pass them on to the caller's), and the validation points for the loss chart: `earlier` (a
+ * resumed run's points before its first step), then this run's. Every validation loss is also
+ * kept in `file` (the earlier points first), which a later resume reads; a file that cannot be
+ * written costs the curve's continuation, not the run (`warn` says so once). `redraw` is called
+ * after each validation loss.
  */
-function measurementLog(opts: TrainLiveOptions, redraw: () => void) {
+function measurementLog(
+  opts: TrainLiveOptions,
+  redraw: () => void,
+  keep: { earlier: ValidationPoint[]; file: string; warn: (m: string) => void },
+) {
   const validation: ValidationEvent[] = [];
   const norms: NormsEvent[] = [];
+  const points = (): ValidationPoint[] => [...keep.earlier, ...validation.map((v) => ({ step: v.step, loss: v.loss }))];
+  let saving = true;
   const handlers: Pick<TrainOptions, "onValidation" | "onNorms"> = {
     onValidation: (e) => {
       validation.push(e);
+      if (saving) {
+        try {
+          writeValidationCsv(keep.file, points());
+        } catch (err) {
+          saving = false;
+          keep.warn(`validation losses not saved to ${keep.file} (a resumed chart will not continue them): ${(err as Error).message}`);
+        }
+      }
       redraw();
       opts.onValidation?.(e);
     },
@@ -203,7 +229,7 @@ function measurementLog(opts: TrainLiveOptions, redraw: () => void) {
       opts.onNorms?.(e);
     },
   };
-  return { validation, norms, handlers, points: (): ValidationPoint[] => validation.map((v) => ({ step: v.step, loss: v.loss })) };
+  return { validation, norms, handlers, points };
 }
 
 /**
@@ -224,10 +250,14 @@ export function train(base: BaseModel, net: Hypernetwork, opts: TrainLiveOptions
   const points: LossPoint[] = opts.resumeFrom ? readLossCsv(resumedLossCsv(opts.resumeFrom, opts.logDir), net.info.step) : [];
   const checkpoints: number[] = [];
   const previews: number[] = [];
-  // Validation losses are few: each one redraws the chart as it comes.
-  const measured = measurementLog(opts, () => draw());
-  const title = `${net.name}: training loss`;
   const messages: string[] = [];
+  // Validation losses are few: each one redraws the chart as it comes. A resumed run's curve starts
+  // with the points the earlier run measured before the resumed step (it measures that step again).
+  const earlier = opts.resumeFrom
+    ? readValidationCsv(validationCsv(path.dirname(resumedLossCsv(opts.resumeFrom, opts.logDir))), net.info.step)
+    : [];
+  const measured = measurementLog(opts, () => draw(), { earlier, file: validationCsv(logDir), warn: (m) => messages.push(m) });
+  const title = `${net.name}: training loss`;
   const everyMs = opts.chartEveryMs ?? 1000;
   const chartId = `hn-loss-${net.name}-${Date.now().toString(36)}`;
   let lastDraw = 0;
