@@ -1,5 +1,5 @@
 /**
- * A1111 infotexts both ways: the parser gives exactly what A1111's `parse_generation_parameters`
+ * A1111 infotexts both ways: the parser gives exactly what A1111 1.10's `parse_generation_parameters`
  * gives (test/fixtures/a1111-infotext.json, made by A1111's own function imported from a checkout by
  * test/scripts/run_a1111_infotext.py; run live too when the environment variable A1111_WEBUI_DIR
  * names an A1111 checkout); A1111's parser reads this project's writer back to
@@ -42,7 +42,7 @@ function liveA1111(texts: string[]): Entries[] | undefined {
   return a1111Parse(texts, A1111_DIR).parsed;
 }
 
-describe("parseGenerationParameters = A1111 1.10's parse_generation_parameters", () => {
+describe("parseGenerationParameters = A1111 1.10's parse_generation_parameters (fixture made from A1111 at c19d044)", () => {
   it("the fixture's corpus is the current one", () => {
     expect(FIXTURE.corpus.map((c) => c.text)).toEqual(CORPUS);
   });
@@ -58,6 +58,64 @@ describe("parseGenerationParameters = A1111 1.10's parse_generation_parameters",
       return ctx.skip(NO_LIVE);
     }
     expect(live).toEqual(FIXTURE.corpus.map((c) => c.parsed));
+  });
+});
+
+/** Texts for the rules A1111 1.10's parser has and 1.8's lacked, with what 1.10 gives (worked out by hand from its rules). */
+const RULES_1_10: Array<{ text: string; has: Record<string, InfotextValue>; lacks: string[]; order?: string[] }> = [
+  // (cat:1.0) is weight 1; [(dog)] is 1.1 × (1/1.1), exactly 1 in doubles: nothing is emphasised
+  { text: "a (cat:1.0), [(dog)]\nSteps: 20, Sampler: Euler a, CFG scale: 7", has: {}, lacks: ["Emphasis"] },
+  // BREAK and escaped brackets are not emphasis; the negative prompt's [blurry] is
+  {
+    text: "a cat BREAK a dog, \\(literal\\)\nNegative prompt: [blurry]\nSteps: 20, Sampler: Euler a, CFG scale: 7",
+    has: { Emphasis: "Original", "Hires schedule type": "Use same scheduler", "Refiner switch by sampling steps": false },
+    lacks: [],
+  },
+  // an Emphasis field is kept as written
+  { text: "(BREAK)\nSteps: 20, Sampler: Euler a, CFG scale: 7, Emphasis: No norm", has: { Emphasis: "No norm" }, lacks: [] },
+  // the legacy Hypernet tag does not count; the prompt's own brackets do; before 1.8 a refiner flag is not set without a refiner
+  {
+    text: "(a cat)\nSteps: 20, Sampler: Euler a, CFG scale: 7, Hypernet: anime, Version: 1.7.0",
+    has: { Prompt: "(a cat)<hypernet:anime:1.0>", Emphasis: "Original", "Refiner switch by sampling steps": false },
+    lacks: [],
+  },
+  // one hires prompt named, no Version: both set right after the fields, "" where equal to the main prompt
+  {
+    text: "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Hires negative prompt: blurry, Hires schedule type: Karras, Prompt: x",
+    has: { "Hires negative prompt": "", "Hires prompt": "", "Hires schedule type": "Karras", Prompt: "a cat" },
+    lacks: [],
+    order: ["Steps", "Sampler", "CFG scale", "Hires negative prompt", "Hires schedule type", "Prompt", "Hires prompt", "Negative prompt"],
+  },
+  // a Version up to 1.8.0-139 skips that step: the hires negative prompt stays as written
+  {
+    text: "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Hires negative prompt: blurry, Version: v1.8.0-139-gabcdef0",
+    has: { "Hires negative prompt": "blurry", "Hires prompt": "" },
+    lacks: [],
+    order: ["Steps", "Sampler", "CFG scale", "Hires negative prompt", "Version", "Prompt", "Negative prompt"],
+  },
+];
+
+describe("parseGenerationParameters: A1111 1.10's rules that 1.8's parser lacked", () => {
+  it.each(RULES_1_10.map((c, i) => [i, c] as const))("text %i", (_i, c) => {
+    const d = parseGenerationParameters(c.text);
+    for (const [k, v] of Object.entries(c.has)) expect([k, d.get(k)]).toEqual([k, v]);
+    for (const k of c.lacks) expect(d.has(k)).toBe(false);
+    if (c.order) expect([...d.keys()].slice(0, c.order.length)).toEqual(c.order);
+    // every text also gets the hires schedule default (or its own) and the refiner flag
+    expect(d.has("Hires schedule type") && d.has("Refiner switch by sampling steps")).toBe(true);
+  });
+
+  it("an emphasis weight Python cannot read fails, as A1111's parser does", () => {
+    expect(() => parseGenerationParameters("(a:1.2.3)\nSteps: 1, Sampler: Euler, CFG scale: 7")).toThrow(
+      /infotext: .*"1\.2\.3".*A1111's parser fails on this prompt too/,
+    );
+  });
+
+  it("A1111's parser run now gives the same for these texts (when A1111_WEBUI_DIR names a checkout)", (ctx) => {
+    const texts = RULES_1_10.map((c) => c.text);
+    const live = liveA1111(texts);
+    if (!live) return ctx.skip(NO_LIVE);
+    expect(texts.map((t) => [...parseGenerationParameters(t)])).toEqual(live);
   });
 });
 
@@ -209,6 +267,32 @@ describe("readInfotext", () => {
       expect.stringMatching(/embedding "easynegative" is not in/),
       expect.stringMatching(/embedding "badhandv4" is not in/),
     ]);
+  });
+
+  it("1.10's added fields: Emphasis Original is txt2img's default, the other modes become settings; the hires schedule and refiner flag defaults change nothing", () => {
+    const base10 = "a (cat:1.2)\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 512x512";
+    const plain = readInfotext(base10);
+    expect(plain.parameters.get("Emphasis")).toBe("Original"); // filled in by the parser
+    expect(plain.emphasis).toBeUndefined();
+    expect(plain.cannotHonour).toEqual([]);
+    expect(plain.notes.join("\n")).not.toMatch(/Emphasis|Hires schedule type|Refiner switch/);
+    for (const mode of ["No norm", "Ignore", "None"] as const) {
+      const r = readInfotext(`${base10}, Emphasis: ${mode}`);
+      expect([r.emphasis, r.cannotHonour]).toEqual([mode, []]);
+    }
+    expect(readInfotext(`${base10}, Emphasis: Fancy`).cannotHonour).toEqual([
+      'Emphasis: Fancy is not an A1111 emphasis mode this project knows; "Original" is used',
+    ]);
+    // a hires pass with its own schedule type names it among the hires settings not made here
+    const hires = readInfotext(`${base10}, Denoising strength: 0.5, Hires upscale: 2, Hires schedule type: Karras`);
+    expect(hires.cannotHonour).toEqual([
+      expect.stringMatching(/^hires fix \(Hires upscale: 2, Hires schedule type: Karras, Denoising strength: 0\.5\)/),
+    ]);
+    // the refiner flag: on with a refiner (A1111 before 1.8) cannot be reproduced; on without one changes nothing
+    expect(readInfotext(CORPUS[14]!).cannotHonour.join("\n")).toMatch(/Refiner switch by sampling steps: A1111 before 1\.8/);
+    const lone = readInfotext(`${base10}, Refiner switch by sampling steps: True`);
+    expect(lone.cannotHonour).toEqual([]);
+    expect(lone.notes.join("\n")).toMatch(/Refiner switch by sampling steps: on, but there is no refiner/);
   });
 
   it("bad sources: clear errors naming the file", () => {

@@ -14,7 +14,8 @@
  * Schedule type (→ one name such as "DPM++ 2M Karras", resolved as A1111 1.10 resolves it; an
  * unknown name becomes "DPM++ 2M", A1111's own fallback, and is reported), CFG scale, Seed, Size,
  * Variation seed / strength, Seed resize from, ENSD, RNG ("GPU", A1111's default and what a missing
- * field means, is drawn with the "NV" imitation of NVIDIA's generator), Clip skip, Emphasis, and
+ * field means, is drawn with the "NV" imitation of NVIDIA's generator), Clip skip, Emphasis (the
+ * "Original" A1111 fills in for an emphasised prompt is txt2img's default and stays unset), and
  * this project's own `Hypernet timesteps`, and "Old prompt editing timelines" (→ `oldScheduling`; A1111
  * also sets it for images from before 1.6 whose prompt has a `[`). A sampler η other than A1111's default (`Eta`,
  * `Eta DDIM`) is reported as not honoured: txt2img runs every sampler at its default η.
@@ -126,7 +127,6 @@ const NOT_REPRODUCED: Record<string, string> = {
   "Skip Early CFG": "skipping early CFG",
   "Pad conds v0": "A1111 before 1.6's way of padding conditionings (DDIM/PLMS)",
   "Downcast alphas_cumprod": "A1111 before 1.7's float16 noise schedule (alphas_cumprod downcast)",
-  "Refiner switch by sampling steps": "A1111 before 1.8's refiner switch",
   "Lora hashes": "LoRA networks",
 };
 /** Fields read into settings or checked below, and fields that do not change the image. */
@@ -149,6 +149,7 @@ const HANDLED = new Set([
   "RNG",
   "Clip skip",
   "Emphasis",
+  "Refiner switch by sampling steps",
   "Hypernet timesteps",
   "Model hash",
   "Model",
@@ -321,14 +322,23 @@ export function settingsFromParameters(
   }
   const clip = num(d, "Clip skip", cannot, isCount);
   if (clip !== undefined && clip > 1) s.clipSkip = clip;
+  // A1111 adds "Emphasis: Original" to any text whose prompt weights something: that is txt2img's
+  // default, so only the other modes become a setting.
   const emphasis = d.get("Emphasis");
-  if (emphasis !== undefined) {
-    if (["Original", "No norm", "Ignore", "None"].includes(String(emphasis))) s.emphasis = String(emphasis) as InfotextEmphasis;
+  if (emphasis !== undefined && emphasis !== "Original") {
+    if (["No norm", "Ignore", "None"].includes(String(emphasis))) s.emphasis = String(emphasis) as InfotextEmphasis;
     else cannot.push(`Emphasis: ${String(emphasis)} is not an A1111 emphasis mode this project knows; "Original" is used`);
   }
   // A1111 casts the value to the setting's bool: "False" is false, anything else true
+  const isOn = (v: InfotextValue): boolean => v !== "False" && v !== false && v !== "";
   const oldTimelines = d.get("Old prompt editing timelines");
-  if (oldTimelines !== undefined) s.oldScheduling = oldTimelines !== "False" && oldTimelines !== false && oldTimelines !== "";
+  if (oldTimelines !== undefined) s.oldScheduling = isOn(oldTimelines);
+  // A1111 1.10 writes this flag (off) into every parsed text; on, it only changes when a refiner takes over.
+  const refinerSwitch = d.get("Refiner switch by sampling steps");
+  if (refinerSwitch !== undefined && isOn(refinerSwitch)) {
+    if (d.has("Refiner")) cannot.push("Refiner switch by sampling steps: A1111 before 1.8's refiner switch is not reproduced here");
+    else notes.push("Refiner switch by sampling steps: on, but there is no refiner, so it changes nothing");
+  }
   const gate = /^(\d+)-(\d+)$/.exec(String(d.get("Hypernet timesteps") ?? ""));
   if (gate) s.hypernetworkTimesteps = [Number(gate[1]), Number(gate[2])];
   else if (d.has("Hypernet timesteps")) cannot.push(`Hypernet timesteps: ${JSON.stringify(d.get("Hypernet timesteps"))} is not "min-max"`);
@@ -338,6 +348,7 @@ export function settingsFromParameters(
   ) {
     const defaults: Record<string, InfotextValue> = {
       "Hires sampler": "Use same sampler",
+      "Hires schedule type": "Use same scheduler",
       "Hires checkpoint": "Use same checkpoint",
       "Hires prompt": "",
       "Hires negative prompt": "",

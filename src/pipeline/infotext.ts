@@ -12,13 +12,17 @@
  *   when it holds `,`, `:` or a newline); numbers as Python prints them.
  * - `parseGenerationParameters` = infotext_utils.py `parse_generation_parameters` with A1111's
  *   default settings (no styles, nothing skipped): the same keys, values and defaults, in the same
- *   order, including its quirks (an empty value drops its key; `Size: 512x512` becomes `Size-1` and
- *   `Size-2`; a legacy `Hypernet:` field is appended to the prompt as a tag; old hires-fix fields are
- *   converted; the `Version` backward-compatibility flags). Checked against A1111's own function
- *   (test/scripts/a1111_infotext_ref.py).
+ *   order, including its quirks (the prompts come after the text's own fields; an empty value drops
+ *   its key; `Size: 512x512` becomes `Size-1` and `Size-2`; a legacy `Hypernet:` field is appended
+ *   to the prompt as a tag; a text naming one hires prompt gets both; old hires-fix fields are
+ *   converted; `Emphasis: Original` is added when a prompt weights anything, `Hires schedule type`
+ *   and `Refiner switch by sampling steps` whenever missing; the `Version` backward-compatibility
+ *   flags). Checked against A1111's own function (test/scripts/run_a1111_infotext.py).
  *
  * `readInfotext` (infotext-read.ts) turns the parsed fields into txt2img settings.
  */
+
+import { parsePromptAttention } from "../text/prompt-attention";
 
 /** A value in A1111's parsed dict: strings as read, and the few ints/bools its defaults add. */
 export type InfotextValue = string | number | boolean;
@@ -187,12 +191,20 @@ function versionLess(a: number[], b: number[]): boolean {
   return false;
 }
 
+/**
+ * A `Version` field as A1111 reads it: `v1.7.0-224-g1234567` is cut to its first two dash-separated
+ * parts (a git describe's version and commit count) before being read as a PEP 440 version.
+ */
+function parseVersionField(raw: string): number[] | undefined {
+  const m = /^([^-]+-[^-]+)-/.exec(raw);
+  return versionKey(m ? m[1]! : raw);
+}
+
 /** infotext_versions.py `backcompat`: flags for infotexts written by older A1111 versions. */
 function backcompat(d: Map<string, InfotextValue>): void {
   const raw = d.get("Version");
   if (raw === undefined) return;
-  const m = /^([^-]+-[^-]+)-/.exec(String(raw));
-  const ver = versionKey(m ? m[1]! : String(raw));
+  const ver = parseVersionField(String(raw));
   if (!ver) return;
   const lt = (v: string): boolean => versionLess(ver, versionKey(v)!);
   if (lt("1.6.0") && String(d.get("Prompt") ?? "").includes("[")) d.set("Old prompt editing timelines", true);
@@ -242,9 +254,14 @@ function restoreOldHiresFix(res: Map<string, InfotextValue>): void {
   res.set("Hires resize-2", height);
 }
 
-/** The defaults A1111 fills in for missing keys, in its order (before and after the hires-fix step). */
+/**
+ * The defaults A1111 1.10 fills in for keys the text lacks, in its order: those before the
+ * old-hires-fix conversion, then those after it.
+ */
 const DEFAULTS_BEFORE: Array<[string, InfotextValue]> = [
   ["Hires sampler", "Use same sampler"],
+  // The hires pass's own schedule type (older parsers lack it): none in the text means "same as the first pass".
+  ["Hires schedule type", "Use same scheduler"],
   ["Hires checkpoint", "Use same checkpoint"],
   ["Hires prompt", ""],
   ["Hires negative prompt", ""],
@@ -264,10 +281,46 @@ const DEFAULTS_AFTER: Array<[string, InfotextValue]> = [
   ["FP8 weight", "Disable"],
 ];
 
+/** Infotexts from A1111 after this version (1.8.0-139) keep the hires prompts apart from styles. */
+const HR_STYLES_VERSION = versionKey("1.8.0-139")!;
+
+/**
+ * The hires-prompt step of A1111's style extraction, with no styles defined (a fresh install,
+ * "Apply if any"): when the text names a hires prompt or hires negative prompt — and either has no
+ * readable `Version` or one after 1.8.0-139 — both hires fields are set, each to "" when it equals
+ * the main prompt (a missing one counts as equal), otherwise to itself. A field the text lacked is
+ * thereby added here, right after the text's own fields.
+ */
+function hiresPromptsWithoutStyles(res: Map<string, InfotextValue>, prompt: string, negative: string): void {
+  if (!res.has("Hires prompt") && !res.has("Hires negative prompt")) return;
+  const ver = res.has("Version") ? parseVersionField(String(res.get("Version"))) : undefined;
+  if (ver && !versionLess(HR_STYLES_VERSION, ver)) return;
+  const hrPrompt = res.get("Hires prompt") ?? prompt;
+  const hrNegative = res.get("Hires negative prompt") ?? negative;
+  res.set("Hires prompt", hrPrompt === prompt ? "" : hrPrompt);
+  res.set("Hires negative prompt", hrNegative === negative ? "" : hrNegative);
+}
+
+/**
+ * Whether A1111's emphasis parser gives any run of the prompt or negative prompt a weight other
+ * than 1 (chunk-break markers aside). A prompt whose weight Python cannot read (`(a:1.2.3)`)
+ * throws, as A1111's parser does.
+ */
+function usesEmphasis(prompt: string, negative: string): boolean {
+  const runs = [prompt, negative].flatMap((text) => {
+    try {
+      return parsePromptAttention(text);
+    } catch (e) {
+      throw new Error(`infotext: ${(e as Error).message} (A1111's parser fails on this prompt too)`);
+    }
+  });
+  return runs.some(([text, weight]) => weight !== 1 && text !== "BREAK");
+}
+
 /**
  * A1111 1.10's `parse_generation_parameters` (see the module comment): the infotext's fields as
  * an ordered map with A1111's keys and values. Throws only where A1111's throws (a non-numeric
- * "First pass size").
+ * "First pass size", an unreadable emphasis weight).
  */
 export function parseGenerationParameters(text: string): Map<string, InfotextValue> {
   const res = new Map<string, InfotextValue>();
@@ -290,8 +343,6 @@ export function parseGenerationParameters(text: string): Map<string, InfotextVal
     if (done) negative += (negative === "" ? "" : "\n") + line;
     else prompt += (prompt === "" ? "" : "\n") + line;
   }
-  res.set("Prompt", prompt);
-  res.set("Negative prompt", negative);
   for (const [k, raw] of findParams(lastline)) {
     if (raw.length === 0) continue; // v[0] raises IndexError in A1111: the key is dropped
     const v = raw[0] === '"' && raw[raw.length - 1] === '"' ? unquoteInfotext(raw) : raw;
@@ -303,6 +354,11 @@ export function parseGenerationParameters(text: string): Map<string, InfotextVal
       res.set(k, v);
     }
   }
+  hiresPromptsWithoutStyles(res, prompt, negative);
+  // 1.10 stores the prompts after the fields (older parsers put them first); a field named "Prompt"
+  // keeps its place and takes this value.
+  res.set("Prompt", prompt);
+  res.set("Negative prompt", negative);
   if (!res.has("Clip skip")) res.set("Clip skip", "1");
   const hypernet = res.get("Hypernet");
   if (hypernet !== undefined)
@@ -315,6 +371,13 @@ export function parseGenerationParameters(text: string): Map<string, InfotextVal
   restoreOldHiresFix(res);
   for (const [k, v] of DEFAULTS_AFTER) if (!res.has(k)) res.set(k, v);
   if (!res.has("Cache FP16 weight for LoRA") && res.get("FP8 weight") !== "Disable") res.set("Cache FP16 weight for LoRA", false);
+  // 1.10 (older parsers lack it): a text without an Emphasis field whose prompts (as typed, before the
+  // legacy Hypernet tag) weight anything means the default mode, so pasting it into a UI set otherwise
+  // restores it. Chunk breaks (BREAK) are not emphasis.
+  if (!res.has("Emphasis") && usesEmphasis(prompt, negative)) res.set("Emphasis", "Original");
+  // 1.10 (older parsers lack it): a missing "Refiner switch by sampling steps" means off; the
+  // old-version flags below may still turn it on.
+  if (!res.has("Refiner switch by sampling steps")) res.set("Refiner switch by sampling steps", false);
   backcompat(res);
   return res;
 }
