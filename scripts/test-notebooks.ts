@@ -328,7 +328,7 @@ async function executeAll(): Promise<Executed[]> {
 /**
  * Write an executed notebook to docs/notebooks/ for reading without a kernel: the plotly.js bundle
  * output is dropped (each chart carries a PNG of itself, checked above), and so are nbclient's
- * per-cell timings. Returns the file's size in bytes.
+ * per-cell timings; paths into the tree copy lose its prefix. Returns the file's size in bytes.
  */
 function publish(nb: string): number {
   const doc = JSON.parse(fs.readFileSync(path.join(outDir, nb), "utf8")) as { cells: Array<Cell & { metadata: Record<string, unknown> }> };
@@ -338,7 +338,11 @@ function publish(nb: string): number {
   }
   fs.mkdirSync(publishDir, { recursive: true });
   const file = path.join(publishDir, nb);
-  fs.writeFileSync(file, `${JSON.stringify(doc, null, 1)}\n`);
+  // Paths the kernels printed are inside the tree copy; show them relative to the repository, as a reader's run prints them.
+  const text = JSON.stringify(doc, null, 1)
+    .split(`${path.join(outDir, "tree")}${path.sep}`)
+    .join("");
+  fs.writeFileSync(file, `${text}\n`);
   return fs.statSync(file).size;
 }
 
