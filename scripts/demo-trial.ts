@@ -18,7 +18,7 @@ import * as path from "node:path";
 import { useBackend } from "../src/backend/backend";
 import { preprocess } from "../src/data/preprocess";
 import { scoreImages, type MultiplierScore } from "../src/demo/report";
-import { DEMO_SETTINGS, type DemoSettings, demoPrompts } from "../src/demo/settings";
+import { DEMO_SETTINGS, type DemoSettings, demoPrompts, demoTrainOptions } from "../src/demo/settings";
 import { createHypernetwork } from "../src/hypernet/network";
 import { TINY_MODEL_DIR, loadTinyModel } from "../src/tiny/model";
 import { TinySamplerPool } from "../src/tiny/sample-pool";
@@ -94,21 +94,7 @@ async function main(): Promise<void> {
     scores.push(x0);
 
     const tt = Date.now();
-    const run = train(base, net, {
-      dataDir: trainDir,
-      template: st.template,
-      logDir: path.join(out, "run"),
-      overwrite: true,
-      maxSteps: st.maxSteps,
-      learningRate: st.learningRate,
-      batchSize: st.batchSize,
-      gradientAccumulation: st.gradientAccumulation,
-      timesteps: st.timesteps,
-      seed: st.trainSeed,
-      saveEvery: 0,
-      saveOptimizer: false,
-      progress: false,
-    });
+    const run = train(base, net, { ...demoTrainOptions(st, trainDir, path.join(out, "run")), overwrite: true, progress: false });
     const res = await run.done;
     const trainSecs = (Date.now() - tt) / 1000;
     const images = new Map<number, Uint8Array[]>();

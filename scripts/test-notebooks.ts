@@ -372,15 +372,7 @@ async function main(): Promise<void> {
       }
       const tags = c.metadata.tags ?? [];
       if (tags.includes("live")) {
-        const text = outs
-          .map(
-            (o) =>
-              joined(o.text) +
-              Object.values(o.data ?? {})
-                .map(joined)
-                .join(""),
-          )
-          .join("\n");
+        const text = cellText(c);
         const steps = /step (\d+)\/(\d+)/.exec(text);
         console.log(`  ${nb}: live cell ${i + 1} has ${outs.length} outputs${steps ? ` after ${steps[1]}/${steps[2]} steps` : ""}`);
         if (outs.length > MAX_LIVE_OUTPUTS)

@@ -48,7 +48,7 @@ import { TINY_SIZE } from "../tiny/shapes-data/shapes";
 import { pastelStyleSet, styleScore } from "../tiny/shapes-data/style";
 import { train, type TrainResult } from "../train/trainer";
 import { type DemoSummary, demoChecks, previewGrid, scoreImages, summaryLines, writeLossChart } from "./report";
-import { DEMO_SETTINGS, type DemoSettings, QUICK_SETTINGS, demoPrompts } from "./settings";
+import { DEMO_SETTINGS, type DemoSettings, QUICK_SETTINGS, demoPrompts, demoTrainOptions } from "./settings";
 
 export type { DemoSummary, MultiplierScore } from "./report";
 export { formatSummaryTable } from "./report";
@@ -303,17 +303,7 @@ async function trainNetwork(
   const t0 = Date.now();
   const points: LossPoint[] = [];
   const run = train(base, net, {
-    dataDir: file("train"),
-    template: st.template,
-    logDir: file("run"),
-    maxSteps: st.maxSteps,
-    learningRate: st.learningRate,
-    batchSize: st.batchSize,
-    gradientAccumulation: st.gradientAccumulation,
-    timesteps: st.timesteps,
-    seed: st.trainSeed,
-    saveEvery: 0,
-    saveOptimizer: false,
+    ...demoTrainOptions(st, file("train"), file("run")),
     finalFile: file("pastel.pt"),
     progress,
     onStep: (e) => points.push({ step: e.step, loss: e.loss, lr: e.lr }),

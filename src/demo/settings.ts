@@ -4,6 +4,7 @@
  */
 import type { WeightInit } from "../hypernet/module";
 import type { ExpectedContent } from "../tiny/shapes-data/classify";
+import type { TrainOptions } from "../train/options";
 import { COLOR_NAMES, POSITIONS, SHAPES, captionOf, type Scene } from "../tiny/shapes-data/shapes";
 
 /** Everything the demo does that one might tune. */
@@ -127,4 +128,25 @@ export function demoPrompts(n: number): Array<{ prompt: string; expected: Expect
       expected: { color: scene.color, shape: scene.shape, background: scene.background, count: scene.count },
     };
   });
+}
+
+/**
+ * The trainer options of a demo run with settings `st`: its training set and run folder, the
+ * settings' training fields, and no checkpoints along the way (the caller adds where the final
+ * network goes, progress and callbacks). One place, so trials train exactly as the demo does.
+ */
+export function demoTrainOptions(st: DemoSettings, dataDir: string, logDir: string): TrainOptions {
+  return {
+    dataDir,
+    template: st.template,
+    logDir,
+    maxSteps: st.maxSteps,
+    learningRate: st.learningRate,
+    batchSize: st.batchSize,
+    gradientAccumulation: st.gradientAccumulation,
+    timesteps: st.timesteps,
+    seed: st.trainSeed,
+    saveEvery: 0,
+    saveOptimizer: false,
+  };
 }
