@@ -140,29 +140,44 @@ describe("run folders and resumed charts", () => {
 });
 
 describe("the train verb's chart after a resume", () => {
-  it("starts with the first run's points from its CSV, then the resumed steps", async () => {
+  /**
+   * A toy run folder for the resume tests: backend, a toy base model and dataset in a fresh temp
+   * folder, the display writing there, and quiet options for 4 steps with a checkpoint every 2
+   * (plus `extra`). `done()` puts the display back and removes the folder.
+   */
+  async function resumeRig(prefix: string, extra: Record<string, unknown>) {
     const { setupBackend } = await import("./helpers/tf");
-    const { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } = await import("./helpers/train-setup");
+    const { makeToyBase, makeToyDataset, toyTrainOptions } = await import("./helpers/train-setup");
     const { setOutputDir } = await import("../src/kernel-helpers/display");
+    await setupBackend();
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    const done = (): void => {
+      setOutputDir(os.tmpdir());
+      fs.rmSync(tmp, { recursive: true, force: true });
+    };
+    setOutputDir(path.join(tmp, "display"));
+    const base = makeToyBase();
+    const dataDir = path.join(tmp, "data");
+    await makeToyDataset(dataDir);
+    const logDir = path.join(tmp, "run");
+    const quiet = {
+      ...toyTrainOptions(dataDir, logDir),
+      maxSteps: 4,
+      saveEvery: 2,
+      chartEveryMs: 0,
+      preview: undefined,
+      previewEvery: 0,
+      ...extra,
+    };
+    return { tmp, base, logDir, quiet, done };
+  }
+  it("starts with the first run's points from its CSV, then the resumed steps", async () => {
+    const { makeToyNet } = await import("./helpers/train-setup");
     const { loadHypernetwork } = await import("../src/hypernet/file");
     const verbs = await import("../src/kernel-helpers/steps");
     const tf = await import("@tensorflow/tfjs");
-    await setupBackend();
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-resume-chart-"));
+    const { base, logDir, quiet, done } = await resumeRig("hn-resume-chart-", {});
     try {
-      setOutputDir(path.join(tmp, "display"));
-      const base = makeToyBase();
-      const dataDir = path.join(tmp, "data");
-      await makeToyDataset(dataDir);
-      const logDir = path.join(tmp, "run");
-      const quiet = {
-        ...toyTrainOptions(dataDir, logDir),
-        maxSteps: 4,
-        saveEvery: 2,
-        chartEveryMs: 0,
-        preview: undefined,
-        previewEvery: 0,
-      };
       const first = await verbs.train(base, makeToyNet(4), quiet).done;
       expect(first.points.map((p) => p.step)).toEqual([1, 2, 3, 4]);
       // Resume from the step-2 checkpoint: the chart holds steps 1–2 from the CSV, then 3–6 trained again.
@@ -177,34 +192,16 @@ describe("the train verb's chart after a resume", () => {
       expect(resumed.losses.length).toBe(4);
       net.dispose();
     } finally {
-      setOutputDir(os.tmpdir());
-      fs.rmSync(tmp, { recursive: true, force: true });
+      done();
     }
   }, 240_000);
 
   it("continues the validation curve too: the first run's losses before the resumed step, then the resumed run's", async () => {
-    const { setupBackend } = await import("./helpers/tf");
-    const { makeToyBase, makeToyDataset, makeToyNet, toyTrainOptions } = await import("./helpers/train-setup");
-    const { setOutputDir } = await import("../src/kernel-helpers/display");
+    const { makeToyNet } = await import("./helpers/train-setup");
     const { loadHypernetwork } = await import("../src/hypernet/file");
     const verbs = await import("../src/kernel-helpers/steps");
-    await setupBackend();
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hn-resume-validation-"));
+    const { tmp, base, logDir, quiet, done } = await resumeRig("hn-resume-validation-", { validationEvery: 2 });
     try {
-      setOutputDir(path.join(tmp, "display"));
-      const base = makeToyBase();
-      const dataDir = path.join(tmp, "data");
-      await makeToyDataset(dataDir);
-      const logDir = path.join(tmp, "run");
-      const quiet = {
-        ...toyTrainOptions(dataDir, logDir),
-        maxSteps: 4,
-        saveEvery: 2,
-        chartEveryMs: 0,
-        preview: undefined,
-        previewEvery: 0,
-        validationEvery: 2,
-      };
       const first = await verbs.train(base, makeToyNet(4), quiet).done;
       const firstVal = first.validation.map((v) => [v.step, v.loss]);
       expect(firstVal.map(([step]) => step)).toEqual([0, 2, 4]);
@@ -226,8 +223,7 @@ describe("the train verb's chart after a resume", () => {
       expect(readValidationCsv(path.join(tmp, "missing.csv"))).toEqual([]);
       net.dispose();
     } finally {
-      setOutputDir(os.tmpdir());
-      fs.rmSync(tmp, { recursive: true, force: true });
+      done();
     }
   }, 240_000);
 });
